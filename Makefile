@@ -1,0 +1,27 @@
+# The two commands (CONTRACT §1): `make run` and `make test`. Only Python 3.11+ is needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Development defaults; production sets DEBUG off with a real SECRET_KEY and encryption keys.
+export DEBUG ?= 1
+
+.PHONY: run test install bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py gateway_demo
+	$(BIN)/python -m uvicorn gateway.asgi:application --host $(HOST) --port $(PORT) --no-access-log --lifespan off
+
+test: install
+	$(BIN)/python -m pytest

@@ -1,0 +1,257 @@
+"""The proxy pipeline every surface shares: body, key, model, deployment order, upstream call
+with failover, and the one ledger row per proxied request.
+
+Surfaces (gateway/surfaces/*) own their wire format; this module owns the policy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+from django.utils import timezone
+
+from gateway.adapters.base import UpstreamError, UpstreamResponse
+from gateway.errors import (AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge,
+                            PermissionDenied, UpstreamFailed, UpstreamTimeout)
+from providers.keys import api_key_hash
+from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
+from usage.models import UsageSource, UsageStatus
+from usage.pricing import cost_usd
+from usage.services import LedgerEntry, usage_record_write
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4
+
+
+@dataclass(slots=True)
+class ProxyCall:
+    """Mutable state of one request, filled in as it progresses; becomes its ledger row."""
+
+    surface: str
+    client_request_id: str
+    request_id: str = field(default_factory=lambda: f"req_{uuid.uuid4().hex}")
+    started: float = field(default_factory=time.monotonic)
+    created_at: object = field(default_factory=timezone.now)
+    key: KeyInfo | None = None
+    public_model: str = ""
+    stream: bool = False
+    deployment: Deployment | None = None
+    first_token_at: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    usage_source: str = UsageSource.ESTIMATED
+    status: str = UsageStatus.OK
+    http_status: int = 200
+    error_type: str = ""
+    idempotency_key: str = ""
+
+    def mark_first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    def take_openai_usage(self, usage: object) -> None:
+        """Record usage as an OpenAI-compatible upstream reported it."""
+        if not isinstance(usage, dict):
+            return
+        prompt = usage.get("prompt_tokens")
+        completion = usage.get("completion_tokens")
+        if not isinstance(prompt, int) and not isinstance(completion, int):
+            return
+        self.input_tokens = prompt if isinstance(prompt, int) else self.input_tokens
+        self.output_tokens = completion if isinstance(completion, int) else self.output_tokens
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+        self.cached_tokens = cached if isinstance(cached, int) else 0
+        self.reasoning_tokens = reasoning if isinstance(reasoning, int) else 0
+        self.usage_source = UsageSource.REPORTED
+
+    def fail(self, *, status: str, http_status: int, error_type: str) -> None:
+        self.status, self.http_status, self.error_type = status, http_status, error_type
+
+
+def call_begin(request: HttpRequest, *, surface: str) -> ProxyCall:
+    sent = request.headers.get("x-request-id", "")
+    # The ledger's id is always ours (clients reuse theirs); the response echoes the client's
+    # id when it sent a valid one (RequestIdMiddleware), else carries the ledger's.
+    call = ProxyCall(surface=surface,
+                     client_request_id=sent if sent and request.request_id == sent else "")
+    if not call.client_request_id:
+        request.request_id = call.request_id
+    call.idempotency_key = request.headers.get("idempotency-key", "")[:255]
+    return call
+
+
+def read_json(request: HttpRequest) -> dict:
+    """The request body as a JSON object. Raises PayloadTooLarge or InvalidRequest."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.GATEWAY_MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body exceeds {settings.GATEWAY_MAX_BODY_BYTES} bytes")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise PayloadTooLarge(f"request body exceeds {settings.GATEWAY_MAX_BODY_BYTES} bytes") from None
+    if len(raw) > settings.GATEWAY_MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body exceeds {settings.GATEWAY_MAX_BODY_BYTES} bytes")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("could not parse the request body as JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def authenticate(request: HttpRequest, snapshot: RoutingSnapshot) -> KeyInfo:
+    """The key from `Authorization: Bearer` or `x-api-key`. Raises AuthenticationFailed."""
+    raw = ""
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        raw = auth[7:].strip()
+    if not raw:
+        raw = request.headers.get("x-api-key", "").strip()
+    if not raw:
+        raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>` or `x-api-key`")
+    key = snapshot.keys.get(api_key_hash(raw))
+    if key is None:
+        raise AuthenticationFailed("invalid API key")
+    return key
+
+
+def resolve(snapshot: RoutingSnapshot, key: KeyInfo, model: object) -> tuple[Deployment, ...]:
+    """The deployments serving `model` for this key. Raises InvalidRequest, NotFound,
+    PermissionDenied."""
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required and must be a string", param="model")
+    deployments = snapshot.deployments.get(model)
+    if not deployments:
+        raise NotFound(f"the model `{model[:200]}` does not exist or has no enabled deployment",
+                       param="model")
+    if not key.may_use(model):
+        raise PermissionDenied(f"this API key may not use the model `{model}`", param="model")
+    return deployments
+
+
+def deployment_order(deployments: tuple[Deployment, ...], rng: random.Random) -> list[Deployment]:
+    """Failover order: by priority (lower first); within a priority, a weighted draw decides
+    who goes first, the rest follow by weight. Weight 0 drains a deployment."""
+    order: list[Deployment] = []
+    for priority in sorted({d.priority for d in deployments}):
+        pool = [d for d in deployments if d.priority == priority and d.weight > 0]
+        while pool:
+            chosen = rng.choices(pool, weights=[d.weight for d in pool])[0]
+            order.append(chosen)
+            pool.remove(chosen)
+    return order
+
+
+_rng = random.Random()
+
+
+async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
+                        send: Callable[[Deployment], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
+    """Try deployments in failover order until one answers. Retryable failures move on;
+    a client error from the upstream is the client's answer. Raises a GatewayError."""
+    last: UpstreamError | None = None
+    for deployment in deployment_order(deployments, _rng)[:MAX_ATTEMPTS]:
+        call.deployment = deployment
+        try:
+            return await send(deployment)
+        except UpstreamError as exc:
+            last = exc
+            logger.warning("request %s: provider %s failed: %s", call.request_id,
+                           deployment.provider_name, exc.error_class)
+            if not exc.retryable:
+                break
+    if last is None:
+        call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=503, error_type="no_deployment")
+        raise UpstreamFailed(f"no deployment of `{call.public_model}` is available")
+    raise upstream_failure(call, last)
+
+
+def upstream_failure(call: ProxyCall, exc: UpstreamError) -> Exception:
+    """The GatewayError a client sees for an upstream failure; records it on the call."""
+    if exc.timeout:
+        call.fail(status=UsageStatus.TIMEOUT, http_status=504, error_type=exc.error_class)
+        return UpstreamTimeout("the upstream did not respond in time")
+    if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 408, 429):
+        call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=400, error_type=exc.error_class)
+        return InvalidRequest(exc.message)
+    call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=502, error_type=exc.error_class)
+    return UpstreamFailed(f"every deployment failed; last error: {exc.message}")
+
+
+class LedgerWriter:
+    """Writes ledger rows off the event loop; keeps strong references to in-flight writes so a
+    write started during a client disconnect (task cancellation) still completes."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task] = set()
+
+    async def write(self, entry: LedgerEntry) -> None:
+        task = asyncio.ensure_future(sync_to_async(usage_record_write)(entry=entry))
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+        await asyncio.shield(task)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("ledger write failed: %s", type(task.exception()).__name__)
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+ledger_writer = LedgerWriter()
+
+
+async def call_record(call: ProxyCall, snapshot: RoutingSnapshot) -> None:
+    """Write the call's one ledger row, priced at the price in force when it started."""
+    d = call.deployment
+    price = (snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model,
+                                at=call.created_at) if d else None)
+    now = time.monotonic()
+    key = call.key
+    entry = LedgerEntry(
+        request_id=call.request_id,
+        client_request_id=call.client_request_id,
+        created_at=call.created_at,
+        api_key_id=key.id if key else None,
+        key_prefix=key.prefix if key else "",
+        team_id=key.team_id if key else None,
+        surface=call.surface,
+        public_model=call.public_model[:200],
+        upstream_model=d.upstream_model if d else "",
+        provider_name=d.provider_name if d else "",
+        route_id=d.route_id if d else None,
+        stream=call.stream,
+        status=call.status,
+        http_status=call.http_status,
+        error_type=call.error_type[:64],
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        cached_tokens=call.cached_tokens,
+        reasoning_tokens=call.reasoning_tokens,
+        usage_source=call.usage_source,
+        cost_usd=cost_usd(price=price, input_tokens=call.input_tokens,
+                          output_tokens=call.output_tokens, cached_tokens=call.cached_tokens),
+        price_id=price.id if price else None,
+        latency_ms=int((now - call.started) * 1000),
+        ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
+        idempotency_key=call.idempotency_key,
+    )
+    await ledger_writer.write(entry)

@@ -1,0 +1,50 @@
+"""HTTP responses the proxy sends: JSON via orjson, SSE streams, and each surface's error shape."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+from django.http import HttpResponse, StreamingHttpResponse
+
+from gateway.errors import GatewayError
+
+# Anthropic's error type names for our statuses.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 409: "invalid_request_error", 413: "request_too_large",
+    422: "invalid_request_error", 429: "rate_limit_error", 502: "api_error",
+    503: "overloaded_error", 504: "timeout_error",
+}
+
+
+def json_response(data: object, *, status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def sse_response(stream: AsyncIterator[bytes], *, headers: dict[str, str] | None = None) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(stream, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def openai_error_body(exc: GatewayError) -> dict:
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def openai_error(exc: GatewayError) -> HttpResponse:
+    return json_response(openai_error_body(exc), status=exc.status, headers=exc.headers)
+
+
+def anthropic_error_body(exc: GatewayError) -> dict:
+    return {"type": "error",
+            "error": {"type": _ANTHROPIC_TYPES.get(exc.status, "api_error"), "message": exc.message}}
+
+
+def anthropic_error(exc: GatewayError) -> HttpResponse:
+    return json_response(anthropic_error_body(exc), status=exc.status, headers=exc.headers)

@@ -1,0 +1,216 @@
+"""POST /v1/chat/completions — OpenAI Chat Completions, JSON or SSE.
+
+OpenAI-dialect upstreams are passed through: each chunk is parsed once (usage, model name) and
+re-emitted as it arrives, never buffered. `stream_options.include_usage` is always requested
+upstream so the ledger gets exact usage; the usage chunk reaches the client only if it asked.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from gateway.adapters import adapter_for
+from gateway.adapters.base import UpstreamError, UpstreamResponse
+from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
+from gateway.proxy import (ProxyCall, authenticate, call_begin, call_record, open_upstream,
+                           read_json, resolve, upstream_failure)
+from gateway.responses import json_response, openai_error, openai_error_body, sse_response
+from gateway.streaming import SSEError, sse_format
+from gateway.tokens import chat_input_tokens, text_tokens
+from providers.cache import snapshot_cache
+from providers.selectors import Deployment, RoutingSnapshot
+from usage.models import UsageSource, UsageStatus
+
+SURFACE = "openai.chat"
+DONE = b"data: [DONE]\n\n"
+
+
+def validate_chat_body(body: dict) -> None:
+    """The checks a passthrough needs; the upstream validates the rest. Raises InvalidRequest."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("`messages` must be a non-empty array", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidRequest(f"`messages[{i}]` must be an object with a `role`",
+                                 param=f"messages[{i}]")
+    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+        raise InvalidRequest("`stream` must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("`stream_options` must be an object", param="stream_options")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InvalidRequest(f"`{name}` must be a positive integer", param=name)
+
+
+def upstream_chat_body(body: dict, deployment: Deployment, *, stream: bool) -> dict:
+    out = dict(body)
+    out["model"] = deployment.upstream_model
+    if stream:
+        out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return out
+
+
+@csrf_exempt
+@require_POST
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    call = call_begin(request, surface=SURFACE)
+    try:
+        body = read_json(request)
+        snapshot = await snapshot_cache.get()
+        call.key = authenticate(request, snapshot)
+        deployments = resolve(snapshot, call.key, body.get("model"))
+        validate_chat_body(body)
+    except GatewayError as exc:
+        return openai_error(exc)
+    call.public_model = body["model"]
+    call.stream = bool(body.get("stream"))
+    call.input_tokens = chat_input_tokens(body["messages"], tools=body.get("tools"))
+
+    async def send(deployment: Deployment) -> UpstreamResponse:
+        return await adapter_for(deployment.kind).send(
+            deployment=deployment, path="/chat/completions",
+            body=upstream_chat_body(body, deployment, stream=call.stream),
+            stream=call.stream, request_id=call.request_id)
+
+    try:
+        upstream = await open_upstream(call, deployments, send)
+    except GatewayError as exc:
+        await call_record(call, snapshot)
+        return openai_error(exc)
+    headers = {"x-gateway-provider": call.deployment.provider_name}
+    if not call.stream:
+        return await _complete(call, snapshot, upstream, headers)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return sse_response(_relay(call, snapshot, upstream, include_usage=include_usage),
+                        headers=headers)
+
+
+async def _complete(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse,
+                    headers: dict[str, str]) -> HttpResponse:
+    try:
+        data = await upstream.json()
+    except UpstreamError as exc:
+        error = upstream_failure(call, exc)
+        await call_record(call, snapshot)
+        return openai_error(error)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        error = upstream_failure(call, UpstreamError(
+            "upstream connection failed while reading the response",
+            timeout=isinstance(exc, asyncio.TimeoutError), error_class=type(exc).__name__))
+        await call_record(call, snapshot)
+        return openai_error(error)
+    finally:
+        await upstream.close()
+    if isinstance(data.get("error"), dict) and not data.get("choices"):
+        call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=502, error_type="error_body")
+        await call_record(call, snapshot)
+        return openai_error(UpstreamFailed("the upstream returned an error instead of a completion"))
+    call.take_openai_usage(data.get("usage"))
+    if call.usage_source == UsageSource.ESTIMATED:
+        call.output_tokens = text_tokens(_choices_text(data.get("choices")))
+    call.mark_first_token()
+    data["model"] = call.public_model
+    await call_record(call, snapshot)
+    return json_response(data, headers=headers)
+
+
+def _choices_text(choices: object) -> str:
+    parts = []
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            parts.append(message.get("content") or "")
+            for tool_call in message.get("tool_calls") or ():
+                parts.append(orjson.dumps(tool_call.get("function", {})).decode())
+    return "".join(p for p in parts if isinstance(p, str))
+
+
+def _delta_text(choices: list) -> str:
+    parts = []
+    for choice in choices:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if not isinstance(delta, dict):
+            continue
+        for name in ("content", "reasoning_content", "reasoning"):
+            if isinstance(delta.get(name), str):
+                parts.append(delta[name])
+        for tool_call in delta.get("tool_calls") or ():
+            function = tool_call.get("function") if isinstance(tool_call, dict) else None
+            if isinstance(function, dict):
+                parts.append(function.get("name") or "")
+                parts.append(function.get("arguments") or "")
+    return "".join(parts)
+
+
+async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse, *,
+                 include_usage: bool) -> AsyncIterator[bytes]:
+    """Re-emit upstream chunks as they arrive; exactly one ledger row whatever happens."""
+    streamed: list[str] = []
+    recorded = False
+
+    async def record() -> None:
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        if call.usage_source == UsageSource.ESTIMATED:
+            call.output_tokens = text_tokens("".join(streamed))
+        await call_record(call, snapshot)
+
+    try:
+        async for _event, data in upstream.events():
+            if data == "[DONE]":
+                break
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamError("the upstream sent an event that is not JSON",
+                                    error_class="bad_stream") from None
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error") is not None and not chunk.get("choices"):
+                raise UpstreamError("the upstream reported an error mid-stream",
+                                    error_class="stream_error")
+            if chunk.get("usage"):
+                call.take_openai_usage(chunk["usage"])
+            choices = chunk.get("choices")
+            if choices:
+                text = _delta_text(choices)
+                if text:
+                    streamed.append(text)
+                    call.mark_first_token()
+            elif not include_usage:
+                continue
+            if not include_usage:
+                chunk.pop("usage", None)
+            chunk["model"] = call.public_model
+            yield sse_format(orjson.dumps(chunk))
+        await record()
+        yield DONE
+    except asyncio.CancelledError:
+        call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=call.http_status,
+                  error_type="client_disconnected")
+        await record()
+        raise
+    except (UpstreamError, SSEError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        timeout = isinstance(exc, asyncio.TimeoutError)
+        call.fail(status=UsageStatus.TIMEOUT if timeout else UsageStatus.UPSTREAM_ERROR,
+                  http_status=call.http_status,
+                  error_type=getattr(exc, "error_class", type(exc).__name__))
+        await record()
+        message = ("the upstream timed out mid-stream" if timeout
+                   else "the upstream stream failed: " + getattr(exc, "message", type(exc).__name__))
+        error = UpstreamFailed(message, code="upstream_timeout" if timeout else "upstream_error")
+        yield sse_format(orjson.dumps(openai_error_body(error)))
+        yield DONE
+    finally:
+        await upstream.close()

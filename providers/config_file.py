@@ -1,0 +1,263 @@
+"""The declarative routing file (CONTRACT §3): parse, expand `${VAR}`, validate into plain specs.
+
+Errors name the field and the line: `line 7: providers[0].kind: must be one of …`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from datetime import timezone as dt_timezone
+from decimal import Decimal, InvalidOperation
+
+import yaml
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.text import slugify
+
+from providers.models import ProviderKind
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A bad routing file; the message names the line and field, never a secret value."""
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    public_model: str
+    upstream_model: str
+    weight: int | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str | None
+    weight: int = 1
+    priority: int = 0
+    enabled: bool = True
+    timeout_s: float = 600.0
+    max_inflight: int = 512
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    routes: tuple[RouteSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class PriceSpec:
+    upstream_model: str
+    provider: str | None
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    effective_from: datetime | None
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    providers: tuple[ProviderSpec, ...]
+    prices: tuple[PriceSpec, ...]
+
+
+class _LineMap(dict):
+    line = 0
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineMap:
+    mapping = _LineMap(loader.construct_mapping(node, deep=True))
+    mapping.line = node.start_mark.line + 1
+    return mapping
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def env_expand(text: str, environ: dict[str, str] | None = None) -> str:
+    """Replace `${VAR}` and `${VAR:-default}`; an unset VAR without default is a ConfigError."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        if line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+
+        def replace(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"line {lineno}: environment variable {name} is not set")
+
+        out.append(_VAR.sub(replace, line))
+    return "".join(out)
+
+
+def config_parse(text: str, environ: dict[str, str] | None = None) -> ConfigSpec:
+    """Parse and validate the routing file text. Raises ConfigError."""
+    expanded = env_expand(text, environ)
+    try:
+        data = yaml.load(expanded, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{where}invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = _LineMap()
+    if not isinstance(data, dict):
+        raise ConfigError("line 1: the file must be a mapping with `providers` and `prices`")
+    unknown = set(data) - {"providers", "prices", "tasks"}
+    if unknown:
+        raise ConfigError(f"line {data.line}: unknown top-level field(s): {', '.join(sorted(unknown))}")
+    if data.get("tasks"):
+        raise ConfigError(f"line {data.line}: tasks: named task endpoints are not available in this "
+                          "version of the gateway")
+    providers = tuple(_provider(p, i) for i, p in enumerate(_list(data, "providers")))
+    names = [p.name for p in providers]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConfigError(f"providers: duplicate name(s): {', '.join(sorted(dupes))}")
+    prices = tuple(_price(p, i) for i, p in enumerate(_list(data, "prices")))
+    return ConfigSpec(providers=providers, prices=prices)
+
+
+def _list(data: _LineMap, key: str) -> list:
+    value = data.get(key) or []
+    if not isinstance(value, list):
+        raise ConfigError(f"line {data.line}: {key}: must be a list")
+    return value
+
+
+def _field(where: str, item: _LineMap, key: str, message: str) -> ConfigError:
+    return ConfigError(f"line {item.line}: {where}.{key}: {message}")
+
+
+def _int(where: str, item: _LineMap, key: str, default: int, minimum: int | None = None) -> int:
+    value = item.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _field(where, item, key, "must be an integer")
+    if minimum is not None and value < minimum:
+        raise _field(where, item, key, f"must be >= {minimum}")
+    return value
+
+
+def _decimal(where: str, item: _LineMap, key: str, required: bool = True) -> Decimal | None:
+    if key not in item or item[key] is None:
+        if required:
+            raise _field(where, item, key, "is required")
+        return None
+    value = item[key]
+    if isinstance(value, float):
+        raise _field(where, item, key, 'must be a quoted decimal string such as "0.15" (not a float)')
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise _field(where, item, key, "must be a decimal number") from None
+    if not result.is_finite() or result < 0:
+        raise _field(where, item, key, "must be a non-negative decimal number")
+    return result
+
+
+def _provider(item: object, index: int) -> ProviderSpec:
+    where = f"providers[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    allowed = {"name", "kind", "base_url", "api_key", "weight", "priority", "enabled", "timeout_s",
+               "max_inflight", "models", "extra_headers"}
+    unknown = set(item) - allowed
+    if unknown:
+        raise _field(where, item, sorted(unknown)[0], "unknown field")
+    name = item.get("name")
+    if not isinstance(name, str) or not name or slugify(name) != name:
+        raise _field(where, item, "name", "must be a slug (lowercase letters, digits, '-', '_')")
+    kind = item.get("kind")
+    if kind not in ProviderKind.values:
+        raise _field(where, item, "kind", f"must be one of {', '.join(ProviderKind.values)}")
+    base_url = item.get("base_url") or ""
+    if kind != ProviderKind.MOCK and not (isinstance(base_url, str)
+                                          and re.match(r"^https?://[^\s/]+", base_url)):
+        raise _field(where, item, "base_url", "must be an http(s) URL")
+    api_key = item.get("api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        raise _field(where, item, "api_key", "must be a string")
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _field(where, item, "enabled", "must be true or false")
+    timeout = item.get("timeout_s", 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise _field(where, item, "timeout_s", "must be a positive number")
+    headers = item.get("extra_headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(v, (str, int)) for v in headers.values()):
+        raise _field(where, item, "extra_headers", "must map header names to strings")
+    models = item.get("models") or {}
+    if not isinstance(models, dict):
+        raise _field(where, item, "models", "must map public model names to upstream models")
+    routes = []
+    for public, target in models.items():
+        route_where = f"{where}.models.{public}"
+        if isinstance(target, str):
+            routes.append(RouteSpec(public_model=str(public), upstream_model=target))
+        elif isinstance(target, dict):
+            upstream = target.get("upstream")
+            if not isinstance(upstream, str) or not upstream:
+                raise _field(route_where, target, "upstream", "is required")
+            unknown = set(target) - {"upstream", "weight", "priority"}
+            if unknown:
+                raise _field(route_where, target, sorted(unknown)[0], "unknown field")
+            routes.append(RouteSpec(
+                public_model=str(public), upstream_model=upstream,
+                weight=_int(route_where, target, "weight", None, 0) if "weight" in target else None,
+                priority=_int(route_where, target, "priority", 0) if "priority" in target else None,
+            ))
+        else:
+            raise _field(where, item, f"models.{public}", "must be an upstream name or a mapping")
+    return ProviderSpec(
+        name=name, kind=kind, base_url=base_url, api_key=api_key,
+        weight=_int(where, item, "weight", 1, 0),
+        priority=_int(where, item, "priority", 0),
+        enabled=enabled, timeout_s=float(timeout),
+        max_inflight=_int(where, item, "max_inflight", 512, 1),
+        extra_headers={str(k): str(v) for k, v in headers.items()},
+        routes=tuple(routes),
+    )
+
+
+def _price(item: object, index: int) -> PriceSpec:
+    where = f"prices[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    unknown = set(item) - {"model", "provider", "input", "output", "cached_input", "effective_from"}
+    if unknown:
+        raise _field(where, item, sorted(unknown)[0], "unknown field")
+    model = item.get("model")
+    if not isinstance(model, str) or not model:
+        raise _field(where, item, "model", "is required (the upstream model name)")
+    provider = item.get("provider")
+    if provider is not None and not isinstance(provider, str):
+        raise _field(where, item, "provider", "must be a provider name")
+    effective = item.get("effective_from")
+    if effective is not None:
+        if isinstance(effective, date) and not isinstance(effective, datetime):
+            effective = datetime.combine(effective, time.min)
+        elif not isinstance(effective, datetime):
+            effective = parse_datetime(str(effective))
+        if effective is None:
+            raise _field(where, item, "effective_from", "must be an ISO 8601 date-time")
+        if timezone.is_naive(effective):
+            effective = timezone.make_aware(effective, dt_timezone.utc)
+    return PriceSpec(
+        upstream_model=model, provider=provider,
+        input_per_mtok=_decimal(where, item, "input"),
+        output_per_mtok=_decimal(where, item, "output"),
+        cached_input_per_mtok=_decimal(where, item, "cached_input", required=False),
+        effective_from=effective,
+    )

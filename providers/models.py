@@ -1,0 +1,169 @@
+"""Routing configuration: providers, the public model map, prices, teams and API keys.
+
+The admin and `gateway_apply` edit these same tables; every write goes through
+`providers.services`, which bumps `ConfigVersion` so running servers reload within ~1 s.
+"""
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+    ANTHROPIC = "anthropic", "Anthropic"
+    MOCK = "mock", "Mock (offline, deterministic)"
+
+
+class ProviderQuerySet(models.QuerySet):
+    def enabled(self):
+        return self.filter(enabled=True)
+
+
+class Provider(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
+    base_url = models.URLField(max_length=500, blank=True)
+    # Fernet token (providers.crypto); never shown after saving.
+    api_key_encrypted = models.TextField(blank=True, default="")
+    weight = models.PositiveIntegerField(default=1)
+    priority = models.IntegerField(default=0, help_text="Lower is tried first.")
+    enabled = models.BooleanField(default=True)
+    timeout_s = models.FloatField(default=600, validators=[MinValueValidator(0.1)])
+    max_inflight = models.PositiveIntegerField(default=512)
+    extra_headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProviderQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+
+class ModelRouteQuerySet(models.QuerySet):
+    def enabled(self):
+        return self.filter(enabled=True, provider__enabled=True)
+
+
+class ModelRoute(models.Model):
+    """One deployment: a public model name served by a provider's upstream model."""
+
+    public_model = models.CharField(max_length=200, db_index=True)
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="routes")
+    upstream_model = models.CharField(max_length=200)
+    # None: inherit the provider's weight / priority.
+    weight = models.PositiveIntegerField(null=True, blank=True)
+    priority = models.IntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+
+    objects = ModelRouteQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["public_model", "provider__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["public_model", "provider"], name="uniq_route_per_provider"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_model} -> {self.provider.name}/{self.upstream_model}"
+
+    @property
+    def effective_weight(self) -> int:
+        return self.provider.weight if self.weight is None else self.weight
+
+    @property
+    def effective_priority(self) -> int:
+        return self.provider.priority if self.priority is None else self.priority
+
+
+class Price(models.Model):
+    """USD per million tokens for an upstream model, versioned by `effective_from`.
+
+    Rows are never edited in place: a new price is a new row; the one in force is the newest
+    whose `effective_from` has passed (a provider-specific row beats a generic one).
+    """
+
+    upstream_model = models.CharField(max_length=200)
+    provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="prices")
+    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
+    cached_input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    effective_from = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["upstream_model", "-effective_from"]
+        indexes = [models.Index(fields=["upstream_model", "effective_from"])]
+
+    def __str__(self) -> str:
+        scope = self.provider.name if self.provider_id else "any provider"
+        return f"{self.upstream_model} ({scope}) from {self.effective_from:%Y-%m-%d}"
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+class Team(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
+                                     default=BudgetPeriod.MONTH)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(revoked=False)
+
+
+class ApiKey(models.Model):
+    """A client key. Only an HMAC-SHA256 of the secret is stored; `prefix` identifies it."""
+
+    name = models.CharField(max_length=100)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.PROTECT,
+                             related_name="api_keys")
+    prefix = models.CharField(max_length=16, db_index=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    # Empty list: every public model.
+    allowed_models = models.JSONField(default=list, blank=True)
+    budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True,
+                                     validators=[MinValueValidator(Decimal("0"))])
+    budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
+                                     default=BudgetPeriod.MONTH)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_default = models.PositiveIntegerField(null=True, blank=True)
+    revoked = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class ConfigVersion(models.Model):
+    """A single row whose token changes on every config write; servers poll it."""
+
+    token = models.CharField(max_length=32)
+    updated_at = models.DateTimeField(auto_now=True)

@@ -1,0 +1,149 @@
+"""Reads of the routing configuration.
+
+`routing_snapshot_load` builds the immutable snapshot every proxy request is served from (keys,
+deployments, prices); `providers.cache` holds one per process and reloads it when
+`config_version_get` changes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from providers.crypto import SecretUnreadable, secret_decrypt
+from providers.models import ApiKey, ConfigVersion, ModelRoute, Price
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One way to serve a public model: a provider's upstream model, with its routing knobs."""
+
+    route_id: int
+    provider_id: int
+    provider_name: str
+    kind: str
+    base_url: str
+    upstream_model: str
+    weight: int
+    priority: int
+    timeout_s: float
+    max_inflight: int
+    extra_headers: tuple[tuple[str, str], ...] = ()
+    api_key: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    name: str
+    prefix: str
+    team_id: int | None
+    team_name: str | None
+    allowed_models: frozenset[str]
+    budget_usd: Decimal | None
+    budget_period: str
+    rpm_limit: int | None
+    tpm_limit: int | None
+    max_tokens_default: int | None
+
+    def may_use(self, public_model: str) -> bool:
+        return not self.allowed_models or public_model in self.allowed_models
+
+
+@dataclass(frozen=True, slots=True)
+class PriceInfo:
+    id: int
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None
+    effective_from: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSnapshot:
+    version: str | None
+    deployments: dict[str, tuple[Deployment, ...]]
+    keys: dict[str, KeyInfo]
+    # (provider id or None, upstream model) -> prices, newest effective_from first
+    prices: dict[tuple[int | None, str], tuple[PriceInfo, ...]]
+
+    def price_for(self, *, provider_id: int, upstream_model: str, at: datetime) -> PriceInfo | None:
+        """The price in force at `at`: provider-specific first, then the generic one."""
+        for scope in (provider_id, None):
+            for price in self.prices.get((scope, upstream_model), ()):
+                if price.effective_from <= at:
+                    return price
+        return None
+
+    def public_models(self) -> list[str]:
+        return sorted(self.deployments)
+
+
+def config_version_get() -> str | None:
+    return ConfigVersion.objects.values_list("token", flat=True).first()
+
+
+def routing_snapshot_load() -> RoutingSnapshot:
+    """Everything the proxy needs, read in a handful of queries. Version read first, so a
+    concurrent write can only make the snapshot look older than it is (and be reloaded)."""
+    version = config_version_get()
+    deployments: dict[str, list[Deployment]] = {}
+    routes = ModelRoute.objects.enabled().select_related("provider").order_by("id")
+    for route in routes:
+        provider = route.provider
+        try:
+            api_key = secret_decrypt(provider.api_key_encrypted)
+        except SecretUnreadable:
+            logger.error("provider %s: secret unreadable with the configured keys; route skipped",
+                         provider.name)
+            continue
+        deployments.setdefault(route.public_model, []).append(Deployment(
+            route_id=route.id,
+            provider_id=provider.id,
+            provider_name=provider.name,
+            kind=provider.kind,
+            base_url=provider.base_url.rstrip("/"),
+            upstream_model=route.upstream_model,
+            weight=route.effective_weight,
+            priority=route.effective_priority,
+            timeout_s=provider.timeout_s,
+            max_inflight=provider.max_inflight,
+            extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
+            api_key=api_key,
+        ))
+
+    keys = {}
+    for key in ApiKey.objects.active().select_related("team"):
+        keys[key.key_hash] = KeyInfo(
+            id=key.id,
+            name=key.name,
+            prefix=key.prefix,
+            team_id=key.team_id,
+            team_name=key.team.name if key.team_id else None,
+            allowed_models=frozenset(key.allowed_models or ()),
+            budget_usd=key.budget_usd,
+            budget_period=key.budget_period,
+            rpm_limit=key.rpm_limit,
+            tpm_limit=key.tpm_limit,
+            max_tokens_default=key.max_tokens_default,
+        )
+
+    prices: dict[tuple[int | None, str], list[PriceInfo]] = {}
+    for price in Price.objects.order_by("-effective_from", "-id"):
+        prices.setdefault((price.provider_id, price.upstream_model), []).append(PriceInfo(
+            id=price.id,
+            input_per_mtok=price.input_per_mtok,
+            output_per_mtok=price.output_per_mtok,
+            cached_input_per_mtok=price.cached_input_per_mtok,
+            effective_from=price.effective_from,
+        ))
+
+    return RoutingSnapshot(
+        version=version,
+        deployments={name: tuple(d) for name, d in deployments.items()},
+        keys=keys,
+        prices={k: tuple(v) for k, v in prices.items()},
+    )
