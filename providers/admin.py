@@ -31,6 +31,7 @@ class BumpsConfigVersion:
 
 
 class ProviderForm(forms.ModelForm):
+    base_url = forms.URLField(required=False, max_length=500, assume_scheme="https")
     api_key = forms.CharField(
         required=False, widget=forms.PasswordInput(render_value=False),
         help_text="Write-only. Leave empty to keep the stored key.")

@@ -156,8 +156,7 @@ def _decimal(where: str, item: _LineMap, key: str, required: bool = True) -> Dec
             raise _field(where, item, key, "is required")
         return None
     value = item[key]
-    if isinstance(value, float):
-        raise _field(where, item, key, 'must be a quoted decimal string such as "0.15" (not a float)')
+    # A bare YAML number arrives as float; str() gives its shortest round-trip text ("0.15").
     try:
         result = Decimal(str(value))
     except InvalidOperation:

@@ -73,7 +73,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return openai_error(exc)
     call.public_model = body["model"]
     call.stream = bool(body.get("stream"))
-    call.input_tokens = chat_input_tokens(body["messages"], tools=body.get("tools"))
 
     async def send(deployment: Deployment) -> UpstreamResponse:
         return await adapter_for(deployment.kind).send(
@@ -86,6 +85,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     except GatewayError as exc:
         await call_record(call, snapshot)
         return openai_error(exc)
+    # Until the upstream reports usage, bill the estimate: it has the prompt now.
+    call.input_tokens = chat_input_tokens(body["messages"], tools=body.get("tools"))
     headers = {"x-gateway-provider": call.deployment.provider_name}
     if not call.stream:
         return await _complete(call, snapshot, upstream, headers)

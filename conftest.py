@@ -1,0 +1,117 @@
+"""Shared fixtures: the fake upstream (a real HTTP server), a live gateway (uvicorn serving the
+real ASGI app on loopback), and routing configs written through the real services."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+import uvicorn
+
+from gateway.tests.fake_upstream import FakeUpstream
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def _fake_upstream_server() -> FakeUpstream:
+    fake = FakeUpstream()
+    fake.start()
+    return fake
+
+
+@pytest.fixture
+def fake_upstream(_fake_upstream_server: FakeUpstream) -> FakeUpstream:
+    _fake_upstream_server.reset()
+    yield _fake_upstream_server
+    _fake_upstream_server.reset()
+
+
+@pytest.fixture(scope="session")
+def _live_gateway(django_db_setup) -> str:
+    from django.conf import settings
+
+    from gateway.asgi import application
+
+    settings.GATEWAY_CONFIG_POLL_S = 0
+    port = _free_port()
+    config = uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off",
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="live-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("live gateway did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def gateway_url(_live_gateway: str, transactional_db) -> str:
+    """Base URL of a running gateway whose database is this test's (committed) database."""
+    from providers.cache import snapshot_cache
+
+    snapshot_cache.invalidate()
+    return _live_gateway
+
+
+@pytest.fixture
+def demo_key(transactional_db) -> str:
+    """The `make run` demo config (mock provider behind `demo`); returns its raw API key."""
+    from providers.services import demo_config_load
+
+    return demo_config_load().api_key
+
+
+@pytest.fixture
+def fake_provider(fake_upstream: FakeUpstream, transactional_db):
+    """Provider `fake-a` (kind openai) on the fake upstream, serving public `gpt-test` as
+    upstream `up-gpt`, priced at 1.00 / 2.00 / 0.50 USD per million tokens."""
+    from providers.config_file import config_parse
+    from providers.services import config_apply
+
+    config_apply(spec=config_parse(f"""
+providers:
+  - name: fake-a
+    kind: openai
+    base_url: {fake_upstream.base_url("fake-a")}
+    api_key: sk-fake-upstream-secret-a
+    models:
+      gpt-test: up-gpt
+prices:
+  - model: up-gpt
+    input: "1.00"
+    output: "2.00"
+    cached_input: "0.50"
+"""))
+    return fake_upstream
+
+
+@pytest.fixture
+def api_key(transactional_db) -> str:
+    from providers.services import api_key_create
+
+    return api_key_create(name="tests")[1]
+
+
+@pytest.fixture
+def make_key(transactional_db):
+    from providers.services import api_key_create
+
+    def make(**kwargs) -> str:
+        kwargs.setdefault("name", "tests")
+        if "budget_usd" in kwargs and kwargs["budget_usd"] is not None:
+            kwargs["budget_usd"] = Decimal(str(kwargs["budget_usd"]))
+        return api_key_create(**kwargs)[1]
+
+    return make

@@ -1,0 +1,514 @@
+"""Routing state: WRR positions, circuit breakers and in-flight counts, per process or shared.
+
+`RoutingState` is what the proxy talks to. `LocalRoutingState` keeps everything in this process;
+`RedisRoutingState` keeps it in Redis so every worker and replica shares one WRR sequence, one
+breaker per route and one in-flight count per provider. The decisions themselves are the pure
+functions of `gateway.routing`; the Lua scripts below mirror `smooth_wrr_pick` and
+`breaker_transition` so that each read-modify-write happens atomically inside Redis.
+
+A request's life: `plan()` once (raises nothing; `Plan.require()` raises NoHealthyRoute), then
+for each route in order `acquire()` (None: provider at `max_inflight`, try the next), call the
+upstream, `record_success()` or `record_failure()`, and `release()` in a `finally`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.routing import (
+    BreakerEvent, BreakerState, Candidate, Circuit, Level, Plan, breaker_transition,
+    exhausted_plan, failover_order, route_levels, smooth_wrr_pick,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One in-flight slot on a provider. `shared` says Redis granted it (else this process)."""
+    provider_id: int
+    route_id: int
+    token: str
+    shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerView:
+    """A route's circuit and its provider's in-flight count, for /health/detailed."""
+    route_id: int
+    provider_id: int
+    state: str
+    consecutive_failures: int
+    last_error_class: str | None
+    last_error_at: float | None
+    opened_until: float | None
+    cooldown_s: float
+    in_flight: int
+    max_inflight: int | None
+    shared: bool
+
+
+class RoutingState(Protocol):
+    async def plan(self, model: str, candidates: Sequence[Candidate], *, now: float) -> Plan:
+        """The failover order for one request (see `gateway.routing.Plan`).
+
+        Advances the WRR position of every level in the plan once. A route whose cool-down has
+        ended is included, first, only for the single caller that wins its half-open probe.
+        """
+        ...
+
+    async def acquire(self, candidate: Candidate) -> Lease | None:
+        """Take an in-flight slot on the candidate's provider; None when it is at its cap."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give the slot back; releasing twice is harmless."""
+        ...
+
+    async def record_success(self, candidate: Candidate) -> None:
+        """The upstream answered without a retryable failure: reset or close the breaker."""
+        ...
+
+    async def record_failure(self, candidate: Candidate, error_class: str, *, now: float) -> None:
+        """A retryable failure (`routing.is_retryable`) on this route: count it."""
+        ...
+
+    async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
+        """Each candidate's breaker and in-flight count, keyed by route_id."""
+        ...
+
+
+async def _plan(candidates: Sequence[Candidate], *, now: float,
+                read_breakers: Callable[[Sequence[Candidate]], Awaitable[dict[int, BreakerState]]],
+                claim_probe: Callable[[Candidate], Awaitable[bool]],
+                step_wrr: Callable[[Sequence[Level]], Awaitable[tuple[dict[int, int],
+                                                                      dict[int, int]]]],
+                ) -> Plan:
+    """The planning procedure both stores share; they differ only in the three primitives.
+
+    Probes are claimed only in the first level that can take the request at all, and at most
+    one per request: a recovering route is tested by traffic that would really be sent to it.
+    """
+    breakers = await read_breakers(candidates)
+    levels = route_levels(candidates, breakers=breakers, now=now)
+    probe = None
+    for level in levels:
+        for c in level.probe_ready:
+            if await claim_probe(c):
+                probe = c
+                break
+        if probe is not None or level.passing:
+            break
+    serving = [level for level in levels if level.passing]
+    chosen, weights = await step_wrr(serving) if serving else ({}, {})
+    routes = failover_order(levels, probe=probe, chosen=chosen, weights=weights)
+    if not routes:
+        return exhausted_plan(candidates, breakers=breakers, now=now)
+    return Plan(routes=routes, probe=probe.route_id if probe else None)
+
+
+class LocalRoutingState:
+    """Routing state for this process only, in memory.
+
+    Memory is bounded by the configuration: one breaker per route, one WRR vector per (model,
+    priority), in-flight tokens per provider up to its cap. Methods never suspend while holding
+    state, and a threading lock guards it, so concurrent tasks (and threads) see atomic updates.
+    Leases expire after `lease_ttl_s` so a holder that never releases cannot leak a slot.
+    """
+
+    def __init__(self, *, lease_ttl_s: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._lease_ttl_s = lease_ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._breakers: dict[int, BreakerState] = {}
+        self._wrr: dict[tuple[str, int], tuple[str, dict[int, int]]] = {}
+        self._inflight: dict[int, dict[str, float]] = {}
+
+    async def plan(self, model: str, candidates: Sequence[Candidate], *, now: float) -> Plan:
+        async def read_breakers(cs: Sequence[Candidate]) -> dict[int, BreakerState]:
+            with self._lock:
+                return {c.route_id: self._breakers[c.route_id]
+                        for c in cs if c.route_id in self._breakers}
+
+        async def claim_probe(c: Candidate) -> bool:
+            with self._lock:
+                state = self._breakers.get(c.route_id, BreakerState())
+                new = breaker_transition(state, BreakerEvent.PROBE, now=now, config=c.breaker)
+                if new is state:
+                    return False
+                self._breakers[c.route_id] = new
+                return True
+
+        async def step_wrr(levels: Sequence[Level]) -> tuple[dict[int, int], dict[int, int]]:
+            chosen: dict[int, int] = {}
+            weights: dict[int, int] = {}
+            with self._lock:
+                for level in levels:
+                    key = (model, level.priority)
+                    digest, current = self._wrr.get(key, ("", {}))
+                    if digest != level.digest:
+                        current = {}
+                    pick, current = smooth_wrr_pick(level.passing, current)
+                    self._wrr[key] = (level.digest, current)
+                    chosen[level.priority] = pick.route_id
+                    weights.update(current)
+            return chosen, weights
+
+        return await _plan(candidates, now=now, read_breakers=read_breakers,
+                           claim_probe=claim_probe, step_wrr=step_wrr)
+
+    async def acquire(self, candidate: Candidate) -> Lease | None:
+        now = self._clock()
+        with self._lock:
+            held = self._inflight.setdefault(candidate.provider_id, {})
+            for token in [t for t, expiry in held.items() if expiry <= now]:
+                del held[token]
+            if candidate.max_inflight is not None and len(held) >= candidate.max_inflight:
+                return None
+            token = uuid.uuid4().hex
+            held[token] = now + self._lease_ttl_s
+        return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id, token=token,
+                     shared=False)
+
+    async def release(self, lease: Lease) -> None:
+        with self._lock:
+            self._inflight.get(lease.provider_id, {}).pop(lease.token, None)
+
+    async def record_success(self, candidate: Candidate) -> None:
+        self._record(candidate, BreakerEvent.SUCCESS, now=0.0, error_class=None)
+
+    async def record_failure(self, candidate: Candidate, error_class: str, *, now: float) -> None:
+        self._record(candidate, BreakerEvent.FAILURE, now=now, error_class=error_class)
+
+    def _record(self, candidate: Candidate, event: BreakerEvent, *, now: float,
+                error_class: str | None) -> None:
+        with self._lock:
+            state = self._breakers.get(candidate.route_id, BreakerState())
+            self._breakers[candidate.route_id] = breaker_transition(
+                state, event, now=now, config=candidate.breaker, error_class=error_class)
+
+    async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
+        now = self._clock()
+        with self._lock:
+            breakers = {c.route_id: self._breakers.get(c.route_id, BreakerState())
+                        for c in candidates}
+            in_flight = {p: sum(e > now for e in self._inflight.get(p, {}).values())
+                         for p in {c.provider_id for c in candidates}}
+        return {c.route_id: _view(c, breakers[c.route_id], in_flight[c.provider_id], shared=False)
+                for c in candidates}
+
+
+# Mirrors routing.smooth_wrr_pick for each level: KEYS are the levels' hashes (route_id ->
+# current weight); ARGV is ttl_ms, then per level n, route_id, weight, ... sorted by route_id.
+# Returns per level the chosen route_id followed by the n new current weights.
+_WRR_STEP = """
+local ttl = ARGV[1]
+local pos = 2
+local out = {}
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[pos])
+  pos = pos + 1
+  local ids, ws, total = {}, {}, 0
+  for i = 1, n do
+    ids[i], ws[i] = ARGV[pos], tonumber(ARGV[pos + 1])
+    total, pos = total + ws[i], pos + 2
+  end
+  local cur = redis.call('HMGET', KEYS[k], unpack(ids))
+  local best = 1
+  local vals = {}
+  for i = 1, n do
+    vals[i] = (tonumber(cur[i]) or 0) + ws[i]
+    if vals[i] > vals[best] then best = i end
+  end
+  vals[best] = vals[best] - total
+  local fields = {}
+  for i = 1, n do
+    fields[#fields + 1] = ids[i]
+    fields[#fields + 1] = vals[i]
+  end
+  redis.call('HSET', KEYS[k], unpack(fields))
+  redis.call('PEXPIRE', KEYS[k], ttl)
+  out[#out + 1] = ids[best]
+  for i = 1, n do out[#out + 1] = vals[i] end
+end
+return out
+"""
+
+# Mirrors breaker_transition(PROBE): ARGV now, probe_timeout_s, ttl_ms. Returns 1 if this
+# caller won the probe.
+_BREAKER_PROBE = """
+local st = redis.call('HGET', KEYS[1], 'state')
+local deadline
+if st == 'open' then
+  deadline = tonumber(redis.call('HGET', KEYS[1], 'opened_until') or '0')
+elseif st == 'half_open' then
+  deadline = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
+else
+  return 0
+end
+local now = tonumber(ARGV[1])
+if now < deadline then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# Mirrors breaker_transition(FAILURE): ARGV now, error_class, failure_threshold, cooldown_s,
+# max_cooldown_s, ttl_ms.
+_BREAKER_FAILURE = """
+local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') + 1
+redis.call('HSET', KEYS[1], 'state', st, 'failures', failures, 'last_error', ARGV[2],
+           'last_error_at', ARGV[1])
+local cooldown
+if st == 'closed' and failures >= tonumber(ARGV[3]) then
+  cooldown = tonumber(ARGV[4])
+elseif st == 'half_open' then
+  local previous = tonumber(redis.call('HGET', KEYS[1], 'cooldown') or '0')
+  cooldown = math.min(math.max(previous * 2, tonumber(ARGV[4])), tonumber(ARGV[5]))
+end
+if cooldown then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'cooldown', cooldown,
+             'opened_until', tonumber(ARGV[1]) + cooldown, 'probe_until', 0)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return failures
+"""
+
+# Mirrors breaker_transition(SUCCESS): ARGV ttl_ms. A missing key is a closed, clean breaker,
+# so the common case writes nothing.
+_BREAKER_SUCCESS = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st == 'half_open' then
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'cooldown', 0,
+             'opened_until', 0, 'probe_until', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+elseif st == 'closed' and redis.call('HGET', KEYS[1], 'failures') ~= '0' then
+  redis.call('HSET', KEYS[1], 'failures', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# In-flight slots are a ZSET of lease tokens scored by expiry (Redis server time, ms, so hosts'
+# clocks need not agree). Expired tokens are purged before counting, so a crashed holder's slot
+# comes back after the lease TTL, and the key itself expires once its last lease would have.
+# ARGV cap (0: none), token, ttl_ms. Returns 1 when the slot was granted.
+_INFLIGHT_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local cap = tonumber(ARGV[1])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+_INFLIGHT_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
+
+
+class RedisRoutingState:
+    """Routing state shared through Redis by every worker and replica.
+
+    Each update is one atomic Lua script (or a single command); every key carries a TTL, so
+    state of deleted routes and slots of crashed workers expire (leases after `lease_ttl_s`,
+    breaker and WRR state `state_ttl_s` after their last change). Keys, under `prefix`:
+    `cb:<route_id>` (hash), `inflight:<provider_id>` (zset), `wrr:{<model>}:<priority>:<digest>`
+    (hash; the braces keep one model's levels in one Redis Cluster slot).
+
+    When Redis fails (connection refused, timeout, any RedisError) the call is served by a
+    per-process `LocalRoutingState` instead, a warning is logged once per outage, and Redis is
+    tried again after `retry_interval_s`; the first success logs the recovery. During an outage
+    each process routes, counts breakers and caps in-flight on its own. A lease granted by Redis
+    and released during an outage simply expires there. Give the client short socket timeouts
+    and few retries: a slow Redis delays the requests that wait on it.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:", lease_ttl_s: float = 900.0,
+                 state_ttl_s: float = 86400.0, retry_interval_s: float = 1.0,
+                 local: LocalRoutingState | None = None) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._lease_ttl_ms = int(lease_ttl_s * 1000)
+        self._state_ttl_ms = int(state_ttl_s * 1000)
+        self._retry_interval_s = retry_interval_s
+        self._local = local or LocalRoutingState(lease_ttl_s=lease_ttl_s)
+        self._down_until = 0.0
+        self._degraded = False
+        self._wrr_step = redis.register_script(_WRR_STEP)
+        self._probe = redis.register_script(_BREAKER_PROBE)
+        self._failure = redis.register_script(_BREAKER_FAILURE)
+        self._success = redis.register_script(_BREAKER_SUCCESS)
+        self._acquire = redis.register_script(_INFLIGHT_ACQUIRE)
+        self._count = redis.register_script(_INFLIGHT_COUNT)
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is considered down and the per-process fallback is in use."""
+        return self._degraded
+
+    async def plan(self, model: str, candidates: Sequence[Candidate], *, now: float) -> Plan:
+        async def claim_probe(c: Candidate) -> bool:
+            won = await self._probe(keys=[self._breaker_key(c.route_id)],
+                                    args=[repr(now), repr(c.probe_timeout_s), self._state_ttl_ms])
+            return bool(won)
+
+        async def step_wrr(levels: Sequence[Level]) -> tuple[dict[int, int], dict[int, int]]:
+            keys = [f"{self._prefix}wrr:{{{model}}}:{lv.priority}:{lv.digest}" for lv in levels]
+            args: list[int | str] = [self._state_ttl_ms]
+            for level in levels:
+                args.append(len(level.passing))
+                for c in level.passing:
+                    args += [c.route_id, c.weight]
+            out = await self._wrr_step(keys=keys, args=args)
+            values = iter(int(v) for v in out)
+            chosen: dict[int, int] = {}
+            weights: dict[int, int] = {}
+            for level in levels:
+                chosen[level.priority] = next(values)
+                weights.update((c.route_id, next(values)) for c in level.passing)
+            return chosen, weights
+
+        async def shared() -> Plan:
+            return await _plan(candidates, now=now, read_breakers=self._read_breakers,
+                               claim_probe=claim_probe, step_wrr=step_wrr)
+
+        return await self._shared_or_local(shared, lambda: self._local.plan(model, candidates,
+                                                                            now=now))
+
+    async def acquire(self, candidate: Candidate) -> Lease | None:
+        async def shared() -> Lease | None:
+            token = uuid.uuid4().hex
+            granted = await self._acquire(
+                keys=[self._inflight_key(candidate.provider_id)],
+                args=[candidate.max_inflight or 0, token, self._lease_ttl_ms])
+            if not granted:
+                return None
+            return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id,
+                         token=token, shared=True)
+
+        return await self._shared_or_local(shared, lambda: self._local.acquire(candidate))
+
+    async def release(self, lease: Lease) -> None:
+        if not lease.shared:
+            await self._local.release(lease)
+            return
+        if self._degraded and time.monotonic() < self._down_until:
+            return  # Redis is down: the slot expires there with its lease TTL.
+        try:
+            await self._redis.zrem(self._inflight_key(lease.provider_id), lease.token)
+        except (RedisError, OSError) as exc:
+            # The slot expires with its lease TTL; nothing else to undo.
+            self._mark_down(exc)
+
+    async def record_success(self, candidate: Candidate) -> None:
+        async def shared() -> None:
+            await self._success(keys=[self._breaker_key(candidate.route_id)],
+                                args=[self._state_ttl_ms])
+
+        await self._shared_or_local(shared, lambda: self._local.record_success(candidate))
+
+    async def record_failure(self, candidate: Candidate, error_class: str, *, now: float) -> None:
+        async def shared() -> None:
+            await self._failure(
+                keys=[self._breaker_key(candidate.route_id)],
+                args=[repr(now), error_class, candidate.failure_threshold,
+                      repr(candidate.cooldown_s), repr(candidate.max_cooldown_s),
+                      self._state_ttl_ms])
+
+        await self._shared_or_local(
+            shared, lambda: self._local.record_failure(candidate, error_class, now=now))
+
+    async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
+        async def shared() -> dict[int, BreakerView]:
+            breakers = await self._read_breakers(candidates)
+            providers = sorted({c.provider_id for c in candidates})
+            pipe = self._redis.pipeline(transaction=False)
+            for provider_id in providers:
+                await self._count(keys=[self._inflight_key(provider_id)], client=pipe)
+            counts = dict(zip(providers, await pipe.execute()))
+            return {c.route_id: _view(c, breakers.get(c.route_id, BreakerState()),
+                                      int(counts[c.provider_id]), shared=True)
+                    for c in candidates}
+
+        return await self._shared_or_local(shared, lambda: self._local.snapshot(candidates))
+
+    async def _read_breakers(self, candidates: Sequence[Candidate]) -> dict[int, BreakerState]:
+        if not candidates:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for c in candidates:
+            pipe.hgetall(self._breaker_key(c.route_id))
+        rows = await pipe.execute()
+        return {c.route_id: _breaker_from_hash(row) for c, row in zip(candidates, rows) if row}
+
+    async def _shared_or_local(self, shared: Callable[[], Awaitable[T]],
+                               local: Callable[[], Awaitable[T]]) -> T:
+        if self._degraded and time.monotonic() < self._down_until:
+            return await local()
+        try:
+            result = await shared()
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+            return await local()
+        if self._degraded:
+            self._degraded = False
+            logger.info("Redis is back: routing state is shared again")
+        return result
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self._retry_interval_s
+        if not self._degraded:
+            self._degraded = True
+            logger.warning("Redis unavailable for routing state (%s: %s); this process routes "
+                           "on its own state until it returns", type(exc).__name__, exc)
+
+    def _breaker_key(self, route_id: int) -> str:
+        return f"{self._prefix}cb:{route_id}"
+
+    def _inflight_key(self, provider_id: int) -> str:
+        return f"{self._prefix}inflight:{provider_id}"
+
+
+def _breaker_from_hash(row: dict[bytes | str, bytes | str]) -> BreakerState:
+    fields = {_text(k): _text(v) for k, v in row.items()}
+    last_error_at = fields.get("last_error_at")
+    return BreakerState(
+        status=Circuit(fields.get("state", "closed")),
+        failures=int(fields.get("failures", 0)),
+        cooldown_s=float(fields.get("cooldown", 0)),
+        opened_until=float(fields.get("opened_until", 0)),
+        probe_until=float(fields.get("probe_until", 0)),
+        last_error=fields.get("last_error"),
+        last_error_at=float(last_error_at) if last_error_at is not None else None)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _view(c: Candidate, state: BreakerState, in_flight: int, *, shared: bool) -> BreakerView:
+    return BreakerView(
+        route_id=c.route_id, provider_id=c.provider_id, state=state.status.value,
+        consecutive_failures=state.failures, last_error_class=state.last_error,
+        last_error_at=state.last_error_at,
+        opened_until=state.opened_until if state.status is not Circuit.CLOSED else None,
+        cooldown_s=state.cooldown_s, in_flight=in_flight, max_inflight=c.max_inflight,
+        shared=shared)
