@@ -59,8 +59,21 @@ def _live_gateway(django_db_setup) -> str:
 @pytest.fixture
 def gateway_url(_live_gateway: str, transactional_db) -> str:
     """Base URL of a running gateway whose database is this test's (committed) database."""
+    from django.conf import settings
+
+    from gateway.clients import client_pool
     from providers.cache import snapshot_cache
 
+    # Test databases reuse ids, so routing state (breakers, WRR) from an earlier test must go.
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        keys = list(client.scan_iter("gw:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    client_pool.reset_routing_state()
     snapshot_cache.invalidate()
     return _live_gateway
 

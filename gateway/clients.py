@@ -1,45 +1,86 @@
-"""The one shared upstream HTTP client pool (aiohttp), one session per event loop.
+"""The shared clients of a worker process, one set per event loop: the upstream HTTP pool
+(aiohttp), the Redis client, and the routing state built on it.
 
-aiohttp was chosen over httpx by measurement (README: "Upstream HTTP client"). The session honours
-HTTPS_PROXY/NO_PROXY (trust_env) and is never created per request.
+aiohttp was chosen over httpx by measurement (README: "Upstream HTTP client"). The HTTP session
+honours HTTPS_PROXY/NO_PROXY (trust_env) and is never created per request. Redis gets short
+timeouts and no retries: a slow Redis must not stall requests (routing falls back per process).
 """
 from __future__ import annotations
 
 import asyncio
 import weakref
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
+import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from gateway.routing_state import LocalRoutingState, RedisRoutingState, RoutingState
+
+
+@dataclass
+class LoopClients:
+    http: aiohttp.ClientSession
+    redis: aioredis.Redis | None
+    routing: RoutingState
 
 
 class ClientPool:
     """Bounded by the number of live event loops (normally one per worker process)."""
 
     def __init__(self) -> None:
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopClients] = (
             weakref.WeakKeyDictionary())
 
-    def session(self) -> aiohttp.ClientSession:
+    def _get(self) -> LoopClients:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
-                                             keepalive_timeout=60, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(
-                connector=connector, trust_env=True, auto_decompress=True,
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
-                timeout=aiohttp.ClientTimeout(total=None, connect=settings.GATEWAY_CONNECT_TIMEOUT_S,
-                                              sock_read=settings.GATEWAY_READ_TIMEOUT_S),
-            )
-            self._sessions[loop] = session
-        return session
+        clients = self._clients.get(loop)
+        if clients is None or clients.http.closed:
+            redis = None
+            if settings.REDIS_URL:
+                redis = aioredis.Redis.from_url(settings.REDIS_URL, retry=Retry(NoBackoff(), 0),
+                                                socket_connect_timeout=0.5, socket_timeout=0.5,
+                                                health_check_interval=30)
+            routing = RedisRoutingState(redis) if redis is not None else LocalRoutingState()
+            clients = LoopClients(http=self._new_session(), redis=redis, routing=routing)
+            self._clients[loop] = clients
+        return clients
+
+    @staticmethod
+    def _new_session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=60)
+        return aiohttp.ClientSession(
+            connector=connector, trust_env=True, auto_decompress=True,
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            timeout=aiohttp.ClientTimeout(total=None, connect=settings.GATEWAY_CONNECT_TIMEOUT_S,
+                                          sock_read=settings.GATEWAY_READ_TIMEOUT_S),
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        return self._get().http
+
+    def redis(self) -> aioredis.Redis | None:
+        return self._get().redis
+
+    def routing(self) -> RoutingState:
+        return self._get().routing
+
+    def reset_routing_state(self) -> None:
+        """Forget this process's routing state (tests; shared Redis state is not touched)."""
+        for clients in list(self._clients.values()):
+            clients.routing = (RedisRoutingState(clients.redis) if clients.redis is not None
+                               else LocalRoutingState())
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        session = self._sessions.pop(loop, None)
-        if session is not None:
-            await session.close()
+        clients = self._clients.pop(asyncio.get_running_loop(), None)
+        if clients is not None:
+            await clients.http.close()
+            if clients.redis is not None:
+                await clients.redis.aclose()
 
 
 client_pool = ClientPool()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import uuid
@@ -21,8 +22,12 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from gateway.adapters.base import UpstreamError, UpstreamResponse
+from gateway.clients import client_pool
 from gateway.errors import (AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge,
-                            PermissionDenied, UpstreamFailed, UpstreamTimeout)
+                            PermissionDenied, RateLimited, ServiceUnavailable, UpstreamFailed,
+                            UpstreamTimeout)
+from gateway.routing import backoff_delay
+from gateway.routing_state import Lease
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 from usage.models import UsageSource, UsageStatus
@@ -31,7 +36,8 @@ from usage.services import LedgerEntry, usage_record_write
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 4
+MAX_ATTEMPTS = 3
+_rng = random.Random()
 
 
 @dataclass(slots=True)
@@ -57,6 +63,7 @@ class ProxyCall:
     http_status: int = 200
     error_type: str = ""
     idempotency_key: str = ""
+    lease: Lease | None = None
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -144,40 +151,53 @@ def resolve(snapshot: RoutingSnapshot, key: KeyInfo, model: object) -> tuple[Dep
     return deployments
 
 
-def deployment_order(deployments: tuple[Deployment, ...], rng: random.Random) -> list[Deployment]:
-    """Failover order: by priority (lower first); within a priority, a weighted draw decides
-    who goes first, the rest follow by weight. Weight 0 drains a deployment."""
-    order: list[Deployment] = []
-    for priority in sorted({d.priority for d in deployments}):
-        pool = [d for d in deployments if d.priority == priority and d.weight > 0]
-        while pool:
-            chosen = rng.choices(pool, weights=[d.weight for d in pool])[0]
-            order.append(chosen)
-            pool.remove(chosen)
-    return order
-
-
-_rng = random.Random()
-
-
 async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
                         send: Callable[[Deployment], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
-    """Try deployments in failover order until one answers. Retryable failures move on;
-    a client error from the upstream is the client's answer. Raises a GatewayError."""
+    """Plan the deployment order (smooth WRR within a priority, circuit breakers, shared via
+    Redis when configured) and try deployments until one answers. Retryable failures move on
+    after a short jittered backoff; a non-retryable one is the client's answer. On success the
+    call holds an in-flight lease that `call_finish` releases. Raises a GatewayError."""
+    routing = client_pool.routing()
+    by_route = {d.route_id: d for d in deployments}
+    plan = await routing.plan(call.public_model, [d.candidate for d in deployments], now=time.time())
+    if not plan.routes:
+        retry_after = str(max(1, math.ceil(plan.retry_after_s or 1)))
+        call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=503, error_type=plan.reason or "")
+        raise ServiceUnavailable(
+            f"no healthy deployment of `{call.public_model}`: every circuit is open"
+            if plan.reason == "circuit_open" else f"`{call.public_model}` has no active deployment",
+            headers={"retry-after": retry_after})
     last: UpstreamError | None = None
-    for deployment in deployment_order(deployments, _rng)[:MAX_ATTEMPTS]:
-        call.deployment = deployment
+    tried = 0
+    for candidate in plan.routes:
+        if tried >= MAX_ATTEMPTS:
+            break
+        lease = await routing.acquire(candidate)
+        if lease is None:
+            continue
+        if last is not None:
+            await asyncio.sleep(backoff_delay(tried, last.retry_after, _rng, base_s=0.05, cap_s=1.0))
+        tried += 1
+        call.deployment = by_route[candidate.route_id]
         try:
-            return await send(deployment)
+            upstream = await send(call.deployment)
         except UpstreamError as exc:
+            await routing.release(lease)
             last = exc
             logger.warning("request %s: provider %s failed: %s", call.request_id,
-                           deployment.provider_name, exc.error_class)
+                           call.deployment.provider_name, exc.error_class)
+            if exc.retryable or exc.status in (401, 403):
+                await routing.record_failure(candidate, exc.error_class, now=time.time())
             if not exc.retryable:
                 break
+            continue
+        await routing.record_success(candidate)
+        call.lease = lease
+        return upstream
     if last is None:
-        call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=503, error_type="no_deployment")
-        raise UpstreamFailed(f"no deployment of `{call.public_model}` is available")
+        call.fail(status=UsageStatus.REJECTED, http_status=429, error_type="at_capacity")
+        raise RateLimited(f"every deployment of `{call.public_model}` is at its concurrency limit",
+                          code="deployments_at_capacity", headers={"retry-after": "1"})
     raise upstream_failure(call, last)
 
 
@@ -219,8 +239,18 @@ class LedgerWriter:
 ledger_writer = LedgerWriter()
 
 
-async def call_record(call: ProxyCall, snapshot: RoutingSnapshot) -> None:
-    """Write the call's one ledger row, priced at the price in force when it started."""
+async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *,
+                      upstream_broke: bool = False) -> None:
+    """End the call: release its in-flight slot, count a mid-response upstream failure against
+    the route's circuit (`upstream_broke`), and write its one ledger row, priced at the price in
+    force when it started."""
+    if call.lease is not None:
+        lease, call.lease = call.lease, None
+        routing = client_pool.routing()
+        await routing.release(lease)
+        if upstream_broke and call.deployment is not None:
+            await routing.record_failure(call.deployment.candidate, call.error_type or "stream_error",
+                                         now=time.time())
     d = call.deployment
     price = (snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model,
                                 at=call.created_at) if d else None)

@@ -40,7 +40,8 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "weight", "priority",
-                  "enabled", "timeout_s", "max_inflight", "extra_headers"]
+                  "enabled", "timeout_s", "max_inflight", "breaker_failures", "breaker_cooldown_s",
+                  "extra_headers"]
 
     def clean(self):
         data = super().clean()

@@ -32,6 +32,12 @@ class Provider(models.Model):
     enabled = models.BooleanField(default=True)
     timeout_s = models.FloatField(default=600, validators=[MinValueValidator(0.1)])
     max_inflight = models.PositiveIntegerField(default=512)
+    breaker_failures = models.PositiveIntegerField(
+        default=5, validators=[MinValueValidator(1)],
+        help_text="Consecutive failures that open a route's circuit.")
+    breaker_cooldown_s = models.FloatField(
+        default=30, validators=[MinValueValidator(0.1)],
+        help_text="Seconds an open circuit waits before one probe; doubles after a failed probe.")
     extra_headers = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

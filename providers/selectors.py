@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from gateway.routing import Candidate
 from providers.crypto import SecretUnreadable, secret_decrypt
 from providers.models import ApiKey, ConfigVersion, ModelRoute, Price
 
@@ -31,6 +32,7 @@ class Deployment:
     priority: int
     timeout_s: float
     max_inflight: int
+    candidate: Candidate
     extra_headers: tuple[tuple[str, str], ...] = ()
     api_key: str = field(default="", repr=False)
 
@@ -111,6 +113,11 @@ def routing_snapshot_load() -> RoutingSnapshot:
             priority=route.effective_priority,
             timeout_s=provider.timeout_s,
             max_inflight=provider.max_inflight,
+            candidate=Candidate(
+                route_id=route.id, provider_id=provider.id, weight=route.effective_weight,
+                priority=route.effective_priority, max_inflight=provider.max_inflight,
+                failure_threshold=provider.breaker_failures, cooldown_s=provider.breaker_cooldown_s,
+                max_cooldown_s=max(300.0, provider.breaker_cooldown_s * 8)),
             extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
             api_key=api_key,
         ))

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
-from gateway.proxy import (ProxyCall, authenticate, call_begin, call_record, open_upstream,
+from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, open_upstream,
                            read_json, resolve, upstream_failure)
 from gateway.responses import json_response, openai_error, openai_error_body, sse_response
 from gateway.streaming import SSEError, sse_format
@@ -83,7 +83,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     try:
         upstream = await open_upstream(call, deployments, send)
     except GatewayError as exc:
-        await call_record(call, snapshot)
+        await call_finish(call, snapshot)
         return openai_error(exc)
     # Until the upstream reports usage, bill the estimate: it has the prompt now.
     call.input_tokens = chat_input_tokens(body["messages"], tools=body.get("tools"))
@@ -101,26 +101,26 @@ async def _complete(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Upstre
         data = await upstream.json()
     except UpstreamError as exc:
         error = upstream_failure(call, exc)
-        await call_record(call, snapshot)
+        await call_finish(call, snapshot, upstream_broke=True)
         return openai_error(error)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         error = upstream_failure(call, UpstreamError(
             "upstream connection failed while reading the response",
             timeout=isinstance(exc, asyncio.TimeoutError), error_class=type(exc).__name__))
-        await call_record(call, snapshot)
+        await call_finish(call, snapshot, upstream_broke=True)
         return openai_error(error)
     finally:
         await upstream.close()
     if isinstance(data.get("error"), dict) and not data.get("choices"):
         call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=502, error_type="error_body")
-        await call_record(call, snapshot)
+        await call_finish(call, snapshot, upstream_broke=True)
         return openai_error(UpstreamFailed("the upstream returned an error instead of a completion"))
     call.take_openai_usage(data.get("usage"))
     if call.usage_source == UsageSource.ESTIMATED:
         call.output_tokens = text_tokens(_choices_text(data.get("choices")))
     call.mark_first_token()
     data["model"] = call.public_model
-    await call_record(call, snapshot)
+    await call_finish(call, snapshot)
     return json_response(data, headers=headers)
 
 
@@ -158,14 +158,14 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
     streamed: list[str] = []
     recorded = False
 
-    async def record() -> None:
+    async def record(*, upstream_broke: bool = False) -> None:
         nonlocal recorded
         if recorded:
             return
         recorded = True
         if call.usage_source == UsageSource.ESTIMATED:
             call.output_tokens = text_tokens("".join(streamed))
-        await call_record(call, snapshot)
+        await call_finish(call, snapshot, upstream_broke=upstream_broke)
 
     try:
         async for _event, data in upstream.events():
@@ -207,7 +207,7 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
         call.fail(status=UsageStatus.TIMEOUT if timeout else UsageStatus.UPSTREAM_ERROR,
                   http_status=call.http_status,
                   error_type=getattr(exc, "error_class", type(exc).__name__))
-        await record()
+        await record(upstream_broke=True)
         message = ("the upstream timed out mid-stream" if timeout
                    else "the upstream stream failed: " + getattr(exc, "message", type(exc).__name__))
         error = UpstreamFailed(message, code="upstream_timeout" if timeout else "upstream_error")
