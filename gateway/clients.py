@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.routing_state import LocalRoutingState, RedisRoutingState, RoutingState
+from usage.ratelimits import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
 
 @dataclass
@@ -26,6 +27,7 @@ class LoopClients:
     http: aiohttp.ClientSession
     redis: aioredis.Redis | None
     routing: RoutingState
+    ratelimiter: RateLimiter
 
 
 class ClientPool:
@@ -44,8 +46,12 @@ class ClientPool:
                 redis = aioredis.Redis.from_url(settings.REDIS_URL, retry=Retry(NoBackoff(), 0),
                                                 socket_connect_timeout=0.5, socket_timeout=0.5,
                                                 health_check_interval=30)
-            routing = RedisRoutingState(redis) if redis is not None else LocalRoutingState()
-            clients = LoopClients(http=self._new_session(), redis=redis, routing=routing)
+            if redis is not None:
+                routing, ratelimiter = RedisRoutingState(redis), RedisRateLimiter(redis)
+            else:
+                routing, ratelimiter = LocalRoutingState(), LocalRateLimiter()
+            clients = LoopClients(http=self._new_session(), redis=redis, routing=routing,
+                                  ratelimiter=ratelimiter)
             self._clients[loop] = clients
         return clients
 
@@ -69,11 +75,17 @@ class ClientPool:
     def routing(self) -> RoutingState:
         return self._get().routing
 
+    def ratelimiter(self) -> RateLimiter:
+        return self._get().ratelimiter
+
     def reset_routing_state(self) -> None:
-        """Forget this process's routing state (tests; shared Redis state is not touched)."""
+        """Forget this process's routing and rate-limit state (tests; Redis data is not touched)."""
         for clients in list(self._clients.values()):
-            clients.routing = (RedisRoutingState(clients.redis) if clients.redis is not None
-                               else LocalRoutingState())
+            if clients.redis is not None:
+                clients.routing, clients.ratelimiter = (RedisRoutingState(clients.redis),
+                                                        RedisRateLimiter(clients.redis))
+            else:
+                clients.routing, clients.ratelimiter = LocalRoutingState(), LocalRateLimiter()
 
     async def close(self) -> None:
         clients = self._clients.pop(asyncio.get_running_loop(), None)

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -23,20 +24,25 @@ from django.utils import timezone
 
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.clients import client_pool
-from gateway.errors import (AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge,
+from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
+                            PayloadTooLarge,
                             PermissionDenied, RateLimited, ServiceUnavailable, UpstreamFailed,
                             UpstreamTimeout)
 from gateway.routing import backoff_delay
 from gateway.routing_state import Lease
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
-from usage.models import UsageSource, UsageStatus
+from usage.budgets import BudgetLimit, budget_reserve, usd_to_units
+from usage.idempotency import Replay, idempotency_claim, idempotency_release
+from usage.models import BudgetScope, UsageSource, UsageStatus
 from usage.pricing import cost_usd
-from usage.services import LedgerEntry, usage_record_write
+from usage.services import LedgerEntry, StoredResponse, usage_record_write
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+# Output tokens assumed for a budget reservation when neither the request nor the key caps them.
+DEFAULT_MAX_TOKENS = 4096
 _rng = random.Random()
 
 
@@ -64,6 +70,11 @@ class ProxyCall:
     error_type: str = ""
     idempotency_key: str = ""
     lease: Lease | None = None
+    budget_reserved: bool = False
+    tpm_charged: int = 0
+    idempotency_claim: int | None = None
+    # Bytes sent to the client, kept only while an Idempotency-Key claim needs them.
+    captured: list[bytes] | None = None
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -151,6 +162,74 @@ def resolve(snapshot: RoutingSnapshot, key: KeyInfo, model: object) -> tuple[Dep
     return deployments
 
 
+def budget_limits(key: KeyInfo) -> list[BudgetLimit]:
+    limits = []
+    if key.budget_usd is not None:
+        limits.append(BudgetLimit(scope=BudgetScope.KEY, scope_id=key.id, limit_usd=key.budget_usd,
+                                  period=key.budget_period))
+    if key.team_id is not None and key.team_budget_usd is not None:
+        limits.append(BudgetLimit(scope=BudgetScope.TEAM, scope_id=key.team_id,
+                                  limit_usd=key.team_budget_usd, period=key.team_budget_period))
+    return limits
+
+
+def worst_case_cost(snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...], *,
+                    prompt_tokens: int, max_tokens: int, at) -> Decimal:
+    """The most this request can cost on any of its deployments. Raises PermissionDenied when
+    one has no price: a budgeted key is never served for free by accident."""
+    worst = Decimal(0)
+    for d in deployments:
+        price = snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model, at=at)
+        if price is None:
+            raise PermissionDenied(f"`{d.upstream_model}` has no price, so budgeted keys may not use "
+                                   "it until an admin sets one", param="model", code="model_not_priced")
+        worst = max(worst, cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=max_tokens))
+    return worst
+
+
+async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...],
+                     *, digest: str | None, prompt_tokens: int, max_tokens: int | None) -> Replay | None:
+    """Idempotency, rate limits and the budget reservation, before any upstream call.
+
+    Returns the stored response when the Idempotency-Key was already answered. Raises Conflict
+    / Unprocessable (idempotency, no ledger row), RateLimited, BudgetExceeded or
+    PermissionDenied (these mark the call `rejected`: the caller records it)."""
+    key = call.key
+    if call.idempotency_key and digest:
+        claim = await sync_to_async(idempotency_claim)(api_key_id=key.id, key=call.idempotency_key,
+                                                       digest=digest)
+        if isinstance(claim, Replay):
+            return claim
+        call.idempotency_claim = claim
+        call.captured = []
+    try:
+        limiter = client_pool.ratelimiter()
+        for name, per_minute, cost in (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)):
+            if not per_minute:
+                continue
+            wait = await limiter.acquire(f"{name}:{key.id}", per_minute=per_minute, cost=cost)
+            if wait is not None:
+                raise RateLimited(f"this key's {name.upper()} limit of {per_minute} is reached",
+                                  headers={"retry-after": str(max(1, math.ceil(wait)))})
+            if name == "tpm":
+                call.tpm_charged = cost
+        limits = budget_limits(key)
+        if limits:
+            worst = worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
+                                    max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
+            await sync_to_async(budget_reserve)(request_id=call.request_id, limits=limits,
+                                                amount_units=usd_to_units(worst))
+            call.budget_reserved = True
+    except GatewayError as exc:
+        call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
+                  error_type=exc.code or exc.type)
+        if call.idempotency_claim is not None:
+            await sync_to_async(idempotency_release)(claim_id=call.idempotency_claim)
+            call.idempotency_claim = call.captured = None
+        raise
+    return None
+
+
 async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
                         send: Callable[[Deployment], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
     """Plan the deployment order (smooth WRR within a priority, circuit breakers, shared via
@@ -220,8 +299,10 @@ class LedgerWriter:
     def __init__(self) -> None:
         self._pending: set[asyncio.Task] = set()
 
-    async def write(self, entry: LedgerEntry) -> None:
-        task = asyncio.ensure_future(sync_to_async(usage_record_write)(entry=entry))
+    async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
+                    response: StoredResponse | None = None, release_claim: int | None = None) -> None:
+        task = asyncio.ensure_future(sync_to_async(usage_record_write)(
+            entry=entry, settle_budget=settle_budget, response=response, release_claim=release_claim))
         self._pending.add(task)
         task.add_done_callback(self._done)
         await asyncio.shield(task)
@@ -239,11 +320,13 @@ class LedgerWriter:
 ledger_writer = LedgerWriter()
 
 
-async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *,
-                      upstream_broke: bool = False) -> None:
+async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke: bool = False,
+                      response_body: bytes | None = None,
+                      response_headers: dict[str, str] | None = None) -> None:
     """End the call: release its in-flight slot, count a mid-response upstream failure against
-    the route's circuit (`upstream_broke`), and write its one ledger row, priced at the price in
-    force when it started."""
+    the route's circuit (`upstream_broke`), correct its TPM charge, and write its one ledger row
+    (priced at the price in force when it started) together with its budget settlement and, for
+    an Idempotency-Key, the response to replay (`response_body`, successful calls only)."""
     if call.lease is not None:
         lease, call.lease = call.lease, None
         routing = client_pool.routing()
@@ -251,6 +334,19 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *,
         if upstream_broke and call.deployment is not None:
             await routing.record_failure(call.deployment.candidate, call.error_type or "stream_error",
                                          now=time.time())
+    key = call.key
+    if key is not None and key.tpm_limit and call.tpm_charged:
+        delta = call.input_tokens + call.output_tokens - call.tpm_charged
+        if delta:
+            await client_pool.ratelimiter().adjust(f"tpm:{key.id}", per_minute=key.tpm_limit, delta=delta)
+    stored = release_claim = None
+    if call.idempotency_claim is not None:
+        if call.status == UsageStatus.OK and response_body is not None:
+            stored = StoredResponse(claim_id=call.idempotency_claim, status=call.http_status,
+                                    headers=response_headers or {}, body=response_body)
+        else:
+            release_claim = call.idempotency_claim
+        call.idempotency_claim = call.captured = None
     d = call.deployment
     price = (snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model,
                                 at=call.created_at) if d else None)
@@ -284,4 +380,5 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *,
         ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
         idempotency_key=call.idempotency_key,
     )
-    await ledger_writer.write(entry)
+    await ledger_writer.write(entry, settle_budget=call.budget_reserved, response=stored,
+                              release_claim=release_claim)

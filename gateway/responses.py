@@ -48,3 +48,14 @@ def anthropic_error_body(exc: GatewayError) -> dict:
 
 def anthropic_error(exc: GatewayError) -> HttpResponse:
     return json_response(anthropic_error_body(exc), status=exc.status, headers=exc.headers)
+
+
+def replayed(replay) -> HttpResponse:
+    """The stored first response to an Idempotency-Key, byte for byte."""
+    response = HttpResponse(replay.body, status=replay.status,
+                            content_type=replay.headers.get("content-type", "application/json"))
+    for name, value in replay.headers.items():
+        if name != "content-type":
+            response[name] = value
+    response["idempotent-replayed"] = "true"
+    return response

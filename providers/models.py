@@ -128,6 +128,11 @@ class Team(models.Model):
     budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
                                      default=BudgetPeriod.MONTH)
+    budget_alert_pct = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Send an alert when this % of the budget is spent.")
+    alert_webhook_url = models.URLField(max_length=500, blank=True,
+                                        help_text="POSTed a JSON alert when a budget threshold is crossed.")
+    alert_email = models.EmailField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -153,6 +158,7 @@ class ApiKey(models.Model):
                                      validators=[MinValueValidator(Decimal("0"))])
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
                                      default=BudgetPeriod.MONTH)
+    budget_alert_pct = models.PositiveSmallIntegerField(null=True, blank=True)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
     max_tokens_default = models.PositiveIntegerField(null=True, blank=True)

@@ -47,6 +47,8 @@ class KeyInfo:
     allowed_models: frozenset[str]
     budget_usd: Decimal | None
     budget_period: str
+    team_budget_usd: Decimal | None
+    team_budget_period: str
     rpm_limit: int | None
     tpm_limit: int | None
     max_tokens_default: int | None
@@ -133,6 +135,8 @@ def routing_snapshot_load() -> RoutingSnapshot:
             allowed_models=frozenset(key.allowed_models or ()),
             budget_usd=key.budget_usd,
             budget_period=key.budget_period,
+            team_budget_usd=key.team.budget_usd if key.team_id else None,
+            team_budget_period=key.team.budget_period if key.team_id else "month",
             rpm_limit=key.rpm_limit,
             tpm_limit=key.tpm_limit,
             max_tokens_default=key.max_tokens_default,

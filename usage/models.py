@@ -65,3 +65,91 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.public_model} {self.status}"
+
+
+class BudgetScope(models.TextChoices):
+    KEY = "key"
+    TEAM = "team"
+
+
+class BudgetCounter(models.Model):
+    """Spend and open reservations of one key or team in one budget period.
+
+    Amounts are integers in units of 1e-10 USD (the ledger's cost quantum), so they are exact on
+    every database. Reservations use a conditional UPDATE (usage.budgets); settlement happens in
+    the same transaction as the ledger row, so `spent` always equals the ledger's sum.
+    """
+
+    scope = models.CharField(max_length=8, choices=BudgetScope.choices)
+    scope_id = models.BigIntegerField()
+    period = models.CharField(max_length=8)
+    period_start = models.DateTimeField()
+    spent_units = models.BigIntegerField(default=0)
+    reserved_units = models.BigIntegerField(default=0)
+    alerted_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "scope_id", "period_start"],
+                                               name="uniq_budget_counter")]
+
+    def __str__(self) -> str:
+        return f"{self.scope}:{self.scope_id} from {self.period_start:%Y-%m-%d}"
+
+
+class BudgetReservation(models.Model):
+    """An open reservation: deleted when its request settles, reconciled if it never does."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    amount_units = models.BigIntegerField()
+    # Expired and released from the counters; its request may still settle its spend.
+    released = models.BooleanField(default=False)
+    key_counter = models.ForeignKey(BudgetCounter, null=True, on_delete=models.CASCADE, related_name="+")
+    team_counter = models.ForeignKey(BudgetCounter, null=True, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+
+class IdempotencyStatus(models.TextChoices):
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to an `Idempotency-Key` of one API key, kept 24 h for replay."""
+
+    api_key = models.ForeignKey("providers.ApiKey", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    body_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=IdempotencyStatus.choices)
+    response_status = models.PositiveSmallIntegerField(null=True)
+    response_headers = models.JSONField(default=dict)
+    response_body = models.BinaryField(default=b"")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="uniq_idempotency_key")]
+
+
+class DailyUsage(models.Model):
+    """Ledger rolled up by day, key, team, provider and model (usage.tasks.usage_rollup)."""
+
+    day = models.DateField()
+    api_key = models.ForeignKey("providers.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
+    team = models.ForeignKey("providers.Team", null=True, on_delete=models.SET_NULL, related_name="+")
+    provider_name = models.CharField(max_length=64)
+    public_model = models.CharField(max_length=200)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cached_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(
+            fields=["day", "api_key", "team", "provider_name", "public_model"],
+            name="uniq_daily_usage")]
+        indexes = [models.Index(fields=["day"])]

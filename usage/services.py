@@ -7,6 +7,8 @@ from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
+from usage.budgets import budget_settle, usd_to_units
+from usage.idempotency import idempotency_complete, idempotency_release
 from usage.models import UsageRecord
 
 
@@ -39,12 +41,30 @@ class LedgerEntry:
     idempotency_key: str = ""
 
 
-def usage_record_write(*, entry: LedgerEntry) -> bool:
-    """Insert the row for one request. Idempotent on `request_id`: a second write of the same
-    request is ignored (returns False), so a retried flush never duplicates spend."""
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The response to keep for an Idempotency-Key claim."""
+    claim_id: int
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def usage_record_write(*, entry: LedgerEntry, settle_budget: bool = False,
+                       response: StoredResponse | None = None, release_claim: int | None = None) -> bool:
+    """Insert the row for one request, settle its budget reservation and store its response
+    for idempotent replay, in one transaction. Idempotent on `request_id`: a second write of
+    the same request changes nothing (returns False), so a retried flush never double-charges."""
     try:
         with transaction.atomic():
-            UsageRecord.objects.create(**asdict(entry))
+            UsageRecord.objects.create(**{k: v for k, v in asdict(entry).items()})
+            if settle_budget:
+                budget_settle(request_id=entry.request_id, cost_units=usd_to_units(entry.cost_usd))
+            if response is not None:
+                idempotency_complete(claim_id=response.claim_id, status=response.status,
+                                     headers=response.headers, body=response.body)
+            if release_claim is not None:
+                idempotency_release(claim_id=release_claim)
     except IntegrityError:
         if UsageRecord.objects.filter(request_id=entry.request_id).exists():
             return False

@@ -18,13 +18,15 @@ from django.views.decorators.http import require_POST
 from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
-from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, open_upstream,
-                           read_json, resolve, upstream_failure)
-from gateway.responses import json_response, openai_error, openai_error_body, sse_response
+from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call_finish,
+                           open_upstream, read_json, resolve, upstream_failure)
+from gateway.responses import (json_response, openai_error, openai_error_body, replayed,
+                               sse_response)
 from gateway.streaming import SSEError, sse_format
 from gateway.tokens import chat_input_tokens, text_tokens
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment, RoutingSnapshot
+from usage.idempotency import body_hash
 from usage.models import UsageSource, UsageStatus
 
 SURFACE = "openai.chat"
@@ -59,6 +61,11 @@ def upstream_chat_body(body: dict, deployment: Deployment, *, stream: bool) -> d
     return out
 
 
+def requested_max_tokens(body: dict) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return value if isinstance(value, int) else None
+
+
 @csrf_exempt
 @require_POST
 async def chat_completions(request: HttpRequest) -> HttpResponse:
@@ -73,6 +80,20 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return openai_error(exc)
     call.public_model = body["model"]
     call.stream = bool(body.get("stream"))
+    prompt_tokens = chat_input_tokens(body["messages"], tools=body.get("tools"))
+    max_tokens = requested_max_tokens(body)
+    if max_tokens is None and call.key.max_tokens_default:
+        max_tokens = body["max_tokens"] = call.key.max_tokens_default
+    try:
+        replay = await call_admit(call, snapshot, deployments, prompt_tokens=prompt_tokens,
+                                  max_tokens=max_tokens,
+                                  digest=body_hash(request.path, request.body) if call.idempotency_key else None)
+    except GatewayError as exc:
+        if call.status == UsageStatus.REJECTED:
+            await call_finish(call, snapshot)
+        return openai_error(exc)
+    if replay is not None:
+        return replayed(replay)
 
     async def send(deployment: Deployment) -> UpstreamResponse:
         return await adapter_for(deployment.kind).send(
@@ -86,7 +107,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         await call_finish(call, snapshot)
         return openai_error(exc)
     # Until the upstream reports usage, bill the estimate: it has the prompt now.
-    call.input_tokens = chat_input_tokens(body["messages"], tools=body.get("tools"))
+    call.input_tokens = prompt_tokens
     headers = {"x-gateway-provider": call.deployment.provider_name}
     if not call.stream:
         return await _complete(call, snapshot, upstream, headers)
@@ -120,7 +141,9 @@ async def _complete(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Upstre
         call.output_tokens = text_tokens(_choices_text(data.get("choices")))
     call.mark_first_token()
     data["model"] = call.public_model
-    await call_finish(call, snapshot)
+    payload = orjson.dumps(data)
+    await call_finish(call, snapshot, response_body=payload,
+                      response_headers={**headers, "content-type": "application/json"})
     return json_response(data, headers=headers)
 
 
@@ -165,7 +188,10 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
         recorded = True
         if call.usage_source == UsageSource.ESTIMATED:
             call.output_tokens = text_tokens("".join(streamed))
-        await call_finish(call, snapshot, upstream_broke=upstream_broke)
+        body = b"".join(call.captured) + DONE if call.captured is not None else None
+        await call_finish(call, snapshot, upstream_broke=upstream_broke, response_body=body,
+                          response_headers={"content-type": "text/event-stream; charset=utf-8",
+                                            "x-gateway-provider": call.deployment.provider_name})
 
     try:
         async for _event, data in upstream.events():
@@ -194,7 +220,10 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
             if not include_usage:
                 chunk.pop("usage", None)
             chunk["model"] = call.public_model
-            yield sse_format(orjson.dumps(chunk))
+            event = sse_format(orjson.dumps(chunk))
+            if call.captured is not None:
+                call.captured.append(event)
+            yield event
         await record()
         yield DONE
     except asyncio.CancelledError:

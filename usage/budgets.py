@@ -1,0 +1,147 @@
+"""Hard budgets per key and per team: reserve the worst case before the upstream is called,
+settle to the actual cost in the ledger's own transaction.
+
+The reservation is one conditional UPDATE per scope (`spent + reserved + amount <= limit`)
+inside one transaction, so concurrent requests can never take a key or team past its budget, on
+SQLite and MySQL alike, with or without Redis. Amounts are integer units of 1e-10 USD.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from gateway.errors import BudgetExceeded
+from usage.models import BudgetCounter, BudgetReservation, BudgetScope
+
+UNITS_PER_USD = Decimal(10) ** 10
+RESERVATION_TTL = timedelta(minutes=30)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.get_fixed_timezone(0))
+
+
+def usd_to_units(amount: Decimal) -> int:
+    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def units_to_usd(units: int) -> Decimal:
+    return (Decimal(units) / UNITS_PER_USD).quantize(Decimal("0.0000000001"))
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """[start, end) of the UTC budget period containing `now`; `total` never ends."""
+    day = now.astimezone(EPOCH.tzinfo).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    if period == "week":
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    if period == "month":
+        start = day.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+        return start, end
+    return EPOCH, None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLimit:
+    scope: str
+    scope_id: int
+    limit_usd: Decimal
+    period: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    request_id: str
+    amount_units: int
+
+
+def _counter(limit: BudgetLimit, now: datetime) -> BudgetCounter:
+    start, _ = period_bounds(limit.period, now)
+    counter, _ = BudgetCounter.objects.get_or_create(
+        scope=limit.scope, scope_id=limit.scope_id, period_start=start,
+        defaults={"period": limit.period})
+    return counter
+
+
+def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: int,
+                   now: datetime | None = None) -> Reservation:
+    """Reserve `amount_units` against every limit, or none of them. Raises BudgetExceeded
+    (429, code budget_exceeded) naming the scope that has no room."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        counters: dict[str, BudgetCounter] = {}
+        for limit in limits:
+            counter = _counter(limit, now)
+            room = usd_to_units(limit.limit_usd) - amount_units
+            updated = (BudgetCounter.objects.filter(pk=counter.pk)
+                       .alias(used=F("spent_units") + F("reserved_units"))
+                       .filter(used__lte=room)
+                       .update(reserved_units=F("reserved_units") + amount_units, updated_at=now))
+            if not updated:
+                transaction.set_rollback(True)
+                raise BudgetExceeded(
+                    f"the {limit.scope}'s {limit.period} budget of ${limit.limit_usd} is exhausted",
+                    headers={"retry-after": _retry_after(limit.period, now)})
+            counters[limit.scope] = counter
+        BudgetReservation.objects.create(
+            request_id=request_id, amount_units=amount_units,
+            key_counter=counters.get(BudgetScope.KEY), team_counter=counters.get(BudgetScope.TEAM),
+            expires_at=now + RESERVATION_TTL)
+    return Reservation(request_id=request_id, amount_units=amount_units)
+
+
+def _retry_after(period: str, now: datetime) -> str:
+    _, end = period_bounds(period, now)
+    return str(int((end - now).total_seconds()) + 1) if end else "86400"
+
+
+def budget_settle(*, request_id: str, cost_units: int) -> None:
+    """Turn a reservation into spend; call inside the ledger row's transaction. A reservation
+    that expired meanwhile was already released from `reserved`, so only the spend is added."""
+    reservation = (BudgetReservation.objects.select_for_update()
+                   .filter(request_id=request_id).first())
+    if reservation is None:
+        return
+    held = 0 if reservation.released else reservation.amount_units
+    for counter_id in (reservation.key_counter_id, reservation.team_counter_id):
+        if counter_id is not None:
+            BudgetCounter.objects.filter(pk=counter_id).update(
+                reserved_units=F("reserved_units") - held,
+                spent_units=F("spent_units") + cost_units)
+    reservation.delete()
+
+
+def budget_release(*, request_id: str) -> None:
+    """Drop a reservation whose request never reached the upstream (nothing to charge)."""
+    with transaction.atomic():
+        budget_settle(request_id=request_id, cost_units=0)
+
+
+def reservations_expire(*, now: datetime | None = None) -> int:
+    """Release the held amount of reservations whose request never settled (a crashed worker),
+    so they stop blocking the budget. Safe to run twice: each is released once, under a row
+    lock; one released a day ago and still unsettled is deleted."""
+    now = now or timezone.now()
+    released = 0
+    stale = (BudgetReservation.objects.filter(expires_at__lt=now, released=False)
+             .values_list("request_id", flat=True)[:10_000])
+    for request_id in list(stale):
+        with transaction.atomic():
+            reservation = (BudgetReservation.objects.select_for_update()
+                           .filter(request_id=request_id, released=False).first())
+            if reservation is None:
+                continue
+            for counter_id in (reservation.key_counter_id, reservation.team_counter_id):
+                if counter_id is not None:
+                    BudgetCounter.objects.filter(pk=counter_id).update(
+                        reserved_units=F("reserved_units") - reservation.amount_units)
+            reservation.released = True
+            reservation.save(update_fields=["released"])
+            released += 1
+    BudgetReservation.objects.filter(released=True, expires_at__lt=now - timedelta(days=1)).delete()
+    return released
