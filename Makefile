@@ -25,3 +25,15 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Performance benchmark (issue 9; not part of `make test`): bench/README.md.
+.PHONY: bench-clients
+$(VENV)/.bench-installed: bench/requirements.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r bench/requirements.txt
+	touch $@
+
+bench: install $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run
+
+bench-clients: install $(VENV)/.bench-installed
+	$(BIN)/python -m bench.client_compare

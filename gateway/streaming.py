@@ -1,7 +1,12 @@
-"""Server-sent events: an incremental, bounded parser and the formatter."""
+"""Server-sent events: an incremental, bounded parser, the formatter, and the drainer that
+finishes reading an upstream stream after its client went away."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+logger = logging.getLogger(__name__)
 
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 
@@ -93,3 +98,39 @@ def sse_format(data: bytes | str, event: str | None = None) -> bytes:
     if event is None:
         return b"data: " + data + b"\n\n"
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class Drainer:
+    """Keeps reading upstream streams whose client disconnected, so the ledger gets the usage
+    the upstream reports at the end (and bills what was actually produced).
+
+    Bounded: at most `max_streams` drains at once (beyond that the caller records its estimate
+    at once); the drain coroutine itself bounds time and bytes. Strong references are kept so a
+    drain outlives the cancelled request task.
+    """
+
+    def __init__(self, *, max_streams: int = 64) -> None:
+        self._max_streams = max_streams
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self, drain: Callable[[], Awaitable[None]]) -> bool:
+        if len(self._tasks) >= self._max_streams:
+            return False
+        task = asyncio.get_running_loop().create_task(drain())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return True
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("stream drain failed: %s", type(task.exception()).__name__)
+
+    async def wait(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+DRAIN_SECONDS = 60.0
+DRAIN_BYTES = 8 * 1024 * 1024
+drainer = Drainer()

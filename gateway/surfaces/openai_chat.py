@@ -22,7 +22,7 @@ from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call
                            open_upstream, read_json, resolve, upstream_failure)
 from gateway.responses import (json_response, openai_error, openai_error_body, replayed,
                                sse_response)
-from gateway.streaming import SSEError, sse_format
+from gateway.streaming import DRAIN_BYTES, DRAIN_SECONDS, SSEError, drainer, sse_format
 from gateway.tokens import chat_input_tokens, text_tokens
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment, RoutingSnapshot
@@ -175,11 +175,49 @@ def _delta_text(choices: list) -> str:
     return "".join(parts)
 
 
+class ChunkRelay:
+    """Per-stream state: what the client asked for, what was streamed (for estimates)."""
+
+    def __init__(self, call: ProxyCall, *, include_usage: bool) -> None:
+        self.call = call
+        self.include_usage = include_usage
+        self.streamed: list[str] = []
+
+    def consume(self, data: str) -> bytes | None:
+        """One upstream event in; the bytes to send the client (None: send nothing).
+        Raises UpstreamError for garbage or an in-stream error."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("the upstream sent an event that is not JSON",
+                                error_class="bad_stream") from None
+        if not isinstance(chunk, dict):
+            return None
+        if chunk.get("error") is not None and not chunk.get("choices"):
+            raise UpstreamError("the upstream reported an error mid-stream", error_class="stream_error")
+        if chunk.get("usage"):
+            self.call.take_openai_usage(chunk["usage"])
+        choices = chunk.get("choices")
+        if choices:
+            text = _delta_text(choices)
+            if text:
+                self.streamed.append(text)
+                self.call.mark_first_token()
+        elif not self.include_usage:
+            return None
+        if not self.include_usage:
+            chunk.pop("usage", None)
+        chunk["model"] = self.call.public_model
+        return sse_format(orjson.dumps(chunk))
+
+
 async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse, *,
                  include_usage: bool) -> AsyncIterator[bytes]:
-    """Re-emit upstream chunks as they arrive; exactly one ledger row whatever happens."""
-    streamed: list[str] = []
+    """Re-emit upstream chunks as they arrive; exactly one ledger row whatever happens. When
+    the client disconnects, the upstream is drained in the background for its final usage."""
+    relay = ChunkRelay(call, include_usage=include_usage)
     recorded = False
+    draining = False
 
     async def record(*, upstream_broke: bool = False) -> None:
         nonlocal recorded
@@ -187,40 +225,34 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
             return
         recorded = True
         if call.usage_source == UsageSource.ESTIMATED:
-            call.output_tokens = text_tokens("".join(streamed))
+            call.output_tokens = text_tokens("".join(relay.streamed))
         body = b"".join(call.captured) + DONE if call.captured is not None else None
         await call_finish(call, snapshot, upstream_broke=upstream_broke, response_body=body,
                           response_headers={"content-type": "text/event-stream; charset=utf-8",
                                             "x-gateway-provider": call.deployment.provider_name})
 
+    async def drain() -> None:
+        read = 0
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for _event, data in upstream.events():
+                    read += len(data)
+                    if data == "[DONE]" or read > DRAIN_BYTES:
+                        break
+                    relay.consume(data)
+        except (UpstreamError, SSEError, aiohttp.ClientError, TimeoutError):
+            pass
+        finally:
+            await record()
+            await upstream.close()
+
     try:
         async for _event, data in upstream.events():
             if data == "[DONE]":
                 break
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamError("the upstream sent an event that is not JSON",
-                                    error_class="bad_stream") from None
-            if not isinstance(chunk, dict):
+            event = relay.consume(data)
+            if event is None:
                 continue
-            if chunk.get("error") is not None and not chunk.get("choices"):
-                raise UpstreamError("the upstream reported an error mid-stream",
-                                    error_class="stream_error")
-            if chunk.get("usage"):
-                call.take_openai_usage(chunk["usage"])
-            choices = chunk.get("choices")
-            if choices:
-                text = _delta_text(choices)
-                if text:
-                    streamed.append(text)
-                    call.mark_first_token()
-            elif not include_usage:
-                continue
-            if not include_usage:
-                chunk.pop("usage", None)
-            chunk["model"] = call.public_model
-            event = sse_format(orjson.dumps(chunk))
             if call.captured is not None:
                 call.captured.append(event)
             yield event
@@ -229,7 +261,10 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
     except asyncio.CancelledError:
         call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=call.http_status,
                   error_type="client_disconnected")
-        await record()
+        call.captured = None
+        draining = drainer.start(drain)
+        if not draining:
+            await record()
         raise
     except (UpstreamError, SSEError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
         timeout = isinstance(exc, asyncio.TimeoutError)
@@ -243,4 +278,5 @@ async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamR
         yield sse_format(orjson.dumps(openai_error_body(error)))
         yield DONE
     finally:
-        await upstream.close()
+        if not draining:
+            await upstream.close()

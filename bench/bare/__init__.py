@@ -1,0 +1,1 @@
+"""A bare Django async proxy (no gateway features) for `make bench-clients`."""

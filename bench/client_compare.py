@@ -1,0 +1,94 @@
+"""`make bench-clients`: which upstream HTTP client a Django async proxy view should use.
+
+A bare Django view (bench/bare/: no apps, no middleware, no gateway features) forwards each POST
+to the fake upstream with one shared client: (a) httpx with its own transport, (b) httpx over the
+httpx-aiohttp transport, (c) aiohttp directly. Each runs under uvicorn (1 worker, uvloop +
+httptools) and is driven by wrk at 16 connections for BENCH_COMPARE_S seconds (10); the upstream
+called directly is the ceiling. Prints a Markdown table and writes
+bench/results/clients-<timestamp>.json and clients-latest.json.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import harness
+from bench.harness import Target
+
+CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp")
+BODY = json.dumps({"model": "bench-c20", "max_tokens": 64,
+                   "messages": [{"role": "user", "content": "Say something short."}]},
+                  separators=(",", ":")).encode()
+
+
+def main() -> int:
+    duration = float(os.environ.get("BENCH_COMPARE_S") or 10)
+    concurrency = int(os.environ.get("BENCH_COMPARE_CONCURRENCY") or 16)
+    harness.ensure_wrk()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results: dict = {"timestamp": stamp, "concurrency": concurrency, "duration_s": duration,
+                     "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "clients": {}}
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-clients-") as tmpdir:
+        tmp = Path(tmpdir)
+        upstream_port = harness.free_port()
+        upstream = harness.start_upstream(upstream_port, tmp / "upstream.log")
+        try:
+            upstream_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+            direct = harness.wrk(Target(f"http://127.0.0.1:{upstream_port}",
+                                        "/v1/chat/completions", {}),
+                                 body=BODY, concurrency=concurrency, duration_s=duration,
+                                 workdir=tmp)
+            results["clients"]["upstream directly (ceiling)"] = direct
+            print(f"upstream directly: {direct['rps']:.0f} req/s", flush=True)
+            for kind in CLIENTS:
+                if kind == "httpx-aiohttp" and importlib.util.find_spec("httpx_aiohttp") is None:
+                    results["clients"][kind] = {"unavailable": "httpx-aiohttp is not installed"}
+                    continue
+                env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.bare.settings",
+                       "BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": kind}
+                port = harness.free_port()
+                server = harness.start_server(f"bare proxy ({kind})", port, env,
+                                              tmp / f"bare-{kind}.log", app="bench.bare.asgi:application")
+                try:
+                    target = Target(f"http://127.0.0.1:{port}", "/v1/chat/completions", {})
+                    harness.wrk(target, body=BODY, concurrency=concurrency, duration_s=1,
+                                workdir=tmp)  # warm-up: connections, imports
+                    time.sleep(0.5)
+                    out = harness.wrk(target, body=BODY, concurrency=concurrency,
+                                      duration_s=duration, workdir=tmp)
+                    out["peak_rss_mb"] = harness.memory_mb(server.pid)["hwm_mb"]
+                finally:
+                    server.stop()
+                results["clients"][kind] = out
+                print(f"{kind}: {out['rps']:.0f} req/s", flush=True)
+        finally:
+            upstream.stop()
+    results["loadavg_end"] = list(os.getloadavg())
+    harness.BENCH.joinpath("results").mkdir(exist_ok=True)
+    text = json.dumps(results, indent=2)
+    (harness.BENCH / "results" / f"clients-{stamp}.json").write_text(text)
+    (harness.BENCH / "results" / "clients-latest.json").write_text(text)
+    print()
+    print(f"Bare Django async proxy view, uvicorn 1 worker (uvloop + httptools), wrk "
+          f"{concurrency} connections × {duration:.0f} s, loopback fake upstream, "
+          f"{os.cpu_count()} CPUs:")
+    print()
+    print("| upstream client | req/s | p50 ms | p99 ms | non-2xx |")
+    print("|---|--:|--:|--:|--:|")
+    for kind, out in results["clients"].items():
+        if "unavailable" in out:
+            print(f"| {kind} | – | – | – | {out['unavailable']} |")
+            continue
+        lat = out["latency_ms"]
+        print(f"| {kind} | {out['rps']:.0f} | {lat['p50']:.2f} | {lat['p99']:.2f} | {out['non2xx']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

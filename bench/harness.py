@@ -1,0 +1,303 @@
+"""The benchmark's moving parts, each in its own process: the fake upstream, the gateway under
+uvicorn (uvloop + httptools, 1 worker), wrk and the async client; plus the ledger count and the
+gateway's memory, read from outside.
+
+Everything listens and connects on 127.0.0.1 only, and every load run is bounded in time or count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+LUA = BENCH / "post.lua"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_wrk() -> str:
+    """The wrk binary; installs Debian's package when missing (we run as root)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    print("wrk not found: apt-get install -y wrk", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("could not install wrk")
+    return found
+
+
+def http_get_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0
+              ) -> tuple[int, str, bytes]:
+    """(status, content type, body) of one POST, errors included."""
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers.get("content-type", ""), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("content-type", ""), exc.read()
+
+
+def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s")
+
+
+class Process:
+    """A child process we started, stopped by its own pid only."""
+
+    def __init__(self, name: str, cmd: list[str], *, env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        self._log_file = open(log, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log_file.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_upstream(port: int, log: Path) -> Process:
+    proc = Process("fake upstream", [PYTHON, "-m", "bench.upstream", "--port", str(port)],
+                   env=dict(os.environ), log=log)
+    wait_until(lambda: http_get_ok(f"http://127.0.0.1:{port}/health"), 20, "fake upstream", proc.proc)
+    return proc
+
+
+def gateway_command(port: int, app: str = "gateway.asgi:application") -> list[str]:
+    """The production server: uvicorn, one worker, uvloop + httptools, no access log."""
+    return [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--lifespan", "off", "--timeout-keep-alive", "75", "--backlog", "2048"]
+
+
+def start_server(name: str, port: int, env: dict[str, str], log: Path,
+                 app: str = "gateway.asgi:application") -> Process:
+    proc = Process(name, gateway_command(port, app), env=env, log=log)
+    try:
+        wait_until(lambda: http_get_ok(f"http://127.0.0.1:{port}/health"), 60, name, proc.proc)
+    except RuntimeError:
+        print(proc.log_tail(), file=sys.stderr)
+        proc.stop()
+        raise
+    return proc
+
+
+def manage(args: list[str], env: dict[str, str]) -> str:
+    """Run `manage.py ARGS` in a subprocess; its stdout. Raises RuntimeError on failure."""
+    result = subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of a process, in MB (MiB)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                out[name] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mb": out.get("VmRSS", 0.0), "hwm_mb": out.get("VmHWM", 0.0)}
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the process's peak RSS so the next VmHWM is this case's own (Linux clear_refs 5)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- load tools -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    base: str                       # http://127.0.0.1:PORT
+    path: str                       # /v1/chat/completions
+    headers: dict[str, str]
+
+
+def wrk(target: Target, *, body: bytes, concurrency: int, duration_s: float, threads: int = 1,
+        limit: int = 0, workdir: Path) -> dict:
+    """One wrk run; requests started ("sent"), completed, req/s and latency percentiles (ms).
+    With `limit`, stop after that many responses (the run still ends after `duration_s`)."""
+    limit_file = workdir / f"wrk-limit-{time.monotonic_ns()}"
+    env = {**os.environ, "BENCH_PATH": target.path, "BENCH_BODY": body.decode(),
+           "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in target.headers.items()),
+           "BENCH_LIMIT": str(limit), "BENCH_LIMIT_FILE": str(limit_file)}
+    cmd = ["wrk", f"-t{max(1, min(threads, concurrency))}", f"-c{concurrency}",
+           f"-d{max(1, round(duration_s))}s", "--timeout", "30s", "-s", str(LUA), target.base]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if limit:
+        while proc.poll() is None and not limit_file.exists():
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # wrk then joins its threads and prints the summary
+    out, err = proc.communicate(timeout=duration_s + 60)
+    limit_file.unlink(missing_ok=True)
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary (exit {proc.returncode}): {out}{err}")
+    raw = json.loads(line[len("BENCH_JSON "):])
+    seconds = raw["duration_us"] / 1e6
+    lat = {k: round(v / 1000, 3) for k, v in raw["latency_us"].items()}
+    errors = raw["errors"]
+    return {
+        "tool": "wrk", "sent": raw["sent"], "completed": raw["requests"],
+        "elapsed_s": round(seconds, 3), "rps": round(raw["requests"] / seconds, 1) if seconds else 0,
+        "non2xx": errors["status"],
+        "socket_errors": {k: v for k, v in errors.items() if k != "status" and v},
+        "latency_ms": lat,
+    }
+
+
+def client(target: Target, *, body: bytes, concurrency: int, mode: str,
+           duration_s: float = 0.0, count: int = 0) -> dict:
+    """One run of bench/client.py in its own process; its JSON summary."""
+    cmd = [PYTHON, "-m", "bench.client", "--url", target.base + target.path, "--body", body.decode(),
+           "--concurrency", str(concurrency), "--mode", mode]
+    cmd += ["--duration", str(duration_s)] if duration_s else ["--count", str(count)]
+    for name, value in target.headers.items():
+        cmd += ["--header", f"{name}: {value}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                            timeout=(duration_s or 60) + 120)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench.client failed: {result.stderr[-2000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out["tool"] = "client"
+    out["non2xx"] = sum(v for k, v in out["statuses"].items() if not k.startswith("2"))
+    return out
+
+
+# -- the ledger -------------------------------------------------------------------------------
+
+class Ledger:
+    """Counts rows in usage_usagerecord of the bench database, from outside the gateway."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+
+    def count(self) -> int:
+        parsed = urllib.parse.urlparse(self.url)
+        if parsed.scheme == "sqlite":
+            path = self.url[len("sqlite:///"):] if self.url.startswith("sqlite:////") else parsed.path
+            with sqlite3.connect(path, timeout=30) as conn:
+                return conn.execute("SELECT COUNT(*) FROM usage_usagerecord").fetchone()[0]
+        conn = mysql_connect(self.url)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("SELECT COUNT(*) FROM usage_usagerecord")
+            return cursor.fetchone()[0]
+        finally:
+            conn.close()
+
+    def settle(self, *, expected: int, timeout_s: float = 10.0, quiet_s: float = 1.0) -> int:
+        """The row count once it reaches `expected`, or stops changing for `quiet_s`."""
+        deadline = time.monotonic() + timeout_s
+        last, changed = self.count(), time.monotonic()
+        while last < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.count()
+            if now != last:
+                last, changed = now, time.monotonic()
+            elif time.monotonic() - changed >= quiet_s:
+                break
+        return last
+
+
+def mysql_connect(url: str, *, database: bool = True):
+    import MySQLdb  # requirements-prod.txt
+
+    parsed = urllib.parse.urlparse(url)
+    kwargs = {"host": parsed.hostname or "127.0.0.1", "port": parsed.port or 3306,
+              "user": urllib.parse.unquote(parsed.username or "root"),
+              "passwd": urllib.parse.unquote(parsed.password or "")}
+    if database:
+        kwargs["db"] = parsed.path.lstrip("/")
+    conn = MySQLdb.connect(**kwargs)
+    conn.autocommit(True)
+    return conn
+
+
+def mysql_recreate(url: str) -> None:
+    """Drop and create the bench database (utf8mb4), so each run starts fresh."""
+    name = urllib.parse.urlparse(url).path.lstrip("/")
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"unexpected database name {name!r}")
+    conn = mysql_connect(url, database=False)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+    finally:
+        conn.close()
+
+
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

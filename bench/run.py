@@ -1,0 +1,405 @@
+"""`make bench` (issue 9): the gateway's throughput, latency, stream fidelity, memory and ledger
+integrity against a loopback fake upstream, printed as one Markdown table and saved as JSON under
+bench/results/ (<UTC timestamp>.json and latest.json).
+
+Profiles: `sqlite` (a fresh SQLite file, no Redis) always; `mysql` (MariaDB database
+gateway_bench, recreated, + Redis) when both answer on 127.0.0.1 and mysqlclient is installed.
+The upstream is also called directly, with the same tool and body, in the same run: "added"
+figures are gateway minus direct.
+
+Knobs (environment): BENCH_DURATION_S (6) per gateway wrk run, BENCH_DIRECT_S (4) per direct
+run, BENCH_PACED_S (5) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENCH_TTFT_REQUESTS
+(400), BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_WARMUP_S (2),
+BENCH_WRK_THREADS (1), BENCH_PROFILES ("sqlite,mysql"; a profile whose services are down is
+skipped), BENCH_CASES (comma list of case names to run; default all), BENCH_MYSQL_URL
+(mysql://root@127.0.0.1:3306/gateway_bench), BENCH_REDIS_URL (redis://127.0.0.1:6379/0).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import harness, report
+from bench.harness import Ledger, Target
+
+RESULTS = harness.BENCH / "results"
+PROMPT = [{"role": "user", "content": "Say something short about benchmarks."}]
+UPSTREAM_KEY = "bench-upstream-secret"
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    duration_s: float = _env_float("BENCH_DURATION_S", 6)
+    direct_s: float = _env_float("BENCH_DIRECT_S", 4)
+    paced_s: float = _env_float("BENCH_PACED_S", 5)
+    concurrency: tuple[int, ...] = tuple(
+        int(c) for c in (os.environ.get("BENCH_CONCURRENCY") or "1,16,64").split(","))
+    ttft_requests: int = int(_env_float("BENCH_TTFT_REQUESTS", 400))
+    soak_requests: int = int(_env_float("BENCH_SOAK_REQUESTS", 20000))
+    soak_concurrency: int = int(_env_float("BENCH_SOAK_CONCURRENCY", 16))
+    warmup_s: float = _env_float("BENCH_WARMUP_S", 2)
+    wrk_threads: int = int(_env_float("BENCH_WRK_THREADS", 1))
+    profiles: tuple[str, ...] = tuple(
+        (os.environ.get("BENCH_PROFILES") or "sqlite,mysql").split(","))
+    cases: tuple[str, ...] = tuple(
+        c for c in (os.environ.get("BENCH_CASES") or "").split(",") if c)
+    mysql_url: str = os.environ.get("BENCH_MYSQL_URL") or "mysql://root@127.0.0.1:3306/gateway_bench"
+    redis_url: str = os.environ.get("BENCH_REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+    def wants(self, case: str) -> bool:
+        return not self.cases or case in self.cases
+
+
+# -- request bodies -----------------------------------------------------------------------------
+
+def openai_body(model: str, *, stream: bool) -> bytes:
+    body: dict = {"model": model, "messages": PROMPT, "max_tokens": 64}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def anthropic_body(model: str, *, stream: bool) -> bytes:
+    body: dict = {"model": model, "max_tokens": 64, "messages": PROMPT}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str            # table label
+    surface: str         # openai | anthropic
+    model: str
+    stream: bool
+    tool: str            # wrk | client (paced: gaps need per-chunk arrival times)
+    concurrencies: tuple[int, ...]
+
+    def body(self) -> bytes:
+        make = anthropic_body if self.surface == "anthropic" else openai_body
+        return make(self.model, stream=self.stream)
+
+    def direct_body(self) -> bytes:
+        return openai_body(self.model, stream=self.stream)
+
+
+def cases_for(knobs: Knobs) -> list[Case]:
+    c = knobs.concurrency
+    mid = tuple(x for x in c if x == 16) or c[-1:]
+    return [
+        Case("chat", "openai", "bench-c20", False, "wrk", c),
+        Case("chat-stream-20", "openai", "bench-c20", True, "wrk", c),
+        Case("chat-stream-64-paced-20ms", "openai", "bench-c64-p20", True, "client", c),
+        Case("messages", "anthropic", "bench-c20", False, "wrk", c),
+        Case("messages-stream-20", "anthropic", "bench-c20", True, "wrk", mid),
+    ]
+
+
+# -- one run of a case ----------------------------------------------------------------------------
+
+def measure(case: Case, target: Target, *, body: bytes, concurrency: int, knobs: Knobs,
+            workdir: Path, direct: bool) -> dict:
+    """Throughput and latency (wrk, or the client for the paced stream) plus, for streams, a
+    count-bounded client run for time to first token and chunk arrival."""
+    mode = "anthropic-sse" if case.surface == "anthropic" and not direct else "openai-sse"
+    if case.tool == "client":
+        return harness.client(target, body=body, concurrency=concurrency, mode=mode,
+                              duration_s=knobs.paced_s)
+    out = harness.wrk(target, body=body, concurrency=concurrency,
+                      duration_s=knobs.direct_s if direct else knobs.duration_s,
+                      threads=knobs.wrk_threads, workdir=workdir)
+    if case.stream:
+        ttft = harness.client(target, body=body, concurrency=concurrency, mode=mode,
+                              count=knobs.ttft_requests)
+        out["ttft_ms"] = ttft["ttft_ms"]
+        out["ttft_run"] = {k: ttft[k] for k in ("sent", "completed", "non2xx", "statuses",
+                                                 "events_per_stream", "coalesced_reads")}
+        out["sent"] += ttft["sent"]
+    return out
+
+
+def direct_baselines(cases: list[Case], upstream: Target, knobs: Knobs, workdir: Path) -> dict:
+    """The upstream called directly with the same tool and body shape, once per run."""
+    baselines: dict[tuple[str, bool, str, int], dict] = {}
+    for case in cases:
+        for concurrency in case.concurrencies:
+            key = (case.model, case.stream, case.tool, concurrency)
+            if key not in baselines:
+                print(f"  direct  {case.model:<14} stream={case.stream!s:<5} c={concurrency:<3}",
+                      flush=True)
+                baselines[key] = measure(case, upstream, body=case.direct_body(),
+                                         concurrency=concurrency, knobs=knobs, workdir=workdir,
+                                         direct=True)
+    return baselines
+
+
+# -- one profile: a fresh database, the gateway, every case ---------------------------------------
+
+@dataclass
+class Profile:
+    name: str
+    env: dict[str, str]
+    ledger: Ledger
+    notes: list[str] = field(default_factory=list)
+
+
+def routing_yaml(upstream_port: int) -> str:
+    models = ["bench-c20", "bench-c64-p20"]
+    routes = "\n".join(f"      {m}: {m}" for m in models)
+    prices = "\n".join(f'  - model: {m}\n    input: "0.15"\n    output: "0.60"' for m in models)
+    return (f"providers:\n  - name: bench-upstream\n    kind: openai\n"
+            f"    base_url: http://127.0.0.1:{upstream_port}/v1\n    api_key: {UPSTREAM_KEY}\n"
+            f"    timeout_s: 60\n    max_inflight: 4096\n    models:\n{routes}\n"
+            f"prices:\n{prices}\n")
+
+
+def make_profiles(knobs: Knobs, tmp: Path) -> list[Profile]:
+    base = {**os.environ, "DEBUG": "1", "GATEWAY_CONFIG_POLL_S": "1", "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1"}
+    profiles = []
+    for name in knobs.profiles:
+        if name == "sqlite":
+            url = f"sqlite:///{tmp / 'bench.sqlite3'}"
+            profiles.append(Profile("sqlite", {**base, "DATABASE_URL": url, "REDIS_URL": "",
+                                               "CELERY_BROKER_URL": ""}, Ledger(url)))
+        elif name == "mysql":
+            db = urllib.parse.urlparse(knobs.mysql_url)
+            redis = urllib.parse.urlparse(knobs.redis_url)
+            reachable = (harness.tcp_open(db.hostname or "127.0.0.1", db.port or 3306)
+                         and harness.tcp_open(redis.hostname or "127.0.0.1", redis.port or 6379))
+            try:
+                import MySQLdb  # noqa: F401
+            except ImportError:
+                print("skipping mysql+redis: mysqlclient is not installed "
+                      "(pip install -r requirements-prod.txt)", flush=True)
+                continue
+            if not reachable:
+                print("skipping mysql+redis: MariaDB or Redis is not reachable", flush=True)
+                continue
+            profiles.append(Profile("mysql+redis", {**base, "DATABASE_URL": knobs.mysql_url,
+                                                    "REDIS_URL": knobs.redis_url},
+                                    Ledger(knobs.mysql_url)))
+    return profiles
+
+
+def prepare(profile: Profile, upstream_port: int, tmp: Path) -> str:
+    """Fresh database, migrated; the routing config and an API key (budget and rate limits set
+    high enough never to bind). Returns the raw key."""
+    if profile.name == "mysql+redis":
+        harness.mysql_recreate(profile.env["DATABASE_URL"])
+    harness.manage(["migrate", "--noinput"], profile.env)
+    config = tmp / f"routing-{profile.name.replace('+', '-')}.yaml"
+    config.write_text(routing_yaml(upstream_port))
+    harness.manage(["gateway_apply", str(config)], profile.env)
+    out = harness.manage(["create_api_key", "bench", "--budget-usd", "1000000", "--budget-period",
+                          "month", "--rpm", "10000000", "--tpm", "10000000000"], profile.env)
+    if profile.name == "mysql+redis":
+        _forget_routing_state(profile)
+    return out.strip().splitlines()[-1].strip()
+
+
+def _forget_routing_state(profile: Profile) -> None:
+    """Drop the shared routing state (breakers, in-flight leases, WRR) of the bench's own routes,
+    which a previous run or test may have left under the same ids; nothing else is touched."""
+    import redis
+
+    conn = harness.mysql_connect(profile.env["DATABASE_URL"])
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT id FROM providers_provider")
+        providers = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT id FROM providers_modelroute")
+        routes = [row[0] for row in cursor.fetchall()]
+    finally:
+        conn.close()
+    client = redis.Redis.from_url(profile.env["REDIS_URL"])
+    try:
+        keys = [f"gw:inflight:{p}" for p in providers] + [f"gw:cb:{r}" for r in routes]
+        keys += list(client.scan_iter("gw:wrr:{bench-*"))
+        client.delete(*keys)
+    finally:
+        client.close()
+
+
+def probe(target: Target, body: bytes) -> tuple[bool, str]:
+    """Whether the surface answers 200; else a short reason (a Django 404 page = not available)."""
+    status, content_type, data = harness.http_post(target.base + target.path, body, target.headers)
+    if status == 200:
+        return True, ""
+    if status == 404 and "json" not in content_type:
+        return False, "not available (HTTP 404: no such endpoint)"
+    return False, f"error: HTTP {status} {data[:200].decode(errors='replace')}"
+
+
+def run_profile(profile: Profile, cases: list[Case], baselines: dict, upstream_port: int,
+                knobs: Knobs, tmp: Path) -> dict:
+    print(f"\n== profile {profile.name}", flush=True)
+    key = prepare(profile, upstream_port, tmp)
+    port = harness.free_port()
+    log = tmp / f"gateway-{profile.name.replace('+', '-')}.log"
+    gateway = harness.start_server(f"gateway ({profile.name})", port, profile.env, log)
+    result: dict = {"profile": profile.name, "rows": [], "memory": {}, "notes": profile.notes}
+    try:
+        pid = gateway.pid
+        result["memory"]["started_mb"] = harness.memory_mb(pid)["rss_mb"]
+        base = f"http://127.0.0.1:{port}"
+        targets = {
+            "openai": Target(base, "/v1/chat/completions", {"authorization": f"Bearer {key}"}),
+            "anthropic": Target(base, "/v1/messages",
+                                {"x-api-key": key, "anthropic-version": "2023-06-01"}),
+        }
+        ok, reason = probe(targets["openai"], openai_body("bench-c20", stream=False))
+        if not ok:
+            raise RuntimeError(f"the gateway does not serve chat completions: {reason}")
+        sent = 1
+        warm = harness.client(targets["openai"], body=openai_body("bench-c20", stream=False),
+                              concurrency=16, mode="json", duration_s=knobs.warmup_s)
+        warm_stream = harness.client(targets["openai"], body=openai_body("bench-c20", stream=True),
+                                     concurrency=16, mode="openai-sse", count=200)
+        sent += warm["sent"] + warm_stream["sent"]
+        rows_before = profile.ledger.settle(expected=sent)
+        result["warmup"] = {"sent": sent, "rows": rows_before}
+        time.sleep(1.0)
+        result["memory"]["idle_mb"] = harness.memory_mb(pid)["rss_mb"]
+        print(f"  idle RSS {result['memory']['idle_mb']} MB", flush=True)
+
+        available: dict[str, tuple[bool, str]] = {}
+        for case in cases:
+            if not knobs.wants(case.name):
+                continue
+            if case.surface not in available:
+                available[case.surface] = (True, "") if case.surface == "openai" else probe(
+                    targets[case.surface], case.body())
+                if case.surface != "openai":
+                    rows_before = profile.ledger.settle(expected=rows_before + 1, timeout_s=3)
+            ok, reason = available[case.surface]
+            for concurrency in case.concurrencies:
+                row = {"profile": profile.name, "case": case.name, "surface": case.surface,
+                       "stream": case.stream, "concurrency": concurrency, "tool": case.tool}
+                if not ok:
+                    row["unavailable"] = reason
+                    result["rows"].append(row)
+                    print(f"  {case.name:<26} c={concurrency:<3} {reason}", flush=True)
+                    continue
+                harness.reset_peak(pid)
+                gw = measure(case, targets[case.surface], body=case.body(),
+                             concurrency=concurrency, knobs=knobs, workdir=tmp, direct=False)
+                rows_after = profile.ledger.settle(expected=rows_before + gw["sent"])
+                memory = harness.memory_mb(pid)
+                direct = baselines[(case.model, case.stream, case.tool, concurrency)]
+                row.update(report.row_figures(gw, direct))
+                row.update({"peak_rss_mb": memory["hwm_mb"], "rss_mb": memory["rss_mb"],
+                            "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
+                            "gateway": gw, "direct": direct})
+                rows_before = rows_after
+                result["rows"].append(row)
+                print("  " + report.progress_line(row), flush=True)
+
+        if knobs.wants("soak") and knobs.soak_requests > 0:
+            result["rows"].append(soak(profile, targets["openai"], pid, rows_before, knobs, tmp))
+            print("  " + report.progress_line(result["rows"][-1]), flush=True)
+        result["memory"]["end_mb"] = harness.memory_mb(pid)["rss_mb"]
+    finally:
+        gateway.stop()
+        errors = [ln for ln in log.read_text(errors="replace").splitlines()
+                  if " ERROR " in ln or "Traceback" in ln]
+        result["gateway_log_errors"] = errors[:20]
+    return result
+
+
+def soak(profile: Profile, target: Target, pid: int, rows_before: int, knobs: Knobs,
+         tmp: Path) -> dict:
+    """`soak_requests` non-streaming requests; the gateway's RSS before and after."""
+    time.sleep(1.0)
+    start = harness.memory_mb(pid)
+    harness.reset_peak(pid)
+    gw = harness.wrk(target, body=openai_body("bench-c20", stream=False),
+                     concurrency=knobs.soak_concurrency, duration_s=max(60, knobs.soak_requests / 50),
+                     threads=knobs.wrk_threads, limit=knobs.soak_requests, workdir=tmp)
+    rows_after = profile.ledger.settle(expected=rows_before + gw["sent"], timeout_s=15)
+    time.sleep(1.0)
+    end = harness.memory_mb(pid)
+    return {"profile": profile.name, "case": "soak", "surface": "openai", "stream": False,
+            "concurrency": knobs.soak_concurrency, "tool": "wrk",
+            "rps": gw["rps"], "p50_ms": gw["latency_ms"]["p50"], "p99_ms": gw["latency_ms"]["p99"],
+            "non2xx": gw["non2xx"], "socket_errors": gw["socket_errors"],
+            "rss_start_mb": start["rss_mb"], "rss_end_mb": end["rss_mb"],
+            "rss_growth_mb": round(end["rss_mb"] - start["rss_mb"], 1),
+            "peak_rss_mb": end["hwm_mb"], "rss_mb": end["rss_mb"],
+            "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"], "gateway": gw}
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def environment() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=harness.ROOT, capture_output=True,
+                                  text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+            "git_commit": git("rev-parse", "--short", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "wrk": (wrk_version.splitlines() or [""])[0]}
+
+
+def main() -> int:
+    knobs = Knobs()
+    harness.ensure_wrk()
+    started = time.monotonic()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    results: dict = {"timestamp": stamp, "environment": environment(),
+                     "knobs": {k: getattr(knobs, k) for k in knobs.__dataclass_fields__
+                               if k not in ("mysql_url", "redis_url")},
+                     "profiles": []}
+    cases = [c for c in cases_for(knobs) if knobs.wants(c.name)]
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        upstream_port = harness.free_port()
+        upstream = harness.start_upstream(upstream_port, tmp / "upstream.log")
+        try:
+            print(f"fake upstream on 127.0.0.1:{upstream_port}; direct baselines", flush=True)
+            upstream_target = Target(f"http://127.0.0.1:{upstream_port}", "/v1/chat/completions",
+                                     {"authorization": f"Bearer {UPSTREAM_KEY}"})
+            baselines = direct_baselines(cases, upstream_target, knobs, tmp)
+            for profile in make_profiles(knobs, tmp):
+                try:
+                    results["profiles"].append(
+                        run_profile(profile, cases, baselines, upstream_port, knobs, tmp))
+                except RuntimeError as exc:
+                    print(f"profile {profile.name} failed: {exc}", file=sys.stderr, flush=True)
+                    results["profiles"].append({"profile": profile.name, "error": str(exc),
+                                                "rows": [], "memory": {}})
+        finally:
+            upstream.stop()
+    results["environment"]["loadavg_end"] = list(os.getloadavg())
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = report.targets(results)
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(results, indent=2, default=str)
+    (RESULTS / f"{stamp}.json").write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    print("\n" + report.markdown(results))
+    print(f"\nresults: bench/results/{stamp}.json (and latest.json); wall {results['wall_s']} s")
+    return 0 if all(p.get("error") is None for p in results["profiles"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The ledger: one row per proxied request, whatever happens to it."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from usage.models import UsageRecord
+
+
+async def _cancel_streams(url: str, key: str, n: int) -> int:
+    """Open n streams and hang up each right after its first content chunk."""
+    cancelled = 0
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal cancelled
+        async with client.stream("POST", f"{url}/v1/chat/completions",
+                                 headers={"authorization": f"Bearer {key}"},
+                                 json={"model": "gpt-test", "stream": True,
+                                       "messages": [{"role": "user", "content": "hi"}]}) as response:
+            async for line in response.aiter_lines():
+                if '"content":"one"' in line:
+                    cancelled += 1
+                    return
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=50)) as client:
+        await asyncio.gather(*[one(client) for _ in range(n)])
+    return cancelled
+
+
+def test_cancelled_streams_each_get_a_row_with_the_tokens_produced(gateway_url, fake_provider, api_key):
+    fake_provider.behave("fake-a", reply="one two three four five six", chunk_delay_s=0.05)
+    assert asyncio.run(_cancel_streams(gateway_url, api_key, 200)) == 200
+    deadline = time.monotonic() + 30
+    while UsageRecord.objects.count() < 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rows = list(UsageRecord.objects.all())
+    assert len(rows) == 200
+    assert {r.status for r in rows} == {"client_disconnected"}
+    # Drained to the end: the upstream's reported usage, not a guess from the first chunk.
+    assert {(r.input_tokens, r.output_tokens, r.usage_source) for r in rows} == {(11, 7, "reported")}
+    assert len({r.request_id for r in rows}) == 200
