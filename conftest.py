@@ -19,6 +19,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_spool_dir(tmp_path_factory) -> None:
+    """Each test run spools ledger rows in its own folder (runs may be concurrent)."""
+    from django.conf import settings
+
+    settings.GATEWAY_SPOOL_DIR = tmp_path_factory.mktemp("spool")
+
+
 @pytest.fixture(scope="session")
 def _fake_upstream_server() -> FakeUpstream:
     fake = FakeUpstream()
@@ -128,3 +136,65 @@ def make_key(transactional_db):
         return api_key_create(**kwargs)[1]
 
     return make
+
+
+@pytest.fixture
+def fake_anthropic_provider(fake_upstream: FakeUpstream, transactional_db):
+    """Provider `fake-anth` (kind anthropic) on the fake upstream, serving public `claude-test`
+    as upstream `up-claude`, priced at 3.00 / 15.00 / 0.30 USD per million tokens."""
+    from providers.config_file import config_parse
+    from providers.services import config_apply
+
+    config_apply(spec=config_parse(f"""
+providers:
+  - name: fake-anth
+    kind: anthropic
+    base_url: {fake_upstream.base_url("fake-anth")}
+    api_key: sk-ant-fake-upstream-secret
+    models:
+      claude-test: up-claude
+prices:
+  - model: up-claude
+    input: "3.00"
+    output: "15.00"
+    cached_input: "0.30"
+"""))
+    return fake_upstream
+
+
+@pytest.fixture
+def mock_provider(transactional_db):
+    """Provider `mock-m` (kind mock, offline) serving public `mock-test` as upstream
+    `mock-echo`, priced at 0.15 / 0.60 USD per million tokens."""
+    from providers.config_file import config_parse
+    from providers.services import config_apply
+
+    config_apply(spec=config_parse("""
+providers:
+  - name: mock-m
+    kind: mock
+    models:
+      mock-test: mock-echo
+prices:
+  - model: mock-echo
+    input: "0.15"
+    output: "0.60"
+"""))
+
+
+@pytest.fixture
+def ledger_rows(transactional_db):
+    """`ledger_rows(n)`: the ledger's rows, oldest first, once there are at least n (rows of
+    streams are written as the stream ends, so they may trail the client by a moment)."""
+    from usage.models import UsageRecord
+
+    def wait(count: int, timeout: float = 5.0) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = list(UsageRecord.objects.order_by("created_at"))
+            if len(rows) >= count:
+                return rows
+            time.sleep(0.05)
+        return list(UsageRecord.objects.order_by("created_at"))
+
+    return wait

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils import timezone
 
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.clients import client_pool
+from gateway.database import db
 from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
                             PayloadTooLarge,
                             PermissionDenied, RateLimited, ServiceUnavailable, UpstreamFailed,
@@ -37,6 +38,7 @@ from usage.idempotency import Replay, idempotency_claim, idempotency_release
 from usage.models import BudgetScope, UsageSource, UsageStatus
 from usage.pricing import cost_usd
 from usage.services import LedgerEntry, StoredResponse, usage_record_write
+from usage.spool import ledger_spool_flush, spool_encode, spool_push, spool_size
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +198,8 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
     PermissionDenied (these mark the call `rejected`: the caller records it)."""
     key = call.key
     if call.idempotency_key and digest:
-        claim = await sync_to_async(idempotency_claim)(api_key_id=key.id, key=call.idempotency_key,
-                                                       digest=digest)
+        claim = await db.run(idempotency_claim, api_key_id=key.id, key=call.idempotency_key,
+                             digest=digest)
         if isinstance(claim, Replay):
             return claim
         call.idempotency_claim = claim
@@ -217,14 +219,14 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
         if limits:
             worst = worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
                                     max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
-            await sync_to_async(budget_reserve)(request_id=call.request_id, limits=limits,
-                                                amount_units=usd_to_units(worst))
+            await db.run(budget_reserve, request_id=call.request_id, limits=limits,
+                         amount_units=usd_to_units(worst))
             call.budget_reserved = True
     except GatewayError as exc:
         call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
                   error_type=exc.code or exc.type)
         if call.idempotency_claim is not None:
-            await sync_to_async(idempotency_release)(claim_id=call.idempotency_claim)
+            await db.run(idempotency_release, claim_id=call.idempotency_claim)
             call.idempotency_claim = call.captured = None
         raise
     return None
@@ -293,19 +295,56 @@ def upstream_failure(call: ProxyCall, exc: UpstreamError) -> Exception:
 
 
 class LedgerWriter:
-    """Writes ledger rows off the event loop; keeps strong references to in-flight writes so a
-    write started during a client disconnect (task cancellation) still completes."""
+    """Writes ledger rows off the event loop.
+
+    Keeps strong references to in-flight writes, so a write started during a client disconnect
+    (task cancellation) still completes. A write the database refuses is spooled
+    (usage.spool) and a flusher in this process retries every few seconds until the database
+    takes it; the Celery `usage.flush_spool` task does the same across processes."""
+
+    FLUSH_INTERVAL_S = 2.0
 
     def __init__(self) -> None:
         self._pending: set[asyncio.Task] = set()
+        self._flusher: asyncio.Task | None = None
 
     async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
                     response: StoredResponse | None = None, release_claim: int | None = None) -> None:
-        task = asyncio.ensure_future(sync_to_async(usage_record_write)(
-            entry=entry, settle_budget=settle_budget, response=response, release_claim=release_claim))
+        task = asyncio.ensure_future(self._write(entry, settle_budget, response, release_claim))
         self._pending.add(task)
         task.add_done_callback(self._done)
         await asyncio.shield(task)
+
+    async def _write(self, entry: LedgerEntry, settle_budget: bool, response: StoredResponse | None,
+                     release_claim: int | None) -> None:
+        try:
+            await db.run(usage_record_write, entry=entry, settle_budget=settle_budget,
+                         response=response, release_claim=release_claim)
+            return
+        except DatabaseError as exc:
+            if self._flusher is None or self._flusher.done():
+                logger.error("ledger writes failing (%s); spooling rows until the database "
+                             "recovers", type(exc).__name__)
+        line = spool_encode(entry=entry, settle_budget=settle_budget, response=response,
+                            release_claim=release_claim)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, spool_push, line)
+        except OSError as exc:
+            logger.critical("ledger row %s could not be spooled (%s)", entry.request_id,
+                            type(exc).__name__)
+            return
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_until_empty())
+
+    async def _flush_until_empty(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_INTERVAL_S)
+            try:
+                await db.run(ledger_spool_flush)
+                if await asyncio.get_running_loop().run_in_executor(None, spool_size) == 0:
+                    return
+            except Exception as exc:  # keep retrying whatever failed; rows wait in the spool
+                logger.warning("ledger spool flush failed (%s); retrying", type(exc).__name__)
 
     def _done(self, task: asyncio.Task) -> None:
         self._pending.discard(task)

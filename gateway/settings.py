@@ -4,6 +4,7 @@ Embedded default: SQLite under var/, no Redis (local-memory cache, in-process li
 run eagerly). Production (DEBUG off) refuses to start with the development SECRET_KEY or without
 GATEWAY_ENCRYPTION_KEYS.
 """
+import os
 from pathlib import Path
 
 import environ
@@ -82,10 +83,10 @@ _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Concurrent ledger writers wait for the lock instead of failing.
     _db.setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
-    _db["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # A file (not :memory:) so the live test server's threads share it; one per test run.
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     _db.setdefault("CONN_MAX_AGE", 60)
-    _db.setdefault("CONN_HEALTH_CHECKS", True)
     if "mysql" in _db["ENGINE"]:
         _db.setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
         _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
@@ -101,6 +102,15 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not (REDIS_URL or env.str("CELERY_BROKER_URL", default=""))
 CELERY_TASK_IGNORE_RESULT = True
+# Budget periods need no reset task: each period has its own counter row (usage.budgets).
+CELERY_BEAT_SCHEDULE = {
+    "ledger-rollup": {"task": "usage.rollup", "schedule": 300.0},
+    "budget-reconcile": {"task": "usage.reconcile_budgets", "schedule": 600.0},
+    "expire-reservations": {"task": "usage.expire_reservations", "schedule": 60.0},
+    "purge-idempotency": {"task": "usage.purge_idempotency", "schedule": 3600.0},
+    "budget-alerts": {"task": "usage.budget_alerts", "schedule": 60.0},
+    "flush-ledger-spool": {"task": "usage.flush_spool", "schedule": 10.0},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -122,6 +132,8 @@ GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 # How often a process checks whether the routing config changed (admin, gateway_apply).
 GATEWAY_CONFIG_POLL_S = env.float("GATEWAY_CONFIG_POLL_S", default=1.0)
+# Where ledger rows wait when the database refuses them and Redis is not configured.
+GATEWAY_SPOOL_DIR = VAR_DIR / "spool"
 # Django reads the body before the view; the gateway enforces its own limit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 

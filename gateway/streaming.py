@@ -109,7 +109,7 @@ class Drainer:
     drain outlives the cancelled request task.
     """
 
-    def __init__(self, *, max_streams: int = 64) -> None:
+    def __init__(self, *, max_streams: int = 256) -> None:
         self._max_streams = max_streams
         self._tasks: set[asyncio.Task] = set()
 

@@ -10,10 +10,10 @@ import asyncio
 import logging
 import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
+from gateway.database import db
 from providers.selectors import RoutingSnapshot, config_version_get, routing_snapshot_load
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class SnapshotCache:
             if self._snapshot is not None and time.monotonic() - self._checked_at < settings.GATEWAY_CONFIG_POLL_S:
                 return self._snapshot
             try:
-                self._snapshot = await sync_to_async(_fresh_snapshot)(self._snapshot)
+                self._snapshot = await db.run(_fresh_snapshot, previous=self._snapshot)
             except DatabaseError:
                 if self._snapshot is None:
                     raise

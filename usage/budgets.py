@@ -78,9 +78,11 @@ def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: 
         for limit in limits:
             counter = _counter(limit, now)
             room = usd_to_units(limit.limit_usd) - amount_units
-            updated = (BudgetCounter.objects.filter(pk=counter.pk)
-                       .alias(used=F("spent_units") + F("reserved_units"))
-                       .filter(used__lte=room)
+            # One UPDATE ... WHERE reserved <= room - spent: the check and the write are a single
+            # atomic statement (an annotation here would make Django's MySQL backend select the
+            # rows first and update them in a second statement).
+            updated = (BudgetCounter.objects
+                       .filter(pk=counter.pk, reserved_units__lte=room - F("spent_units"))
                        .update(reserved_units=F("reserved_units") + amount_units, updated_at=now))
             if not updated:
                 transaction.set_rollback(True)

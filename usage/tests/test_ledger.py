@@ -30,7 +30,8 @@ async def _cancel_streams(url: str, key: str, n: int) -> int:
 
 
 def test_cancelled_streams_each_get_a_row_with_the_tokens_produced(gateway_url, fake_provider, api_key):
-    fake_provider.behave("fake-a", reply="one two three four five six", chunk_delay_s=0.05)
+    # The rest of each stream lasts ~2 s after the client hangs up on "one".
+    fake_provider.behave("fake-a", reply="one " + "word " * 40, chunk_delay_s=0.05)
     assert asyncio.run(_cancel_streams(gateway_url, api_key, 200)) == 200
     deadline = time.monotonic() + 30
     while UsageRecord.objects.count() < 200 and time.monotonic() < deadline:

@@ -1,0 +1,47 @@
+"""Celery tasks (beat schedule in settings.CELERY_BEAT_SCHEDULE). Each is idempotent and safe
+to run twice; without Redis they run eagerly, and `manage.py usage_rollup` serves cron."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from celery import shared_task
+from django.utils import timezone
+
+from usage.alerts import budget_alerts_send
+from usage.budgets import reservations_expire
+from usage.idempotency import idempotency_purge
+from usage.rollups import budget_counters_reconcile, usage_rollup
+from usage.spool import ledger_spool_flush
+
+
+@shared_task(name="usage.rollup")
+def usage_rollup_task(day: str | None = None) -> int:
+    """Roll up `day` (ISO date), or today and yesterday (late rows land in both)."""
+    days = [date.fromisoformat(day)] if day else [timezone.now().date() - timedelta(days=1),
+                                                   timezone.now().date()]
+    return sum(usage_rollup(day=d) for d in days)
+
+
+@shared_task(name="usage.reconcile_budgets")
+def budget_reconcile_task() -> int:
+    return budget_counters_reconcile()
+
+
+@shared_task(name="usage.expire_reservations")
+def reservations_expire_task() -> int:
+    return reservations_expire()
+
+
+@shared_task(name="usage.purge_idempotency")
+def idempotency_purge_task() -> int:
+    return idempotency_purge()
+
+
+@shared_task(name="usage.budget_alerts")
+def budget_alerts_task() -> int:
+    return budget_alerts_send()
+
+
+@shared_task(name="usage.flush_spool")
+def ledger_spool_flush_task() -> int:
+    return ledger_spool_flush()
