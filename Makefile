@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py gateway_demo
-	$(BIN)/python -m uvicorn gateway.asgi:application --host $(HOST) --port $(PORT) --no-access-log --lifespan off
+	$(BIN)/python -m uvicorn gateway.asgi:application --host $(HOST) --port $(PORT) --no-access-log --timeout-graceful-shutdown 30
 
 test: install
 	$(BIN)/python -m pytest

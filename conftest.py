@@ -230,3 +230,51 @@ def page(browser, tmp_path):
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture
+def spawn_gateway(gateway_url):
+    """Start extra gateway processes (uvicorn subprocesses) on this test's database and Redis;
+    returns a function(env overrides) -> base URL. Stopped at teardown."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        database_url = f"sqlite:///{db['NAME']}"
+    else:
+        database_url = (f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
+                        f"{db['PORT'] or 3306}/{db['NAME']}")
+    processes = []
+
+    def spawn(**env_overrides: str) -> str:
+        port = _free_port()
+        env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": settings.REDIS_URL,
+               "DEBUG": "1", "GATEWAY_CONFIG_POLL_S": "0", **env_overrides}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--port", str(port),
+             "--log-level", "warning", "--timeout-graceful-shutdown", "30"],
+            cwd=Path(settings.BASE_DIR), env=env)
+        processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                return url
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("gateway process did not start")
+                time.sleep(0.1)
+
+    spawn.processes = processes
+    yield spawn
+    for process in processes:
+        process.terminate()
+        process.wait(30)

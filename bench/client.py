@@ -2,10 +2,10 @@
 between streamed chunks as they arrive, and whether chunks arrive one per read (not coalesced).
 
     python -m bench.client --url URL --body JSON [--header 'name: value' ...]
-        --concurrency 16 (--duration 5 | --count 300) --mode json|openai-sse|anthropic-sse
+        --concurrency 16 [--duration 5] [--count 300] --mode json|openai-sse|anthropic-sse
 
 Runs as its own process (uvloop + one aiohttp session with `concurrency` connections), bounded in
-time or count, and prints one JSON object on stdout: requests sent and completed, statuses,
+time, count or both (whichever comes first; requests in flight then finish), and prints one JSON object on stdout: requests sent and completed, statuses,
 latency / TTFT / inter-chunk gap percentiles (ms), content events per stream, and coalescing.
 """
 from __future__ import annotations
@@ -125,11 +125,12 @@ async def run(args: argparse.Namespace) -> dict:
     remaining = [args.count]
 
     def more() -> bool:
-        if deadline is not None:
-            return time.perf_counter() < deadline
-        if remaining[0] <= 0:
+        if deadline is not None and time.perf_counter() >= deadline:
             return False
-        remaining[0] -= 1
+        if args.count:
+            if remaining[0] <= 0:
+                return False
+            remaining[0] -= 1
         return True
 
     connector = aiohttp.TCPConnector(limit=args.concurrency, force_close=False)

@@ -5,7 +5,7 @@ to the fake upstream with one shared client: (a) httpx with its own transport, (
 httpx-aiohttp transport, (c) aiohttp directly. Each runs under uvicorn (1 worker, uvloop +
 httptools) and is driven by wrk at 16 connections for BENCH_COMPARE_S seconds (10); the upstream
 called directly is the ceiling. Prints a Markdown table and writes
-bench/results/clients-<timestamp>.json and clients-latest.json.
+clients-<timestamp>.json and clients-latest.json (in BENCH_RESULTS_DIR, default bench/results).
 """
 from __future__ import annotations
 
@@ -31,9 +31,12 @@ def main() -> int:
     duration = float(os.environ.get("BENCH_COMPARE_S") or 10)
     concurrency = int(os.environ.get("BENCH_COMPARE_CONCURRENCY") or 16)
     harness.ensure_wrk()
+    wait_s = float(os.environ.get("BENCH_WAIT_QUIET_S") or 60)
+    before = harness.wait_for_quiet(max_wait_s=wait_s) if wait_s > 0 else None
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results: dict = {"timestamp": stamp, "concurrency": concurrency, "duration_s": duration,
-                     "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "clients": {}}
+                     "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "before_start": before,
+                     "clients": {}}
     with tempfile.TemporaryDirectory(prefix="gateway-bench-clients-") as tmpdir:
         tmp = Path(tmpdir)
         upstream_port = harness.free_port()
@@ -60,8 +63,10 @@ def main() -> int:
                     harness.wrk(target, body=BODY, concurrency=concurrency, duration_s=1,
                                 workdir=tmp)  # warm-up: connections, imports
                     time.sleep(0.5)
+                    meter = harness.CpuMeter({"server": server.pid}).start()
                     out = harness.wrk(target, body=BODY, concurrency=concurrency,
                                       duration_s=duration, workdir=tmp)
+                    out["cpu"] = meter.stop()
                     out["peak_rss_mb"] = harness.memory_mb(server.pid)["hwm_mb"]
                 finally:
                     server.stop()
@@ -70,23 +75,32 @@ def main() -> int:
         finally:
             upstream.stop()
     results["loadavg_end"] = list(os.getloadavg())
-    harness.BENCH.joinpath("results").mkdir(exist_ok=True)
+    out_dir = Path(os.environ.get("BENCH_RESULTS_DIR") or harness.BENCH / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2)
-    (harness.BENCH / "results" / f"clients-{stamp}.json").write_text(text)
-    (harness.BENCH / "results" / "clients-latest.json").write_text(text)
+    (out_dir / f"clients-{stamp}.json").write_text(text)
+    (out_dir / "clients-latest.json").write_text(text)
     print()
     print(f"Bare Django async proxy view, uvicorn 1 worker (uvloop + httptools), wrk "
           f"{concurrency} connections × {duration:.0f} s, loopback fake upstream, "
           f"{os.cpu_count()} CPUs:")
     print()
-    print("| upstream client | req/s | p50 ms | p99 ms | non-2xx |")
-    print("|---|--:|--:|--:|--:|")
+    print("| upstream client | req/s | p50 ms | p99 ms | server CPU % (ms/req) | machine busy % "
+          "| non-2xx |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for kind, out in results["clients"].items():
         if "unavailable" in out:
-            print(f"| {kind} | – | – | – | {out['unavailable']} |")
+            print(f"| {kind} | – | – | – | – | – | {out['unavailable']} |")
             continue
         lat = out["latency_ms"]
-        print(f"| {kind} | {out['rps']:.0f} | {lat['p50']:.2f} | {lat['p99']:.2f} | {out['non2xx']} |")
+        cpu = out.get("cpu")
+        cpu_cell = busy = "–"
+        if cpu:
+            per_request = cpu["server_cpu_pct"] * cpu["elapsed_s"] * 10 / max(1, out["completed"])
+            cpu_cell = f"{cpu['server_cpu_pct']:.0f} ({per_request:.2f})"
+            busy = f"{cpu['machine_busy_pct']:.0f}"
+        print(f"| {kind} | {out['rps']:.0f} | {lat['p50']:.2f} | {lat['p99']:.2f} | {cpu_cell} "
+              f"| {busy} | {out['non2xx']} |")
     return 0
 
 

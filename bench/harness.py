@@ -57,16 +57,27 @@ def http_get_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
 def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30.0
               ) -> tuple[int, str, bytes]:
-    """(status, content type, body) of one POST, errors included."""
+    """(status, content type, body) of one POST, redirects not followed; HTTP errors are
+    answers too (status 0 when there was no answer at all)."""
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"content-type": "application/json", **headers})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener.open(request, timeout=timeout) as response:
             return response.status, response.headers.get("content-type", ""), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get("content-type", ""), exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, "", str(exc).encode()
 
 
 def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -169,6 +180,83 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
+# -- CPU ------------------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    user, system = int(fields[11]) / _TICK, int(fields[12]) / _TICK
+    return user + system, system
+
+
+def _machine_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU used by the named processes (percent of one core; `_sys_pct` the kernel's share) and
+    by the whole machine (percent of all cores) between start() and stop(): shows who was the
+    bottleneck and whether anything else was running."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def start(self) -> "CpuMeter":
+        self._t = time.monotonic()
+        self._cpu = {name: _process_cpu_s(pid) for name, pid in self.pids.items()}
+        self._machine = _machine_ticks()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self._t
+        out = {}
+        for name, pid in self.pids.items():
+            total, system = _process_cpu_s(pid)
+            out[f"{name}_cpu_pct"] = round(100 * (total - self._cpu[name][0]) / elapsed, 1)
+            out[f"{name}_sys_pct"] = round(100 * (system - self._cpu[name][1]) / elapsed, 1)
+        busy, total = _machine_ticks()
+        out["machine_busy_pct"] = round(
+            100 * (busy - self._machine[0]) / max(1, total - self._machine[1]), 1)
+        out["elapsed_s"] = round(elapsed, 3)
+        return out
+
+
+def machine_busy_pct(seconds: float = 1.0) -> float:
+    """Share of all cores busy over the next `seconds`."""
+    busy0, total0 = _machine_ticks()
+    time.sleep(seconds)
+    busy1, total1 = _machine_ticks()
+    return round(100 * (busy1 - busy0) / max(1, total1 - total0), 1)
+
+
+def wait_for_quiet(*, max_wait_s: float, busy_below: float = 20.0, quiet_s: int = 3) -> dict:
+    """Wait (up to `max_wait_s`) until the machine has been mostly idle for `quiet_s` seconds,
+    so other work (a test run) does not share the cores with the benchmark. Returns what was
+    seen; the benchmark runs regardless."""
+    started = time.monotonic()
+    streak, samples = 0, []
+    while time.monotonic() - started < max_wait_s:
+        samples.append(machine_busy_pct(1.0))
+        streak = streak + 1 if samples[-1] < busy_below else 0
+        if streak >= quiet_s:
+            break
+    return {"waited_s": round(time.monotonic() - started, 1), "quiet": streak >= quiet_s,
+            "last_busy_pct": samples[-1] if samples else None}
+
+
+def upstream_received(port: int) -> int:
+    """How many chat requests the fake upstream has received so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as response:
+        return json.loads(response.read())["requests"]
+
+
 # -- load tools -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -218,7 +306,10 @@ def client(target: Target, *, body: bytes, concurrency: int, mode: str,
     """One run of bench/client.py in its own process; its JSON summary."""
     cmd = [PYTHON, "-m", "bench.client", "--url", target.base + target.path, "--body", body.decode(),
            "--concurrency", str(concurrency), "--mode", mode]
-    cmd += ["--duration", str(duration_s)] if duration_s else ["--count", str(count)]
+    if duration_s:
+        cmd += ["--duration", str(duration_s)]
+    if count:
+        cmd += ["--count", str(count)]
     for name, value in target.headers.items():
         cmd += ["--header", f"{name}: {value}"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -301,3 +392,58 @@ def tcp_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# -- profiling (optional: BENCH_PYSPY) ------------------------------------------------------------
+
+def start_pyspy(pid: int, output: Path, duration_s: float) -> subprocess.Popen | None:
+    """Sample the gateway with py-spy (collapsed stacks) while a case runs; None if py-spy is
+    not installed (`.venv/bin/pip install py-spy`; a profiling tool, not a requirement).
+    BENCH_PYSPY_ARGS adds py-spy options (e.g. `--gil`: only the thread holding the GIL)."""
+    exe = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("BENCH_PYSPY set but py-spy is not installed: .venv/bin/pip install py-spy", flush=True)
+        return None
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
+                             "--duration", str(max(1, round(duration_s))), "--format", "raw",
+                             "--output", str(output),
+                             *os.environ.get("BENCH_PYSPY_ARGS", "").split()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize_stacks(path: Path, top: int = 25) -> dict:
+    """Top frames of a py-spy collapsed-stack file: by self samples and by inclusive samples
+    (a frame counted once per stack it appears in), as percentages of all samples."""
+    selfs: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_short_frame(f) for f in stack.split(";")]
+        selfs[frames[-1]] = selfs.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(table: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(table.items(), key=lambda kv: kv[1], reverse=True)[:top]
+        return [(frame, round(100 * n / total, 1)) for frame, n in best]
+
+    return {"samples": total, "self_pct": ranked(selfs), "inclusive_pct": ranked(inclusive)}
+
+
+def _short_frame(frame: str) -> str:
+    """`func (path/to/site-packages/pkg/mod.py:12)` -> `func (pkg/mod.py)`: lines merged."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file = where.rsplit(":", 1)[0]
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3."):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+            if marker == "lib/python3.":
+                file = "stdlib/" + file.split("/", 1)[-1]
+            break
+    return f"{name} ({file})"

@@ -35,6 +35,14 @@ def row_figures(gw: dict, direct: dict) -> dict:
     return out
 
 
+def rows_ok(row: dict) -> bool:
+    """Every answered request has its row, no request has two, and every request that reached
+    the upstream has one (requests cut off by the end of a run before reaching the upstream may
+    have none)."""
+    floor = max(row["requests_completed"], row.get("upstream_received", 0))
+    return floor <= row["ledger_rows"] <= row["requests_sent"]
+
+
 def _ms(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "–"
@@ -61,13 +69,29 @@ def _notes(row: dict) -> str:
     if row.get("case") == "soak":
         notes.append(f"RSS {row['rss_start_mb']} → {row['rss_end_mb']} MB "
                      f"({row['rss_growth_mb']:+.1f})")
+        if row.get("time_capped"):
+            notes.append(f"time cap reached before {row['soak_target']} requests")
+    cut = row.get("requests_sent", 0) - row.get("requests_completed", 0)
+    if cut:
+        notes.append(f"{cut} cut off by the end of the run; upstream saw "
+                     f"{row.get('upstream_received', '?')}")
     return "; ".join(notes)
+
+
+def _cpu_cell(row: dict) -> str:
+    cpu = row.get("cpu") or {}
+    if "gateway_cpu_pct" not in cpu:
+        return "– | –"
+    per = ""
+    if row.get("requests_completed") and cpu.get("elapsed_s"):
+        per = (f" ({cpu['gateway_cpu_pct'] * cpu['elapsed_s'] * 10 / row['requests_completed']:.1f})")
+    return f"{cpu['gateway_cpu_pct']:.0f}{per} | {cpu['machine_busy_pct']:.0f}"
 
 
 def _rows_cell(row: dict) -> str:
     if row.get("unavailable"):
         return "–"
-    mark = "" if row["ledger_rows"] == row["requests_sent"] else " ✗"
+    mark = "" if rows_ok(row) else " ✗"
     return f"{row['ledger_rows']} / {row['requests_sent']}{mark}"
 
 
@@ -85,27 +109,28 @@ def markdown(results: dict) -> str:
     lines = [
         f"Benchmark {results['timestamp']} (commit {env['git_commit']}"
         f"{', uncommitted changes' if env['git_dirty'] else ''}; {env['cpus']} CPUs, "
-        f"load {env['loadavg_start'][0]:.2f}; uvicorn 1 worker, uvloop + httptools; "
+        f"load {env['loadavg_start'][0]:.2f}; uvicorn 1 worker, uvloop + httptools, "
+        f"DEBUG {'on' if results['knobs'].get('debug') else 'off'}; "
         f"{env['wrk']}). Latencies in ms; added = gateway − upstream called directly "
         f"with the same tool in the same run.",
         "",
         "| profile | case | conc. | req/s | p50 | p99 | added p50 / p99 | TTFT p50 (added) "
-        "| peak RSS MB | ledger rows / sent | notes |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| gateway CPU % (ms/req) | machine busy % | peak RSS MB | ledger rows / sent | notes |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for profile in results["profiles"]:
         if profile.get("error"):
-            lines.append(f"| {profile['profile']} | – | – | – | – | – | – | – | – | – | "
+            lines.append(f"| {profile['profile']} | – | – | – | – | – | – | – | – | – | – | – | "
                          f"failed: {profile['error'][:200]} |")
             continue
         memory = profile["memory"]
-        lines.append(f"| {profile['profile']} | idle | – | – | – | – | – | – | "
+        lines.append(f"| {profile['profile']} | idle | – | – | – | – | – | – | – | – | "
                      f"{memory.get('idle_mb', '–')} | – | RSS after warm-up "
                      f"(at start {memory.get('started_mb', '–')}) |")
         for row in profile["rows"]:
             if row.get("unavailable"):
                 lines.append(f"| {row['profile']} | {row['case']} | {row['concurrency']} | – | – | – "
-                             f"| – | – | – | – | {row['unavailable']} |")
+                             f"| – | – | – | – | – | – | {row['unavailable']} |")
                 continue
             ttft = ("–" if row.get("ttft_p50_ms") is None else
                     f"{_ms(row['ttft_p50_ms'])} ({_ms(row.get('added_ttft_p50_ms'), True)})")
@@ -114,6 +139,7 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {row['profile']} | {row['case']} | {row['concurrency']} | {row['rps']:.0f} "
                 f"| {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | {added} | {ttft} "
+                f"| {_cpu_cell(row)} "
                 f"| {row['peak_rss_mb']} | {_rows_cell(row)} | {_notes(row)} |")
     checks = results.get("targets") or []
     if checks:
@@ -174,11 +200,25 @@ def targets(results: dict) -> list[dict]:
         if soak:
             check(name, f"RSS growth over the soak ({soak['requests_sent']} requests)",
                   soak["rss_growth_mb"], 5.0, at_most=True, unit="MB")
-        mismatched = [f"{r['case']} c={r['concurrency']}: {r['ledger_rows']}/{r['requests_sent']}"
-                      for r in rows if r["ledger_rows"] != r["requests_sent"]]
+        mismatched = [f"{r['case']} c={r['concurrency']}: {r['ledger_rows']} rows, "
+                      f"{r['requests_sent']} sent, {r['requests_completed']} answered, "
+                      f"{r['upstream_received']} reached upstream"
+                      for r in rows if not rows_ok(r)]
         if rows:
-            checks.append({"profile": name, "target": "ledger rows = requests sent",
+            checks.append({"profile": name, "target": "ledger rows = requests (answered ≤ rows ≤ "
+                           "sent, and every request that reached the upstream has a row)",
                            "limit": "every case", "value": "; ".join(mismatched) or "all equal",
                            "ok": not mismatched, "miss_by": "" if not mismatched else
                            f"{len(mismatched)} case(s)"})
     return checks
+
+
+def stacks_text(row: dict, top: int = 15) -> str:
+    """The py-spy summary of one case, as indented text."""
+    spy = row["py_spy"]
+    lines = [f"  py-spy {row['case']} c={row['concurrency']}: {spy['samples']} samples "
+             f"({spy['file']})", "    inclusive %:"]
+    lines += [f"      {pct:5.1f}  {frame}" for frame, pct in spy["inclusive_pct"][:top]]
+    lines.append("    self %:")
+    lines += [f"      {pct:5.1f}  {frame}" for frame, pct in spy["self_pct"][:top]]
+    return "\n".join(lines)

@@ -7,12 +7,21 @@ gateway_bench, recreated, + Redis) when both answer on 127.0.0.1 and mysqlclient
 The upstream is also called directly, with the same tool and body, in the same run: "added"
 figures are gateway minus direct.
 
-Knobs (environment): BENCH_DURATION_S (6) per gateway wrk run, BENCH_DIRECT_S (4) per direct
-run, BENCH_PACED_S (5) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENCH_TTFT_REQUESTS
-(400), BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_WARMUP_S (2),
+Knobs (environment): BENCH_DURATION_S (5) per gateway wrk run, BENCH_DIRECT_S (4) per direct
+run, BENCH_PACED_S (4) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENCH_TTFT_REQUESTS
+(400) and BENCH_TTFT_MAX_S (3) for the streams' time-to-first-token client run,
+BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_SOAK_MAX_S (75: a slow
+gateway soaks fewer requests, and the row says so), BENCH_WARMUP_S (2),
 BENCH_WRK_THREADS (1), BENCH_PROFILES ("sqlite,mysql"; a profile whose services are down is
 skipped), BENCH_CASES (comma list of case names to run; default all), BENCH_MYSQL_URL
-(mysql://root@127.0.0.1:3306/gateway_bench), BENCH_REDIS_URL (redis://127.0.0.1:6379/0).
+(mysql://root@127.0.0.1:3306/gateway_bench), BENCH_REDIS_URL (redis://127.0.0.1:6379/0),
+BENCH_PYSPY (e.g. "chat:16,chat-stream-20:16": sample the gateway with py-spy during those
+cases; collapsed stacks go to the results folder as profile-*.txt, the top frames into the JSON),
+BENCH_DEBUG (0: the gateway runs with production settings, DEBUG off, throwaway SECRET_KEY and
+encryption key; 1: DEBUG on, which adds Django's debug cursor and query log),
+BENCH_RESULTS_DIR (bench/results; point exploratory runs elsewhere), BENCH_WAIT_QUIET_S (60:
+first wait up to this long for the machine to be idle for 3 s; the run goes ahead regardless and
+each row records how busy the machine was).
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import datetime as dt
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -31,7 +41,6 @@ from pathlib import Path
 from bench import harness, report
 from bench.harness import Ledger, Target
 
-RESULTS = harness.BENCH / "results"
 PROMPT = [{"role": "user", "content": "Say something short about benchmarks."}]
 UPSTREAM_KEY = "bench-upstream-secret"
 
@@ -42,20 +51,27 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Knobs:
-    duration_s: float = _env_float("BENCH_DURATION_S", 6)
+    duration_s: float = _env_float("BENCH_DURATION_S", 5)
     direct_s: float = _env_float("BENCH_DIRECT_S", 4)
-    paced_s: float = _env_float("BENCH_PACED_S", 5)
+    paced_s: float = _env_float("BENCH_PACED_S", 4)
     concurrency: tuple[int, ...] = tuple(
         int(c) for c in (os.environ.get("BENCH_CONCURRENCY") or "1,16,64").split(","))
     ttft_requests: int = int(_env_float("BENCH_TTFT_REQUESTS", 400))
+    ttft_max_s: float = _env_float("BENCH_TTFT_MAX_S", 3)
     soak_requests: int = int(_env_float("BENCH_SOAK_REQUESTS", 20000))
     soak_concurrency: int = int(_env_float("BENCH_SOAK_CONCURRENCY", 16))
+    soak_max_s: float = _env_float("BENCH_SOAK_MAX_S", 75)
     warmup_s: float = _env_float("BENCH_WARMUP_S", 2)
+    wait_quiet_s: float = _env_float("BENCH_WAIT_QUIET_S", 60)
     wrk_threads: int = int(_env_float("BENCH_WRK_THREADS", 1))
     profiles: tuple[str, ...] = tuple(
         (os.environ.get("BENCH_PROFILES") or "sqlite,mysql").split(","))
     cases: tuple[str, ...] = tuple(
         c for c in (os.environ.get("BENCH_CASES") or "").split(",") if c)
+    debug: bool = os.environ.get("BENCH_DEBUG", "0") not in ("", "0")
+    results_dir: Path = Path(os.environ.get("BENCH_RESULTS_DIR") or harness.BENCH / "results")
+    pyspy: tuple[str, ...] = tuple(
+        c for c in (os.environ.get("BENCH_PYSPY") or "").split(",") if c)
     mysql_url: str = os.environ.get("BENCH_MYSQL_URL") or "mysql://root@127.0.0.1:3306/gateway_bench"
     redis_url: str = os.environ.get("BENCH_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
@@ -123,15 +139,17 @@ def measure(case: Case, target: Target, *, body: bytes, concurrency: int, knobs:
                       threads=knobs.wrk_threads, workdir=workdir)
     if case.stream:
         ttft = harness.client(target, body=body, concurrency=concurrency, mode=mode,
-                              count=knobs.ttft_requests)
+                              count=knobs.ttft_requests, duration_s=knobs.ttft_max_s)
         out["ttft_ms"] = ttft["ttft_ms"]
         out["ttft_run"] = {k: ttft[k] for k in ("sent", "completed", "non2xx", "statuses",
                                                  "events_per_stream", "coalesced_reads")}
         out["sent"] += ttft["sent"]
+        out["completed"] += ttft["completed"]
     return out
 
 
-def direct_baselines(cases: list[Case], upstream: Target, knobs: Knobs, workdir: Path) -> dict:
+def direct_baselines(cases: list[Case], upstream: Target, upstream_pid: int, knobs: Knobs,
+                     workdir: Path) -> dict:
     """The upstream called directly with the same tool and body shape, once per run."""
     baselines: dict[tuple[str, bool, str, int], dict] = {}
     for case in cases:
@@ -140,9 +158,11 @@ def direct_baselines(cases: list[Case], upstream: Target, knobs: Knobs, workdir:
             if key not in baselines:
                 print(f"  direct  {case.model:<14} stream={case.stream!s:<5} c={concurrency:<3}",
                       flush=True)
+                meter = harness.CpuMeter({"upstream": upstream_pid}).start()
                 baselines[key] = measure(case, upstream, body=case.direct_body(),
                                          concurrency=concurrency, knobs=knobs, workdir=workdir,
                                          direct=True)
+                baselines[key]["cpu"] = meter.stop()
     return baselines
 
 
@@ -166,9 +186,23 @@ def routing_yaml(upstream_port: int) -> str:
             f"prices:\n{prices}\n")
 
 
+def settings_env(knobs: Knobs) -> dict[str, str]:
+    """Production settings (DEBUG off: no query log, no debug cursor) with throwaway keys, or
+    the development ones with BENCH_DEBUG=1."""
+    env = {**os.environ, "GATEWAY_CONFIG_POLL_S": "1", "LOG_LEVEL": "WARNING",
+           "PYTHONUNBUFFERED": "1", "DEBUG": "1" if knobs.debug else "0",
+           # plain HTTP on loopback stands for the TLS-terminating proxy in front
+           "SECURE_SSL_REDIRECT": "0"}
+    if not knobs.debug:
+        from cryptography.fernet import Fernet
+
+        env["SECRET_KEY"] = secrets.token_urlsafe(48)
+        env["GATEWAY_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+    return env
+
+
 def make_profiles(knobs: Knobs, tmp: Path) -> list[Profile]:
-    base = {**os.environ, "DEBUG": "1", "GATEWAY_CONFIG_POLL_S": "1", "LOG_LEVEL": "WARNING",
-            "PYTHONUNBUFFERED": "1"}
+    base = settings_env(knobs)
     profiles = []
     for name in knobs.profiles:
         if name == "sqlite":
@@ -205,7 +239,7 @@ def prepare(profile: Profile, upstream_port: int, tmp: Path) -> str:
     config.write_text(routing_yaml(upstream_port))
     harness.manage(["gateway_apply", str(config)], profile.env)
     out = harness.manage(["create_api_key", "bench", "--budget-usd", "1000000", "--budget-period",
-                          "month", "--rpm", "10000000", "--tpm", "10000000000"], profile.env)
+                          "month", "--rpm", "10000000", "--tpm", "1000000000"], profile.env)
     if profile.name == "mysql+redis":
         _forget_routing_state(profile)
     return out.strip().splitlines()[-1].strip()
@@ -241,11 +275,13 @@ def probe(target: Target, body: bytes) -> tuple[bool, str]:
         return True, ""
     if status == 404 and "json" not in content_type:
         return False, "not available (HTTP 404: no such endpoint)"
+    if 300 <= status < 400:
+        return False, f"error: HTTP {status} redirect (SECURE_SSL_REDIRECT?)"
     return False, f"error: HTTP {status} {data[:200].decode(errors='replace')}"
 
 
-def run_profile(profile: Profile, cases: list[Case], baselines: dict, upstream_port: int,
-                knobs: Knobs, tmp: Path) -> dict:
+def run_profile(profile: Profile, cases: list[Case], baselines: dict,
+                upstream: harness.Process, upstream_port: int, knobs: Knobs, tmp: Path) -> dict:
     print(f"\n== profile {profile.name}", flush=True)
     key = prepare(profile, upstream_port, tmp)
     port = harness.free_port()
@@ -294,22 +330,41 @@ def run_profile(profile: Profile, cases: list[Case], baselines: dict, upstream_p
                     result["rows"].append(row)
                     print(f"  {case.name:<26} c={concurrency:<3} {reason}", flush=True)
                     continue
+                meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
+                seen = harness.upstream_received(upstream_port)
                 harness.reset_peak(pid)
+                spy = stacks = None
+                if f"{case.name}:{concurrency}" in knobs.pyspy:
+                    knobs.results_dir.mkdir(parents=True, exist_ok=True)
+                    stacks = knobs.results_dir / (f"profile-{time.strftime('%Y%m%dT%H%M%S')}-"
+                                        f"{profile.name.replace('+', '-')}-{case.name}-c{concurrency}.txt")
+                    spy = harness.start_pyspy(pid, stacks, knobs.duration_s if case.tool == "wrk"
+                                              else knobs.paced_s)
                 gw = measure(case, targets[case.surface], body=case.body(),
                              concurrency=concurrency, knobs=knobs, workdir=tmp, direct=False)
+                cpu = meter.stop()
+                if spy is not None:
+                    spy.wait(60)
+                    if stacks.exists():
+                        row["py_spy"] = {"file": str(stacks.relative_to(harness.ROOT)),
+                                         **harness.summarize_stacks(stacks)}
+                        print(report.stacks_text(row), flush=True)
                 rows_after = profile.ledger.settle(expected=rows_before + gw["sent"])
                 memory = harness.memory_mb(pid)
                 direct = baselines[(case.model, case.stream, case.tool, concurrency)]
                 row.update(report.row_figures(gw, direct))
-                row.update({"peak_rss_mb": memory["hwm_mb"], "rss_mb": memory["rss_mb"],
+                row.update({"peak_rss_mb": memory["hwm_mb"], "rss_mb": memory["rss_mb"], "cpu": cpu,
                             "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
+                            "requests_completed": gw["completed"],
+                            "upstream_received": harness.upstream_received(upstream_port) - seen,
                             "gateway": gw, "direct": direct})
                 rows_before = rows_after
                 result["rows"].append(row)
                 print("  " + report.progress_line(row), flush=True)
 
         if knobs.wants("soak") and knobs.soak_requests > 0:
-            result["rows"].append(soak(profile, targets["openai"], pid, rows_before, knobs, tmp))
+            result["rows"].append(soak(profile, targets["openai"], pid, upstream, upstream_port,
+                                       rows_before, knobs, tmp))
             print("  " + report.progress_line(result["rows"][-1]), flush=True)
         result["memory"]["end_mb"] = harness.memory_mb(pid)["rss_mb"]
     finally:
@@ -320,26 +375,33 @@ def run_profile(profile: Profile, cases: list[Case], baselines: dict, upstream_p
     return result
 
 
-def soak(profile: Profile, target: Target, pid: int, rows_before: int, knobs: Knobs,
-         tmp: Path) -> dict:
-    """`soak_requests` non-streaming requests; the gateway's RSS before and after."""
+def soak(profile: Profile, target: Target, pid: int, upstream: harness.Process,
+         upstream_port: int, rows_before: int, knobs: Knobs, tmp: Path) -> dict:
+    """`soak_requests` non-streaming requests (or as many as fit in BENCH_SOAK_MAX_S); the
+    gateway's RSS before and after."""
     time.sleep(1.0)
     start = harness.memory_mb(pid)
     harness.reset_peak(pid)
+    seen = harness.upstream_received(upstream_port)
+    meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
     gw = harness.wrk(target, body=openai_body("bench-c20", stream=False),
-                     concurrency=knobs.soak_concurrency, duration_s=max(60, knobs.soak_requests / 50),
+                     concurrency=knobs.soak_concurrency, duration_s=knobs.soak_max_s,
                      threads=knobs.wrk_threads, limit=knobs.soak_requests, workdir=tmp)
+    cpu = meter.stop()
     rows_after = profile.ledger.settle(expected=rows_before + gw["sent"], timeout_s=15)
     time.sleep(1.0)
     end = harness.memory_mb(pid)
     return {"profile": profile.name, "case": "soak", "surface": "openai", "stream": False,
             "concurrency": knobs.soak_concurrency, "tool": "wrk",
             "rps": gw["rps"], "p50_ms": gw["latency_ms"]["p50"], "p99_ms": gw["latency_ms"]["p99"],
-            "non2xx": gw["non2xx"], "socket_errors": gw["socket_errors"],
+            "non2xx": gw["non2xx"], "socket_errors": gw["socket_errors"], "cpu": cpu,
+            "soak_target": knobs.soak_requests, "time_capped": gw["completed"] < knobs.soak_requests,
             "rss_start_mb": start["rss_mb"], "rss_end_mb": end["rss_mb"],
             "rss_growth_mb": round(end["rss_mb"] - start["rss_mb"], 1),
             "peak_rss_mb": end["hwm_mb"], "rss_mb": end["rss_mb"],
-            "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"], "gateway": gw}
+            "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
+            "requests_completed": gw["completed"],
+            "upstream_received": harness.upstream_received(upstream_port) - seen, "gateway": gw}
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -366,10 +428,16 @@ def main() -> int:
     started = time.monotonic()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results: dict = {"timestamp": stamp, "environment": environment(),
-                     "knobs": {k: getattr(knobs, k) for k in knobs.__dataclass_fields__
+                     "knobs": {k: str(getattr(knobs, k)) if k == "results_dir" else getattr(knobs, k)
+                               for k in knobs.__dataclass_fields__
                                if k not in ("mysql_url", "redis_url")},
                      "profiles": []}
     cases = [c for c in cases_for(knobs) if knobs.wants(c.name)]
+    if knobs.wait_quiet_s > 0:
+        print("waiting for a quiet machine (BENCH_WAIT_QUIET_S)…", flush=True)
+        results["environment"]["before_start"] = harness.wait_for_quiet(max_wait_s=knobs.wait_quiet_s)
+        if not results["environment"]["before_start"]["quiet"]:
+            print("  the machine is busy: results will be noisy (see machine busy %)", flush=True)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmpdir:
         tmp = Path(tmpdir)
         upstream_port = harness.free_port()
@@ -378,26 +446,28 @@ def main() -> int:
             print(f"fake upstream on 127.0.0.1:{upstream_port}; direct baselines", flush=True)
             upstream_target = Target(f"http://127.0.0.1:{upstream_port}", "/v1/chat/completions",
                                      {"authorization": f"Bearer {UPSTREAM_KEY}"})
-            baselines = direct_baselines(cases, upstream_target, knobs, tmp)
+            baselines = direct_baselines(cases, upstream_target, upstream.pid, knobs, tmp)
             for profile in make_profiles(knobs, tmp):
                 try:
                     results["profiles"].append(
-                        run_profile(profile, cases, baselines, upstream_port, knobs, tmp))
-                except RuntimeError as exc:
-                    print(f"profile {profile.name} failed: {exc}", file=sys.stderr, flush=True)
-                    results["profiles"].append({"profile": profile.name, "error": str(exc),
+                        run_profile(profile, cases, baselines, upstream, upstream_port, knobs,
+                                    tmp))
+                except Exception as exc:  # noqa: BLE001 - one profile failing must not lose the others
+                    print(f"profile {profile.name} failed: {exc!r}", file=sys.stderr, flush=True)
+                    results["profiles"].append({"profile": profile.name, "error": repr(exc),
                                                 "rows": [], "memory": {}})
         finally:
             upstream.stop()
     results["environment"]["loadavg_end"] = list(os.getloadavg())
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.targets(results)
-    RESULTS.mkdir(exist_ok=True)
+    out = knobs.results_dir
+    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2, default=str)
-    (RESULTS / f"{stamp}.json").write_text(text)
-    (RESULTS / "latest.json").write_text(text)
+    (out / f"{stamp}.json").write_text(text)
+    (out / "latest.json").write_text(text)
     print("\n" + report.markdown(results))
-    print(f"\nresults: bench/results/{stamp}.json (and latest.json); wall {results['wall_s']} s")
+    print(f"\nresults: {out / (stamp + '.json')} (and latest.json); wall {results['wall_s']} s")
     return 0 if all(p.get("error") is None for p in results["profiles"]) else 1
 
 

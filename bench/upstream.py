@@ -6,7 +6,8 @@ speed (uvloop, responses pre-encoded per model, no per-request JSON building).
 POST /v1/chat/completions answers JSON or SSE (`stream: true`). The model name picks the shape:
 `bench-c<N>` streams N content chunks, `bench-c<N>-p<MS>` waits MS milliseconds before each one
 (the paced case). A usage chunk follows when `stream_options.include_usage` is set, as OpenAI does.
-GET /health answers 200 (readiness).
+GET /health answers 200 (readiness); GET /stats the number of chat requests received so far
+(the benchmark compares it with the gateway's ledger rows).
 """
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ from aiohttp import web
 _MODEL = re.compile(r"^bench-c(\d{1,4})(?:-p(\d{1,5}))?$")
 _WORDS = ("Sure", " here", " is", " a", " short", " answer", " from", " the", " fake", " upstream",
           " used", " by", " the", " gateway", " benchmark", " to", " measure", " overhead", ".", " Ok")
+
+
+@dataclass
+class Counter:
+    requests: int = 0
+
+
+RECEIVED = web.AppKey("received", Counter)
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ def shape_for(model: str) -> Shape:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
+    request.app[RECEIVED].requests += 1
     body = orjson.loads(await request.read())
     shape = shape_for(str(body.get("model") or ""))
     if not body.get("stream"):
@@ -97,10 +107,16 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response({"requests": request.app[RECEIVED].requests})
+
+
 async def serve(host: str, port: int) -> None:
     app = web.Application()
+    app[RECEIVED] = Counter()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=120)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()

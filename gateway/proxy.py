@@ -25,6 +25,7 @@ from django.utils import timezone
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.clients import client_pool
 from gateway.database import db
+from gateway.metrics import ACTIVE, PROVIDER_LATENCY, request_observe
 from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
                             PayloadTooLarge,
                             PermissionDenied, RateLimited, ServiceUnavailable, UpstreamFailed,
@@ -41,6 +42,7 @@ from usage.services import LedgerEntry, StoredResponse, usage_record_write
 from usage.spool import ledger_spool_flush, spool_encode, spool_push, spool_size
 
 logger = logging.getLogger(__name__)
+request_log = logging.getLogger("gateway.requests")
 
 MAX_ATTEMPTS = 3
 # Output tokens assumed for a budget reservation when neither the request nor the key caps them.
@@ -77,6 +79,7 @@ class ProxyCall:
     idempotency_claim: int | None = None
     # Bytes sent to the client, kept only while an Idempotency-Key claim needs them.
     captured: list[bytes] | None = None
+    active: bool = False
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -240,6 +243,9 @@ async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
     call holds an in-flight lease that `call_finish` releases. Raises a GatewayError."""
     routing = client_pool.routing()
     by_route = {d.route_id: d for d in deployments}
+    if not call.active:
+        call.active = True
+        ACTIVE.inc()
     plan = await routing.plan(call.public_model, [d.candidate for d in deployments], now=time.time())
     if not plan.routes:
         retry_after = str(max(1, math.ceil(plan.retry_after_s or 1)))
@@ -260,6 +266,7 @@ async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
             await asyncio.sleep(backoff_delay(tried, last.retry_after, _rng, base_s=0.05, cap_s=1.0))
         tried += 1
         call.deployment = by_route[candidate.route_id]
+        sent_at = time.monotonic()
         try:
             upstream = await send(call.deployment)
         except UpstreamError as exc:
@@ -272,6 +279,7 @@ async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
             if not exc.retryable:
                 break
             continue
+        PROVIDER_LATENCY.labels(call.deployment.provider_name).observe(time.monotonic() - sent_at)
         await routing.record_success(candidate)
         call.lease = lease
         return upstream
@@ -421,3 +429,22 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_br
     )
     await ledger_writer.write(entry, settle_budget=call.budget_reserved, response=stored,
                               release_claim=release_claim)
+    if call.active:
+        call.active = False
+        ACTIVE.dec()
+    request_observe(surface=call.surface, model=entry.public_model, provider=entry.provider_name,
+                    status=call.status, duration_s=now - call.started,
+                    ttft_s=call.first_token_at - call.started if call.first_token_at else None,
+                    input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+                    cached_tokens=call.cached_tokens, reasoning_tokens=call.reasoning_tokens,
+                    cost_usd=float(entry.cost_usd))
+    request_log.info(
+        "%s %s %s %s %s in=%d out=%d cost=%s %dms", entry.request_id, entry.key_prefix,
+        entry.public_model, entry.provider_name or "-", entry.status, entry.input_tokens,
+        entry.output_tokens, entry.cost_usd, entry.latency_ms,
+        extra={"request_id": entry.request_id, "client_request_id": entry.client_request_id,
+               "key_prefix": entry.key_prefix, "surface": entry.surface, "model": entry.public_model,
+               "provider": entry.provider_name, "status": entry.status, "http_status": entry.http_status,
+               "input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
+               "cached_tokens": entry.cached_tokens, "reasoning_tokens": entry.reasoning_tokens,
+               "cost_usd": str(entry.cost_usd), "latency_ms": entry.latency_ms, "ttft_ms": entry.ttft_ms})

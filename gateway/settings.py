@@ -25,10 +25,26 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[:
 GATEWAY_ENCRYPTION_KEYS = env.list("GATEWAY_ENCRYPTION_KEYS", default=[])
 
 if not DEBUG:
-    if SECRET_KEY == DEV_SECRET_KEY:
+    if SECRET_KEY in ("", DEV_SECRET_KEY):
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     if not GATEWAY_ENCRYPTION_KEYS:
         raise ImproperlyConfigured("GATEWAY_ENCRYPTION_KEYS must be set when DEBUG is off")
+
+# Production hardening (`manage.py check --deploy` passes with no warnings when DEBUG is off).
+# Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https.
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    # Load balancers and Prometheus probe these over plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+_proxy_header = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+if len(_proxy_header) == 2:
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_header)
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",
@@ -39,6 +55,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "providers",
     "usage",
     "chat",
@@ -127,6 +144,20 @@ STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "/admin/login/"
 
+# DRF: staff-only unless a view names its own policy (the finance API: usage/api.py).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "COERCE_DECIMAL_TO_STRING": True,
+}
+
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
@@ -134,14 +165,33 @@ GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 GATEWAY_CONFIG_POLL_S = env.float("GATEWAY_CONFIG_POLL_S", default=1.0)
 # Where ledger rows wait when the database refuses them and Redis is not configured.
 GATEWAY_SPOOL_DIR = VAR_DIR / "spool"
+# Chat UI (chat.context): the context window assumed for a model (prompt + answer, estimated
+# tokens), per-model overrides ("model=tokens,…"), and the answer's cap when the user's key has
+# no max_tokens_default.
+GATEWAY_CHAT_CONTEXT_TOKENS = env.int("GATEWAY_CHAT_CONTEXT_TOKENS", default=16000)
+GATEWAY_CHAT_CONTEXT_TOKENS_BY_MODEL = {
+    model: int(tokens)
+    for model, tokens in env.dict("GATEWAY_CHAT_CONTEXT_TOKENS_BY_MODEL", default={}).items()}
+GATEWAY_CHAT_MAX_TOKENS = env.int("GATEWAY_CHAT_MAX_TOKENS", default=2048)
 # Django reads the body before the view; the gateway enforces its own limit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
+
+# /metrics: optional bearer token; PROMETHEUS_MULTIPROC_DIR (read by prometheus_client itself)
+# makes counters add up across worker processes.
+GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+# One line per request in either format; secrets are masked by the formatters.
+GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="text")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"()": "gateway.logs.MaskingFormatter",
+                 "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "gateway.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler",
+                             "formatter": "json" if GATEWAY_LOG_FORMAT == "json" else "text"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }

@@ -1,13 +1,38 @@
 """Admin for providers, routes, prices, teams and keys. Every save bumps the config version so
-running servers follow within ~1 s. Secrets are write-only: never rendered back."""
-from django import forms
-from django.contrib import admin, messages
-from django.utils import timezone
+running servers follow within ~1 s, and is written to the audit log (who, when, what changed;
+secrets masked, see `providers.services.audit_state`). Secrets are write-only: never rendered
+back. Providers also offer a "test connection" action and show their circuits read-only."""
+from __future__ import annotations
 
-from providers.crypto import secret_encrypt
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import redis.asyncio as aioredis
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from gateway.adapters import adapter_for
+from gateway.adapters.base import UpstreamError
+from gateway.clients import client_pool
+from gateway.routing import Candidate
+from gateway.routing_state import BreakerView, RedisRoutingState
+from providers.crypto import SecretUnreadable, secret_decrypt, secret_encrypt
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
-from providers.models import ApiKey, ModelRoute, Price, Provider, Team
-from providers.services import api_key_revoke, config_version_bump
+from providers.models import (
+    ApiKey, AuditAction, AuditLog, ModelRoute, Price, Provider, Team,
+)
+from providers.selectors import Deployment, routing_snapshot_load
+from providers.services import api_key_revoke, audit_log_write, audit_state, config_version_bump
+from usage.models import UsageRecord
+
+CONNECTION_TEST_TIMEOUT_S = 15.0
 
 
 class BumpsConfigVersion:
@@ -28,6 +53,46 @@ class BumpsConfigVersion:
     def delete_queryset(self, request, queryset):
         super().delete_queryset(request, queryset)
         config_version_bump()
+
+
+class Audited:
+    """Writes every admin add, change and delete (inline rows included) to the audit log, with
+    the admin user. Put it before BumpsConfigVersion in the bases."""
+
+    def save_model(self, request, obj, form, change):
+        before = audit_state(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
+        super().save_model(request, obj, form, change)
+        audit_log_write(obj=obj, action=AuditAction.CHANGE if change else AuditAction.ADD,
+                        before=before, after=audit_state(obj), user=request.user)
+
+    def save_related(self, request, form, formsets, change):
+        def states():
+            out = {}
+            for formset in formsets:
+                rows = formset.model.objects.filter(**{formset.fk.name: form.instance})
+                out.update({(formset.model, row.pk): (row, audit_state(row)) for row in rows})
+            return out
+
+        before = states()
+        super().save_related(request, form, formsets, change)
+        after = states()
+        for key in before.keys() | after.keys():
+            old, new = before.get(key), after.get(key)
+            action = (AuditAction.ADD if old is None else AuditAction.DELETE if new is None
+                      else AuditAction.CHANGE)
+            audit_log_write(obj=(new or old)[0], action=action, before=old and old[1],
+                            after=new and new[1], user=request.user)
+
+    def delete_model(self, request, obj):
+        audit_log_write(obj=obj, action=AuditAction.DELETE, before=audit_state(obj), after=None,
+                        user=request.user)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            audit_log_write(obj=obj, action=AuditAction.DELETE, before=audit_state(obj),
+                            after=None, user=request.user)
+        super().delete_queryset(request, queryset)
 
 
 class ProviderForm(forms.ModelForm):
@@ -66,36 +131,158 @@ class ModelRouteInline(admin.TabularInline):
     fields = ["public_model", "upstream_model", "weight", "priority", "enabled"]
 
 
+@dataclass(frozen=True)
+class ConnectionResult:
+    ok: bool
+    text: str
+
+
+def provider_connection_test(provider: Provider) -> ConnectionResult:
+    """Send one tiny request (one user word, at most 1 output token) through the provider's
+    adapter, on its first enabled route (or first route), and report the outcome. Runs its
+    own event loop; call from sync code only. Never raises for upstream failures."""
+    route = (provider.routes.filter(enabled=True).order_by("id").first()
+             or provider.routes.order_by("id").first())
+    if route is None:
+        return ConnectionResult(False, f"{provider.name}: no model route to test with.")
+    try:
+        api_key = secret_decrypt(provider.api_key_encrypted)
+    except SecretUnreadable:
+        return ConnectionResult(False, f"{provider.name}: the stored API key cannot be decrypted "
+                                       "with the configured encryption keys.")
+    timeout_s = min(provider.timeout_s, CONNECTION_TEST_TIMEOUT_S)
+    deployment = Deployment(
+        route_id=route.id, provider_id=provider.id, provider_name=provider.name,
+        kind=provider.kind, base_url=provider.base_url.rstrip("/"),
+        upstream_model=route.upstream_model, weight=route.effective_weight,
+        priority=route.effective_priority, timeout_s=timeout_s, max_inflight=provider.max_inflight,
+        candidate=Candidate(route_id=route.id, provider_id=provider.id, weight=1, priority=0,
+                            max_inflight=provider.max_inflight),
+        extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
+        api_key=api_key)
+    adapter = adapter_for(provider.kind)
+    messages_ = [{"role": "user", "content": "ping"}]
+    if adapter.dialect == "anthropic_messages":
+        path, body = "/messages", {"model": route.upstream_model, "max_tokens": 1,
+                                   "messages": messages_}
+    else:
+        path, body = "/chat/completions", {"model": route.upstream_model, "max_tokens": 1,
+                                           "messages": messages_, "stream": False}
+
+    async def send() -> dict:
+        try:
+            async with asyncio.timeout(timeout_s + 1):
+                response = await adapter.send(deployment=deployment, path=path, body=body,
+                                              stream=False, request_id=f"admin-test-{provider.id}")
+                return await response.json()
+        finally:
+            await client_pool.close()
+
+    started = time.monotonic()
+    try:
+        data = asyncio.run(send())
+    except UpstreamError as exc:
+        return ConnectionResult(False, f"{provider.name}: failed after "
+                                       f"{(time.monotonic() - started) * 1000:.0f} ms: {exc.message}")
+    except TimeoutError:
+        return ConnectionResult(False, f"{provider.name}: no answer within {timeout_s:g} s.")
+    elapsed_ms = (time.monotonic() - started) * 1000
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = ", ".join(f"{k} {v}" for k, v in usage.items() if isinstance(v, int))
+    return ConnectionResult(True, f"{provider.name}: OK in {elapsed_ms:.0f} ms "
+                                  f"({route.public_model} → {route.upstream_model}"
+                                  f"{'; usage: ' + tokens if tokens else ''}).")
+
+
+def circuit_views(provider: Provider) -> tuple[list[tuple[str, BreakerView]] | None, str]:
+    """The circuits of the provider's live routes, read from the shared Redis state, with a
+    note; (None, reason) when they cannot be seen from here (no Redis: state is per process)."""
+    if not settings.REDIS_URL:
+        return None, "per-process state: not visible from the admin (set REDIS_URL to share it)"
+    deployments = [(public_model, d)
+                   for public_model, ds in routing_snapshot_load().deployments.items()
+                   for d in ds if d.provider_id == provider.pk]
+    if not deployments:
+        return None, "no enabled route"
+
+    async def read() -> dict[int, BreakerView]:
+        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5,
+                                         socket_timeout=0.5)
+        try:
+            return await RedisRoutingState(client).snapshot([d.candidate for _, d in deployments])
+        finally:
+            await client.aclose()
+
+    views = asyncio.run(read())
+    if not all(v.shared for v in views.values()):
+        return None, "Redis unreachable: the shared state cannot be read"
+    return ([(f"{public_model} → {d.upstream_model}", views[d.route_id])
+             for public_model, d in sorted(deployments, key=lambda item: item[0])],
+            "shared state (Redis), read when this page was loaded")
+
+
 @admin.register(Provider)
-class ProviderAdmin(BumpsConfigVersion, admin.ModelAdmin):
+class ProviderAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     form = ProviderForm
     inlines = [ModelRouteInline]
     list_display = ["name", "kind", "base_url", "weight", "priority", "enabled", "key_set"]
     list_editable = ["weight", "priority", "enabled"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "base_url"]
+    readonly_fields = ["circuit_state"]
+    actions = ["test_connection"]
 
     @admin.display(boolean=True, description="API key set")
     def key_set(self, obj):
         return obj.has_api_key
 
+    @admin.action(description="Test connection (one tiny request)")
+    def test_connection(self, request, queryset):
+        for provider in queryset:
+            result = provider_connection_test(provider)
+            self.message_user(request, result.text, messages.SUCCESS if result.ok else messages.ERROR)
+
+    @admin.display(description="Circuit state")
+    def circuit_state(self, obj):
+        if obj is None or obj.pk is None:
+            return "—"
+        rows, note = circuit_views(obj)
+        if rows is None:
+            return note
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (label, view.state, view.consecutive_failures, view.last_error_class or "—",
+             f"{view.in_flight}/{view.max_inflight}" if view.max_inflight else view.in_flight)
+            for label, view in rows))
+        return format_html(
+            '<table class="circuits"><thead><tr><th>Route</th><th>State</th>'
+            "<th>Consecutive failures</th><th>Last error</th><th>In flight</th></tr></thead>"
+            "<tbody>{}</tbody></table><p>{}</p>", body, note)
+
 
 @admin.register(ModelRoute)
-class ModelRouteAdmin(BumpsConfigVersion, admin.ModelAdmin):
+class ModelRouteAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     list_display = ["public_model", "provider", "upstream_model", "weight", "priority", "enabled"]
     list_editable = ["weight", "priority", "enabled"]
     list_filter = ["provider", "enabled"]
     search_fields = ["public_model", "upstream_model"]
 
 
+def _price_in_force_pk(price: Price) -> int | None:
+    return (Price.objects.filter(upstream_model=price.upstream_model, provider=price.provider_id,
+                                 effective_from__lte=timezone.now())
+            .order_by("-effective_from", "-id").values_list("pk", flat=True).first())
+
+
 @admin.register(Price)
-class PriceAdmin(BumpsConfigVersion, admin.ModelAdmin):
-    """Prices are versioned: add a new row; existing rows are read-only."""
+class PriceAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
+    """Prices are versioned: add a new row; existing rows are read-only. A version is in force
+    from its `effective_from` until a newer version of the same (model, provider) starts."""
 
     list_display = ["upstream_model", "provider", "input_per_mtok", "output_per_mtok",
                     "cached_input_per_mtok", "effective_from", "in_force"]
     list_filter = ["provider"]
     search_fields = ["upstream_model"]
+    readonly_fields = ["in_force", "new_version"]
 
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request, obj)
@@ -103,28 +290,50 @@ class PriceAdmin(BumpsConfigVersion, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def get_readonly_fields(self, request, obj=None):
+        return self.readonly_fields if obj is not None else []
+
     @admin.display(boolean=True)
     def in_force(self, obj):
-        newest = (Price.objects.filter(upstream_model=obj.upstream_model, provider=obj.provider,
-                                       effective_from__lte=timezone.now())
-                  .order_by("-effective_from", "-id").values_list("pk", flat=True).first())
-        return newest == obj.pk
+        return _price_in_force_pk(obj) == obj.pk
+
+    @admin.display(description="New version")
+    def new_version(self, obj):
+        initial = {"upstream_model": obj.upstream_model, "input_per_mtok": obj.input_per_mtok,
+                   "output_per_mtok": obj.output_per_mtok}
+        if obj.provider_id:
+            initial["provider"] = obj.provider_id
+        if obj.cached_input_per_mtok is not None:
+            initial["cached_input_per_mtok"] = obj.cached_input_per_mtok
+        return format_html('<a href="{}?{}">Add a new version based on this one</a>',
+                           reverse("admin:providers_price_add"), urlencode(initial))
 
 
 @admin.register(Team)
-class TeamAdmin(BumpsConfigVersion, admin.ModelAdmin):
+class TeamAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     list_display = ["name", "budget_usd", "budget_period"]
     search_fields = ["name"]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(BumpsConfigVersion, admin.ModelAdmin):
-    list_display = ["name", "prefix", "team", "budget_usd", "budget_period", "revoked", "created_at"]
+class ApiKeyAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
+    list_display = ["name", "prefix", "team", "budget_usd", "budget_period", "revoked", "created_at",
+                    "last_used"]
     list_filter = ["revoked", "team"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["prefix", "created_at"]
+    readonly_fields = ["prefix", "created_at", "last_used"]
     exclude = ["key_hash"]
     actions = ["revoke"]
+
+    def get_queryset(self, request):
+        # One index seek per key on (api_key, created_at), never a scan of the ledger.
+        last = (UsageRecord.objects.filter(api_key=OuterRef("pk")).order_by("-created_at")
+                .values("created_at")[:1])
+        return super().get_queryset(request).annotate(last_used_at=Subquery(last))
+
+    @admin.display(description="Last used", ordering="last_used_at")
+    def last_used(self, obj):
+        return getattr(obj, "last_used_at", None) or "never"
 
     def save_model(self, request, obj, form, change):
         if not change:
@@ -136,5 +345,34 @@ class ApiKeyAdmin(BumpsConfigVersion, admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
         for key in queryset:
-            api_key_revoke(key=key)
+            api_key_revoke(key=key, user=request.user)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    """Read-only: the log is written by the admin and the services, never edited."""
+
+    list_display = ["at", "actor", "action", "object_type", "object_repr", "summary"]
+    list_filter = ["action", "object_type", "actor"]
+    search_fields = ["object_repr", "actor", "object_id"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="What changed")
+    def summary(self, obj):
+        parts = []
+        for field, change in (obj.changes or {}).items():
+            if isinstance(change, list) and len(change) == 2:
+                parts.append(f"{field}: {change[0]!r} → {change[1]!r}")
+            else:
+                parts.append(f"{field}: {change}")
+        return "; ".join(parts)[:500]

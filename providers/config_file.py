@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
+from chat.schema import schema_check
 from providers.models import ProviderKind
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -59,9 +60,27 @@ class PriceSpec:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """A named prompt endpoint (chat.models.Task). `teams`: the teams whose keys may call it
+    (None: leave the task's access lists as the admin set them)."""
+    slug: str
+    model: str
+    system_prompt: str = ""
+    max_tokens: int = 1024
+    temperature: float | None = None
+    output_schema: dict | bool | None = None
+    teams: tuple[str, ...] | None = None
+    enabled: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class ConfigSpec:
     providers: tuple[ProviderSpec, ...]
     prices: tuple[PriceSpec, ...]
+    tasks: tuple[TaskSpec, ...] = ()
+    # Whether the file has a `tasks:` section: only then does --prune delete missing tasks.
+    has_tasks: bool = False
 
 
 class _LineMap(dict):
@@ -114,20 +133,22 @@ def config_parse(text: str, environ: dict[str, str] | None = None) -> ConfigSpec
     if data is None:
         data = _LineMap()
     if not isinstance(data, dict):
-        raise ConfigError("line 1: the file must be a mapping with `providers` and `prices`")
+        raise ConfigError("line 1: the file must be a mapping with `providers`, `prices`, `tasks`")
     unknown = set(data) - {"providers", "prices", "tasks"}
     if unknown:
         raise ConfigError(f"line {data.line}: unknown top-level field(s): {', '.join(sorted(unknown))}")
-    if data.get("tasks"):
-        raise ConfigError(f"line {data.line}: tasks: named task endpoints are not available in this "
-                          "version of the gateway")
     providers = tuple(_provider(p, i) for i, p in enumerate(_list(data, "providers")))
     names = [p.name for p in providers]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ConfigError(f"providers: duplicate name(s): {', '.join(sorted(dupes))}")
     prices = tuple(_price(p, i) for i, p in enumerate(_list(data, "prices")))
-    return ConfigSpec(providers=providers, prices=prices)
+    tasks = tuple(_task(t, i) for i, t in enumerate(_list(data, "tasks")))
+    slugs = [t.slug for t in tasks]
+    dupes = {s for s in slugs if slugs.count(s) > 1}
+    if dupes:
+        raise ConfigError(f"tasks: duplicate slug(s): {', '.join(sorted(dupes))}")
+    return ConfigSpec(providers=providers, prices=prices, tasks=tasks, has_tasks="tasks" in data)
 
 
 def _list(data: _LineMap, key: str) -> list:
@@ -259,4 +280,62 @@ def _price(item: object, index: int) -> PriceSpec:
         output_per_mtok=_decimal(where, item, "output"),
         cached_input_per_mtok=_decimal(where, item, "cached_input", required=False),
         effective_from=effective,
+    )
+
+
+def _plain(value: object) -> object:
+    """YAML values without the line-tracking mapping type (for JSON storage and comparison)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _task(item: object, index: int) -> TaskSpec:
+    where = f"tasks[{index}]"
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: must be a mapping")
+    allowed = {"slug", "model", "system_prompt", "max_tokens", "temperature", "output_schema",
+               "teams", "enabled", "description"}
+    unknown = set(item) - allowed
+    if unknown:
+        raise _field(where, item, sorted(unknown)[0], "unknown field")
+    slug = item.get("slug")
+    if not isinstance(slug, str) or not slug or len(slug) > 64 or slugify(slug) != slug:
+        raise _field(where, item, "slug", "must be a slug (lowercase letters, digits, '-', '_')")
+    model = item.get("model")
+    if not isinstance(model, str) or not model or len(model) > 200:
+        raise _field(where, item, "model", "is required (a public model name)")
+    prompt = item.get("system_prompt", "")
+    if not isinstance(prompt, str):
+        raise _field(where, item, "system_prompt", "must be a string")
+    temperature = item.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool)
+                                    or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature <= 2):
+        raise _field(where, item, "temperature", "must be a number from 0 to 2")
+    schema = item.get("output_schema")
+    if schema is not None:
+        problems = schema_check(schema)
+        if problems:
+            line = getattr(schema, "line", 0) or item.line
+            raise ConfigError(f"line {line}: {where}.output_schema: {problems[0]}")
+    teams = item.get("teams")
+    if teams is not None and not (isinstance(teams, list)
+                                  and all(isinstance(t, str) and t for t in teams)):
+        raise _field(where, item, "teams", "must be a list of team names")
+    enabled = item.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _field(where, item, "enabled", "must be true or false")
+    description = item.get("description", "")
+    if not isinstance(description, str) or len(description) > 300:
+        raise _field(where, item, "description", "must be a string of at most 300 characters")
+    return TaskSpec(
+        slug=slug, model=model, system_prompt=prompt,
+        max_tokens=_int(where, item, "max_tokens", 1024, 1),
+        temperature=float(temperature) if temperature is not None else None,
+        output_schema=_plain(schema),
+        teams=tuple(teams) if teams is not None else None,
+        enabled=enabled, description=description,
     )

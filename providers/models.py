@@ -5,6 +5,7 @@ The admin and `gateway_apply` edit these same tables; every write goes through
 """
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -179,3 +180,35 @@ class ConfigVersion(models.Model):
 
     token = models.CharField(max_length=32)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class AuditAction(models.TextChoices):
+    ADD = "add"
+    CHANGE = "change"
+    DELETE = "delete"
+
+
+class AuditLog(models.Model):
+    """One change to the routing configuration: who, when, what changed.
+
+    `changes` maps each changed field to `[old, new]`; secret fields are never stored, only the
+    marker "changed" (`providers.services.audit_log_write` masks them). `actor` is the admin username, or the command
+    that made the change (e.g. "gateway_apply"). Rows are written, never edited.
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=8, choices=AuditAction.choices)
+    object_type = models.CharField(max_length=32, db_index=True)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=300)
+    changes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_repr}"

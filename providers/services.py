@@ -6,17 +6,22 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from providers.config_file import ConfigError, ConfigSpec, PriceSpec, ProviderSpec
+from chat.models import Task
+from providers.config_file import ConfigError, ConfigSpec, PriceSpec, ProviderSpec, TaskSpec
 from providers.crypto import secret_encrypt, secret_rotate
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
-from providers.models import ApiKey, ConfigVersion, ModelRoute, Price, Provider, ProviderKind, Team
+from providers.models import (
+    ApiKey, AuditAction, AuditLog, ConfigVersion, ModelRoute, Price, Provider, ProviderKind, Team,
+)
 
 
 def config_version_bump() -> None:
@@ -37,49 +42,88 @@ class ApplyResult:
     routes_written: int = 0
     routes_deleted: int = 0
     prices_added: int = 0
+    tasks_written: int = 0
+    tasks_deleted: int = 0
 
 
 @transaction.atomic
-def config_apply(*, spec: ConfigSpec, prune: bool = False) -> ApplyResult:
-    """Upsert providers (by name), their model routes and prices. A provider's `models` map is
-    authoritative for that provider's routes. With `prune`, providers absent from the file are
-    deleted (with their routes). Prices are versioned: a changed price is a new row."""
+def config_apply(*, spec: ConfigSpec, prune: bool = False, actor: str = "gateway_apply") -> ApplyResult:
+    """Upsert providers (by name), their model routes, prices and tasks (by slug). A provider's
+    `models` map is authoritative for that provider's routes. With `prune`, providers absent
+    from the file are deleted (with their routes), and so are tasks when the file has a `tasks:`
+    section. Prices are versioned: a changed price is a new row. A task's `teams`, when given,
+    replace its allowed teams (unknown team: ConfigError); its allowed keys are admin-only.
+    Changes to providers, routes and prices are written to the audit log under `actor`."""
     created = updated = routes_written = routes_deleted = prices_added = 0
     for p in spec.providers:
-        provider, was_created = _provider_upsert(p)
+        provider, was_created = _provider_upsert(p, actor=actor)
         created += was_created
         updated += not was_created
+        existing = {r.public_model: audit_state(r) for r in ModelRoute.objects.filter(provider=provider)}
         keep = []
         for r in p.routes:
-            route, _ = ModelRoute.objects.update_or_create(
+            route, route_created = ModelRoute.objects.update_or_create(
                 provider=provider, public_model=r.public_model,
                 defaults={"upstream_model": r.upstream_model, "weight": r.weight,
                           "priority": r.priority, "enabled": True},
             )
+            audit_log_write(obj=route, action=AuditAction.ADD if route_created else AuditAction.CHANGE,
+                            before=existing.get(r.public_model), after=audit_state(route), actor=actor)
             keep.append(route.pk)
             routes_written += 1
-        routes_deleted += ModelRoute.objects.filter(provider=provider).exclude(pk__in=keep).delete()[0]
+        stale_routes = ModelRoute.objects.filter(provider=provider).exclude(pk__in=keep)
+        for route in stale_routes:
+            audit_log_write(obj=route, action=AuditAction.DELETE, before=audit_state(route),
+                            after=None, actor=actor)
+        routes_deleted += stale_routes.delete()[0]
 
     deleted = 0
     if prune:
         stale = Provider.objects.exclude(name__in=[p.name for p in spec.providers])
         routes_deleted += ModelRoute.objects.filter(provider__in=stale).count()
         deleted = stale.count()
+        for obj in [*ModelRoute.objects.filter(provider__in=stale),
+                    *Price.objects.filter(provider__in=stale), *stale]:
+            audit_log_write(obj=obj, action=AuditAction.DELETE, before=audit_state(obj), after=None,
+                            actor=actor)
         Price.objects.filter(provider__in=stale).delete()
         stale.delete()
 
     for price in spec.prices:
-        prices_added += _price_add_if_changed(price)
+        prices_added += _price_add_if_changed(price, actor=actor)
+
+    for task in spec.tasks:
+        _task_upsert(task)
+    tasks_deleted = 0
+    if prune and spec.has_tasks:
+        tasks_deleted = Task.objects.exclude(slug__in=[t.slug for t in spec.tasks]).delete()[1] \
+            .get(Task._meta.label, 0)
 
     config_version_bump()
     return ApplyResult(providers_created=created, providers_updated=updated,
                        providers_deleted=deleted, routes_written=routes_written,
-                       routes_deleted=routes_deleted, prices_added=prices_added)
+                       routes_deleted=routes_deleted, prices_added=prices_added,
+                       tasks_written=len(spec.tasks), tasks_deleted=tasks_deleted)
 
 
-def _provider_upsert(p: ProviderSpec) -> tuple[Provider, bool]:
+def _task_upsert(t: TaskSpec) -> Task:
+    task, _ = Task.objects.update_or_create(slug=t.slug, defaults={
+        "model": t.model, "system_prompt": t.system_prompt, "max_tokens": t.max_tokens,
+        "temperature": t.temperature, "output_schema": t.output_schema, "enabled": t.enabled,
+        "description": t.description})
+    if t.teams is not None:
+        teams = list(Team.objects.filter(name__in=t.teams))
+        missing = sorted(set(t.teams) - {team.name for team in teams})
+        if missing:
+            raise ConfigError(f"tasks: {t.slug}: unknown team(s) {', '.join(missing)}")
+        task.allowed_teams.set(teams)
+    return task
+
+
+def _provider_upsert(p: ProviderSpec, *, actor: str) -> tuple[Provider, bool]:
     provider = Provider.objects.filter(name=p.name).first()
     created = provider is None
+    before = None if created else audit_state(provider)
     provider = provider or Provider(name=p.name)
     provider.kind = p.kind
     provider.base_url = p.base_url
@@ -92,10 +136,12 @@ def _provider_upsert(p: ProviderSpec) -> tuple[Provider, bool]:
     if p.api_key is not None:
         provider.api_key_encrypted = secret_encrypt(p.api_key)
     provider.save()
+    audit_log_write(obj=provider, action=AuditAction.ADD if created else AuditAction.CHANGE,
+                    before=before, after=audit_state(provider), actor=actor)
     return provider, created
 
 
-def _price_add_if_changed(p: PriceSpec) -> int:
+def _price_add_if_changed(p: PriceSpec, *, actor: str) -> int:
     provider = None
     if p.provider is not None:
         provider = Provider.objects.filter(name=p.provider).first()
@@ -108,11 +154,13 @@ def _price_add_if_changed(p: PriceSpec) -> int:
     if current and (current.input_per_mtok, current.output_per_mtok, current.cached_input_per_mtok) == (
             p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok):
         return 0
-    Price.objects.create(
+    price = Price.objects.create(
         upstream_model=p.upstream_model, provider=provider,
         input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok,
         cached_input_per_mtok=p.cached_input_per_mtok, effective_from=p.effective_from or now,
     )
+    audit_log_write(obj=price, action=AuditAction.ADD, before=None, after=audit_state(price),
+                    actor=actor)
     return 1
 
 
@@ -166,8 +214,32 @@ def config_export() -> str:
         if price.cached_input_per_mtok is not None:
             item["cached_input"] = _decimal_text(price.cached_input_per_mtok)
         prices.append(item)
-    return yaml.safe_dump({"providers": providers, "prices": prices}, sort_keys=False,
-                          allow_unicode=True)
+    document = {"providers": providers, "prices": prices}
+    tasks = _tasks_export()
+    if tasks:
+        document["tasks"] = tasks
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def _tasks_export() -> list[dict]:
+    """Tasks as the file writes them (allowed keys are admin-only and not exported)."""
+    out = []
+    for task in Task.objects.prefetch_related("allowed_teams").order_by("slug"):
+        item = {"slug": task.slug, "model": task.model}
+        if task.description:
+            item["description"] = task.description
+        item.update({"system_prompt": task.system_prompt, "max_tokens": task.max_tokens})
+        if task.temperature is not None:
+            item["temperature"] = task.temperature
+        if task.output_schema is not None:
+            item["output_schema"] = task.output_schema
+        teams = sorted(team.name for team in task.allowed_teams.all())
+        if teams:
+            item["teams"] = teams
+        if not task.enabled:
+            item["enabled"] = False
+        out.append(item)
+    return out
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -178,8 +250,11 @@ def provider_secrets_rotate() -> int:
     """Re-encrypt every stored provider secret under the newest encryption key."""
     count = 0
     for provider in Provider.objects.exclude(api_key_encrypted=""):
+        before = audit_state(provider)
         provider.api_key_encrypted = secret_rotate(provider.api_key_encrypted)
         provider.save(update_fields=["api_key_encrypted", "updated_at"])
+        audit_log_write(obj=provider, action=AuditAction.CHANGE, before=before,
+                        after=audit_state(provider), actor="rotate_provider_secrets")
         count += 1
     return count
 
@@ -188,9 +263,16 @@ def provider_secrets_rotate() -> int:
 def api_key_create(*, name: str, team: str | None = None, models: list[str] | None = None,
                    budget_usd: Decimal | None = None, budget_period: str = "month",
                    rpm: int | None = None, tpm: int | None = None,
-                   max_tokens_default: int | None = None) -> tuple[ApiKey, str]:
-    """Create a key; returns it with the raw secret, which is never stored or shown again."""
-    team_obj = Team.objects.get_or_create(name=team)[0] if team else None
+                   max_tokens_default: int | None = None,
+                   actor: str = "create_api_key") -> tuple[ApiKey, str]:
+    """Create a key; returns it with the raw secret, which is never stored or shown again.
+    The key (and a team it creates) is written to the audit log under `actor`."""
+    team_obj = None
+    if team:
+        team_obj, team_created = Team.objects.get_or_create(name=team)
+        if team_created:
+            audit_log_write(obj=team_obj, action=AuditAction.ADD, before=None,
+                            after=audit_state(team_obj), actor=actor)
     raw = api_key_generate()
     key = ApiKey.objects.create(
         name=name, team=team_obj, prefix=api_key_prefix(raw), key_hash=api_key_hash(raw),
@@ -198,14 +280,19 @@ def api_key_create(*, name: str, team: str | None = None, models: list[str] | No
         budget_period=budget_period, rpm_limit=rpm, tpm_limit=tpm,
         max_tokens_default=max_tokens_default,
     )
+    audit_log_write(obj=key, action=AuditAction.ADD, before=None, after=audit_state(key), actor=actor)
     config_version_bump()
     return key, raw
 
 
 @transaction.atomic
-def api_key_revoke(*, key: ApiKey) -> None:
+def api_key_revoke(*, key: ApiKey, user=None, actor: str = "") -> None:
+    """Revoke a key (takes effect within ~1 s); logged under `user`, else `actor`."""
+    before = audit_state(key)
     key.revoked = True
     key.save(update_fields=["revoked"])
+    audit_log_write(obj=key, action=AuditAction.CHANGE, before=before, after=audit_state(key),
+                    user=user, actor=actor)
     config_version_bump()
 
 
@@ -223,15 +310,112 @@ def demo_config_load() -> DemoSetup | None:
     if Provider.objects.exists():
         return None
     provider = Provider.objects.create(name="mock", kind=ProviderKind.MOCK, base_url="")
-    ModelRoute.objects.create(public_model="demo", provider=provider, upstream_model="mock-echo")
-    Price.objects.create(upstream_model="mock-echo", provider=None,
-                         input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"),
-                         cached_input_per_mtok=Decimal("0.075"))
+    route = ModelRoute.objects.create(public_model="demo", provider=provider, upstream_model="mock-echo")
+    price = Price.objects.create(upstream_model="mock-echo", provider=None,
+                                 input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"),
+                                 cached_input_per_mtok=Decimal("0.075"))
+    for obj in (provider, route, price):
+        audit_log_write(obj=obj, action=AuditAction.ADD, before=None, after=audit_state(obj),
+                        actor="gateway_demo")
     User = get_user_model()
     password = None
     if not User.objects.filter(username="admin").exists():
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "admin@localhost", password)
-    _, raw = api_key_create(name="demo")
+    _, raw = api_key_create(name="demo", actor="gateway_demo")
     config_version_bump()
     return DemoSetup(admin_username="admin", admin_password=password, api_key=raw)
+
+
+# --- Audit log ---------------------------------------------------------------------------------
+
+AUDITED_TYPES = {Provider: "provider", ModelRoute: "route", Price: "price", ApiKey: "api_key",
+                 Team: "team"}
+# Never logged, not even masked: a key's hash identifies the secret.
+_UNLOGGED_FIELDS = {"id", "key_hash", "created_at", "updated_at"}
+_SECRET = "•••"
+
+
+class _Secret:
+    """A secret's stored form, kept only to compare before/after; never written to the log."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: object) -> None:
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Secret) and self.raw == other.raw
+
+    def masked(self) -> object:
+        if isinstance(self.raw, dict):
+            return {str(k): _SECRET for k in self.raw}
+        return "set" if self.raw else "empty"
+
+
+def _url_masked(url: str) -> str:
+    """`https://user:pass@host/x` -> `https://•••@host/x`; other URLs unchanged."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=_SECRET + "@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def audit_state(obj) -> dict[str, object]:
+    """The audited fields of a provider, route, price, key or team, JSON-safe, secrets wrapped
+    (`api_key_encrypted` shows as `api_key`; extra header values and URL credentials masked)."""
+    state: dict[str, object] = {}
+    for f in obj._meta.concrete_fields:
+        if f.name in _UNLOGGED_FIELDS:
+            continue
+        value = getattr(obj, f.attname)
+        if f.name == "api_key_encrypted":
+            state["api_key"] = _Secret(value)
+        elif f.name == "extra_headers":
+            state[f.name] = _Secret(dict(value or {}))
+        elif f.name == "base_url":
+            state[f.name] = _url_masked(value or "")
+        elif isinstance(value, Decimal):
+            state[f.attname] = format(value.normalize(), "f")
+        elif isinstance(value, datetime):
+            state[f.attname] = value.isoformat()
+        else:
+            state[f.attname] = value
+    return state
+
+
+def _changes(before: dict | None, after: dict | None) -> dict[str, object]:
+    """{field: [old, new]} of what differs; for an add or delete, the non-empty fields. A secret
+    shows as "set"/"empty" (header names with masked values), or "changed" when only its value
+    differs."""
+    changes: dict[str, object] = {}
+    for name in (after if after is not None else before or {}):
+        old = None if before is None else before.get(name)
+        new = None if after is None else after.get(name)
+        if before is not None and after is not None and old == new:
+            continue
+        if isinstance(old, _Secret) or isinstance(new, _Secret):
+            old, new = (v.masked() if isinstance(v, _Secret) else v for v in (old, new))
+            if before is not None and after is not None and old == new:
+                changes[name] = "changed"
+                continue
+        if (before is None or after is None) and (new if before is None else old) in (
+                None, "", [], {}, "empty"):
+            continue
+        changes[name] = [old, new]
+    return changes
+
+
+def audit_log_write(*, obj, action: str, before: dict | None, after: dict | None,
+                    actor: str = "", user=None) -> AuditLog | None:
+    """Record one change of an audited object (see AUDITED_TYPES). `before`/`after` come from
+    `audit_state` (None for an add / a delete). A change that changed nothing is not logged.
+    `actor` defaults to the user's username. Returns the row written, if any."""
+    changes = _changes(before, after)
+    if action == AuditAction.CHANGE and not changes:
+        return None
+    return AuditLog.objects.create(
+        user=user if user is not None and user.pk else None,
+        actor=actor or (user.get_username() if user is not None else "system"),
+        action=action, object_type=AUDITED_TYPES.get(type(obj), type(obj).__name__.lower()),
+        object_id=str(obj.pk), object_repr=str(obj)[:300], changes=changes)

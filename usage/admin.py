@@ -11,6 +11,8 @@ class UsageRecordAdmin(admin.ModelAdmin):
     list_filter = ["status", "surface", "provider_name", "usage_source"]
     search_fields = ["request_id", "client_request_id", "key_prefix", "public_model"]
     date_hierarchy = "created_at"
+    # A COUNT(*) of a large ledger on every page is slow; filtered counts are still shown.
+    show_full_result_count = False
 
     def has_add_permission(self, request):
         return False

@@ -19,6 +19,10 @@ class UsageRecordQuerySet(models.QuerySet):
     def between(self, start, end):
         return self.filter(created_at__gte=start, created_at__lt=end)
 
+    def after(self, created_at, pk):
+        """Rows after the position (created_at, id) in (created_at, id) order."""
+        return self.filter(models.Q(created_at__gt=created_at) | models.Q(created_at=created_at, pk__gt=pk))
+
 
 class UsageRecord(models.Model):
     request_id = models.CharField(max_length=64, unique=True)

@@ -2,10 +2,14 @@
 
 It answers in the OpenAI chat dialect: the reply is "Mock reply: " followed by the last user
 message, cut at `max_tokens` (finish_reason "length"). Its usage is reported, counted with
-`gateway.tokens`. Useful for demos and for users' own integration tests.
+`gateway.tokens`. Useful for demos and for users' own integration tests. Every surface reaches
+it: Anthropic Messages and Responses clients through the IR translation, like any other
+OpenAI-dialect upstream.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -91,9 +95,69 @@ class MockResponse:
         return None
 
 
+def _prompt_text(prompt: object) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        return " ".join(prompt)
+    return ""
+
+
+def mock_embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector derived from the text (same text, same vector)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [((digest[i % len(digest)] + i * 31) % 251) / 125.0 - 1.0 for i in range(dimensions)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [round(v / norm, 6) for v in raw]
+
+
+class MockCompletionResponse(MockResponse):
+    """Legacy /completions: the chat reply to the prompt, as `text` choices."""
+
+    def __init__(self, body: dict, model: str) -> None:
+        chat_body = {**body, "messages": [{"role": "user", "content": _prompt_text(body.get("prompt"))}]}
+        super().__init__(chat_body, model)
+        self._id = self._id.replace("chatcmpl", "cmpl")
+
+    async def json(self) -> dict:
+        pieces, finish, usage = mock_completion(self._body)
+        return {"id": self._id, "object": "text_completion", "created": self._created,
+                "model": self._model, "usage": usage,
+                "choices": [{"index": 0, "text": "".join(pieces), "finish_reason": finish,
+                             "logprobs": None}]}
+
+    async def events(self) -> AsyncIterator[tuple[str | None, str]]:
+        pieces, finish, usage = mock_completion(self._body)
+        base = {"id": self._id, "object": "text_completion", "created": self._created,
+                "model": self._model}
+        for piece in pieces:
+            yield None, orjson.dumps({**base, "choices": [
+                {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}).decode()
+        yield None, orjson.dumps({**base, "choices": [
+            {"index": 0, "text": "", "finish_reason": finish, "logprobs": None}]}).decode()
+        yield None, orjson.dumps({**base, "choices": [], "usage": usage}).decode()
+        yield None, "[DONE]"
+
+
+class MockEmbeddingResponse(MockResponse):
+    async def json(self) -> dict:
+        inputs = self._body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs or []]
+        dimensions = self._body.get("dimensions") if isinstance(self._body.get("dimensions"), int) else 8
+        tokens = sum(text_tokens(t) for t in texts)
+        return {"object": "list", "model": self._model,
+                "data": [{"object": "embedding", "index": i, "embedding": mock_embedding(t, dimensions)}
+                         for i, t in enumerate(texts)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 class MockAdapter:
     dialect = "openai_chat"
 
     async def send(self, *, deployment: Deployment, path: str, body: dict, stream: bool,
                    request_id: str) -> MockResponse:
+        if path == "/completions":
+            return MockCompletionResponse(body, deployment.upstream_model)
+        if path == "/embeddings":
+            return MockEmbeddingResponse(body, deployment.upstream_model)
         return MockResponse(body, deployment.upstream_model)

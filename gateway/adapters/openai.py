@@ -9,6 +9,7 @@ import orjson
 
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool, timeout_for
+from gateway.logs import mask_secrets
 from gateway.streaming import sse_events
 from providers.selectors import Deployment
 
@@ -43,9 +44,11 @@ class HttpUpstreamResponse:
         self._response.close()
 
 
-def upstream_error_from(status: int, body: bytes, retry_after: str | None) -> UpstreamError:
+def upstream_error_from(status: int, body: bytes, retry_after: str | None, *,
+                        secret: str = "") -> UpstreamError:
     """Classify an upstream error status. The upstream's message is relayed for client errors
-    (their request was wrong); for auth failures it is withheld (it may echo our key)."""
+    (their request was wrong), with our provider key (`secret`) and anything key-shaped
+    masked; for auth failures it is withheld altogether."""
     message = ""
     try:
         data = orjson.loads(body)
@@ -58,7 +61,9 @@ def upstream_error_from(status: int, body: bytes, retry_after: str | None) -> Up
             message = data["message"]
     except (orjson.JSONDecodeError, AttributeError):
         pass
-    message = message[:500]
+    if secret:
+        message = message.replace(secret, "***")
+    message = mask_secrets(message)[:500]
     delay = None
     if retry_after:
         try:
@@ -99,7 +104,8 @@ async def post(*, deployment: Deployment, url: str, headers: dict[str, str], bod
             raise UpstreamError(f"upstream answered with a redirect (HTTP {response.status}); "
                                 "redirects are not followed", status=response.status,
                                 error_class="redirect")
-        raise upstream_error_from(response.status, body_bytes, response.headers.get("retry-after"))
+        raise upstream_error_from(response.status, body_bytes, response.headers.get("retry-after"),
+                                  secret=deployment.api_key)
     return HttpUpstreamResponse(response, dialect)
 
 

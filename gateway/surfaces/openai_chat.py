@@ -3,11 +3,15 @@
 OpenAI-dialect upstreams are passed through: each chunk is parsed once (usage, model name) and
 re-emitted as it arrives, never buffered. `stream_options.include_usage` is always requested
 upstream so the ledger gets exact usage; the usage chunk reaches the client only if it asked.
+Upstreams of other dialects (Anthropic) are reached through the IR: when a model has such a
+deployment the body is parsed in full, and gateway/surfaces/translated.py builds their request
+and maps their answer back to completions and chunks.
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import aiohttp
 import orjson
@@ -17,12 +21,15 @@ from django.views.decorators.http import require_POST
 
 from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamError, UpstreamResponse
+from gateway.codecs import openai_chat as chat_codec
 from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
 from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call_finish,
                            open_upstream, read_json, resolve, upstream_failure)
 from gateway.responses import (json_response, openai_error, openai_error_body, replayed,
                                sse_response)
 from gateway.streaming import DRAIN_BYTES, DRAIN_SECONDS, SSEError, drainer, sse_format
+from gateway.surfaces.translated import (SurfaceSpec, respond, send_prepared,
+                                         upstream_requests)
 from gateway.tokens import chat_input_tokens, text_tokens
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment, RoutingSnapshot
@@ -31,6 +38,16 @@ from usage.models import UsageSource, UsageStatus
 
 SURFACE = "openai.chat"
 DONE = b"data: [DONE]\n\n"
+DIALECT = "openai_chat"
+
+SPEC = SurfaceSpec(
+    name=SURFACE,
+    format_response=lambda resp, req, model, request_id: chat_codec.format_response(
+        resp, model=model, request_id=request_id),
+    encoder=lambda req, model, request_id: chat_codec.StreamEncoder(
+        model=model, request_id=request_id, include_usage=req.include_usage),
+    error=openai_error,
+)
 
 
 def validate_chat_body(body: dict) -> None:
@@ -76,6 +93,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         call.key = authenticate(request, snapshot)
         deployments = resolve(snapshot, call.key, body.get("model"))
         validate_chat_body(body)
+        foreign = any(adapter_for(d.kind).dialect != DIALECT for d in deployments)
+        req = chat_codec.parse_request(body) if foreign else None
     except GatewayError as exc:
         return openai_error(exc)
     call.public_model = body["model"]
@@ -84,6 +103,14 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     max_tokens = requested_max_tokens(body)
     if max_tokens is None and call.key.max_tokens_default:
         max_tokens = body["max_tokens"] = call.key.max_tokens_default
+    translated = {}
+    if req is not None:
+        req = replace(req, max_tokens=max_tokens)
+        try:
+            translated = upstream_requests(req, deployments, stream=call.stream,
+                                           native_dialect=DIALECT)
+        except GatewayError as exc:
+            return openai_error(exc)
     try:
         replay = await call_admit(call, snapshot, deployments, prompt_tokens=prompt_tokens,
                                   max_tokens=max_tokens,
@@ -96,6 +123,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         return replayed(replay)
 
     async def send(deployment: Deployment) -> UpstreamResponse:
+        if deployment.route_id in translated:
+            return await send_prepared(deployment, translated[deployment.route_id],
+                                       stream=call.stream, request_id=call.request_id)
         return await adapter_for(deployment.kind).send(
             deployment=deployment, path="/chat/completions",
             body=upstream_chat_body(body, deployment, stream=call.stream),
@@ -109,14 +139,16 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     # Until the upstream reports usage, bill the estimate: it has the prompt now.
     call.input_tokens = prompt_tokens
     headers = {"x-gateway-provider": call.deployment.provider_name}
+    if upstream.dialect != DIALECT:
+        return await respond(call, snapshot, upstream, spec=SPEC, req=req, headers=headers)
     if not call.stream:
-        return await _complete(call, snapshot, upstream, headers)
+        return await complete_native(call, snapshot, upstream, headers)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return sse_response(_relay(call, snapshot, upstream, include_usage=include_usage),
+    return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
                         headers=headers)
 
 
-async def _complete(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse,
+async def complete_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse,
                     headers: dict[str, str]) -> HttpResponse:
     try:
         data = await upstream.json()
@@ -150,6 +182,8 @@ async def _complete(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Upstre
 def _choices_text(choices: object) -> str:
     parts = []
     for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            parts.append(choice["text"])  # legacy completions
         message = choice.get("message") if isinstance(choice, dict) else None
         if isinstance(message, dict):
             parts.append(message.get("content") or "")
@@ -161,6 +195,8 @@ def _choices_text(choices: object) -> str:
 def _delta_text(choices: list) -> str:
     parts = []
     for choice in choices:
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            parts.append(choice["text"])  # legacy completions
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
             continue
@@ -211,7 +247,7 @@ class ChunkRelay:
         return sse_format(orjson.dumps(chunk))
 
 
-async def _relay(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse, *,
+async def relay_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse, *,
                  include_usage: bool) -> AsyncIterator[bytes]:
     """Re-emit upstream chunks as they arrive; exactly one ledger row whatever happens. When
     the client disconnects, the upstream is drained in the background for its final usage."""

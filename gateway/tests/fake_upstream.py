@@ -1,7 +1,13 @@
-"""A fake OpenAI-compatible upstream: a real aiohttp server on loopback, in its own thread.
+"""A fake upstream speaking both OpenAI Chat Completions and Anthropic Messages: a real aiohttp
+server on loopback, in its own thread.
 
-Each fake provider lives under `/p/<name>/v1`, with knobs set per provider by the test
-(`behave(name, status=500)`), and every request it receives is kept for assertions.
+Each fake provider lives under `/p/<name>/v1` (`/chat/completions`, `/messages`,
+`/messages/count_tokens`), with knobs set per provider by the test (`behave(name,
+status=500)`), and every request it receives is kept for assertions. Both dialects answer the
+same scenario: optional thinking, then text or tool calls, usage of 11 input tokens (cached
+ones included) and 7 output tokens. Anthropic streams follow its event grammar (message_start,
+content blocks with their deltas, ping, message_delta with usage, message_stop), with tool
+input JSON split across `input_json_delta` events.
 """
 from __future__ import annotations
 
@@ -30,6 +36,17 @@ class Behaviour:
     error_in_200: bool = False          # 200 with an error body (some upstreams do this)
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    tool_calls: list[dict] | None = None  # parallel calls; overrides tool_call
+    preamble: str | None = None         # text sent before the tool calls
+    thinking: str | None = None         # reasoning (Anthropic thinking block / reasoning_content)
+    signature: str = "sig-fake-EqQBCgIYAhIM"
+    finish: str | None = None           # the dialect's own finish/stop reason, sent verbatim
+    error_event_after: int | None = None  # an in-band error event after N content events
+    count_tokens: int = 23              # /messages/count_tokens answer
+
+    def calls(self) -> list[dict]:
+        return self.tool_calls if self.tool_calls is not None else \
+            [self.tool_call] if self.tool_call is not None else []
 
 
 @dataclass
@@ -48,6 +65,38 @@ def _words(text: str) -> list[str]:
 def _split(text: str, parts: int) -> list[str]:
     size = max(1, len(text) // parts)
     return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+def _anthropic_usage(b: Behaviour) -> dict:
+    usage = {"input_tokens": 11 - b.cached_tokens, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": b.cached_tokens, "output_tokens": 7}
+    if b.reasoning_tokens:
+        usage["output_tokens_details"] = {"thinking_tokens": b.reasoning_tokens}
+    return usage
+
+
+def _anthropic_invalid(body: object) -> str | None:
+    """What Anthropic's validation would refuse in a Messages body (the parts we rely on)."""
+    if not isinstance(body, dict):
+        return "body: must be an object"
+    if not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages: Field required"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+    if "tool_choice" in body and not isinstance(body["tool_choice"], dict):
+        return "tool_choice: Input should be a valid dictionary"
+    for i, tool in enumerate(body.get("tools") or []):
+        if "input_schema" not in tool:
+            return f"tools.{i}.input_schema: Field required"
+    if not 0 <= body.get("temperature", 0) <= 1:
+        return "temperature: Input should be less than or equal to 1"
+    if "stream_options" in body:
+        return "stream_options: Extra inputs are not permitted"
+    return None
 
 
 @dataclass
@@ -89,15 +138,20 @@ class FakeUpstream:
                  "prompt_tokens_details": {"cached_tokens": b.cached_tokens},
                  "completion_tokens_details": {"reasoning_tokens": b.reasoning_tokens}}
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model")}
-        wants_tool = b.tool_call is not None and body.get("tools")
+        calls = b.calls() if body.get("tools") else []
+        wants_tool = bool(calls)
+        finish_reason = b.finish or ("tool_calls" if wants_tool else "stop")
         if not body.get("stream"):
-            message: dict = {"role": "assistant", "content": None if wants_tool else b.reply}
+            message: dict = {"role": "assistant",
+                             "content": (b.preamble if wants_tool else b.reply)}
+            if b.thinking:
+                message["reasoning_content"] = b.thinking
             if wants_tool:
-                message["tool_calls"] = [{"id": "call_fake1", "type": "function",
-                                          "function": dict(b.tool_call)}]
+                message["tool_calls"] = [{"id": f"call_fake{n + 1}", "type": "function",
+                                          "function": dict(call)} for n, call in enumerate(calls)]
             data = {**base, "object": "chat.completion", "choices": [{
                 "index": 0, "message": message, "logprobs": None,
-                "finish_reason": "tool_calls" if wants_tool else "stop"}]}
+                "finish_reason": finish_reason}]}
             if b.send_usage:
                 data["usage"] = usage
             return web.json_response(data)
@@ -117,22 +171,33 @@ class FakeUpstream:
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         await send(chunk({"role": "assistant", "content": ""}))
+        pieces = [{"reasoning_content": word} for word in _words(b.thinking)] \
+            if b.thinking else []
         if wants_tool:
-            pieces = [{"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
-                                       "function": {"name": b.tool_call["name"], "arguments": ""}}]}]
-            pieces += [{"tool_calls": [{"index": 0, "function": {"arguments": part}}]}
-                       for part in _split(b.tool_call["arguments"], 4)]
+            if b.preamble:
+                pieces += [{"content": word} for word in _words(b.preamble)]
+            for n, call in enumerate(calls):
+                pieces.append({"tool_calls": [{"index": n, "id": f"call_fake{n + 1}",
+                                               "type": "function",
+                                               "function": {"name": call["name"],
+                                                            "arguments": ""}}]})
+                pieces += [{"tool_calls": [{"index": n, "function": {"arguments": part}}]}
+                           for part in _split(call["arguments"], 4)]
         else:
-            pieces = [{"content": word} for word in _words(b.reply)]
+            pieces += [{"content": word} for word in _words(b.reply)]
         for n, delta in enumerate(pieces):
             if b.cut_after is not None and n >= b.cut_after:
                 await asyncio.sleep(0.1)  # let the sent chunks reach the gateway first
                 request.transport.close()
                 return response
+            if b.error_event_after is not None and n >= b.error_event_after:
+                await send({"error": {"message": b.error_message, "type": "server_error"}})
+                await response.write_eof()
+                return response
             await send(chunk(delta))
             if b.chunk_delay_s:
                 await asyncio.sleep(b.chunk_delay_s)
-        finish = chunk({}, "tool_calls" if wants_tool else "stop")
+        finish = chunk({}, finish_reason)
         include_usage = (body.get("stream_options") or {}).get("include_usage")
         if b.send_usage and include_usage and b.usage_in_finish_chunk:
             finish["usage"] = usage
@@ -143,9 +208,162 @@ class FakeUpstream:
         await response.write_eof()
         return response
 
+    async def _received(self, request: web.Request) -> tuple[Behaviour, object]:
+        provider = request.match_info["provider"]
+        body = orjson.loads(await request.read())
+        self.received.append(Received(provider, request.path, dict(request.headers), body))
+        b = self.behaviours.get(provider, Behaviour())
+        if b.latency_s:
+            await asyncio.sleep(b.latency_s)
+        return b, body
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        b, body = await self._received(request)
+        if b.status != 200:
+            return web.json_response({"error": {"message": b.error_message, "type": "server_error"}},
+                                     status=b.status)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response({
+            "object": "list", "model": body.get("model"),
+            "data": [{"object": "embedding", "index": i, "embedding": [0.5, -0.25, float(i)]}
+                     for i, _ in enumerate(inputs)],
+            "usage": {"prompt_tokens": 5 * len(inputs), "total_tokens": 5 * len(inputs)}})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        b, body = await self._received(request)
+        if b.status != 200:
+            return web.json_response({"error": {"message": b.error_message, "type": "server_error"}},
+                                     status=b.status)
+        base = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model")}
+        usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+        if not body.get("stream"):
+            return web.json_response({**base, "usage": usage, "choices": [
+                {"index": 0, "text": b.reply, "finish_reason": "stop", "logprobs": None}]})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for word in _words(b.reply):
+            await response.write(b"data: " + orjson.dumps({**base, "choices": [
+                {"index": 0, "text": word, "finish_reason": None, "logprobs": None}]}) + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _anthropic_error(status: int, kind: str, message: str,
+                         headers: dict | None = None) -> web.Response:
+        return web.json_response({"type": "error", "error": {"type": kind, "message": message}},
+                                 status=status, headers=headers or {})
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        b, body = await self._received(request)
+        if b.status != 200:
+            return self._anthropic_error(b.status, "api_error", b.error_message)
+        return web.json_response({"input_tokens": b.count_tokens})
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        b, body = await self._received(request)
+        if b.status != 200:
+            headers = {"retry-after": b.retry_after} if b.retry_after else {}
+            kind = "overloaded_error" if b.status == 529 else "api_error"
+            return self._anthropic_error(b.status, kind, b.error_message, headers)
+        if invalid := _anthropic_invalid(body):
+            return self._anthropic_error(400, "invalid_request_error", invalid)
+        if b.error_in_200:
+            return self._anthropic_error(200, "api_error", b.error_message)
+        calls = b.calls() if body.get("tools") else []
+        stop = b.finish or ("tool_use" if calls else "end_turn")
+        blocks: list[dict] = []
+        if b.thinking:
+            blocks.append({"type": "thinking", "thinking": b.thinking, "signature": b.signature})
+        text = b.preamble if calls else b.reply
+        if text:
+            blocks.append({"type": "text", "text": text})
+        for n, call in enumerate(calls):
+            blocks.append({"type": "tool_use", "id": f"toolu_fake{n + 1}", "name": call["name"],
+                           "input": orjson.loads(call["arguments"])})
+        message = {"id": "msg_fake", "type": "message", "role": "assistant",
+                   "model": body.get("model"), "content": blocks, "stop_reason": stop,
+                   "stop_sequence": None}
+        if b.send_usage:
+            message["usage"] = _anthropic_usage(b)
+        if not body.get("stream"):
+            return web.json_response(message)
+
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(event: str, data: dict) -> None:
+            try:
+                await response.write(f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
+                                     .encode())
+            except ConnectionError:
+                pass  # the gateway hung up (client disconnect tests); nothing to do
+
+        start = {**message, "content": [], "stop_reason": None}
+        if b.send_usage:
+            start["usage"] = {**_anthropic_usage(b), "output_tokens": 1}
+        await send("message_start", {"type": "message_start", "message": start})
+        # (event, data, counts as content) in order; content events are what cut_after counts.
+        events: list[tuple[str, dict, bool]] = []
+
+        def block(index: int, opening: dict, deltas: list[dict]) -> None:
+            events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                                   "content_block": opening}, False))
+            if index == 0:
+                events.append(("ping", {"type": "ping"}, False))
+            events.extend(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                   "delta": d}, True) for d in deltas)
+            events.append(("content_block_stop", {"type": "content_block_stop", "index": index},
+                           False))
+
+        for index, full in enumerate(blocks):
+            if full["type"] == "thinking":
+                block(index, {"type": "thinking", "thinking": "", "signature": ""},
+                      [{"type": "thinking_delta", "thinking": w} for w in _words(full["thinking"])]
+                      + [{"type": "signature_delta", "signature": full["signature"]}])
+            elif full["type"] == "text":
+                block(index, {"type": "text", "text": ""},
+                      [{"type": "text_delta", "text": w} for w in _words(full["text"])])
+            else:
+                arguments = calls[index - len(blocks) + len(calls)]["arguments"]
+                block(index, {**full, "input": {}},
+                      [{"type": "input_json_delta", "partial_json": part}
+                       for part in ["", *_split(arguments, 4)]])
+        sent = 0
+        for event, data, content in events:
+            if content and b.cut_after is not None and sent >= b.cut_after:
+                await asyncio.sleep(0.1)  # let the sent events reach the gateway first
+                request.transport.close()
+                return response
+            if content and b.error_event_after is not None and sent >= b.error_event_after:
+                await send("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                                "message": b.error_message}})
+                await response.write_eof()
+                return response
+            await send(event, data)
+            if content:
+                sent += 1
+                if b.chunk_delay_s:
+                    await asyncio.sleep(b.chunk_delay_s)
+        delta: dict = {"type": "message_delta",
+                       "delta": {"stop_reason": stop, "stop_sequence": None}}
+        if b.send_usage:
+            delta["usage"] = {"output_tokens": 7}
+        await send("message_delta", delta)
+        await send("message_stop", {"type": "message_stop"})
+        await response.write_eof()
+        return response
+
     def start(self) -> None:
         app = web.Application()
         app.router.add_post("/p/{provider}/v1/chat/completions", self._chat)
+        app.router.add_post("/p/{provider}/v1/completions", self._completions)
+        app.router.add_post("/p/{provider}/v1/embeddings", self._embeddings)
+        app.router.add_post("/p/{provider}/v1/messages", self._messages)
+        app.router.add_post("/p/{provider}/v1/messages/count_tokens", self._count_tokens)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]

@@ -1,18 +1,13 @@
 """Routing through a live gateway: proportions, failover, circuit breakers, live edits."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connection
 from django.test import Client
 
 from providers.config_file import config_parse
@@ -148,42 +143,14 @@ def test_admin_edits_reach_a_running_server_within_2_seconds(gateway_url, api_ke
     assert right.enabled
 
 
-def _second_gateway(port: int) -> subprocess.Popen:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        url = f"sqlite:///{db['NAME']}"
-    else:
-        url = f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 3306}/{db['NAME']}"
-    env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "DEBUG": "1",
-           "GATEWAY_CONFIG_POLL_S": "0"}
-    return subprocess.Popen([sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--port", str(port),
-                             "--lifespan", "off", "--log-level", "warning"],
-                            cwd=Path(settings.BASE_DIR), env=env)
-
-
 @pytest.mark.skipif(not settings.REDIS_URL, reason="shared circuit state needs REDIS_URL")
-def test_breaker_state_is_shared_by_two_gateway_processes(gateway_url, api_key, fake_upstream):
-    from conftest import _free_port
-
+def test_breaker_state_is_shared_by_two_gateway_processes(gateway_url, api_key, fake_upstream,
+                                                          spawn_gateway):
     _breaker_config(fake_upstream, cooldown_s=60)
-    port = _free_port()
-    other = _second_gateway(port)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        for _ in range(12):
-            assert _post(gateway_url, api_key).status_code == 200
-        assert len(fake_upstream.calls("flaky")) == 5
-        for _ in range(12):
-            assert _post(f"http://127.0.0.1:{port}", api_key).status_code == 200
-        assert len(fake_upstream.calls("flaky")) == 5  # the other process saw the open circuit
-    finally:
-        other.terminate()
-        other.wait(10)
+    other = spawn_gateway()
+    for _ in range(12):
+        assert _post(gateway_url, api_key).status_code == 200
+    assert len(fake_upstream.calls("flaky")) == 5
+    for _ in range(12):
+        assert _post(other, api_key).status_code == 200
+    assert len(fake_upstream.calls("flaky")) == 5  # the other process saw the open circuit

@@ -1,0 +1,425 @@
+/*
+ * The chat page. Answers stream over fetch + ReadableStream from
+ * POST <sessions_url>/<id>/messages as JSON events (chat/pipeline.py): provider, delta, usage,
+ * error, rate_limited, done. Stop aborts the fetch; the server sees the disconnect, stops the
+ * upstream call and keeps the partial answer.
+ *
+ * Safety: a model's answer is Markdown rendered by marked, then sanitised by DOMPurify before
+ * it touches the DOM (no script, no event-handler attribute, no javascript: URL survives); user
+ * text is only ever set as textContent. The page's Content-Security-Policy forbids inline script
+ * as a second line of defence.
+ */
+(() => {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("chat-config").textContent);
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    sessions: $("sessions"), messages: $("messages"), model: $("model"), title: $("title"),
+    input: $("input"), send: $("send"), stop: $("stop"), retry: $("retry"),
+    notice: $("notice"), composer: $("composer"), newChat: $("new-chat"),
+  };
+  const state = { sessionId: config.session_id, controller: null, busy: false, sessions: [] };
+
+  const SANITIZE = {
+    FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "option", "iframe"],
+    FORBID_ATTR: ["style"],
+  };
+  DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A") {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer nofollow");
+    }
+  });
+  hljs.configure({ ignoreUnescapedHTML: true });
+
+  function renderMarkdown(target, text) {
+    const html = marked.parse(text, { gfm: true, async: false });
+    target.innerHTML = DOMPurify.sanitize(html, SANITIZE);
+    target.querySelectorAll("pre code").forEach((block) => hljs.highlightElement(block));
+  }
+
+  // --- server calls -------------------------------------------------------------------------
+  function signInAgain() {
+    window.location.href = `${config.page_url}login/?next=${encodeURIComponent(window.location.pathname)}`;
+  }
+
+  async function api(method, url, body) {
+    const response = await fetch(url, {
+      method,
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": config.csrf_token },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 401) {
+      signInAgain();
+      throw new Error("signed out");
+    }
+    if (response.status === 204) return null;
+    const data = await response.json().catch(() => null);
+    if (!response.ok) throw new Error(errorMessage(data, response.status));
+    return data;
+  }
+
+  function errorMessage(data, status) {
+    return (data && data.error && data.error.message) || `request failed (HTTP ${status})`;
+  }
+
+  async function* sseEvents(response) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) !== -1) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+        if (data) yield JSON.parse(data);
+      }
+    }
+  }
+
+  // --- rendering ----------------------------------------------------------------------------
+  function notice(text) {
+    els.notice.textContent = text || "";
+    els.notice.hidden = !text;
+  }
+
+  function messageView(message) {
+    const view = document.createElement("article");
+    view.className = `message ${message.role}`;
+    view.dataset.status = message.status || "complete";
+    const note = document.createElement("p");
+    note.className = "trim-note";
+    note.hidden = true;
+    const content = document.createElement("div");
+    content.className = "content";
+    const meta = document.createElement("p");
+    meta.className = "meta";
+    const error = document.createElement("p");
+    error.className = "error";
+    error.setAttribute("role", "alert");
+    error.hidden = true;
+    view.append(note, content, error, meta);
+    view.text = message.content || "";
+    if (message.role === "user") {
+      content.textContent = view.text;
+    } else {
+      renderMarkdown(content, view.text);
+      if (message.context_trimmed) showTrimmed(view, message.context_trimmed);
+      if (message.error) showError(view, message.error);
+      if (message.status === "stopped") meta.dataset.stopped = "1";
+      showMeta(view, message);
+    }
+    els.messages.append(view);
+    return view;
+  }
+
+  function showTrimmed(view, count) {
+    const note = view.querySelector(".trim-note");
+    note.textContent = `${count} earlier message${count === 1 ? " was" : "s were"} left out of ` +
+      "this answer's context to fit the model's context window.";
+    note.hidden = false;
+  }
+
+  function showError(view, text) {
+    const error = view.querySelector(".error");
+    error.textContent = text;
+    error.hidden = false;
+    view.dataset.status = "error";
+  }
+
+  function showMeta(view, info) {
+    const parts = [];
+    if (info.provider) parts.push(info.provider);
+    if (info.model) parts.push(info.model);
+    if (info.input_tokens || info.output_tokens) {
+      parts.push(`${info.input_tokens} in / ${info.output_tokens} out` +
+        `${info.estimated ? " (estimated)" : ""}`);
+    }
+    if (info.cost_usd && Number(info.cost_usd) > 0) parts.push(`$${Number(info.cost_usd).toPrecision(3)}`);
+    if (view.dataset.status === "stopped") parts.push("stopped");
+    view.querySelector(".meta").textContent = parts.join(" · ");
+  }
+
+  function scrollToEnd() {
+    els.messages.scrollTop = els.messages.scrollHeight;
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    els.send.disabled = busy;
+    els.stop.hidden = !busy;
+    updateRetry();
+  }
+
+  function updateRetry() {
+    const last = els.messages.lastElementChild;
+    els.retry.hidden = state.busy || !last;
+  }
+
+  // --- sessions -----------------------------------------------------------------------------
+  async function loadModels() {
+    const { models } = await api("GET", config.models_url);
+    els.model.replaceChildren(...models.map((name) => new Option(name, name)));
+    const saved = window.localStorage.getItem("chat.model");
+    if (saved && models.includes(saved)) els.model.value = saved;
+    if (!models.length) notice("No model is available to you. Ask an administrator.");
+  }
+
+  async function loadSessions() {
+    const { sessions } = await api("GET", config.sessions_url);
+    state.sessions = sessions;
+    els.sessions.replaceChildren(...sessions.map(sessionItem));
+  }
+
+  function sessionItem(session) {
+    const item = document.createElement("li");
+    item.dataset.id = session.id;
+    if (session.id === state.sessionId) item.classList.add("active");
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.textContent = session.title || "Untitled chat";
+    open.addEventListener("click", () => openSession(session.id, true));
+    const rename = document.createElement("button");
+    rename.type = "button";
+    rename.className = "rename";
+    rename.title = "Rename";
+    rename.textContent = "Rename";
+    rename.addEventListener("click", () => startRename(item, session));
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "delete";
+    remove.title = "Delete";
+    remove.textContent = "Delete";
+    remove.addEventListener("click", () => confirmDelete(remove, session));
+    item.append(open, rename, remove);
+    return item;
+  }
+
+  function startRename(item, session) {
+    const field = document.createElement("input");
+    field.type = "text";
+    field.className = "rename-field";
+    field.value = session.title;
+    field.maxLength = 200;
+    let done = false;
+    const finish = async (save) => {
+      if (done) return;
+      done = true;
+      if (save && field.value.trim() && field.value !== session.title) {
+        try {
+          await api("PATCH", `${config.sessions_url}/${session.id}`, { title: field.value });
+        } catch (error) {
+          notice(error.message);
+        }
+      }
+      await loadSessions();
+      if (session.id === state.sessionId) refreshTitle();
+    };
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") finish(true);
+      if (event.key === "Escape") finish(false);
+    });
+    field.addEventListener("blur", () => finish(true));
+    item.replaceChildren(field);
+    field.focus();
+    field.select();
+  }
+
+  async function confirmDelete(button, session) {
+    if (button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = "Confirm delete";
+      return;
+    }
+    try {
+      await api("DELETE", `${config.sessions_url}/${session.id}`);
+    } catch (error) {
+      notice(error.message);
+    }
+    if (session.id === state.sessionId) newChat();
+    await loadSessions();
+  }
+
+  function refreshTitle() {
+    const session = state.sessions.find((s) => s.id === state.sessionId);
+    els.title.textContent = session ? session.title : "";
+  }
+
+  function markActive() {
+    els.sessions.querySelectorAll("li").forEach((li) => {
+      li.classList.toggle("active", Number(li.dataset.id) === state.sessionId);
+    });
+  }
+
+  async function openSession(id, push) {
+    if (state.busy) return;
+    let session;
+    try {
+      session = await api("GET", `${config.sessions_url}/${id}`);
+    } catch (error) {
+      notice(error.message);
+      return;
+    }
+    state.sessionId = session.id;
+    if (push) window.history.pushState({ id: session.id }, "", `${config.page_url}${session.id}/`);
+    notice("");
+    els.messages.replaceChildren();
+    session.messages.forEach(messageView);
+    if (session.model && [...els.model.options].some((o) => o.value === session.model)) {
+      els.model.value = session.model;
+    }
+    els.title.textContent = session.title;
+    markActive();
+    updateRetry();
+    scrollToEnd();
+  }
+
+  function newChat() {
+    if (state.busy) return;
+    state.sessionId = null;
+    window.history.pushState({ id: null }, "", config.page_url);
+    els.messages.replaceChildren();
+    els.title.textContent = "";
+    notice("");
+    markActive();
+    updateRetry();
+    els.input.focus();
+  }
+
+  // --- a turn -------------------------------------------------------------------------------
+  async function ask(retry) {
+    if (state.busy) return;
+    const model = els.model.value;
+    const content = els.input.value;
+    if (!model) return notice("Pick a model first.");
+    if (!retry && !content.trim()) return;
+    notice("");
+    if (!state.sessionId) {
+      try {
+        const session = await api("POST", config.sessions_url, { model });
+        state.sessionId = session.id;
+        window.history.pushState({ id: session.id }, "", `${config.page_url}${session.id}/`);
+      } catch (error) {
+        return notice(error.message);
+      }
+    }
+    if (retry) {
+      while (els.messages.lastElementChild &&
+             !els.messages.lastElementChild.classList.contains("user")) {
+        els.messages.lastElementChild.remove();
+      }
+    } else {
+      messageView({ role: "user", content });
+      els.input.value = "";
+    }
+    window.localStorage.setItem("chat.model", model);
+    const answer = messageView({ role: "assistant", content: "", status: "streaming", model });
+    await stream(answer, retry ? { retry: true, model } : { content, model });
+    await loadSessions();
+    refreshTitle();
+  }
+
+  async function stream(answer, body) {
+    const content = answer.querySelector(".content");
+    const info = { model: body.model };
+    let pending = false;
+    const render = () => {
+      pending = false;
+      renderMarkdown(content, answer.text);
+      scrollToEnd();
+    };
+    state.controller = new AbortController();
+    setBusy(true);
+    try {
+      const response = await fetch(`${config.sessions_url}/${state.sessionId}/messages`, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": config.csrf_token },
+        body: JSON.stringify(body),
+        signal: state.controller.signal,
+      });
+      if (response.status === 401) return signInAgain();
+      if (!response.ok) {
+        const data = await response.json().catch(() => null);
+        return showError(answer, errorMessage(data, response.status));
+      }
+      const trimmed = Number(response.headers.get("x-chat-context-trimmed") || 0);
+      if (trimmed) showTrimmed(answer, trimmed);
+      for await (const event of sseEvents(response)) {
+        if (event.type === "delta") {
+          answer.text += event.content;
+          if (!pending) {
+            pending = true;
+            window.requestAnimationFrame(render);
+          }
+        } else if (event.type === "provider") {
+          info.provider = event.provider;
+        } else if (event.type === "usage") {
+          Object.assign(info, event);
+        } else if (event.type === "error") {
+          showError(answer, event.message);
+        } else if (event.type === "rate_limited") {
+          showError(answer, `Rate limited: try again in ${event.retry_after} s.`);
+        } else if (event.type === "done" && answer.dataset.status === "streaming") {
+          answer.dataset.status = "complete";
+        }
+        showMeta(answer, info);
+      }
+      if (answer.dataset.status === "streaming") showError(answer, "The answer ended early.");
+    } catch (error) {
+      if (error.name === "AbortError") {
+        answer.dataset.status = "stopped";
+      } else {
+        showError(answer, `Connection lost: ${error.message}`);
+      }
+    } finally {
+      render();
+      showMeta(answer, info);
+      state.controller = null;
+      setBusy(false);
+    }
+  }
+
+  // --- wiring -------------------------------------------------------------------------------
+  els.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    ask(false);
+  });
+  els.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      ask(false);
+    }
+  });
+  els.stop.addEventListener("click", () => state.controller && state.controller.abort());
+  els.retry.addEventListener("click", () => ask(true));
+  els.newChat.addEventListener("click", newChat);
+  window.addEventListener("popstate", (event) => {
+    const id = event.state && event.state.id;
+    if (id) openSession(id, false);
+    else if (!state.busy) {
+      state.sessionId = null;
+      els.messages.replaceChildren();
+      markActive();
+    }
+  });
+
+  (async () => {
+    try {
+      await loadModels();
+      await loadSessions();
+      if (state.sessionId) await openSession(state.sessionId, false);
+    } catch (error) {
+      notice(error.message);
+    }
+    updateRetry();
+  })();
+})();

@@ -1,0 +1,163 @@
+"""The chat page's proxy endpoints (async, session-authenticated, CSRF-checked):
+
+- GET /chat/api/models — the public models the user's chat key may use.
+- POST /chat/api/sessions/<id>/messages — `{"content": "…", "model": "…"}` (or
+  `{"retry": true, "model": "…"}` to answer the last user message again) streams the answer
+  as JSON events (chat.pipeline). The session's history is the context, trimmed to the
+  model's window (chat.context); the `x-chat-context-trimmed` header says how many older
+  messages were left out. The answer is stored when the stream ends, partial when the user
+  stopped it (status `stopped`), with the error when it failed.
+
+Before the stream starts, errors are JSON `{"error": {…}}` with a status: 401 signed out, 400
+bad body, 403 model not allowed or chat turned off for the user (their key revoked), 404 no
+such session or model. Once admitted, refusals (`rate_limited`, budget `error`) are events.
+The user's own API key (chat.services.chat_account_key_hash) carries routing, budgets, rate
+limits and the ledger row (surface `chat`).
+"""
+from __future__ import annotations
+
+import asyncio
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from chat.context import chat_request, context_window, history_budget, history_trim
+from chat.models import ChatSession, MessageStatus
+from chat.pipeline import (DONE, EventRelay, call_cost, call_open, detached_writes, event,
+                           event_stream, refusal_payload)
+from chat.services import (AnswerRecord, NothingToRetry, chat_account_key_hash,
+                           chat_answer_store, chat_turn_begin)
+from gateway.database import db
+from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
+                            PermissionDenied)
+from gateway.proxy import ProxyCall, call_begin, read_json, resolve
+from gateway.responses import json_response, openai_error, sse_response
+from gateway.types import ChatRequest
+from providers.cache import snapshot_cache
+from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
+
+SURFACE = "chat"
+MAX_MESSAGE_CHARS = 200_000
+
+
+async def _chat_key(request: HttpRequest) -> tuple[KeyInfo, RoutingSnapshot, int]:
+    """(the user's chat key, the routing snapshot, the user's id). Raises
+    AuthenticationFailed (signed out) or PermissionDenied (their key is revoked)."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        raise AuthenticationFailed("sign in to chat", code="not_signed_in")
+    key_hash = await db.run(chat_account_key_hash, user_id=user.pk, username=user.get_username())
+    snapshot = await snapshot_cache.get()
+    key = snapshot.keys.get(key_hash)
+    if key is None:
+        # A key created just now reaches the snapshot on the next reload.
+        snapshot_cache.invalidate()
+        snapshot = await snapshot_cache.get()
+        key = snapshot.keys.get(key_hash)
+    if key is None:
+        raise PermissionDenied("chat is turned off for your account (its API key is revoked)",
+                               code="chat_disabled")
+    return key, snapshot, user.pk
+
+
+@require_GET
+async def models_list(request: HttpRequest) -> HttpResponse:
+    try:
+        key, snapshot, _ = await _chat_key(request)
+    except GatewayError as exc:
+        return openai_error(exc)
+    return json_response({"models": [m for m in snapshot.public_models() if key.may_use(m)]})
+
+
+def _turn_body(body: dict) -> tuple[str, str, bool]:
+    """(content, model, retry) of a message request. Raises InvalidRequest."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("`model` is required", param="model")
+    retry = body.get("retry", False)
+    if not isinstance(retry, bool):
+        raise InvalidRequest("`retry` must be true or false", param="retry")
+    content = body.get("content", "")
+    if not isinstance(content, str):
+        raise InvalidRequest("`content` must be a string", param="content")
+    if not retry and not content.strip():
+        raise InvalidRequest("type a message first", param="content")
+    if len(content) > MAX_MESSAGE_CHARS:
+        raise InvalidRequest(f"a message may have at most {MAX_MESSAGE_CHARS} characters",
+                             param="content")
+    return content, model, retry
+
+
+@require_POST
+async def session_messages(request: HttpRequest, session_id: int) -> HttpResponse:
+    try:
+        key, snapshot, user_id = await _chat_key(request)
+        content, model, retry = _turn_body(read_json(request))
+        deployments = resolve(snapshot, key, model)
+        turn = await db.run(chat_turn_begin, user_id=user_id, session_id=session_id,
+                            content=content, retry=retry, model=model)
+    except GatewayError as exc:
+        return openai_error(exc)
+    except ChatSession.DoesNotExist:
+        return openai_error(NotFound("there is no such chat", code="session_not_found"))
+    except NothingToRetry as exc:
+        return openai_error(InvalidRequest(str(exc), param="retry"))
+    max_tokens = key.max_tokens_default or settings.GATEWAY_CHAT_MAX_TOKENS
+    turns, trimmed = history_trim(turn.history, budget_tokens=history_budget(
+        window=context_window(model), max_tokens=max_tokens))
+    req = chat_request(model=model, turns=turns, max_tokens=max_tokens)
+    call = call_begin(request, surface=SURFACE)
+    call.key, call.public_model, call.stream = key, model, True
+    answer = AnswerRecord(session_id=session_id, content="", status=MessageStatus.COMPLETE,
+                          model=model, request_id=call.request_id, context_trimmed=trimmed)
+    return sse_response(_answer_stream(call, snapshot, deployments, req, answer),
+                        headers={"x-chat-context-trimmed": str(trimmed)})
+
+
+def _answer(base: AnswerRecord, call: ProxyCall, snapshot: RoutingSnapshot, *, content: str,
+            status: str, error: str = "") -> AnswerRecord:
+    return AnswerRecord(
+        session_id=base.session_id, content=content, status=status, error=error,
+        model=base.model, provider=call.deployment.provider_name if call.deployment else "",
+        request_id=base.request_id, input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens, cost_usd=call_cost(call, snapshot),
+        context_trimmed=base.context_trimmed)
+
+
+async def _answer_stream(call: ProxyCall, snapshot: RoutingSnapshot,
+                         deployments: tuple[Deployment, ...], req: ChatRequest,
+                         base: AnswerRecord):
+    """The answer's events; the answer is stored before `done` (or, when the client goes
+    away, in the background with what it had been sent)."""
+    relay: EventRelay | None = None
+    stored = False
+    try:
+        try:
+            upstream = await call_open(call, snapshot, deployments, req)
+        except GatewayError as exc:
+            stored = True
+            await detached_writes.run(db.run(chat_answer_store, answer=_answer(
+                base, call, snapshot, content="", status=MessageStatus.ERROR, error=exc.message)))
+            yield event(refusal_payload(exc))
+            yield DONE
+            return
+        relay = EventRelay(call, snapshot, dialect=upstream.dialect, closing=False)
+        async for chunk in event_stream(call, snapshot, upstream, relay, headers={}):
+            yield chunk
+        stored = True
+        failed = relay.error_message
+        await detached_writes.run(db.run(chat_answer_store, answer=_answer(
+            base, call, snapshot, content=relay.text,
+            status=MessageStatus.ERROR if failed else MessageStatus.COMPLETE, error=failed)))
+        yield DONE
+    except (asyncio.CancelledError, GeneratorExit):
+        if not stored:
+            # What the user saw when they pressed stop (a drain may add more upstream text,
+            # and settles the ledger row again with the upstream's final usage).
+            if relay is not None:
+                relay.settle()
+            detached_writes.start(db.run(chat_answer_store, answer=_answer(
+                base, call, snapshot, content=relay.text if relay else "",
+                status=MessageStatus.STOPPED)))
+        raise

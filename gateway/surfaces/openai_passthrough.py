@@ -1,0 +1,81 @@
+"""The shared flow of OpenAI endpoints that only OpenAI-dialect upstreams serve (legacy
+completions, embeddings): validate, admit, route with failover, relay natively, one ledger row.
+Deployments of other dialects are skipped; a model served only by them is a 400."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from gateway.adapters import adapter_for
+from gateway.adapters.base import UpstreamResponse
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.proxy import (authenticate, call_admit, call_begin, call_finish, open_upstream,
+                           read_json, resolve)
+from gateway.responses import openai_error, replayed, sse_response
+from gateway.surfaces.openai_chat import complete_native, relay_native, requested_max_tokens
+from providers.cache import snapshot_cache
+from providers.selectors import Deployment
+from usage.idempotency import body_hash
+from usage.models import UsageStatus
+
+NATIVE = "openai_chat"
+
+
+async def passthrough(request: HttpRequest, *, surface: str, path: str,
+                      validate: Callable[[dict], None], prompt_tokens: Callable[[dict], int],
+                      streamable: bool) -> HttpResponse:
+    """Serve one OpenAI-shaped request by passing it to an OpenAI-dialect upstream."""
+    call = call_begin(request, surface=surface)
+    try:
+        body = read_json(request)
+        snapshot = await snapshot_cache.get()
+        call.key = authenticate(request, snapshot)
+        deployments = tuple(d for d in resolve(snapshot, call.key, body.get("model"))
+                            if adapter_for(d.kind).dialect == NATIVE)
+        if not deployments:
+            raise InvalidRequest(f"`{body['model']}` is not served by an OpenAI-compatible provider, "
+                                 f"which {path} needs", param="model")
+        validate(body)
+        if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
+            raise InvalidRequest("`stream` must be a boolean", param="stream")
+        if body.get("stream") and not streamable:
+            raise InvalidRequest(f"{path} does not stream", param="stream")
+    except GatewayError as exc:
+        return openai_error(exc)
+    call.public_model = body["model"]
+    call.stream = bool(body.get("stream"))
+    estimate = prompt_tokens(body)
+    max_tokens = requested_max_tokens(body) if streamable else 0
+    if streamable and max_tokens is None and call.key.max_tokens_default:
+        max_tokens = body["max_tokens"] = call.key.max_tokens_default
+    try:
+        replay = await call_admit(call, snapshot, deployments, prompt_tokens=estimate, max_tokens=max_tokens,
+                                  digest=body_hash(request.path, request.body) if call.idempotency_key else None)
+    except GatewayError as exc:
+        if call.status == UsageStatus.REJECTED:
+            await call_finish(call, snapshot)
+        return openai_error(exc)
+    if replay is not None:
+        return replayed(replay)
+
+    async def send(deployment: Deployment) -> UpstreamResponse:
+        upstream_body = {**body, "model": deployment.upstream_model}
+        if call.stream:
+            upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return await adapter_for(deployment.kind).send(
+            deployment=deployment, path=path, body=upstream_body, stream=call.stream,
+            request_id=call.request_id)
+
+    try:
+        upstream = await open_upstream(call, deployments, send)
+    except GatewayError as exc:
+        await call_finish(call, snapshot)
+        return openai_error(exc)
+    call.input_tokens = estimate
+    headers = {"x-gateway-provider": call.deployment.provider_name}
+    if not call.stream:
+        return await complete_native(call, snapshot, upstream, headers)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
+                        headers=headers)

@@ -1,0 +1,52 @@
+"""The report filter: one form parses `?from=&to=&team=&key=&provider=&model=` for the pages,
+the CSV exports and the JSON API alike."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django import forms
+
+from usage.selectors import UsageFilter, date_range_default, filter_choices
+
+MAX_RANGE_DAYS = 3660
+
+
+class UsageFilterForm(forms.Form):
+    """Bound to a query dict. Dates are UTC days, both included (default: the last 30 days);
+    team and key take ids, provider and model names; each may repeat (`?team=1&team=2`), and
+    the filters combine (AND across fields, OR within one). `usage_filter()` needs a valid form."""
+
+    def __init__(self, data=None, **kwargs):
+        super().__init__(data, **kwargs)
+        start, end = date_range_default()
+        choices = filter_choices()
+        self.fields["from"] = forms.DateField(required=False, initial=start, label="From",
+                                              widget=forms.DateInput(attrs={"type": "date"}))
+        self.fields["to"] = forms.DateField(required=False, initial=end, label="To",
+                                            widget=forms.DateInput(attrs={"type": "date"}))
+        for name, label in (("team", "Team"), ("key", "Key"), ("provider", "Provider"),
+                            ("model", "Model")):
+            self.fields[name] = forms.TypedMultipleChoiceField(
+                required=False, label=label, choices=choices[name],
+                coerce=int if name in ("team", "key") else str,
+                widget=forms.SelectMultiple(attrs={"size": 4}))
+
+    def clean(self):
+        data = super().clean()
+        if "from" in self.errors or "to" in self.errors:
+            return data
+        end = data.get("to") or date_range_default()[1]
+        start = data.get("from") or end - timedelta(days=29)
+        if start > end:
+            raise forms.ValidationError("“From” must not be after “To”.")
+        if (end - start).days >= MAX_RANGE_DAYS:
+            raise forms.ValidationError(f"A range is at most {MAX_RANGE_DAYS} days.")
+        data["from"], data["to"] = start, end
+        return data
+
+    def usage_filter(self) -> UsageFilter:
+        data = self.cleaned_data
+        return UsageFilter(start=data["from"], end=data["to"],
+                           team_ids=tuple(data.get("team") or ()), key_ids=tuple(data.get("key") or ()),
+                           providers=tuple(data.get("provider") or ()),
+                           models=tuple(data.get("model") or ()))

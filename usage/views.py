@@ -1,0 +1,269 @@
+"""Finance pages under /reports/: spend and tokens by day (a chart), team, key, provider and
+model; CSV exports of each; the raw ledger streamed as CSV; budget status.
+
+Every page is for the finance group (usage.permissions). Figures come from usage.selectors:
+the tables show cents apportioned so that each column adds up to the shown total; the CSV
+exports carry exact amounts (10 decimal places) that add up to the ledger's sum.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, time, timezone as dt_timezone
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+from django.http import (
+    HttpRequest, HttpResponse, HttpResponseBadRequest, QueryDict, StreamingHttpResponse,
+)
+from django.shortcuts import render
+from django.urls import reverse
+
+from usage.forms import UsageFilterForm
+from usage.permissions import finance_required, finance_required_async
+from usage.selectors import (
+    DIMENSIONS, LEDGER_FIELDS, UsageFacts, UsageFilter, UsageRow, UsageTotals, budget_statuses,
+    cents_apportioned, date_range_default, ledger_page, usage_facts,
+)
+
+TABLES = (("day", "By day"), ("team", "By team"), ("key", "By key"),
+          ("provider", "By provider"), ("model", "By model"))
+SORTS = {
+    "label": None, "requests": lambda t: t.requests, "errors": lambda t: t.errors,
+    "input_tokens": lambda t: t.input_tokens, "output_tokens": lambda t: t.output_tokens,
+    "total_tokens": lambda t: t.total_tokens, "cost": lambda t: t.cost_usd,
+}
+TOTAL_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens",
+                 "reasoning_tokens", "cost_usd")
+LEDGER_PAGE_ROWS = 2000
+
+
+def _sorted_rows(rows: list[UsageRow], sort: str, dimension: str) -> list[UsageRow]:
+    """`sort` is a SORTS name, `-` prefixed for descending; ties keep the label order."""
+    field = sort.lstrip("-")
+    if field not in SORTS:
+        field, sort = ("label", "label") if dimension == "day" else ("cost", "-cost")
+    if SORTS[field] is not None:
+        rows = sorted(rows, key=lambda r: SORTS[field](r.totals), reverse=sort.startswith("-"))
+    elif sort.startswith("-"):
+        rows = list(reversed(rows))
+    return rows
+
+
+COLUMNS = (("label", None, False), ("requests", "Requests", True), ("errors", "Errors", True),
+           ("input_tokens", "Input tokens", True), ("output_tokens", "Output tokens", True),
+           ("total_tokens", "Total tokens", True), ("cost", "Spend (USD)", True))
+
+
+def _usd(amount: Decimal) -> str:
+    return f"-${-amount:,.2f}" if amount < 0 else f"${amount:,.2f}"
+
+
+def _formatted(t: UsageTotals) -> dict:
+    return {"requests": f"{t.requests:,}", "errors": f"{t.errors:,}",
+            "input_tokens": f"{t.input_tokens:,}", "output_tokens": f"{t.output_tokens:,}",
+            "total_tokens": f"{t.total_tokens:,}"}
+
+
+def _href(query: QueryDict, **changes: str) -> str:
+    query = query.copy()
+    for name, value in changes.items():
+        query[name] = value
+    return "?" + query.urlencode()
+
+
+def _table(facts: UsageFacts, dimension: str, title: str, query: QueryDict,
+           grand: UsageTotals) -> dict:
+    """One grouping for the page: rows sorted as `sort_<dimension>` asks, cents apportioned so
+    the column adds up to the shown total, and header links that toggle the sort."""
+    param = f"sort_{dimension}"
+    rows = _sorted_rows(facts.group([dimension]), query.get(param, ""), dimension)
+    current = query.get(param) or ("label" if dimension == "day" else "-cost")
+    cents = cents_apportioned([r.totals.cost_usd for r in rows])
+    headers = []
+    for field, heading, numeric in COLUMNS:
+        active = None
+        if current.lstrip("-") == field:
+            active = "descending" if current.startswith("-") else "ascending"
+        toggled = field if active == "descending" or (active is None and not numeric) else f"-{field}"
+        headers.append({"title": heading or title.removeprefix("By ").capitalize(),
+                        "numeric": numeric, "active": active,
+                        "href": _href(query, **{param: toggled}) + f"#by-{dimension}"})
+    return {
+        "dimension": dimension, "title": title, "headers": headers,
+        "csv_href": reverse("usage:report_csv") + _href(query, group=dimension),
+        "rows": [{"label": r.labels[dimension], "cost": _usd(c),
+                  "share": f"{r.totals.cost_usd * 100 / grand.cost_usd:.1f}%" if grand.cost_usd else "",
+                  **_formatted(r.totals)}
+                 for r, c in zip(rows, cents)],
+        "total_cost": _usd(sum(cents, Decimal(0))),
+    }
+
+
+def _chart(facts: UsageFacts, flt: UsageFilter) -> dict:
+    """Daily series for the chart, every day of the range up to today (zeros included)."""
+    by_day = {r.values["day"]: r.totals for r in facts.group(["day"])}
+    today = date_range_default()[1]
+    days, cost, tokens = [], [], []
+    for day in flt.days():
+        if day > today:
+            break
+        totals = by_day.get(day, UsageTotals())
+        days.append(int(datetime.combine(day, time.min, tzinfo=dt_timezone.utc).timestamp()))
+        cost.append(float(totals.cost_usd))
+        tokens.append(totals.total_tokens)
+    return {"days": days, "cost": cost, "tokens": tokens}
+
+
+@finance_required
+def report(request: HttpRequest) -> HttpResponse:
+    form = UsageFilterForm(request.GET)
+    if not form.is_valid():
+        return render(request, "usage/report.html", {"nav": "spend", "form": form}, status=400)
+    flt = form.usage_filter()
+    facts = usage_facts(flt=flt)
+    grand = facts.total()
+    tables = [_table(facts, dimension, title, request.GET, grand) for dimension, title in TABLES]
+    return render(request, "usage/report.html", {
+        "nav": "spend", "form": form, "flt": flt, "grand_fmt": _formatted(grand),
+        "grand_cost": tables[0]["total_cost"], "tables": tables, "chart": _chart(facts, flt),
+        "ledger_days": [d.isoformat() for d in facts.ledger_days], "query": request.GET.urlencode(),
+    })
+
+
+def _csv_text(value) -> object:
+    """Cells a spreadsheet would run as a formula get a leading quote (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _dimension_columns(dimension: str) -> tuple[str, ...]:
+    return {"day": ("day",), "team": ("team_id", "team"), "key": ("key_id", "key"),
+            "provider": ("provider",), "model": ("model",)}[dimension]
+
+
+def _dimension_cells(row: UsageRow, dimension: str) -> list:
+    value = row.values[dimension]
+    if dimension in ("team", "key"):
+        return ["" if value is None else value, _csv_text(row.labels[dimension])]
+    return [value.isoformat() if dimension == "day" else _csv_text(row.labels[dimension])]
+
+
+def _totals_cells(t: UsageTotals) -> list:
+    return [t.requests, t.errors, t.input_tokens, t.output_tokens, t.cached_tokens,
+            t.reasoning_tokens, f"{t.cost_usd:.10f}"]
+
+
+def group_by_parse(text: str) -> tuple[str, ...] | None:
+    """`day,team` -> ("day", "team") in DIMENSIONS order; None for an unknown or empty list."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in DIMENSIONS for n in names):
+        return None
+    return tuple(d for d in DIMENSIONS if d in names)
+
+
+@finance_required
+def report_csv(request: HttpRequest) -> HttpResponse:
+    """`?group=day|team|key|provider|model` (or several, comma-separated) plus the page's
+    filters: one row per group with exact costs, then a `Total` row equal to the rows' sum."""
+    dims = group_by_parse(request.GET.get("group", "day"))
+    form = UsageFilterForm(request.GET)
+    if dims is None:
+        return HttpResponseBadRequest(f"group: one or more of {', '.join(DIMENSIONS)}")
+    if not form.is_valid():
+        return HttpResponseBadRequest(form.errors.as_text())
+    flt = form.usage_filter()
+    facts = usage_facts(flt=flt)
+    rows = facts.group(dims)
+    if len(dims) == 1:
+        rows = _sorted_rows(rows, request.GET.get(f"sort_{dims[0]}", ""), dims[0])
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([c for d in dims for c in _dimension_columns(d)] + list(TOTAL_COLUMNS))
+    for row in rows:
+        writer.writerow([c for d in dims for c in _dimension_cells(row, d)]
+                        + _totals_cells(row.totals))
+    width = sum(len(_dimension_columns(d)) for d in dims)
+    writer.writerow(["Total"] + [""] * (width - 1) + _totals_cells(facts.total()))
+    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="usage-by-{"-".join(dims)}-{flt.start}-{flt.end}.csv"')
+    return response
+
+
+class _Line:
+    """A csv.writer target that hands back each formatted line instead of storing it."""
+
+    def write(self, text: str) -> str:
+        return text
+
+
+def _ledger_cell(value) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(dt_timezone.utc).isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, bool):
+        return int(value)
+    return _csv_text(value)
+
+
+async def _ledger_lines(flt) -> AsyncIterator[str]:
+    writer = csv.writer(_Line())
+    yield writer.writerow(LEDGER_FIELDS)
+    after = None
+    while True:
+        rows: Sequence[tuple] = await sync_to_async(ledger_page)(flt=flt, after=after,
+                                                                 size=LEDGER_PAGE_ROWS)
+        if rows:
+            yield "".join(writer.writerow([_ledger_cell(v) for v in row]) for row in rows)
+            after = (rows[-1][1], rows[-1][0])
+        if len(rows) < LEDGER_PAGE_ROWS:
+            return
+
+
+def _filter_form(query) -> UsageFilterForm:
+    form = UsageFilterForm(query)
+    form.is_valid()
+    return form
+
+
+@finance_required_async
+async def ledger_csv(request: HttpRequest) -> HttpResponse:
+    """Every ledger row of the range and filters, oldest first, streamed page by page (never
+    held in memory), with the price version billed and its unit prices per million tokens.
+    Rows written while the export runs may or may not be included."""
+    form = await sync_to_async(_filter_form)(request.GET)
+    if form.errors:
+        return HttpResponseBadRequest(form.errors.as_text())
+    flt = form.usage_filter()
+    response = StreamingHttpResponse(_ledger_lines(flt), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="ledger-{flt.start}-{flt.end}.csv"'
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@finance_required
+def budgets(request: HttpRequest) -> HttpResponse:
+    return render(request, "usage/budgets.html", {"nav": "budgets", "budgets": budget_statuses()})
+
+
+@finance_required
+def budgets_csv(request: HttpRequest) -> HttpResponse:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["scope", "id", "name", "period", "period_start", "period_end", "limit_usd",
+                     "spent_usd", "reserved_usd", "remaining_usd"])
+    for b in budget_statuses():
+        writer.writerow([b.scope, b.scope_id, _csv_text(b.name), b.period,
+                         b.period_start.isoformat(), b.period_end.isoformat() if b.period_end else "",
+                         f"{b.limit_usd:f}", f"{b.spent_usd:f}", f"{b.reserved_usd:f}",
+                         f"{b.remaining_usd:f}"])
+    response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="budgets.csv"'
+    return response
