@@ -83,6 +83,9 @@ def gateway_url(_live_gateway: str, transactional_db) -> str:
         client.close()
     client_pool.reset_routing_state()
     snapshot_cache.invalidate()
+    from gateway.asgi import static_application
+
+    static_application.reset()
     return _live_gateway
 
 

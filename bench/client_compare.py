@@ -2,7 +2,8 @@
 
 A bare Django view (bench/bare/: no apps, no middleware, no gateway features) forwards each POST
 to the fake upstream with one shared client: (a) httpx with its own transport, (b) httpx over the
-httpx-aiohttp transport, (c) aiohttp directly. Each runs under uvicorn (1 worker, uvloop +
+httpx-aiohttp transport, (c) aiohttp directly, and (d) aiohttp behind Django's stock middleware
+(the MiddlewareMixin classes gateway/settings.py lists: each hook is a sync_to_async hop). Each runs under uvicorn (1 worker, uvloop +
 httptools) and is driven by wrk at 16 connections for BENCH_COMPARE_S seconds (10); the upstream
 called directly is the ceiling. Prints a Markdown table and writes
 clients-<timestamp>.json and clients-latest.json (in BENCH_RESULTS_DIR, default bench/results).
@@ -21,7 +22,11 @@ from pathlib import Path
 from bench import harness
 from bench.harness import Target
 
-CLIENTS = ("httpx", "httpx-aiohttp", "aiohttp")
+# (label, client, middleware): the last row measures Django's stock middleware (the list in
+# gateway/settings.py) in front of the same aiohttp view.
+VARIANTS = (("httpx", "httpx", "none"), ("httpx-aiohttp", "httpx-aiohttp", "none"),
+            ("aiohttp", "aiohttp", "none"),
+            ("aiohttp + Django's stock middleware", "aiohttp", "django"))
 BODY = json.dumps({"model": "bench-c20", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "Say something short."}]},
                   separators=(",", ":")).encode()
@@ -49,15 +54,17 @@ def main() -> int:
                                  workdir=tmp)
             results["clients"]["upstream directly (ceiling)"] = direct
             print(f"upstream directly: {direct['rps']:.0f} req/s", flush=True)
-            for kind in CLIENTS:
+            for label, kind, middleware in VARIANTS:
                 if kind == "httpx-aiohttp" and importlib.util.find_spec("httpx_aiohttp") is None:
-                    results["clients"][kind] = {"unavailable": "httpx-aiohttp is not installed"}
+                    results["clients"][label] = {"unavailable": "httpx-aiohttp is not installed"}
                     continue
                 env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.bare.settings",
-                       "BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": kind}
+                       "BENCH_UPSTREAM_URL": upstream_url, "BENCH_PROXY_CLIENT": kind,
+                       "BENCH_BARE_MIDDLEWARE": middleware}
                 port = harness.free_port()
-                server = harness.start_server(f"bare proxy ({kind})", port, env,
-                                              tmp / f"bare-{kind}.log", app="bench.bare.asgi:application")
+                server = harness.start_server(f"bare proxy ({label})", port, env,
+                                              tmp / f"bare-{kind}-{middleware}.log",
+                                              app="bench.bare.asgi:application")
                 try:
                     target = Target(f"http://127.0.0.1:{port}", "/v1/chat/completions", {})
                     harness.wrk(target, body=BODY, concurrency=concurrency, duration_s=1,
@@ -70,8 +77,8 @@ def main() -> int:
                     out["peak_rss_mb"] = harness.memory_mb(server.pid)["hwm_mb"]
                 finally:
                     server.stop()
-                results["clients"][kind] = out
-                print(f"{kind}: {out['rps']:.0f} req/s", flush=True)
+                results["clients"][label] = out
+                print(f"{label}: {out['rps']:.0f} req/s", flush=True)
         finally:
             upstream.stop()
     results["loadavg_end"] = list(os.getloadavg())

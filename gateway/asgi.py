@@ -18,6 +18,7 @@ django_application = get_asgi_application()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from gateway.asgi_guards import Guards  # noqa: E402
 from gateway.clients import client_pool  # noqa: E402
 from gateway.proxy import ledger_writer  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
@@ -25,7 +26,7 @@ from gateway.streaming import drainer  # noqa: E402
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 30.0
 
-static_application = ASGIStaticFilesHandler(django_application)
+static_application = Guards(ASGIStaticFilesHandler(django_application))
 
 
 async def _finish_background_work() -> None:

@@ -201,8 +201,13 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
     PermissionDenied (these mark the call `rejected`: the caller records it)."""
     key = call.key
     if call.idempotency_key and digest:
-        claim = await db.run(idempotency_claim, api_key_id=key.id, key=call.idempotency_key,
-                             digest=digest)
+        try:
+            claim = await db.run(idempotency_claim, api_key_id=key.id, key=call.idempotency_key,
+                                 digest=digest)
+        except DatabaseError:
+            raise ServiceUnavailable("Idempotency-Key cannot be honoured: the database is "
+                                     "unreachable", code="idempotency_unavailable",
+                                     headers={"retry-after": "5"}) from None
         if isinstance(claim, Replay):
             return claim
         call.idempotency_claim = claim
@@ -222,9 +227,16 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
         if limits:
             worst = worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
                                     max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
-            await db.run(budget_reserve, request_id=call.request_id, limits=limits,
-                         amount_units=usd_to_units(worst))
-            call.budget_reserved = True
+            try:
+                await db.run(budget_reserve, request_id=call.request_id, limits=limits,
+                             amount_units=usd_to_units(worst))
+                call.budget_reserved = True
+            except DatabaseError:
+                if not settings.GATEWAY_BUDGETS_FAIL_OPEN:
+                    raise ServiceUnavailable("the budget cannot be checked: the database is "
+                                             "unreachable", code="budget_unavailable",
+                                             headers={"retry-after": "5"}) from None
+                logger.warning("budget check skipped for key %s: database unreachable", key.prefix)
     except GatewayError as exc:
         call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
                   error_type=exc.code or exc.type)

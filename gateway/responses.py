@@ -5,8 +5,9 @@ from collections.abc import AsyncIterator
 
 import orjson
 from django.http import HttpResponse, StreamingHttpResponse
+from django.views import defaults
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InternalError, InvalidRequest, RouteNotFound
 
 # Anthropic's error type names for our statuses.
 _ANTHROPIC_TYPES = {
@@ -59,3 +60,29 @@ def replayed(replay) -> HttpResponse:
             response[name] = value
     response["idempotent-replayed"] = "true"
     return response
+
+
+def _api_error(request, error: GatewayError) -> HttpResponse:
+    return anthropic_error(error) if request.path.startswith("/v1/messages") else openai_error(error)
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith(("/v1/", "/api/"))
+
+
+def bad_request(request, exception):
+    if not _is_api(request):
+        return defaults.bad_request(request, exception)
+    return _api_error(request, InvalidRequest("bad request"))
+
+
+def not_found(request, exception):
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception)
+    return _api_error(request, RouteNotFound(f"no such endpoint: {request.method} {request.path[:200]}"))
+
+
+def server_error(request):
+    if not _is_api(request):
+        return defaults.server_error(request)
+    return _api_error(request, InternalError("internal error; the x-request-id header identifies it in the logs"))

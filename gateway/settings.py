@@ -163,6 +163,10 @@ GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 # How often a process checks whether the routing config changed (admin, gateway_apply).
 GATEWAY_CONFIG_POLL_S = env.float("GATEWAY_CONFIG_POLL_S", default=1.0)
+# Budgeted keys while the database is unreachable: refused (503) unless this is on.
+GATEWAY_BUDGETS_FAIL_OPEN = env.bool("GATEWAY_BUDGETS_FAIL_OPEN", default=False)
+# Provider base URLs on link-local/metadata addresses are refused unless this is on.
+GATEWAY_ALLOW_LINK_LOCAL_UPSTREAMS = env.bool("GATEWAY_ALLOW_LINK_LOCAL_UPSTREAMS", default=False)
 # Where ledger rows wait when the database refuses them and Redis is not configured.
 GATEWAY_SPOOL_DIR = VAR_DIR / "spool"
 # Chat UI (chat.context): the context window assumed for a model (prompt + answer, estimated

@@ -29,3 +29,9 @@ urlpatterns = [
     path("api/chat/<slug:slug>", tasks.task_call),
     path("chat/", include("chat.urls")),
 ]
+
+# API paths answer errors Django raises itself (bad Host header, unknown path, a crash) in the
+# surface's JSON shape; other paths keep Django's pages.
+handler400 = "gateway.responses.bad_request"
+handler404 = "gateway.responses.not_found"
+handler500 = "gateway.responses.server_error"

@@ -29,6 +29,7 @@ from providers.models import (
     ApiKey, AuditAction, AuditLog, ModelRoute, Price, Provider, Team,
 )
 from providers.selectors import Deployment, routing_snapshot_load
+from providers.validation import base_url_problem
 from providers.services import api_key_revoke, audit_log_write, audit_state, config_version_bump
 from usage.models import UsageRecord
 
@@ -112,6 +113,10 @@ class ProviderForm(forms.ModelForm):
         data = super().clean()
         if data.get("kind") in ("openai", "anthropic") and not data.get("base_url"):
             self.add_error("base_url", "Required for this kind of provider.")
+        elif data.get("base_url"):
+            problem = base_url_problem(data["base_url"])
+            if problem:
+                self.add_error("base_url", f"The URL {problem}.")
         return data
 
     def save(self, commit=True):
@@ -235,6 +240,12 @@ class ProviderAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     @admin.display(boolean=True, description="API key set")
     def key_set(self, obj):
         return obj.has_api_key
+
+    def get_changelist_form(self, request, **kwargs):
+        # Only the editable columns: a form of every field would build a URLField for base_url
+        # without `assume_scheme` (a Django 6.0 deprecation warning on every list view).
+        kwargs.setdefault("fields", self.list_editable)
+        return super().get_changelist_form(request, **kwargs)
 
     @admin.action(description="Test connection (one tiny request)")
     def test_connection(self, request, queryset):

@@ -18,6 +18,7 @@ from django.utils.text import slugify
 
 from chat.schema import schema_check
 from providers.models import ProviderKind
+from providers.validation import base_url_problem
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -203,9 +204,10 @@ def _provider(item: object, index: int) -> ProviderSpec:
     if kind not in ProviderKind.values:
         raise _field(where, item, "kind", f"must be one of {', '.join(ProviderKind.values)}")
     base_url = item.get("base_url") or ""
-    if kind != ProviderKind.MOCK and not (isinstance(base_url, str)
-                                          and re.match(r"^https?://[^\s/]+", base_url)):
-        raise _field(where, item, "base_url", "must be an http(s) URL")
+    if kind != ProviderKind.MOCK or base_url:
+        problem = base_url_problem(base_url) if isinstance(base_url, str) else "must be an http(s) URL"
+        if problem:
+            raise _field(where, item, "base_url", problem)
     api_key = item.get("api_key")
     if api_key is not None and not isinstance(api_key, str):
         raise _field(where, item, "api_key", "must be a string")

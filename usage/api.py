@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from usage.forms import UsageFilterForm
 from usage.models import UsageRecord
 from usage.permissions import IsFinance
-from usage.selectors import DIMENSIONS, UsageFacts, UsageRow, UsageTotals, ledger_records, usage_facts
+from usage.selectors import DIMENSIONS, UsageRow, UsageTotals, ledger_records, usage_report
 from usage.views import group_by_parse
 
 
@@ -48,7 +48,7 @@ def _totals(t: UsageTotals) -> dict:
             "reasoning_tokens": t.reasoning_tokens, "cost_usd": f"{t.cost_usd:.10f}"}
 
 
-def _row(facts: UsageFacts, row: UsageRow) -> dict:
+def _row(row: UsageRow) -> dict:
     out: dict = {}
     for dimension, value in row.values.items():
         if dimension == "day":
@@ -69,12 +69,12 @@ class UsageSummaryView(BaseUsageAPIView):
             raise serializers.ValidationError(
                 {"group_by": [f"a comma-separated list of {', '.join(DIMENSIONS)}"]})
         flt = self.filter_form(request).usage_filter()
-        facts = usage_facts(flt=flt)
+        report = usage_report(flt=flt, groupings=[dims])
         return Response({
             "from": flt.start.isoformat(), "to": flt.end.isoformat(), "group_by": list(dims),
-            "rows": [_row(facts, r) for r in facts.group(dims)],
-            "totals": _totals(facts.total()),
-            "ledger_days": [d.isoformat() for d in facts.ledger_days],
+            "rows": [_row(r) for r in report.group(dims)],
+            "totals": _totals(report.total),
+            "ledger_days": [d.isoformat() for d in report.ledger_days],
         })
 
 

@@ -1,13 +1,12 @@
 """Reads for finance reports: spend and tokens by day, team, key, provider and model.
 
-Every figure comes from the finest grain the data has, a *fact*: one (UTC day, key, team,
-provider, model) group with its request, error and token counts and its exact `Decimal` cost.
-Past days come from the daily rollup (`DailyUsage`, small), recent days from the ledger
-(`UsageRecord`, grouped by the database): today and yesterday always (the rollup of a day keeps
-running until the next day ends, so they may still be moving), and any older day that has
-ledger rows but no rollup yet (Celery beat not running). The ledger's costs are summed as
-integer units of 1e-10 USD, so sums are exact on SQLite (whose decimals are floats) as on MySQL.
-Groupings are then plain sums of facts, so every grouping's total is the same number.
+Past days come from the daily rollup (`DailyUsage`, small), summed by the database for each
+grouping asked; recent days from the ledger (`UsageRecord`), grouped by the database into
+*facts* (one per day, key, team, provider and model) and summed in Python: today and yesterday
+always (the rollup of a day keeps running until the next day ends, so they may still be
+moving), and any older day that has ledger rows but no rollup yet (Celery beat not running).
+Costs are summed as integer units of 1e-10 USD, so sums are exact on SQLite (whose decimals are
+floats) as on MySQL, and every grouping adds up to the same total.
 """
 from __future__ import annotations
 
@@ -73,6 +72,8 @@ class UsageTotals:
 
 @dataclass(frozen=True, slots=True)
 class UsageFact:
+    """Ledger totals of one (day, key, team, provider, model)."""
+
     day: date
     key_id: int | None
     team_id: int | None
@@ -96,54 +97,40 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
-class UsageFacts:
-    facts: list[UsageFact]
-    ledger_days: tuple[date, ...]
-    team_names: dict[int, str]
-    key_labels: dict[int, tuple[str, str]]
+class UsageReport:
+    """The groupings asked of `usage_report`, each a list of rows whose totals add up exactly
+    to `total`."""
 
-    def total(self) -> UsageTotals:
-        grand = UsageTotals()
-        for fact in self.facts:
-            grand.add(fact.totals)
-        return grand
+    groupings: dict[tuple[str, ...], list[UsageRow]]
+    total: UsageTotals
+    ledger_days: tuple[date, ...]
 
     def group(self, dimensions: Sequence[str]) -> list[UsageRow]:
-        """Sum the facts by `dimensions` (a subset of DIMENSIONS, in any order). The rows'
-        totals add up exactly to `total()`. Ordered by the dimensions' values, days ascending."""
-        unknown = set(dimensions) - set(DIMENSIONS)
-        if unknown:
-            raise ValueError(f"unknown dimension(s): {', '.join(sorted(unknown))}")
-        dims = tuple(d for d in DIMENSIONS if d in dimensions)
-        rows: dict[tuple, UsageRow] = {}
-        for fact in self.facts:
-            key = tuple(fact.value(d) for d in dims)
-            row = rows.get(key)
-            if row is None:
-                values = dict(zip(dims, key))
-                row = rows[key] = UsageRow(values=values, labels={d: self.label(d, values[d]) for d in dims})
-            row.totals.add(fact.totals)
-        return sorted(rows.values(), key=lambda r: tuple(
-            (r.values[d] is None, r.values[d].isoformat() if d == "day" else r.labels[d].lower())
-            for d in dims))
+        return self.groupings[dimensions_normalized(dimensions)]
 
-    def label(self, dimension: str, value) -> str:
-        if dimension == "day":
-            return value.isoformat()
-        if dimension == "team":
-            return "(no team)" if value is None else self.team_names.get(value, f"team #{value}")
-        if dimension == "key":
-            if value is None:
-                return "(no key)"
-            name, prefix = self.key_labels.get(value, (f"key #{value}", ""))
-            return f"{name} ({prefix}…)" if prefix else name
-        return value or "(none)"
+
+def dimensions_normalized(dimensions: Sequence[str]) -> tuple[str, ...]:
+    """The dimensions in DIMENSIONS order; ValueError for an unknown one."""
+    unknown = set(dimensions) - set(DIMENSIONS)
+    if unknown:
+        raise ValueError(f"unknown dimension(s): {', '.join(sorted(unknown))}")
+    return tuple(d for d in DIMENSIONS if d in dimensions)
+
+
+_COLUMNS = {"day": "day", "team": "team_id", "key": "api_key_id", "provider": "provider_name",
+            "model": "public_model"}
 
 
 def _units_sum():
-    # ROUND(cost * 1e10) recovers the ledger's exact 1e-10 quantum on SQLite too (15 significant
-    # digits survive there); integer sums are exact everywhere.
+    # ROUND(cost * 1e10) recovers the exact 1e-10 quantum on SQLite too (whose decimals are
+    # floats with 15 significant digits); integer sums are exact everywhere.
     return Sum(Cast(Round(F("cost_usd") * Value(int(UNITS_PER_USD))), BigIntegerField()))
+
+
+def _totals(requests, errors, inp, out, cached, reasoning, units) -> UsageTotals:
+    # MySQL returns integer sums as Decimal; every backend returns None for no rows.
+    return UsageTotals(int(requests or 0), int(errors or 0), int(inp or 0), int(out or 0),
+                       int(cached or 0), int(reasoning or 0), units_to_usd(int(units or 0)))
 
 
 def _filtered(qs: QuerySet, flt: UsageFilter) -> QuerySet:
@@ -158,17 +145,22 @@ def _filtered(qs: QuerySet, flt: UsageFilter) -> QuerySet:
     return qs
 
 
-def _ledger_days_without_rollup(days: list[date], rolled: set[date]) -> list[date]:
-    """Days among `days` with ledger rows but no rollup, found with one index seek per found
-    day and per run of missing days (never a scan of the ledger)."""
-    found: list[date] = []
-    missing = [d for d in days if d not in rolled]
+def _ledger_days_without_rollup(days: list[date]) -> list[date]:
+    """Days among `days` (ascending) with ledger rows but no rollup, found with one index seek
+    per run of such days and per day found (never a scan of the ledger)."""
+    if not days:
+        return []
+    rolled = set(DailyUsage.objects.filter(day__gte=days[0], day__lte=days[-1])
+                 .values_list("day", flat=True).distinct().order_by())
     runs: list[list[date]] = []
-    for day in missing:
+    for day in days:
+        if day in rolled:
+            continue
         if runs and runs[-1][-1] + timedelta(days=1) == day:
             runs[-1].append(day)
         else:
             runs.append([day])
+    found: list[date] = []
     for run in runs:
         start, end = day_bounds(run[0])[0], day_bounds(run[-1])[1]
         while start < end:
@@ -183,6 +175,7 @@ def _ledger_days_without_rollup(days: list[date], rolled: set[date]) -> list[dat
 
 
 def _ledger_facts(day: date, flt: UsageFilter) -> Iterator[UsageFact]:
+    """One day of the ledger grouped by key, team, provider and model in the database."""
     start, end = day_bounds(day)
     rows = (_filtered(UsageRecord.objects.between(start, end), flt)
             .values_list("api_key_id", "team_id", "provider_name", "public_model")
@@ -191,48 +184,87 @@ def _ledger_facts(day: date, flt: UsageFilter) -> Iterator[UsageFact]:
                       cached=Sum("cached_tokens"), reasoning=Sum("reasoning_tokens"),
                       units=_units_sum())
             .order_by())
-    for key_id, team_id, provider, model, requests, errors, inp, out, cached, reasoning, units in rows:
-        yield UsageFact(day, key_id, team_id, provider, model, UsageTotals(
-            requests, errors, int(inp or 0), int(out or 0), int(cached or 0), int(reasoning or 0),
-            units_to_usd(int(units or 0))))
+    for key_id, team_id, provider, model, *sums in rows:
+        yield UsageFact(day, key_id, team_id, provider, model, _totals(*sums))
 
 
-def usage_facts(*, flt: UsageFilter, now: datetime | None = None) -> UsageFacts:
-    """The facts of `flt`'s range and filters, with the names to label them. Days after today
-    (UTC) hold nothing and are not read."""
+def _rollup_groups(flt: UsageFilter, start: date, end: date,
+                   dims: tuple[str, ...]) -> Iterator[tuple[tuple, UsageTotals]]:
+    """The daily rollup of days start..end grouped by `dims` in the database."""
+    daily = _filtered(DailyUsage.objects.filter(day__gte=start, day__lte=end), flt)
+    sums = {"requests_sum": Sum("requests"), "errors_sum": Sum("errors"),
+            "inp": Sum("input_tokens"), "out": Sum("output_tokens"), "cached": Sum("cached_tokens"),
+            "reasoning": Sum("reasoning_tokens"), "units": _units_sum()}
+    if not dims:
+        totals = daily.aggregate(**sums)
+        if totals["requests_sum"] is not None:
+            yield (), _totals(*totals.values())
+        return
+    for *key, requests, errors, inp, out, cached, reasoning, units in (
+            daily.values_list(*(_COLUMNS[d] for d in dims)).annotate(**sums).order_by()):
+        yield tuple(key), _totals(requests, errors, inp, out, cached, reasoning, units)
+
+
+def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
+                 now: datetime | None = None) -> UsageReport:
+    """Spend and tokens of `flt`'s range and filters, summed by each grouping (a subset of
+    DIMENSIONS each; the empty grouping is the total). Each grouping is summed by the database
+    over the rollup plus the ledger days' facts, so every grouping's rows add up exactly to the
+    total. Days after today (UTC) hold nothing and are not read. Rows are ordered by their
+    dimensions' labels, days ascending."""
     today = timezone.localtime(now or timezone.now(), timezone.get_fixed_timezone(0)).date()
     days = [d for d in flt.days() if d <= today]
     recent = {today, today - timedelta(days=1)}
     older = [d for d in days if d not in recent]
-    rolled = set()
-    if older:
-        rolled = set(DailyUsage.objects.filter(day__gte=older[0], day__lte=older[-1])
-                     .values_list("day", flat=True).distinct().order_by())
-    ledger_days = sorted([d for d in days if d in recent] + _ledger_days_without_rollup(older, rolled))
-    rolled_days = [d for d in older if d in rolled]
+    ledger_days = sorted([d for d in days if d in recent] + _ledger_days_without_rollup(older))
+    facts = [fact for day in ledger_days for fact in _ledger_facts(day, flt)]
 
-    facts: list[UsageFact] = []
-    if rolled_days:
-        daily = (_filtered(DailyUsage.objects.filter(day__gte=rolled_days[0], day__lte=rolled_days[-1]), flt)
-                 .values_list("day", "api_key_id", "team_id", "provider_name", "public_model",
-                              "requests", "errors", "input_tokens", "output_tokens",
-                              "cached_tokens", "reasoning_tokens", "cost_usd")
-                 .order_by())
-        ledger_set = set(ledger_days)
-        for day, key_id, team_id, provider, model, *counts, cost in daily.iterator(chunk_size=10000):
-            if day not in ledger_set:
-                facts.append(UsageFact(day, key_id, team_id, provider, model,
-                                       UsageTotals(*counts, cost_usd=cost)))
-    for day in ledger_days:
-        facts.extend(_ledger_facts(day, flt))
+    wanted = {dimensions_normalized(g) for g in groupings} | {()}
+    sums: dict[tuple[str, ...], dict[tuple, UsageTotals]] = {}
+    for dims in wanted:
+        groups: dict[tuple, UsageTotals] = {}
+        if older:
+            # Days without a rollup have no rollup rows, so the whole older range can be read.
+            for key, totals in _rollup_groups(flt, older[0], older[-1], dims):
+                groups.setdefault(key, UsageTotals()).add(totals)
+        for fact in facts:
+            groups.setdefault(tuple(fact.value(d) for d in dims), UsageTotals()).add(fact.totals)
+        sums[dims] = groups
 
-    team_ids = {f.team_id for f in facts if f.team_id is not None}
-    key_ids = {f.key_id for f in facts if f.key_id is not None}
-    return UsageFacts(
-        facts=facts, ledger_days=tuple(ledger_days),
-        team_names=dict(Team.objects.filter(pk__in=team_ids).values_list("pk", "name")),
+    team_ids = {k[dims.index("team")] for dims, g in sums.items() if "team" in dims for k in g}
+    key_ids = {k[dims.index("key")] for dims, g in sums.items() if "key" in dims for k in g}
+    labeller = _Labeller(
+        team_names=dict(Team.objects.filter(pk__in=team_ids - {None}).values_list("pk", "name")),
         key_labels={pk: (name, prefix) for pk, name, prefix in
-                    ApiKey.objects.filter(pk__in=key_ids).values_list("pk", "name", "prefix")})
+                    ApiKey.objects.filter(pk__in=key_ids - {None}).values_list("pk", "name", "prefix")})
+    grouped = {}
+    for dims, groups in sums.items():
+        rows = [UsageRow(values=dict(zip(dims, key)),
+                         labels={d: labeller.label(d, v) for d, v in zip(dims, key)}, totals=totals)
+                for key, totals in groups.items()]
+        grouped[dims] = sorted(rows, key=lambda r, dims=dims: tuple(
+            (r.values[d] is None, r.values[d].isoformat() if d == "day" else r.labels[d].lower())
+            for d in dims))
+    total = grouped[()][0].totals if grouped[()] else UsageTotals()
+    return UsageReport(groupings=grouped, total=total, ledger_days=tuple(ledger_days))
+
+
+@dataclass(frozen=True, slots=True)
+class _Labeller:
+    team_names: dict[int, str]
+    key_labels: dict[int, tuple[str, str]]
+
+    def label(self, dimension: str, value) -> str:
+        if dimension == "day":
+            return value.isoformat()
+        if dimension == "team":
+            return "(no team)" if value is None else self.team_names.get(value, f"team #{value}")
+        if dimension == "key":
+            if value is None:
+                return "(no key)"
+            name, prefix = self.key_labels.get(value, (f"key #{value}", ""))
+            return f"{name} ({prefix}…)" if prefix else name
+        return value or "(none)"
 
 
 def cents_apportioned(amounts: Sequence[Decimal]) -> list[Decimal]:

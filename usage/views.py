@@ -23,8 +23,8 @@ from django.urls import reverse
 from usage.forms import UsageFilterForm
 from usage.permissions import finance_required, finance_required_async
 from usage.selectors import (
-    DIMENSIONS, LEDGER_FIELDS, UsageFacts, UsageFilter, UsageRow, UsageTotals, budget_statuses,
-    cents_apportioned, date_range_default, ledger_page, usage_facts,
+    DIMENSIONS, LEDGER_FIELDS, UsageFilter, UsageReport, UsageRow, UsageTotals, budget_statuses,
+    cents_apportioned, date_range_default, ledger_page, usage_report,
 )
 
 TABLES = (("day", "By day"), ("team", "By team"), ("key", "By key"),
@@ -73,12 +73,12 @@ def _href(query: QueryDict, **changes: str) -> str:
     return "?" + query.urlencode()
 
 
-def _table(facts: UsageFacts, dimension: str, title: str, query: QueryDict,
+def _table(report: UsageReport, dimension: str, title: str, query: QueryDict,
            grand: UsageTotals) -> dict:
     """One grouping for the page: rows sorted as `sort_<dimension>` asks, cents apportioned so
     the column adds up to the shown total, and header links that toggle the sort."""
     param = f"sort_{dimension}"
-    rows = _sorted_rows(facts.group([dimension]), query.get(param, ""), dimension)
+    rows = _sorted_rows(report.group([dimension]), query.get(param, ""), dimension)
     current = query.get(param) or ("label" if dimension == "day" else "-cost")
     cents = cents_apportioned([r.totals.cost_usd for r in rows])
     headers = []
@@ -101,9 +101,9 @@ def _table(facts: UsageFacts, dimension: str, title: str, query: QueryDict,
     }
 
 
-def _chart(facts: UsageFacts, flt: UsageFilter) -> dict:
+def _chart(report: UsageReport, flt: UsageFilter) -> dict:
     """Daily series for the chart, every day of the range up to today (zeros included)."""
-    by_day = {r.values["day"]: r.totals for r in facts.group(["day"])}
+    by_day = {r.values["day"]: r.totals for r in report.group(["day"])}
     today = date_range_default()[1]
     days, cost, tokens = [], [], []
     for day in flt.days():
@@ -122,13 +122,13 @@ def report(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return render(request, "usage/report.html", {"nav": "spend", "form": form}, status=400)
     flt = form.usage_filter()
-    facts = usage_facts(flt=flt)
-    grand = facts.total()
-    tables = [_table(facts, dimension, title, request.GET, grand) for dimension, title in TABLES]
+    report = usage_report(flt=flt, groupings=[(dimension,) for dimension, _ in TABLES])
+    grand = report.total
+    tables = [_table(report, dimension, title, request.GET, grand) for dimension, title in TABLES]
     return render(request, "usage/report.html", {
         "nav": "spend", "form": form, "flt": flt, "grand_fmt": _formatted(grand),
-        "grand_cost": tables[0]["total_cost"], "tables": tables, "chart": _chart(facts, flt),
-        "ledger_days": [d.isoformat() for d in facts.ledger_days], "query": request.GET.urlencode(),
+        "grand_cost": tables[0]["total_cost"], "tables": tables, "chart": _chart(report, flt),
+        "ledger_days": [d.isoformat() for d in report.ledger_days], "query": request.GET.urlencode(),
     })
 
 
@@ -175,8 +175,8 @@ def report_csv(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return HttpResponseBadRequest(form.errors.as_text())
     flt = form.usage_filter()
-    facts = usage_facts(flt=flt)
-    rows = facts.group(dims)
+    report = usage_report(flt=flt, groupings=[dims])
+    rows = report.group(dims)
     if len(dims) == 1:
         rows = _sorted_rows(rows, request.GET.get(f"sort_{dims[0]}", ""), dims[0])
     out = io.StringIO()
@@ -186,7 +186,7 @@ def report_csv(request: HttpRequest) -> HttpResponse:
         writer.writerow([c for d in dims for c in _dimension_cells(row, d)]
                         + _totals_cells(row.totals))
     width = sum(len(_dimension_columns(d)) for d in dims)
-    writer.writerow(["Total"] + [""] * (width - 1) + _totals_cells(facts.total()))
+    writer.writerow(["Total"] + [""] * (width - 1) + _totals_cells(report.total))
     response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = (
         f'attachment; filename="usage-by-{"-".join(dims)}-{flt.start}-{flt.end}.csv"')

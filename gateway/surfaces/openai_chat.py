@@ -294,13 +294,15 @@ async def relay_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Ups
             yield event
         await record()
         yield DONE
-    except asyncio.CancelledError:
-        call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=call.http_status,
-                  error_type="client_disconnected")
-        call.captured = None
-        draining = drainer.start(drain)
-        if not draining:
-            await record()
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client went away: Django cancels us mid-await, or closes us at a `yield`.
+        if not recorded:
+            call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=call.http_status,
+                      error_type="client_disconnected")
+            call.captured = None
+            draining = drainer.start(drain)
+            if not draining:
+                await record()
         raise
     except (UpstreamError, SSEError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
         timeout = isinstance(exc, asyncio.TimeoutError)

@@ -177,8 +177,15 @@ async def relay_stream(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Ups
         recorded = True
         relay.settle()
         body = b"".join(call.captured) if call.captured is not None else None
-        await call_finish(call, snapshot, upstream_broke=upstream_broke, response_body=body,
-                          response_headers={"content-type": SSE_CONTENT_TYPE, **headers})
+        finish = asyncio.ensure_future(call_finish(
+            call, snapshot, upstream_broke=upstream_broke, response_body=body,
+            response_headers={"content-type": SSE_CONTENT_TYPE, **headers}))
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            # The client left while the row was being written: the row comes first.
+            await finish
+            raise
 
     async def drain() -> None:
         read = 0
@@ -199,15 +206,19 @@ async def relay_stream(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Ups
 
     try:
         async for event, data in upstream.events():
-            for chunk in relay.feed(event, data):
-                if call.captured is not None:
-                    call.captured.append(chunk)
-                yield chunk
+            chunks = relay.feed(event, data)
             if relay.failed is not None:
+                # Recorded before the client sees the error event, on which it hangs up.
                 call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=call.http_status,
                           error_type="stream_error")
                 await record(upstream_broke=True)
+                for chunk in chunks:
+                    yield chunk
                 return
+            for chunk in chunks:
+                if call.captured is not None:
+                    call.captured.append(chunk)
+                yield chunk
             if relay.done:
                 break
         tail = relay.end()

@@ -43,6 +43,8 @@ class Behaviour:
     finish: str | None = None           # the dialect's own finish/stop reason, sent verbatim
     error_event_after: int | None = None  # an in-band error event after N content events
     count_tokens: int = 23              # /messages/count_tokens answer
+    location: str | None = None         # with a 3xx status: where the redirect points
+    garbage_after: int | None = None    # send a non-JSON SSE event after N content chunks
 
     def calls(self) -> list[dict]:
         return self.tool_calls if self.tool_calls is not None else \
@@ -129,6 +131,8 @@ class FakeUpstream:
             await asyncio.sleep(b.latency_s)
         if b.status != 200:
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
+            if b.location:
+                headers["location"] = b.location
             return web.json_response({"error": {"message": b.error_message, "type": "server_error",
                                                 "code": None, "param": None}},
                                      status=b.status, headers=headers)
@@ -186,6 +190,8 @@ class FakeUpstream:
         else:
             pieces += [{"content": word} for word in _words(b.reply)]
         for n, delta in enumerate(pieces):
+            if b.garbage_after is not None and n == b.garbage_after:
+                await send("{this is not json")
             if b.cut_after is not None and n >= b.cut_after:
                 await asyncio.sleep(0.1)  # let the sent chunks reach the gateway first
                 request.transport.close()

@@ -167,3 +167,15 @@ def test_the_audit_log_is_read_only(admin_client, fake_provider):
     assert admin_client.get("/admin/providers/auditlog/").status_code == 200
     assert admin_client.post(f"/admin/providers/auditlog/{entry.pk}/delete/").status_code == 403
     assert admin_client.get("/admin/providers/auditlog/add/").status_code == 403
+
+
+def test_key_list_shows_when_each_key_was_last_used(admin_client):
+    used, _ = api_key_create(name="used")
+    api_key_create(name="idle")
+    last = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+    ledger_write(at=last - timedelta(days=1), key=used)
+    ledger_write(at=last, key=used)
+    listing = admin_client.get("/admin/providers/apikey/")
+    seen = {k.name: k.last_used_at for k in listing.context["cl"].result_list}
+    assert seen == {"idle": None, "used": last}
+    assert "never" in listing.content.decode()

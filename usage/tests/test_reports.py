@@ -19,7 +19,7 @@ from providers.services import api_key_create
 from usage.budgets import BudgetLimit, budget_reserve, usd_to_units
 from usage.models import DailyUsage, UsageRecord
 from usage.rollups import usage_rollup
-from usage.selectors import DIMENSIONS, UsageFilter, cents_apportioned, usage_facts
+from usage.selectors import DIMENSIONS, UsageFilter, cents_apportioned, usage_report
 from usage.services import LedgerEntry, usage_record_write
 
 _ids = itertools.count(1)
@@ -145,17 +145,17 @@ def test_totals_in_every_grouping_equal_the_ledger_sum(rows, rolled, bounds, onl
     expected_cost = sum((r.cost_usd for r in ledger), Decimal(0))
     expected_tokens = sum(r.input_tokens + r.output_tokens for r in ledger)
 
-    facts = usage_facts(flt=flt, now=NOW)
-    assert facts.total().cost_usd == expected_cost
-    assert facts.total().requests == ledger.count()
-    for size in (1, 2):
-        for dims in itertools.combinations(DIMENSIONS, size):
-            groups = facts.group(dims)
-            assert sum((g.totals.cost_usd for g in groups), Decimal(0)) == expected_cost, dims
-            assert sum(g.totals.total_tokens for g in groups) == expected_tokens, dims
-            assert sum(g.totals.requests for g in groups) == ledger.count(), dims
-            cents = cents_apportioned([g.totals.cost_usd for g in groups])
-            assert sum(cents, Decimal(0)) == expected_cost.quantize(Decimal("0.01")) or not groups
+    groupings = [dims for size in (1, 2, 5) for dims in itertools.combinations(DIMENSIONS, size)]
+    report = usage_report(flt=flt, groupings=groupings, now=NOW)
+    assert report.total.cost_usd == expected_cost
+    assert report.total.requests == ledger.count()
+    for dims in groupings:
+        groups = report.group(dims)
+        assert sum((g.totals.cost_usd for g in groups), Decimal(0)) == expected_cost, dims
+        assert sum(g.totals.total_tokens for g in groups) == expected_tokens, dims
+        assert sum(g.totals.requests for g in groups) == ledger.count(), dims
+        cents = cents_apportioned([g.totals.cost_usd for g in groups])
+        assert sum(cents, Decimal(0)) == expected_cost.quantize(Decimal("0.01")) or not groups
 
 
 def test_cents_apportioned_add_up_to_the_rounded_total_and_stay_within_a_cent():

@@ -1,0 +1,121 @@
+"""ASGI guards in front of Django, for what a view cannot see in time.
+
+- Body limit: a request whose Content-Length exceeds GATEWAY_MAX_BODY_BYTES is answered 413
+  before its body is read; a chunked body is counted as it arrives and refused the moment it
+  passes the limit (Django would otherwise spool the whole body before the view runs).
+- Write timeout: a client that stops reading cannot pin a response forever; after
+  WRITE_TIMEOUT_S without progress the response is abandoned (the view's stream sees a
+  disconnect and records its ledger row).
+- Key guessing: API answers 401 are counted per client address (shared through Redis when
+  configured); past AUTH_FAILURES_PER_MINUTE the address gets 429 on the API for a while,
+  without its keys even being looked up. Behind a reverse proxy run uvicorn with
+  --proxy-headers so the address is the client's.
+Errors use the surface's shape: Anthropic's under /v1/messages, OpenAI's elsewhere.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+from django.conf import settings
+
+from gateway.clients import client_pool
+
+WRITE_TIMEOUT_S = 60.0
+AUTH_FAILURES_PER_MINUTE = 30
+MAX_BLOCKED = 100_000
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _error_body(path: str, status: int, message: str, error_type: str) -> bytes:
+    if path.startswith("/v1/messages"):
+        return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+    return orjson.dumps({"error": {"message": message, "type": error_type, "param": None,
+                                   "code": error_type}})
+
+
+async def _respond(send, path: str, status: int, message: str, error_type: str, *,
+                   retry_after: int | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": _error_body(path, status, message, error_type)})
+
+
+class Guards:
+    def __init__(self, app) -> None:
+        self.app = app
+        # address -> monotonic time until which it is refused (bounded; expired entries pruned)
+        self._blocked: dict[str, float] = {}
+
+    def reset(self) -> None:
+        """Forget refused addresses (tests)."""
+        self._blocked.clear()
+
+    def _refused_for(self, address: str) -> float:
+        until = self._blocked.get(address)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._blocked[address]
+            return 0.0
+        return left
+
+    async def _auth_failed(self, address: str) -> None:
+        wait = await client_pool.ratelimiter().acquire(
+            f"authfail:{address}", per_minute=AUTH_FAILURES_PER_MINUTE, cost=1)
+        if wait is not None:
+            if len(self._blocked) >= MAX_BLOCKED:
+                now = time.monotonic()
+                self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+            self._blocked[address] = time.monotonic() + max(wait, 1.0)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = settings.GATEWAY_MAX_BODY_BYTES
+        path = scope.get("path", "")
+        api = path.startswith(("/v1/", "/api/"))
+        address = (scope.get("client") or ("unknown", 0))[0]
+        if api:
+            left = self._refused_for(address)
+            if left:
+                return await _respond(send, path, 429, "too many failed authentication attempts "
+                                      "from this address", "rate_limit_error",
+                                      retry_after=int(left) + 1)
+        message = f"request body exceeds {limit} bytes"
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > limit:
+                    return await _respond(send, path, 413, message, "request_too_large")
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return event
+
+        async def timed_send(event):
+            nonlocal started
+            if event["type"] == "http.response.start":
+                started = True
+                if api and event["status"] == 401:
+                    await self._auth_failed(address)
+            await asyncio.wait_for(send(event), WRITE_TIMEOUT_S)
+
+        try:
+            await self.app(scope, limited_receive, timed_send)
+        except BodyTooLarge:
+            if not started:
+                await _respond(send, path, 413, message, "request_too_large")
