@@ -36,7 +36,7 @@ def main() -> int:
     duration = float(os.environ.get("BENCH_COMPARE_S") or 10)
     concurrency = int(os.environ.get("BENCH_COMPARE_CONCURRENCY") or 16)
     harness.ensure_wrk()
-    wait_s = float(os.environ.get("BENCH_WAIT_QUIET_S") or 60)
+    wait_s = float(os.environ.get("BENCH_WAIT_QUIET_S") or 30)
     before = harness.wait_for_quiet(max_wait_s=wait_s) if wait_s > 0 else None
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results: dict = {"timestamp": stamp, "concurrency": concurrency, "duration_s": duration,

@@ -344,8 +344,11 @@ class Ledger:
         finally:
             conn.close()
 
-    def settle(self, *, expected: int, timeout_s: float = 10.0, quiet_s: float = 1.0) -> int:
-        """The row count once it reaches `expected`, or stops changing for `quiet_s`."""
+    def settle(self, *, expected: int, at_least=None, timeout_s: float = 20.0,
+               quiet_s: float = 2.0) -> int:
+        """The row count once it reaches `expected`, or once it is at least `at_least()` (the
+        rows that must exist, e.g. requests the upstream saw) and has not changed for
+        `quiet_s`; at most `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         last, changed = self.count(), time.monotonic()
         while last < expected and time.monotonic() < deadline:
@@ -353,7 +356,8 @@ class Ledger:
             now = self.count()
             if now != last:
                 last, changed = now, time.monotonic()
-            elif time.monotonic() - changed >= quiet_s:
+            elif (time.monotonic() - changed >= quiet_s
+                  and (at_least is None or last >= at_least())):
                 break
         return last
 

@@ -4,13 +4,13 @@ bench/results/ (<UTC timestamp>.json and latest.json).
 
 Profiles: `sqlite` (a fresh SQLite file, no Redis) always; `mysql` (MariaDB database
 gateway_bench, recreated, + Redis) when both answer on 127.0.0.1 and mysqlclient is installed.
-The upstream is also called directly, with the same tool and body, in the same run: "added"
-figures are gateway minus direct.
+The upstream is also called directly, with the same tool and body, just before each gateway run
+of a case: "added" figures are gateway minus direct.
 
-Knobs (environment): BENCH_DURATION_S (5) per gateway wrk run, BENCH_DIRECT_S (4) per direct
-run, BENCH_PACED_S (4) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENCH_TTFT_REQUESTS
-(400) and BENCH_TTFT_MAX_S (3) for the streams' time-to-first-token client run,
-BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_SOAK_MAX_S (75: a slow
+Knobs (environment): BENCH_DURATION_S (4) per gateway wrk run, BENCH_DIRECT_S (3) per direct
+run, BENCH_PACED_S (3) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENCH_TTFT_REQUESTS
+(400) and BENCH_TTFT_MAX_S (2) for the streams' time-to-first-token client run,
+BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_SOAK_MAX_S (60: a slow
 gateway soaks fewer requests, and the row says so), BENCH_WARMUP_S (2),
 BENCH_WRK_THREADS (1), BENCH_PROFILES ("sqlite,mysql"; a profile whose services are down is
 skipped), BENCH_CASES (comma list of case names to run; default all), BENCH_MYSQL_URL
@@ -19,9 +19,11 @@ BENCH_PYSPY (e.g. "chat:16,chat-stream-20:16": sample the gateway with py-spy du
 cases; collapsed stacks go to the results folder as profile-*.txt, the top frames into the JSON),
 BENCH_DEBUG (0: the gateway runs with production settings, DEBUG off, throwaway SECRET_KEY and
 encryption key; 1: DEBUG on, which adds Django's debug cursor and query log),
-BENCH_RESULTS_DIR (bench/results; point exploratory runs elsewhere), BENCH_WAIT_QUIET_S (60:
+BENCH_RESULTS_DIR (bench/results; point exploratory runs elsewhere), BENCH_WAIT_QUIET_S (30:
 first wait up to this long for the machine to be idle for 3 s; the run goes ahead regardless and
-each row records how busy the machine was).
+each row records how busy the machine was), BENCH_SETTLE_QUIET_S (1: after a case, the ledger
+count is final once it reaches the requests sent, or covers every request the upstream saw and
+stops changing for this long; 20 s at most).
 """
 from __future__ import annotations
 
@@ -51,18 +53,19 @@ def _env_float(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class Knobs:
-    duration_s: float = _env_float("BENCH_DURATION_S", 5)
-    direct_s: float = _env_float("BENCH_DIRECT_S", 4)
-    paced_s: float = _env_float("BENCH_PACED_S", 4)
+    duration_s: float = _env_float("BENCH_DURATION_S", 4)
+    direct_s: float = _env_float("BENCH_DIRECT_S", 3)
+    paced_s: float = _env_float("BENCH_PACED_S", 3)
     concurrency: tuple[int, ...] = tuple(
         int(c) for c in (os.environ.get("BENCH_CONCURRENCY") or "1,16,64").split(","))
     ttft_requests: int = int(_env_float("BENCH_TTFT_REQUESTS", 400))
-    ttft_max_s: float = _env_float("BENCH_TTFT_MAX_S", 3)
+    ttft_max_s: float = _env_float("BENCH_TTFT_MAX_S", 2)
     soak_requests: int = int(_env_float("BENCH_SOAK_REQUESTS", 20000))
     soak_concurrency: int = int(_env_float("BENCH_SOAK_CONCURRENCY", 16))
-    soak_max_s: float = _env_float("BENCH_SOAK_MAX_S", 75)
+    soak_max_s: float = _env_float("BENCH_SOAK_MAX_S", 60)
     warmup_s: float = _env_float("BENCH_WARMUP_S", 2)
-    wait_quiet_s: float = _env_float("BENCH_WAIT_QUIET_S", 60)
+    wait_quiet_s: float = _env_float("BENCH_WAIT_QUIET_S", 30)
+    settle_quiet_s: float = _env_float("BENCH_SETTLE_QUIET_S", 1)
     wrk_threads: int = int(_env_float("BENCH_WRK_THREADS", 1))
     profiles: tuple[str, ...] = tuple(
         (os.environ.get("BENCH_PROFILES") or "sqlite,mysql").split(","))
@@ -148,22 +151,18 @@ def measure(case: Case, target: Target, *, body: bytes, concurrency: int, knobs:
     return out
 
 
-def direct_baselines(cases: list[Case], upstream: Target, upstream_pid: int, knobs: Knobs,
-                     workdir: Path) -> dict:
-    """The upstream called directly with the same tool and body shape, once per run."""
-    baselines: dict[tuple[str, bool, str, int], dict] = {}
-    for case in cases:
-        for concurrency in case.concurrencies:
-            key = (case.model, case.stream, case.tool, concurrency)
-            if key not in baselines:
-                print(f"  direct  {case.model:<14} stream={case.stream!s:<5} c={concurrency:<3}",
-                      flush=True)
-                meter = harness.CpuMeter({"upstream": upstream_pid}).start()
-                baselines[key] = measure(case, upstream, body=case.direct_body(),
-                                         concurrency=concurrency, knobs=knobs, workdir=workdir,
-                                         direct=True)
-                baselines[key]["cpu"] = meter.stop()
-    return baselines
+def direct_baseline(case: Case, concurrency: int, upstream: Target, upstream_pid: int,
+                    knobs: Knobs, workdir: Path, cache: dict) -> dict:
+    """The upstream called directly with the same tool and body shape, measured just before the
+    gateway's run of the case (the machine may be shared: conditions drift); reused within a
+    profile by cases that send the upstream the same request."""
+    key = (case.model, case.stream, case.tool, concurrency)
+    if key not in cache:
+        meter = harness.CpuMeter({"upstream": upstream_pid}).start()
+        cache[key] = measure(case, upstream, body=case.direct_body(), concurrency=concurrency,
+                             knobs=knobs, workdir=workdir, direct=True)
+        cache[key]["cpu"] = meter.stop()
+    return cache[key]
 
 
 # -- one profile: a fresh database, the gateway, every case ---------------------------------------
@@ -280,8 +279,8 @@ def probe(target: Target, body: bytes) -> tuple[bool, str]:
     return False, f"error: HTTP {status} {data[:200].decode(errors='replace')}"
 
 
-def run_profile(profile: Profile, cases: list[Case], baselines: dict,
-                upstream: harness.Process, upstream_port: int, knobs: Knobs, tmp: Path) -> dict:
+def run_profile(profile: Profile, cases: list[Case], upstream: harness.Process,
+                upstream_port: int, knobs: Knobs, tmp: Path) -> dict:
     print(f"\n== profile {profile.name}", flush=True)
     key = prepare(profile, upstream_port, tmp)
     port = harness.free_port()
@@ -313,6 +312,9 @@ def run_profile(profile: Profile, cases: list[Case], baselines: dict,
         print(f"  idle RSS {result['memory']['idle_mb']} MB", flush=True)
 
         available: dict[str, tuple[bool, str]] = {}
+        baselines: dict = {}
+        upstream_target = Target(f"http://127.0.0.1:{upstream_port}", "/v1/chat/completions",
+                                 {"authorization": f"Bearer {UPSTREAM_KEY}"})
         for case in cases:
             if not knobs.wants(case.name):
                 continue
@@ -330,6 +332,8 @@ def run_profile(profile: Profile, cases: list[Case], baselines: dict,
                     result["rows"].append(row)
                     print(f"  {case.name:<26} c={concurrency:<3} {reason}", flush=True)
                     continue
+                direct = direct_baseline(case, concurrency, upstream_target, upstream.pid, knobs,
+                                         tmp, baselines)
                 meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
                 seen = harness.upstream_received(upstream_port)
                 harness.reset_peak(pid)
@@ -346,12 +350,13 @@ def run_profile(profile: Profile, cases: list[Case], baselines: dict,
                 if spy is not None:
                     spy.wait(60)
                     if stacks.exists():
-                        row["py_spy"] = {"file": str(stacks.relative_to(harness.ROOT)),
+                        row["py_spy"] = {"file": _display_path(stacks),
                                          **harness.summarize_stacks(stacks)}
                         print(report.stacks_text(row), flush=True)
-                rows_after = profile.ledger.settle(expected=rows_before + gw["sent"])
+                rows_after = profile.ledger.settle(
+                    expected=rows_before + gw["sent"], quiet_s=knobs.settle_quiet_s,
+                    at_least=lambda: rows_before + harness.upstream_received(upstream_port) - seen)
                 memory = harness.memory_mb(pid)
-                direct = baselines[(case.model, case.stream, case.tool, concurrency)]
                 row.update(report.row_figures(gw, direct))
                 row.update({"peak_rss_mb": memory["hwm_mb"], "rss_mb": memory["rss_mb"], "cpu": cpu,
                             "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
@@ -369,10 +374,17 @@ def run_profile(profile: Profile, cases: list[Case], baselines: dict,
         result["memory"]["end_mb"] = harness.memory_mb(pid)["rss_mb"]
     finally:
         gateway.stop()
-        errors = [ln for ln in log.read_text(errors="replace").splitlines()
-                  if " ERROR " in ln or "Traceback" in ln]
-        result["gateway_log_errors"] = errors[:20]
+        problems = [ln for ln in log.read_text(errors="replace").splitlines()
+                    if any(level in ln for level in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))]
+        result["gateway_log_problems"] = {"count": len(problems), "first": problems[:20]}
     return result
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(harness.ROOT))
+    except ValueError:
+        return str(path)
 
 
 def soak(profile: Profile, target: Target, pid: int, upstream: harness.Process,
@@ -388,7 +400,9 @@ def soak(profile: Profile, target: Target, pid: int, upstream: harness.Process,
                      concurrency=knobs.soak_concurrency, duration_s=knobs.soak_max_s,
                      threads=knobs.wrk_threads, limit=knobs.soak_requests, workdir=tmp)
     cpu = meter.stop()
-    rows_after = profile.ledger.settle(expected=rows_before + gw["sent"], timeout_s=15)
+    rows_after = profile.ledger.settle(
+        expected=rows_before + gw["sent"], quiet_s=knobs.settle_quiet_s,
+        at_least=lambda: rows_before + harness.upstream_received(upstream_port) - seen)
     time.sleep(1.0)
     end = harness.memory_mb(pid)
     return {"profile": profile.name, "case": "soak", "surface": "openai", "stream": False,
@@ -443,15 +457,11 @@ def main() -> int:
         upstream_port = harness.free_port()
         upstream = harness.start_upstream(upstream_port, tmp / "upstream.log")
         try:
-            print(f"fake upstream on 127.0.0.1:{upstream_port}; direct baselines", flush=True)
-            upstream_target = Target(f"http://127.0.0.1:{upstream_port}", "/v1/chat/completions",
-                                     {"authorization": f"Bearer {UPSTREAM_KEY}"})
-            baselines = direct_baselines(cases, upstream_target, upstream.pid, knobs, tmp)
+            print(f"fake upstream on 127.0.0.1:{upstream_port}", flush=True)
             for profile in make_profiles(knobs, tmp):
                 try:
                     results["profiles"].append(
-                        run_profile(profile, cases, baselines, upstream, upstream_port, knobs,
-                                    tmp))
+                        run_profile(profile, cases, upstream, upstream_port, knobs, tmp))
                 except Exception as exc:  # noqa: BLE001 - one profile failing must not lose the others
                     print(f"profile {profile.name} failed: {exc!r}", file=sys.stderr, flush=True)
                     results["profiles"].append({"profile": profile.name, "error": repr(exc),

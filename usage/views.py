@@ -34,6 +34,10 @@ SORTS = {
     "input_tokens": lambda t: t.input_tokens, "output_tokens": lambda t: t.output_tokens,
     "total_tokens": lambda t: t.total_tokens, "cost": lambda t: t.cost_usd,
 }
+# (sort name, heading (None: the table's dimension), numeric) of each table column.
+COLUMNS = (("label", None, False), ("requests", "Requests", True), ("errors", "Errors", True),
+           ("input_tokens", "Input tokens", True), ("output_tokens", "Output tokens", True),
+           ("total_tokens", "Total tokens", True), ("cost", "Spend (USD)", True))
 TOTAL_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens",
                  "reasoning_tokens", "cost_usd")
 LEDGER_PAGE_ROWS = 2000
@@ -49,11 +53,6 @@ def _sorted_rows(rows: list[UsageRow], sort: str, dimension: str) -> list[UsageR
     elif sort.startswith("-"):
         rows = list(reversed(rows))
     return rows
-
-
-COLUMNS = (("label", None, False), ("requests", "Requests", True), ("errors", "Errors", True),
-           ("input_tokens", "Input tokens", True), ("output_tokens", "Output tokens", True),
-           ("total_tokens", "Total tokens", True), ("cost", "Spend (USD)", True))
 
 
 def _usd(amount: Decimal) -> str:

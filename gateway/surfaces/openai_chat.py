@@ -149,25 +149,27 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
 
 async def complete_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse,
-                    headers: dict[str, str]) -> HttpResponse:
+                          headers: dict[str, str]) -> HttpResponse:
+    """Read an OpenAI-dialect JSON answer and relay it; a failure to read one (or an error
+    body under 200) is a 502/504 billed at nothing, since no completion was produced."""
+    error = None
     try:
         data = await upstream.json()
     except UpstreamError as exc:
         error = upstream_failure(call, exc)
-        await call_finish(call, snapshot, upstream_broke=True)
-        return openai_error(error)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         error = upstream_failure(call, UpstreamError(
             "upstream connection failed while reading the response",
             timeout=isinstance(exc, asyncio.TimeoutError), error_class=type(exc).__name__))
-        await call_finish(call, snapshot, upstream_broke=True)
-        return openai_error(error)
     finally:
         await upstream.close()
-    if isinstance(data.get("error"), dict) and not data.get("choices"):
+    if error is None and isinstance(data.get("error"), dict) and not data.get("choices"):
         call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=502, error_type="error_body")
+        error = UpstreamFailed("the upstream returned an error instead of a completion")
+    if error is not None:
+        call.input_tokens = 0
         await call_finish(call, snapshot, upstream_broke=True)
-        return openai_error(UpstreamFailed("the upstream returned an error instead of a completion"))
+        return openai_error(error)
     call.take_openai_usage(data.get("usage"))
     if call.usage_source == UsageSource.ESTIMATED:
         call.output_tokens = text_tokens(_choices_text(data.get("choices")))
