@@ -237,3 +237,33 @@ def test_client_disconnect_mid_stream_bills_what_the_upstream_produced(gateway_u
     # The gateway drained the upstream after the client left, so usage is the upstream's own.
     assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].usage_source) == (11, 7, "reported")
     assert rows[0].cost_usd > 0
+
+
+def test_provider_extra_headers_and_request_id_reach_the_upstream(gateway_url, fake_provider, api_key):
+    Provider = __import__("providers.models", fromlist=["Provider"]).Provider
+    from django.db import transaction
+
+    from providers.services import config_version_bump
+
+    Provider.objects.filter(name="fake-a").update(extra_headers={"OpenAI-Organization": "org-42"})
+    with transaction.atomic():
+        config_version_bump()
+    httpx.post(f"{gateway_url}/v1/chat/completions", headers={"authorization": f"Bearer {api_key}",
+                                                               "x-request-id": "trace-me-7"},
+               json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]})
+    [call] = fake_provider.calls()
+    assert call.headers["OpenAI-Organization"] == "org-42"
+    headers = {k.lower(): v for k, v in call.headers.items()}
+    assert headers["x-request-id"] == UsageRecord.objects.get().request_id, headers
+    assert UsageRecord.objects.get().client_request_id == "trace-me-7"
+
+
+def test_upstream_without_usage_is_estimated_and_marked(gateway_url, fake_provider, api_key):
+    fake_provider.behave("fake-a", send_usage=False)
+    client = _client(gateway_url, api_key)
+    client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}])
+    list(client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}],
+                                        stream=True))
+    rows = _wait_for_rows(2)
+    assert {r.usage_source for r in rows} == {"estimated"}
+    assert all(r.input_tokens > 0 and r.output_tokens > 0 and r.cost_usd > 0 for r in rows)
