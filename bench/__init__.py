@@ -1,1 +1,1 @@
-"""The performance benchmark (issue 9): `make bench`, `make bench-clients`. Not part of the tests."""
+"""The performance benchmark (issue 9): `make bench`, `make bench-clients`; not run by the tests."""

@@ -5,8 +5,9 @@ between streamed chunks as they arrive, and whether chunks arrive one per read (
         --concurrency 16 [--duration 5] [--count 300] --mode json|openai-sse|anthropic-sse
 
 Runs as its own process (uvloop + one aiohttp session with `concurrency` connections), bounded in
-time, count or both (whichever comes first; requests in flight then finish), and prints one JSON object on stdout: requests sent and completed, statuses,
-latency / TTFT / inter-chunk gap percentiles (ms), content events per stream, and coalescing.
+time, count or both (whichever comes first; requests in flight then finish), and prints one JSON
+object on stdout: requests sent and completed, statuses, latency / TTFT / inter-chunk gap
+percentiles (ms), content events per stream, and coalescing.
 """
 from __future__ import annotations
 

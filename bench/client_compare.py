@@ -3,10 +3,11 @@
 A bare Django view (bench/bare/: no apps, no middleware, no gateway features) forwards each POST
 to the fake upstream with one shared client: (a) httpx with its own transport, (b) httpx over the
 httpx-aiohttp transport, (c) aiohttp directly, and (d) aiohttp behind Django's stock middleware
-(the MiddlewareMixin classes gateway/settings.py lists: each hook is a sync_to_async hop). Each runs under uvicorn (1 worker, uvloop +
-httptools) and is driven by wrk at 16 connections for BENCH_COMPARE_S seconds (10); the upstream
-called directly is the ceiling. Prints a Markdown table and writes
-clients-<timestamp>.json and clients-latest.json (in BENCH_RESULTS_DIR, default bench/results).
+(the MiddlewareMixin classes gateway/settings.py lists: each hook is a sync_to_async hop). Each
+runs under uvicorn (1 worker, uvloop + httptools) and is driven by wrk at 16 connections for
+BENCH_COMPARE_S seconds (10); the upstream called directly is the ceiling. Prints a Markdown table
+and writes clients-<timestamp>.json and clients-latest.json (in BENCH_RESULTS_DIR, default
+bench/results).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def main() -> int:
     before = harness.wait_for_quiet(max_wait_s=wait_s) if wait_s > 0 else None
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results: dict = {"timestamp": stamp, "concurrency": concurrency, "duration_s": duration,
-                     "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()), "before_start": before,
+                     "cpus": os.cpu_count(), "loadavg_start": list(os.getloadavg()),
+                     "before_start": before,
                      "clients": {}}
     with tempfile.TemporaryDirectory(prefix="gateway-bench-clients-") as tmpdir:
         tmp = Path(tmpdir)

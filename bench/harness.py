@@ -80,7 +80,8 @@ def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 3
         return 0, "", str(exc).encode()
 
 
-def wait_until(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def wait_until(predicate, timeout_s: float, what: str,
+               proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -125,7 +126,8 @@ class Process:
 def start_upstream(port: int, log: Path) -> Process:
     proc = Process("fake upstream", [PYTHON, "-m", "bench.upstream", "--port", str(port)],
                    env=dict(os.environ), log=log)
-    wait_until(lambda: http_get_ok(f"http://127.0.0.1:{port}/health"), 20, "fake upstream", proc.proc)
+    wait_until(lambda: http_get_ok(f"http://127.0.0.1:{port}/health"), 20, "fake upstream",
+               proc.proc)
     return proc
 
 
@@ -157,8 +159,6 @@ def manage(args: list[str], env: dict[str, str]) -> str:
     return result.stdout
 
 
-# -- memory ---------------------------------------------------------------------------------
-
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak RSS) of a process, in MB (MiB)."""
     out = {}
@@ -179,8 +179,6 @@ def reset_peak(pid: int) -> bool:
     except OSError:
         return False
 
-
-# -- CPU ------------------------------------------------------------------------------------------
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -257,7 +255,11 @@ def upstream_received(port: int) -> int:
         return json.loads(response.read())["requests"]
 
 
-# -- load tools -------------------------------------------------------------------------------
+def upstream_recent_ids(port: int) -> list[str]:
+    """The x-request-id of the latest requests the fake upstream received (at most 5,000)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats?ids=1", timeout=5) as response:
+        return json.loads(response.read())["recent_ids"]
+
 
 @dataclass(frozen=True)
 class Target:
@@ -294,7 +296,8 @@ def wrk(target: Target, *, body: bytes, concurrency: int, duration_s: float, thr
     errors = raw["errors"]
     return {
         "tool": "wrk", "sent": raw["sent"], "completed": raw["requests"],
-        "elapsed_s": round(seconds, 3), "rps": round(raw["requests"] / seconds, 1) if seconds else 0,
+        "elapsed_s": round(seconds, 3),
+        "rps": round(raw["requests"] / seconds, 1) if seconds else 0,
         "non2xx": errors["status"],
         "socket_errors": {k: v for k, v in errors.items() if k != "status" and v},
         "latency_ms": lat,
@@ -304,8 +307,8 @@ def wrk(target: Target, *, body: bytes, concurrency: int, duration_s: float, thr
 def client(target: Target, *, body: bytes, concurrency: int, mode: str,
            duration_s: float = 0.0, count: int = 0) -> dict:
     """One run of bench/client.py in its own process; its JSON summary."""
-    cmd = [PYTHON, "-m", "bench.client", "--url", target.base + target.path, "--body", body.decode(),
-           "--concurrency", str(concurrency), "--mode", mode]
+    cmd = [PYTHON, "-m", "bench.client", "--url", target.base + target.path,
+           "--body", body.decode(), "--concurrency", str(concurrency), "--mode", mode]
     if duration_s:
         cmd += ["--duration", str(duration_s)]
     if count:
@@ -322,8 +325,6 @@ def client(target: Target, *, body: bytes, concurrency: int, mode: str,
     return out
 
 
-# -- the ledger -------------------------------------------------------------------------------
-
 class Ledger:
     """Counts rows in usage_usagerecord of the bench database, from outside the gateway."""
 
@@ -333,7 +334,8 @@ class Ledger:
     def count(self) -> int:
         parsed = urllib.parse.urlparse(self.url)
         if parsed.scheme == "sqlite":
-            path = self.url[len("sqlite:///"):] if self.url.startswith("sqlite:////") else parsed.path
+            path = (self.url[len("sqlite:///"):] if self.url.startswith("sqlite:////")
+                    else parsed.path)
             with sqlite3.connect(path, timeout=30) as conn:
                 return conn.execute("SELECT COUNT(*) FROM usage_usagerecord").fetchone()[0]
         conn = mysql_connect(self.url)
@@ -360,6 +362,28 @@ class Ledger:
                   and (at_least is None or last >= at_least())):
                 break
         return last
+
+    def missing(self, request_ids: list[str]) -> list[str]:
+        """Those of `request_ids` that have no row."""
+        wanted = [r for r in request_ids if r]
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join(["?"] * len(chunk))
+            sql = f"SELECT request_id FROM usage_usagerecord WHERE request_id IN ({marks})"
+            if urllib.parse.urlparse(self.url).scheme == "sqlite":
+                path = self.url[len("sqlite:///"):]
+                with sqlite3.connect(path, timeout=30) as conn:
+                    found.update(r[0] for r in conn.execute(sql, chunk))
+            else:
+                conn = mysql_connect(self.url)
+                try:
+                    cursor = conn.cursor()
+                    cursor.execute(sql.replace("?", "%s"), chunk)
+                    found.update(r[0] for r in cursor.fetchall())
+                finally:
+                    conn.close()
+        return [r for r in wanted if r not in found]
 
 
 def mysql_connect(url: str, *, database: bool = True):
@@ -398,15 +422,14 @@ def tcp_open(host: str, port: int) -> bool:
         return False
 
 
-# -- profiling (optional: BENCH_PYSPY) ------------------------------------------------------------
-
 def start_pyspy(pid: int, output: Path, duration_s: float) -> subprocess.Popen | None:
     """Sample the gateway with py-spy (collapsed stacks) while a case runs; None if py-spy is
     not installed (`.venv/bin/pip install py-spy`; a profiling tool, not a requirement).
     BENCH_PYSPY_ARGS adds py-spy options (e.g. `--gil`: only the thread holding the GIL)."""
     exe = shutil.which("py-spy") or str(Path(PYTHON).with_name("py-spy"))
     if not Path(exe).exists():
-        print("BENCH_PYSPY set but py-spy is not installed: .venv/bin/pip install py-spy", flush=True)
+        print("BENCH_PYSPY set but py-spy is not installed: .venv/bin/pip install py-spy",
+              flush=True)
         return None
     return subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "200", "--nonblocking",
                              "--duration", str(max(1, round(duration_s))), "--format", "raw",

@@ -1,4 +1,4 @@
-"""Turning measurements into the table: per-row figures, the Markdown table, and issue 9's targets."""
+"""Measurements into the table: per-row figures, the Markdown table, and issue 9's targets."""
 from __future__ import annotations
 
 PACED_CHUNKS = 64
@@ -13,7 +13,8 @@ def row_figures(gw: dict, direct: dict) -> dict:
     lat, dlat = gw["latency_ms"], direct["latency_ms"]
     out = {
         "rps": gw["rps"], "p50_ms": lat["p50"], "p99_ms": lat["p99"],
-        "added_p50_ms": _sub(lat["p50"], dlat["p50"]), "added_p99_ms": _sub(lat["p99"], dlat["p99"]),
+        "added_p50_ms": _sub(lat["p50"], dlat["p50"]),
+        "added_p99_ms": _sub(lat["p99"], dlat["p99"]),
         "direct_rps": direct["rps"], "non2xx": gw["non2xx"],
         "socket_errors": gw.get("socket_errors") or gw.get("errors") or {},
     }
@@ -29,7 +30,8 @@ def row_figures(gw: dict, direct: dict) -> dict:
             "gateway_p50_ms": g["p50"], "gateway_p99_ms": g["p99"], "gateway_max_ms": g["max"],
             "direct_p50_ms": d["p50"], "direct_p99_ms": d["p99"], "direct_max_ms": d["max"],
             "added_p50_ms": _sub(g["p50"], d["p50"]), "added_p99_ms": _sub(g["p99"], d["p99"]),
-            "coalesced_reads": gw["coalesced_reads"], "max_events_per_read": gw["max_events_per_read"],
+            "coalesced_reads": gw["coalesced_reads"],
+            "max_events_per_read": gw["max_events_per_read"],
             "direct_coalesced_reads": d_coalesced,
             "events_per_stream": gw["events_per_stream"],
             # None: the client saw coalescing from the upstream itself (it, or the machine, was
@@ -78,6 +80,9 @@ def _notes(row: dict) -> str:
                      f"({row['rss_growth_mb']:+.1f})")
         if row.get("time_capped"):
             notes.append(f"time cap reached before {row['soak_target']} requests")
+    if row.get("rows_missing_for_upstream_calls"):
+        notes.append(f"{row['rows_missing_for_upstream_calls']} upstream call(s) without a ledger "
+                     f"row, e.g. {row['missing_row_request_ids'][0]}")
     cut = row.get("requests_sent", 0) - row.get("requests_completed", 0)
     if cut:
         notes.append(f"{cut} cut off by the end of the run; upstream saw "
@@ -91,7 +96,8 @@ def _cpu_cell(row: dict) -> str:
         return "– | –"
     per = ""
     if row.get("requests_completed") and cpu.get("elapsed_s"):
-        per = (f" ({cpu['gateway_cpu_pct'] * cpu['elapsed_s'] * 10 / row['requests_completed']:.1f})")
+        ms = cpu["gateway_cpu_pct"] * cpu["elapsed_s"] * 10 / row["requests_completed"]
+        per = f" ({ms:.1f})"
     return f"{cpu['gateway_cpu_pct']:.0f}{per} | {cpu['machine_busy_pct']:.0f}"
 
 
@@ -136,8 +142,8 @@ def markdown(results: dict) -> str:
                      f"(at start {memory.get('started_mb', '–')}) |")
         for row in profile["rows"]:
             if row.get("unavailable"):
-                lines.append(f"| {row['profile']} | {row['case']} | {row['concurrency']} | – | – | – "
-                             f"| – | – | – | – | – | – | {row['unavailable']} |")
+                lines.append(f"| {row['profile']} | {row['case']} | {row['concurrency']} "
+                             f"| – | – | – | – | – | – | – | – | – | {row['unavailable']} |")
                 continue
             ttft = ("–" if row.get("ttft_p50_ms") is None else
                     f"{_ms(row['ttft_p50_ms'])} ({_ms(row.get('added_ttft_p50_ms'), True)})")
@@ -153,7 +159,8 @@ def markdown(results: dict) -> str:
         lines += ["", "| profile | target | limit | measured | verdict |", "|---|---|--:|--:|---|"]
         for check in checks:
             verdict = ("met" if check["ok"] else
-                       "inconclusive (the client lagged on the direct run too)" if check["ok"] is None
+                       "inconclusive (the client lagged on the direct run too)"
+                       if check["ok"] is None
                        else f"missed by {check['miss_by']}")
             lines.append(f"| {check['profile']} | {check['target']} | {check['limit']} "
                          f"| {check['value']} | {verdict} |")
@@ -200,7 +207,8 @@ def targets(results: dict) -> list[dict]:
                 check(name, f"added inter-chunk gap p99, paced, c={row['concurrency']}",
                       row["gap"]["added_p99_ms"], 1.0, at_most=True, unit="ms")
                 one = row["gap"]["one_to_one"]
-                checks.append({"profile": name, "target": f"chunks 1:1, paced, c={row['concurrency']}",
+                checks.append({"profile": name,
+                               "target": f"chunks 1:1, paced, c={row['concurrency']}",
                                "limit": "0 coalesced",
                                "value": f"{row['gap']['coalesced_reads']} coalesced (direct "
                                         f"{row['gap']['direct_coalesced_reads']})",

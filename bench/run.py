@@ -23,11 +23,12 @@ BENCH_RESULTS_DIR (bench/results; point exploratory runs elsewhere), BENCH_WAIT_
 first wait up to this long for the machine to be idle for 3 s; the run goes ahead regardless and
 each row records how busy the machine was), BENCH_SETTLE_QUIET_S (1: after a case, the ledger
 count is final once it reaches the requests sent, or covers every request the upstream saw and
-stops changing for this long; 20 s at most).
+stops changing for this long; BENCH_SETTLE_MAX_S (8) at most).
 """
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ from bench.harness import Ledger, Target
 
 PROMPT = [{"role": "user", "content": "Say something short about benchmarks."}]
 UPSTREAM_KEY = "bench-upstream-secret"
+LOG_PROBLEMS = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -66,6 +68,7 @@ class Knobs:
     warmup_s: float = _env_float("BENCH_WARMUP_S", 2)
     wait_quiet_s: float = _env_float("BENCH_WAIT_QUIET_S", 30)
     settle_quiet_s: float = _env_float("BENCH_SETTLE_QUIET_S", 1)
+    settle_max_s: float = _env_float("BENCH_SETTLE_MAX_S", 8)
     wrk_threads: int = int(_env_float("BENCH_WRK_THREADS", 1))
     profiles: tuple[str, ...] = tuple(
         (os.environ.get("BENCH_PROFILES") or "sqlite,mysql").split(","))
@@ -75,14 +78,13 @@ class Knobs:
     results_dir: Path = Path(os.environ.get("BENCH_RESULTS_DIR") or harness.BENCH / "results")
     pyspy: tuple[str, ...] = tuple(
         c for c in (os.environ.get("BENCH_PYSPY") or "").split(",") if c)
-    mysql_url: str = os.environ.get("BENCH_MYSQL_URL") or "mysql://root@127.0.0.1:3306/gateway_bench"
+    mysql_url: str = (os.environ.get("BENCH_MYSQL_URL")
+                      or "mysql://root@127.0.0.1:3306/gateway_bench")
     redis_url: str = os.environ.get("BENCH_REDIS_URL") or "redis://127.0.0.1:6379/0"
 
     def wants(self, case: str) -> bool:
         return not self.cases or case in self.cases
 
-
-# -- request bodies -----------------------------------------------------------------------------
 
 def openai_body(model: str, *, stream: bool) -> bytes:
     body: dict = {"model": model, "messages": PROMPT, "max_tokens": 64}
@@ -127,8 +129,6 @@ def cases_for(knobs: Knobs) -> list[Case]:
     ]
 
 
-# -- one run of a case ----------------------------------------------------------------------------
-
 def measure(case: Case, target: Target, *, body: bytes, concurrency: int, knobs: Knobs,
             workdir: Path, direct: bool) -> dict:
     """Throughput and latency (wrk, or the client for the paced stream) plus, for streams, a
@@ -164,8 +164,6 @@ def direct_baseline(case: Case, concurrency: int, upstream: Target, upstream_pid
         cache[key]["cpu"] = meter.stop()
     return cache[key]
 
-
-# -- one profile: a fresh database, the gateway, every case ---------------------------------------
 
 @dataclass
 class Profile:
@@ -213,9 +211,7 @@ def make_profiles(knobs: Knobs, tmp: Path) -> list[Profile]:
             redis = urllib.parse.urlparse(knobs.redis_url)
             reachable = (harness.tcp_open(db.hostname or "127.0.0.1", db.port or 3306)
                          and harness.tcp_open(redis.hostname or "127.0.0.1", redis.port or 6379))
-            try:
-                import MySQLdb  # noqa: F401
-            except ImportError:
+            if importlib.util.find_spec("MySQLdb") is None:
                 print("skipping mysql+redis: mysqlclient is not installed "
                       "(pip install -r requirements-prod.txt)", flush=True)
                 continue
@@ -334,36 +330,11 @@ def run_profile(profile: Profile, cases: list[Case], upstream: harness.Process,
                     continue
                 direct = direct_baseline(case, concurrency, upstream_target, upstream.pid, knobs,
                                          tmp, baselines)
-                meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
-                seen = harness.upstream_received(upstream_port)
-                harness.reset_peak(pid)
-                spy = stacks = None
-                if f"{case.name}:{concurrency}" in knobs.pyspy:
-                    knobs.results_dir.mkdir(parents=True, exist_ok=True)
-                    stacks = knobs.results_dir / (f"profile-{time.strftime('%Y%m%dT%H%M%S')}-"
-                                        f"{profile.name.replace('+', '-')}-{case.name}-c{concurrency}.txt")
-                    spy = harness.start_pyspy(pid, stacks, knobs.duration_s if case.tool == "wrk"
-                                              else knobs.paced_s)
-                gw = measure(case, targets[case.surface], body=case.body(),
-                             concurrency=concurrency, knobs=knobs, workdir=tmp, direct=False)
-                cpu = meter.stop()
-                if spy is not None:
-                    spy.wait(60)
-                    if stacks.exists():
-                        row["py_spy"] = {"file": _display_path(stacks),
-                                         **harness.summarize_stacks(stacks)}
-                        print(report.stacks_text(row), flush=True)
-                rows_after = profile.ledger.settle(
-                    expected=rows_before + gw["sent"], quiet_s=knobs.settle_quiet_s,
-                    at_least=lambda: rows_before + harness.upstream_received(upstream_port) - seen)
-                memory = harness.memory_mb(pid)
-                row.update(report.row_figures(gw, direct))
-                row.update({"peak_rss_mb": memory["hwm_mb"], "rss_mb": memory["rss_mb"], "cpu": cpu,
-                            "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
-                            "requests_completed": gw["completed"],
-                            "upstream_received": harness.upstream_received(upstream_port) - seen,
-                            "gateway": gw, "direct": direct})
-                rows_before = rows_after
+                row.update(run_case(profile, case, concurrency, targets[case.surface], direct,
+                                    gateway=gateway, upstream=upstream,
+                                    upstream_port=upstream_port, rows_before=rows_before,
+                                    knobs=knobs, tmp=tmp))
+                rows_before += row["ledger_rows"]
                 result["rows"].append(row)
                 print("  " + report.progress_line(row), flush=True)
 
@@ -375,7 +346,7 @@ def run_profile(profile: Profile, cases: list[Case], upstream: harness.Process,
     finally:
         gateway.stop()
         problems = [ln for ln in log.read_text(errors="replace").splitlines()
-                    if any(level in ln for level in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))]
+                    if any(level in ln for level in LOG_PROBLEMS)]
         result["gateway_log_problems"] = {"count": len(problems), "first": problems[:20]}
     return result
 
@@ -385,6 +356,48 @@ def _display_path(path: Path) -> str:
         return str(path.relative_to(harness.ROOT))
     except ValueError:
         return str(path)
+
+
+def run_case(profile: Profile, case: Case, concurrency: int, target: Target, direct: dict, *,
+             gateway: harness.Process, upstream: harness.Process, upstream_port: int,
+             rows_before: int, knobs: Knobs, tmp: Path) -> dict:
+    """One case at one concurrency against the gateway: load, CPU, memory, ledger rows, and
+    (BENCH_PYSPY) a py-spy profile."""
+    pid = gateway.pid
+    meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
+    seen = harness.upstream_received(upstream_port)
+    harness.reset_peak(pid)
+    spy = stacks = None
+    if f"{case.name}:{concurrency}" in knobs.pyspy:
+        knobs.results_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{profile.name.replace('+', '-')}-{case.name}-c{concurrency}"
+        stacks = knobs.results_dir / f"profile-{time.strftime('%Y%m%dT%H%M%S')}-{name}.txt"
+        spy = harness.start_pyspy(pid, stacks,
+                                  knobs.duration_s if case.tool == "wrk" else knobs.paced_s)
+    gw = measure(case, target, body=case.body(), concurrency=concurrency, knobs=knobs,
+                 workdir=tmp, direct=False)
+    cpu = meter.stop()
+    row: dict = {}
+    if spy is not None:
+        spy.wait(60)
+        if stacks.exists():
+            row["py_spy"] = {"file": _display_path(stacks), **harness.summarize_stacks(stacks)}
+    rows_after = profile.ledger.settle(
+        expected=rows_before + gw["sent"], quiet_s=knobs.settle_quiet_s,
+        timeout_s=knobs.settle_max_s,
+        at_least=lambda: rows_before + harness.upstream_received(upstream_port) - seen)
+    memory = harness.memory_mb(pid)
+    row.update(report.row_figures(gw, direct))
+    row.update({"peak_rss_mb": memory["hwm_mb"], "rss_mb": memory["rss_mb"], "cpu": cpu,
+                "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
+                "requests_completed": gw["completed"],
+                "upstream_received": harness.upstream_received(upstream_port) - seen,
+                "gateway": gw, "direct": direct})
+    row.update(_missing_rows(profile, upstream_port, row))
+    if "py_spy" in row:
+        print(report.stacks_text({**row, "case": case.name, "concurrency": concurrency}),
+              flush=True)
+    return row
 
 
 def soak(profile: Profile, target: Target, pid: int, upstream: harness.Process,
@@ -402,23 +415,34 @@ def soak(profile: Profile, target: Target, pid: int, upstream: harness.Process,
     cpu = meter.stop()
     rows_after = profile.ledger.settle(
         expected=rows_before + gw["sent"], quiet_s=knobs.settle_quiet_s,
+        timeout_s=knobs.settle_max_s,
         at_least=lambda: rows_before + harness.upstream_received(upstream_port) - seen)
     time.sleep(1.0)
     end = harness.memory_mb(pid)
-    return {"profile": profile.name, "case": "soak", "surface": "openai", "stream": False,
-            "concurrency": knobs.soak_concurrency, "tool": "wrk",
-            "rps": gw["rps"], "p50_ms": gw["latency_ms"]["p50"], "p99_ms": gw["latency_ms"]["p99"],
-            "non2xx": gw["non2xx"], "socket_errors": gw["socket_errors"], "cpu": cpu,
-            "soak_target": knobs.soak_requests, "time_capped": gw["completed"] < knobs.soak_requests,
-            "rss_start_mb": start["rss_mb"], "rss_end_mb": end["rss_mb"],
-            "rss_growth_mb": round(end["rss_mb"] - start["rss_mb"], 1),
-            "peak_rss_mb": end["hwm_mb"], "rss_mb": end["rss_mb"],
-            "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
-            "requests_completed": gw["completed"],
-            "upstream_received": harness.upstream_received(upstream_port) - seen, "gateway": gw}
+    row = {"profile": profile.name, "case": "soak", "surface": "openai", "stream": False,
+           "concurrency": knobs.soak_concurrency, "tool": "wrk",
+           "rps": gw["rps"], "p50_ms": gw["latency_ms"]["p50"], "p99_ms": gw["latency_ms"]["p99"],
+           "non2xx": gw["non2xx"], "socket_errors": gw["socket_errors"], "cpu": cpu,
+           "soak_target": knobs.soak_requests, "time_capped": gw["completed"] < knobs.soak_requests,
+           "rss_start_mb": start["rss_mb"], "rss_end_mb": end["rss_mb"],
+           "rss_growth_mb": round(end["rss_mb"] - start["rss_mb"], 1),
+           "peak_rss_mb": end["hwm_mb"], "rss_mb": end["rss_mb"],
+           "ledger_rows": rows_after - rows_before, "requests_sent": gw["sent"],
+           "requests_completed": gw["completed"],
+           "upstream_received": harness.upstream_received(upstream_port) - seen, "gateway": gw}
+    row.update(_missing_rows(profile, upstream_port, row))
+    return row
 
 
-# -- main -------------------------------------------------------------------------------------------
+def _missing_rows(profile: Profile, upstream_port: int, row: dict) -> dict:
+    """When fewer rows than upstream calls: the request ids the upstream saw that have no row."""
+    if row["ledger_rows"] >= row["upstream_received"] or row["upstream_received"] > 5000:
+        return {}
+    ids = harness.upstream_recent_ids(upstream_port)[-row["upstream_received"]:]
+    missing = profile.ledger.missing(ids)
+    return {"rows_missing_for_upstream_calls": len(missing),
+            "missing_row_request_ids": missing[:20]}
+
 
 def environment() -> dict:
     def git(*args: str) -> str:
@@ -442,14 +466,15 @@ def main() -> int:
     started = time.monotonic()
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     results: dict = {"timestamp": stamp, "environment": environment(),
-                     "knobs": {k: str(getattr(knobs, k)) if k == "results_dir" else getattr(knobs, k)
-                               for k in knobs.__dataclass_fields__
+                     "knobs": {k: str(v) if isinstance(v, Path) else v
+                               for k, v in vars(knobs).items()
                                if k not in ("mysql_url", "redis_url")},
                      "profiles": []}
     cases = [c for c in cases_for(knobs) if knobs.wants(c.name)]
     if knobs.wait_quiet_s > 0:
         print("waiting for a quiet machine (BENCH_WAIT_QUIET_S)…", flush=True)
-        results["environment"]["before_start"] = harness.wait_for_quiet(max_wait_s=knobs.wait_quiet_s)
+        results["environment"]["before_start"] = harness.wait_for_quiet(
+            max_wait_s=knobs.wait_quiet_s)
         if not results["environment"]["before_start"]["quiet"]:
             print("  the machine is busy: results will be noisy (see machine busy %)", flush=True)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmpdir:
@@ -462,7 +487,7 @@ def main() -> int:
                 try:
                     results["profiles"].append(
                         run_profile(profile, cases, upstream, upstream_port, knobs, tmp))
-                except Exception as exc:  # noqa: BLE001 - one profile failing must not lose the others
+                except Exception as exc:  # noqa: BLE001 - a failing profile must not lose the rest
                     print(f"profile {profile.name} failed: {exc!r}", file=sys.stderr, flush=True)
                     results["profiles"].append({"profile": profile.name, "error": repr(exc),
                                                 "rows": [], "memory": {}})

@@ -7,7 +7,8 @@ POST /v1/chat/completions answers JSON or SSE (`stream: true`). The model name p
 `bench-c<N>` streams N content chunks, `bench-c<N>-p<MS>` waits MS milliseconds before each one
 (the paced case). A usage chunk follows when `stream_options.include_usage` is set, as OpenAI does.
 GET /health answers 200 (readiness); GET /stats the number of chat requests received so far
-(the benchmark compares it with the gateway's ledger rows).
+(the benchmark compares it with the gateway's ledger rows), `?ids=1` adds the x-request-id of the
+latest 5,000.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import argparse
 import asyncio
 import re
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import orjson
@@ -23,13 +25,16 @@ import uvloop
 from aiohttp import web
 
 _MODEL = re.compile(r"^bench-c(\d{1,4})(?:-p(\d{1,5}))?$")
-_WORDS = ("Sure", " here", " is", " a", " short", " answer", " from", " the", " fake", " upstream",
-          " used", " by", " the", " gateway", " benchmark", " to", " measure", " overhead", ".", " Ok")
+_WORDS = ("Sure", " here", " is", " a", " short", " answer", " from", " the", " fake",
+          " upstream", " used", " by", " the", " gateway", " benchmark", " to", " measure",
+          " overhead", ".", " Ok")
 
 
 @dataclass
 class Counter:
     requests: int = 0
+    # the x-request-id of the latest requests: lets the benchmark name the ones without a row
+    recent_ids: deque = field(default_factory=lambda: deque(maxlen=5000))
 
 
 RECEIVED = web.AppKey("received", Counter)
@@ -61,7 +66,8 @@ def shape_for(model: str) -> Shape:
 
     def chunk(delta: dict, finish: str | None = None) -> dict:
         return {**base, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}]}
 
     completion = orjson.dumps({
         **base, "object": "chat.completion",
@@ -79,7 +85,9 @@ def shape_for(model: str) -> Shape:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    request.app[RECEIVED].requests += 1
+    received = request.app[RECEIVED]
+    received.requests += 1
+    received.recent_ids.append(request.headers.get("x-request-id", ""))
     body = orjson.loads(await request.read())
     shape = shape_for(str(body.get("model") or ""))
     if not body.get("stream"):
@@ -108,7 +116,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response({"requests": request.app[RECEIVED].requests})
+    received = request.app[RECEIVED]
+    data: dict = {"requests": received.requests}
+    if request.query.get("ids"):
+        data["recent_ids"] = list(received.recent_ids)
+    return web.json_response(data)
 
 
 async def serve(host: str, port: int) -> None:

@@ -112,7 +112,10 @@ class Guards:
                 started = True
                 if api and event["status"] == 401:
                     await self._auth_failed(address)
-            await asyncio.wait_for(send(event), WRITE_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation Django uses to stop a stream whose client left.
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                await send(event)
 
         try:
             await self.app(scope, limited_receive, timed_send)

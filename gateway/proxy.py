@@ -32,6 +32,7 @@ from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, 
                             UpstreamTimeout)
 from gateway.routing import backoff_delay
 from gateway.routing_state import Lease
+from gateway.streaming import DRAIN_SECONDS
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 from usage.budgets import BudgetLimit, budget_reserve, usd_to_units
@@ -80,6 +81,7 @@ class ProxyCall:
     # Bytes sent to the client, kept only while an Idempotency-Key claim needs them.
     captured: list[bytes] | None = None
     active: bool = False
+    finished: bool = False
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -281,6 +283,9 @@ async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
         sent_at = time.monotonic()
         try:
             upstream = await send(call.deployment)
+        except asyncio.CancelledError:
+            await asyncio.shield(routing.release(lease))
+            raise
         except UpstreamError as exc:
             await routing.release(lease)
             last = exc
@@ -386,6 +391,9 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_br
     the route's circuit (`upstream_broke`), correct its TPM charge, and write its one ledger row
     (priced at the price in force when it started) together with its budget settlement and, for
     an Idempotency-Key, the response to replay (`response_body`, successful calls only)."""
+    if call.finished:
+        return
+    call.finished = True
     if call.lease is not None:
         lease, call.lease = call.lease, None
         routing = client_pool.routing()
@@ -460,3 +468,40 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_br
                "input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
                "cached_tokens": entry.cached_tokens, "reasoning_tokens": entry.reasoning_tokens,
                "cost_usd": str(entry.cost_usd), "latency_ms": entry.latency_ms, "ttft_ms": entry.ttft_ms})
+
+
+class call_guard:
+    """`async with call_guard(call, snapshot):` around a view's upstream phase. When the client
+    disconnects while the view still waits (for upstream headers, or a non-streamed body), the
+    task is cancelled: the call is then finished as `client_disconnected` — its lease released
+    and its one ledger row written, shielded — before the cancellation goes on."""
+
+    def __init__(self, call: ProxyCall, snapshot: RoutingSnapshot) -> None:
+        self.call = call
+        self.snapshot = snapshot
+
+    async def __aenter__(self) -> ProxyCall:
+        return self.call
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is asyncio.CancelledError and not self.call.finished:
+            self.call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=499,
+                           error_type="client_disconnected")
+            self.call.captured = None
+            await asyncio.shield(asyncio.ensure_future(call_finish(self.call, self.snapshot)))
+        return False
+
+
+async def stream_abandoned(call: ProxyCall, stream) -> None:
+    """Run a relay generator whose client left before its first byte: drive it to its end
+    (bounded by DRAIN_SECONDS) with the output discarded, so the upstream's usage is billed and
+    the call finished as `client_disconnected` by the relay's own code path."""
+    call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=call.http_status,
+              error_type="client_disconnected")
+    call.captured = None
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in stream:
+                pass
+    except TimeoutError:
+        await stream.aclose()

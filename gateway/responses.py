@@ -1,6 +1,7 @@
 """HTTP responses the proxy sends: JSON via orjson, SSE streams, and each surface's error shape."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -8,6 +9,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.views import defaults
 
 from gateway.errors import GatewayError, InternalError, InvalidRequest, RouteNotFound
+from gateway.streaming import drainer
 
 # Anthropic's error type names for our statuses.
 _ANTHROPIC_TYPES = {
@@ -25,8 +27,33 @@ def json_response(data: object, *, status: int = 200, headers: dict[str, str] | 
     return response
 
 
-def sse_response(stream: AsyncIterator[bytes], *, headers: dict[str, str] | None = None) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(stream, content_type="text/event-stream; charset=utf-8")
+class ProxyStreamingResponse(StreamingHttpResponse):
+    """A stream that knows whether the server started consuming it. If the client leaves after
+    the view returned but before the first byte (Django then only closes the response), the
+    `on_abandoned` coroutine function is run in the background with the unstarted stream."""
+
+    def __init__(self, stream: AsyncIterator[bytes], *, on_abandoned=None, **kwargs) -> None:
+        super().__init__(stream, **kwargs)
+        self._proxy_stream = stream
+        self._consumed = False
+        self._on_abandoned = on_abandoned
+        self._loop = asyncio.get_running_loop() if on_abandoned else None
+
+    def __aiter__(self):
+        self._consumed = True
+        return super().__aiter__()
+
+    def close(self) -> None:
+        super().close()
+        if not self._consumed and self._on_abandoned is not None:
+            on_abandoned, self._on_abandoned = self._on_abandoned, None
+            self._loop.call_soon_threadsafe(drainer.start, lambda: on_abandoned(self._proxy_stream))
+
+
+def sse_response(stream: AsyncIterator[bytes], *, headers: dict[str, str] | None = None,
+                 on_abandoned=None) -> StreamingHttpResponse:
+    response = ProxyStreamingResponse(stream, on_abandoned=on_abandoned,
+                                      content_type="text/event-stream; charset=utf-8")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in (headers or {}).items():

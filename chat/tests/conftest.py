@@ -78,3 +78,23 @@ def make_task(transactional_db):
         return task
 
     return make
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The root conftest's headless Chromium, started and stopped per module: while
+    Playwright's sync API is up it keeps an event loop running in the main thread, which would
+    break later tests that run a loop of their own (asyncio.run, pytest-asyncio)."""
+    import os
+
+    from conftest import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()

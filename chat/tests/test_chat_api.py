@@ -203,3 +203,31 @@ def test_page_requires_sign_in_and_sends_a_strict_csp(chat_client, gateway_url, 
     assert page.status_code == 200
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert "<script>" not in page.text  # no inline script: only the page's own files
+
+
+def test_leaving_before_the_first_byte_still_writes_one_row(chat_client, fake_provider,
+                                                            ledger_rows):
+    fake_provider.behave("fake-a", latency_s=1.5)
+    session_id = _new_session(chat_client)
+    with chat_client.stream("POST", f"/chat/api/sessions/{session_id}/messages",
+                            json={"content": "hi", "model": "gpt-test"}) as response:
+        assert response.status_code == 200  # headers come first; then the client leaves
+    [row] = ledger_rows(1, timeout=10)
+    assert (row.surface, row.status, row.http_status) == ("chat", "client_disconnected", 499)
+    assert row.output_tokens == 0
+
+
+@pytest.mark.parametrize("model, provider, expected", [
+    ("mock-test", "mock-m", "Mock reply: first words"),
+    ("claude-test", "fake-anth", REPLY),
+])
+def test_every_upstream_kind_serves_chat(chat_client, mock_provider, fake_anthropic_provider,
+                                         ledger_rows, model, provider, expected):
+    session_id = _new_session(chat_client, model)
+    events = sse_events(_say(chat_client, session_id, "first words", model=model))
+    assert events[0] == {"type": "provider", "provider": provider}
+    assert "".join(e["content"] for e in events if e["type"] == "delta") == expected
+    usage = events[-2]
+    assert usage["type"] == "usage" and usage["estimated"] is False and usage["output_tokens"] > 0
+    [row] = ledger_rows(1)
+    assert (row.surface, row.status, row.provider_name) == ("chat", "ok", provider)

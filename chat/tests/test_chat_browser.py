@@ -38,6 +38,8 @@ def _send(page, text: str) -> None:
 def test_answer_streams_in_and_the_history_survives_a_reload(page, gateway_url, fake_provider,
                                                              make_user):
     fake_provider.behave("fake-a", chunk_delay_s=0.2)
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     make_user("alice")
     _sign_in(page, gateway_url)
     _send(page, "Tell me something")
@@ -65,6 +67,8 @@ def test_answer_streams_in_and_the_history_survives_a_reload(page, gateway_url, 
     expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
     assert [m["role"] for m in fake_provider.calls()[-1].body["messages"]] == \
         ["user", "assistant", "user"]
+    # The page's own files work under its strict Content-Security-Policy.
+    assert not [m for m in console if "Content Security Policy" in m], console
 
 
 def test_stop_keeps_the_partial_answer_and_the_ledger_row_is_client_disconnected(

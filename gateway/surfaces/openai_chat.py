@@ -24,7 +24,8 @@ from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.codecs import openai_chat as chat_codec
 from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
 from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call_finish,
-                           open_upstream, read_json, resolve, upstream_failure)
+                           call_guard, open_upstream, read_json, resolve, stream_abandoned,
+                           upstream_failure)
 from gateway.responses import (json_response, openai_error, openai_error_body, replayed,
                                sse_response)
 from gateway.streaming import DRAIN_BYTES, DRAIN_SECONDS, SSEError, drainer, sse_format
@@ -131,21 +132,23 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             body=upstream_chat_body(body, deployment, stream=call.stream),
             stream=call.stream, request_id=call.request_id)
 
-    try:
-        upstream = await open_upstream(call, deployments, send)
-    except GatewayError as exc:
-        await call_finish(call, snapshot)
-        return openai_error(exc)
-    # Until the upstream reports usage, bill the estimate: it has the prompt now.
-    call.input_tokens = prompt_tokens
-    headers = {"x-gateway-provider": call.deployment.provider_name}
-    if upstream.dialect != DIALECT:
-        return await respond(call, snapshot, upstream, spec=SPEC, req=req, headers=headers)
-    if not call.stream:
-        return await complete_native(call, snapshot, upstream, headers)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
-                        headers=headers)
+    async with call_guard(call, snapshot):
+        try:
+            upstream = await open_upstream(call, deployments, send)
+        except GatewayError as exc:
+            await call_finish(call, snapshot)
+            return openai_error(exc)
+        # Until the upstream reports usage, bill the estimate: it has the prompt now.
+        call.input_tokens = prompt_tokens
+        headers = {"x-gateway-provider": call.deployment.provider_name}
+        if upstream.dialect != DIALECT:
+            return await respond(call, snapshot, upstream, spec=SPEC, req=req, headers=headers)
+        if not call.stream:
+            return await complete_native(call, snapshot, upstream, headers)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
+                            headers=headers,
+                            on_abandoned=lambda stream: stream_abandoned(call, stream))
 
 
 async def complete_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse,

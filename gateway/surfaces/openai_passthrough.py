@@ -10,8 +10,8 @@ from django.http import HttpRequest, HttpResponse
 from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamResponse
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.proxy import (authenticate, call_admit, call_begin, call_finish, open_upstream,
-                           read_json, resolve)
+from gateway.proxy import (authenticate, call_admit, call_begin, call_finish, call_guard,
+                           open_upstream, read_json, resolve, stream_abandoned)
 from gateway.responses import openai_error, replayed, sse_response
 from gateway.surfaces.openai_chat import complete_native, relay_native, requested_max_tokens
 from providers.cache import snapshot_cache
@@ -67,15 +67,17 @@ async def passthrough(request: HttpRequest, *, surface: str, path: str,
             deployment=deployment, path=path, body=upstream_body, stream=call.stream,
             request_id=call.request_id)
 
-    try:
-        upstream = await open_upstream(call, deployments, send)
-    except GatewayError as exc:
-        await call_finish(call, snapshot)
-        return openai_error(exc)
-    call.input_tokens = estimate
-    headers = {"x-gateway-provider": call.deployment.provider_name}
-    if not call.stream:
-        return await complete_native(call, snapshot, upstream, headers)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
-                        headers=headers)
+    async with call_guard(call, snapshot):
+        try:
+            upstream = await open_upstream(call, deployments, send)
+        except GatewayError as exc:
+            await call_finish(call, snapshot)
+            return openai_error(exc)
+        call.input_tokens = estimate
+        headers = {"x-gateway-provider": call.deployment.provider_name}
+        if not call.stream:
+            return await complete_native(call, snapshot, upstream, headers)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
+                            headers=headers,
+                            on_abandoned=lambda stream: stream_abandoned(call, stream))

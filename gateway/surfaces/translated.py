@@ -30,7 +30,8 @@ from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.codecs import anthropic_messages, openai_chat
 from gateway.errors import GatewayError, UpstreamFailed
 from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call_finish,
-                           open_upstream, read_json, resolve, upstream_failure)
+                           call_guard, open_upstream, read_json, resolve, stream_abandoned,
+                           upstream_failure)
 from gateway.responses import replayed, sse_response
 from gateway.surfaces.relay import StreamRelay, TranslatedRelay, call_take_usage, relay_stream
 from gateway.tokens import request_input_tokens, text_tokens
@@ -201,6 +202,7 @@ async def respond(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Upstream
         relay = TranslatedRelay(call, decoder=UPSTREAM_CODECS[upstream.dialect].StreamDecoder(),
                                 encoder=spec.encoder(req, call.public_model, call.request_id))
     return sse_response(relay_stream(call, snapshot, upstream, relay, headers=headers),
+                        on_abandoned=lambda stream: stream_abandoned(call, stream),
                         headers=headers)
 
 
@@ -244,14 +246,15 @@ async def serve(request: HttpRequest, *, spec: SurfaceSpec,
         return await send_prepared(deployment, prepared[deployment.route_id], stream=call.stream,
                                    request_id=call.request_id)
 
-    try:
-        upstream = await open_upstream(call, deployments, send)
-    except GatewayError as exc:
-        await call_finish(call, snapshot)
-        return spec.error(exc)
-    # Until the upstream reports usage, bill the estimate: it has the prompt now.
-    call.input_tokens = prompt_tokens
-    call.usage_source = UsageSource.ESTIMATED
-    headers = {"x-gateway-provider": call.deployment.provider_name}
-    return await respond(call, snapshot, upstream, spec=spec, req=req, native=native_path,
-                         headers=headers)
+    async with call_guard(call, snapshot):
+        try:
+            upstream = await open_upstream(call, deployments, send)
+        except GatewayError as exc:
+            await call_finish(call, snapshot)
+            return spec.error(exc)
+        # Until the upstream reports usage, bill the estimate: it has the prompt now.
+        call.input_tokens = prompt_tokens
+        call.usage_source = UsageSource.ESTIMATED
+        headers = {"x-gateway-provider": call.deployment.provider_name}
+        return await respond(call, snapshot, upstream, spec=spec, req=req, native=native_path,
+                             headers=headers)

@@ -42,3 +42,23 @@ def test_cancelled_streams_each_get_a_row_with_the_tokens_produced(gateway_url, 
     # Drained to the end: the upstream's reported usage, not a guess from the first chunk.
     assert {(r.input_tokens, r.output_tokens, r.usage_source) for r in rows} == {(11, 7, "reported")}
     assert len({r.request_id for r in rows}) == 200
+
+
+def test_client_leaving_before_the_upstream_answers_gets_one_row(gateway_url, fake_provider, api_key):
+    fake_provider.behave("fake-a", latency_s=1.5)
+    for stream in (False, True):
+        try:
+            httpx.post(f"{gateway_url}/v1/chat/completions", timeout=0.4,
+                       headers={"authorization": f"Bearer {api_key}"},
+                       json={"model": "gpt-test", "stream": stream,
+                             "messages": [{"role": "user", "content": "hi"}]})
+        except httpx.ReadTimeout:
+            pass
+    deadline = time.monotonic() + 10
+    while UsageRecord.objects.count() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rows = list(UsageRecord.objects.all())
+    assert len(rows) == 2 and {r.status for r in rows} == {"client_disconnected"}
+    time.sleep(2)  # the upstream answers meanwhile; its in-flight slot must be free again
+    routes = httpx.get(f"{gateway_url}/health/detailed").json()["providers"]["fake-a"]["routes"]
+    assert routes[0]["in_flight"] == 0

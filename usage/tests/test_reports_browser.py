@@ -82,9 +82,7 @@ def test_report_draws_its_chart_and_a_filter_changes_the_numbers(gateway_url, br
 
 
 def test_budget_page_renders(gateway_url, browser_ledger, page):
-    from decimal import Decimal as D
-
-    api_key_create(name="capped-app", team="red", budget_usd=D("25"), budget_period="month")
+    api_key_create(name="capped-app", team="red", budget_usd=Decimal("25"), budget_period="month")
     ARTIFACTS.mkdir(exist_ok=True)
     _sign_in(page, gateway_url, "/reports/budgets/")
     row = page.locator("#budgets tbody tr").first

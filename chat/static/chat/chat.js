@@ -353,6 +353,8 @@
       }
       const trimmed = Number(response.headers.get("x-chat-context-trimmed") || 0);
       if (trimmed) showTrimmed(answer, trimmed);
+      // The message is stored by now: show the chat (and its title) in the history at once.
+      loadSessions().then(refreshTitle, () => {});
       for await (const event of sseEvents(response)) {
         if (event.type === "delta") {
           answer.text += event.content;
