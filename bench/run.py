@@ -351,6 +351,12 @@ def run_profile(profile: Profile, cases: list[Case], upstream: harness.Process,
     return result
 
 
+def _size_stable(path: Path) -> bool:
+    before = path.stat().st_size if path.exists() else -1
+    time.sleep(0.3)
+    return before >= 0 and path.stat().st_size == before
+
+
 def _display_path(path: Path) -> str:
     try:
         return str(path.relative_to(harness.ROOT))
@@ -380,6 +386,10 @@ def run_case(profile: Profile, case: Case, concurrency: int, target: Target, dir
     row: dict = {}
     if spy is not None:
         spy.wait(60)
+        try:
+            harness.wait_until(lambda: _size_stable(stacks), 10, "py-spy output")
+        except RuntimeError:
+            pass  # no profile this time; the case's figures stand
         if stacks.exists():
             row["py_spy"] = {"file": _display_path(stacks), **harness.summarize_stacks(stacks)}
     rows_after = profile.ledger.settle(

@@ -29,6 +29,7 @@ from providers.models import (
     ApiKey, AuditAction, AuditLog, ModelRoute, Price, Provider, Team,
 )
 from providers.selectors import Deployment, routing_snapshot_load
+from providers.translation import translation_problem
 from providers.validation import base_url_problem
 from providers.services import api_key_revoke, audit_log_write, audit_state, config_version_bump
 from usage.models import UsageRecord
@@ -107,7 +108,7 @@ class ProviderForm(forms.ModelForm):
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "clear_api_key", "weight", "priority",
                   "enabled", "timeout_s", "max_inflight", "breaker_failures", "breaker_cooldown_s",
-                  "extra_headers"]
+                  "extra_headers", "translation"]
 
     def clean(self):
         data = super().clean()
@@ -117,6 +118,10 @@ class ProviderForm(forms.ModelForm):
             problem = base_url_problem(data["base_url"])
             if problem:
                 self.add_error("base_url", f"The URL {problem}.")
+        data["translation"] = data.get("translation") or {}
+        problem = translation_problem(data["translation"])
+        if problem:
+            self.add_error("translation", problem)
         return data
 
     def save(self, commit=True):

@@ -18,6 +18,7 @@ from django.utils.text import slugify
 
 from chat.schema import schema_check
 from providers.models import ProviderKind
+from providers.translation import translation_problem
 from providers.validation import base_url_problem
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +48,7 @@ class ProviderSpec:
     timeout_s: float = 600.0
     max_inflight: int = 512
     extra_headers: dict[str, str] = field(default_factory=dict)
+    translation: dict = field(default_factory=dict)
     routes: tuple[RouteSpec, ...] = ()
 
 
@@ -193,7 +195,7 @@ def _provider(item: object, index: int) -> ProviderSpec:
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: must be a mapping")
     allowed = {"name", "kind", "base_url", "api_key", "weight", "priority", "enabled", "timeout_s",
-               "max_inflight", "models", "extra_headers"}
+               "max_inflight", "models", "extra_headers", "translation"}
     unknown = set(item) - allowed
     if unknown:
         raise _field(where, item, sorted(unknown)[0], "unknown field")
@@ -220,6 +222,12 @@ def _provider(item: object, index: int) -> ProviderSpec:
     headers = item.get("extra_headers") or {}
     if not isinstance(headers, dict) or not all(isinstance(v, (str, int)) for v in headers.values()):
         raise _field(where, item, "extra_headers", "must map header names to strings")
+    translation = item.get("translation") or {}
+    problem = translation_problem(translation)
+    if problem:
+        raise _field(where, item, "translation", problem)
+    translation = {k: ({str(b): e for b, e in v.items()} if k == "thinking_effort_map" else v)
+                   for k, v in translation.items()}
     models = item.get("models") or {}
     if not isinstance(models, dict):
         raise _field(where, item, "models", "must map public model names to upstream models")
@@ -249,6 +257,7 @@ def _provider(item: object, index: int) -> ProviderSpec:
         enabled=enabled, timeout_s=float(timeout),
         max_inflight=_int(where, item, "max_inflight", 512, 1),
         extra_headers={str(k): str(v) for k, v in headers.items()},
+        translation=translation,
         routes=tuple(routes),
     )
 

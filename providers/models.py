@@ -40,6 +40,12 @@ class Provider(models.Model):
         default=30, validators=[MinValueValidator(0.1)],
         help_text="Seconds an open circuit waits before one probe; doubles after a failed probe.")
     extra_headers = models.JSONField(default=dict, blank=True)
+    translation = models.JSONField(
+        default=dict, blank=True,
+        help_text='How requests translated for this provider are built: {"allow_images": true, '
+                  '"allow_documents": false, "thinking_effort_map": {"1024": "low", "4000": '
+                  '"medium", "8000": "high"}, "max_tokens_field": "max_tokens", '
+                  '"replay_reasoning_content": false}. Empty: defaults for the kind.')
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

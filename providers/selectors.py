@@ -12,8 +12,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from gateway.routing import Candidate
+from gateway.types import CodecOptions
 from providers.crypto import SecretUnreadable, secret_decrypt
 from providers.models import ApiKey, ConfigVersion, ModelRoute, Price
+from providers.translation import codec_options
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Deployment:
     timeout_s: float
     max_inflight: int
     candidate: Candidate
+    codec_options: CodecOptions = field(default_factory=CodecOptions)
     extra_headers: tuple[tuple[str, str], ...] = ()
     api_key: str = field(default="", repr=False)
 
@@ -120,6 +123,7 @@ def routing_snapshot_load() -> RoutingSnapshot:
                 priority=route.effective_priority, max_inflight=provider.max_inflight,
                 failure_threshold=provider.breaker_failures, cooldown_s=provider.breaker_cooldown_s,
                 max_cooldown_s=max(300.0, provider.breaker_cooldown_s * 8)),
+            codec_options=codec_options(kind=provider.kind, translation=provider.translation or {}),
             extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
             api_key=api_key,
         ))

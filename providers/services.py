@@ -133,6 +133,7 @@ def _provider_upsert(p: ProviderSpec, *, actor: str) -> tuple[Provider, bool]:
     provider.timeout_s = p.timeout_s
     provider.max_inflight = p.max_inflight
     provider.extra_headers = p.extra_headers
+    provider.translation = p.translation
     if p.api_key is not None:
         provider.api_key_encrypted = secret_encrypt(p.api_key)
     provider.save()
@@ -194,6 +195,8 @@ def config_export() -> str:
                      "max_inflight": provider.max_inflight})
         if provider.extra_headers:
             item["extra_headers"] = dict(provider.extra_headers)
+        if provider.translation:
+            item["translation"] = dict(provider.translation)
         item["models"] = models
         providers.append(item)
 

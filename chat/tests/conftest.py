@@ -80,13 +80,29 @@ def make_task(transactional_db):
     return make
 
 
+
+def _event_loop_running() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
-def browser():
-    """The root conftest's headless Chromium, started and stopped per module: while
-    Playwright's sync API is up it keeps an event loop running in the main thread, which would
-    break later tests that run a loop of their own (asyncio.run, pytest-asyncio)."""
+def chat_browser(request):
+    """The root conftest's headless Chromium, but started and stopped per module: while
+    Playwright's sync API is up it keeps an event loop running in the main thread, which breaks
+    later tests that run a loop of their own (asyncio.run, pytest-asyncio). When another
+    module's session-wide browser is already up (only one sync Playwright per thread), that
+    one is used."""
     import os
 
+    if _event_loop_running():
+        yield request.getfixturevalue("browser")
+        return
     from conftest import CHROMIUM, CHROMIUM_ARGS
 
     if not os.path.exists(CHROMIUM):
@@ -98,3 +114,11 @@ def browser():
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture
+def page(chat_browser):
+    context = chat_browser.new_context()
+    page = context.new_page()
+    yield page
+    context.close()

@@ -83,9 +83,10 @@ class UpstreamRequest:
 
 
 def codec_options_for(deployment: Deployment) -> CodecOptions:
-    """Building knobs per deployment: Anthropic takes documents (PDFs, text files) natively;
-    OpenAI-compatible servers mostly do not, so they are refused with a 400 there."""
-    return CodecOptions(allow_documents=deployment.kind == "anthropic")
+    """Building knobs per deployment, from its provider's `translation` settings
+    (providers.translation): by default Anthropic takes documents (PDFs, text files) natively
+    and OpenAI-compatible servers refuse them with a 400; images are allowed."""
+    return deployment.codec_options
 
 
 def upstream_requests(req: ChatRequest, deployments: tuple[Deployment, ...], *, stream: bool,

@@ -119,7 +119,7 @@ def test_admin_edits_reach_a_running_server_within_2_seconds(gateway_url, api_ke
     form = {
         "name": "left", "kind": "mock", "base_url": "", "api_key": "", "weight": "1", "priority": "0",
         "timeout_s": "600", "max_inflight": "512", "breaker_failures": "5", "breaker_cooldown_s": "30",
-        "extra_headers": "{}",
+        "extra_headers": "{}", "translation": "{}",
         "routes-TOTAL_FORMS": "1", "routes-INITIAL_FORMS": "1", "routes-MIN_NUM_FORMS": "0",
         "routes-MAX_NUM_FORMS": "1000", "routes-0-id": str(route.pk), "routes-0-provider": str(left.pk),
         "routes-0-public_model": "wrr", "routes-0-upstream_model": "mock-left", "routes-0-enabled": "on",

@@ -54,7 +54,7 @@ def test_admin_refuses_a_metadata_base_url(db, settings):
     response = client.post("/admin/providers/provider/add/", {
         "name": "sneaky", "kind": "openai", "base_url": "http://169.254.169.254/v1", "weight": "1",
         "priority": "0", "timeout_s": "600", "max_inflight": "512", "breaker_failures": "5",
-        "breaker_cooldown_s": "30", "extra_headers": "{}", "routes-TOTAL_FORMS": "0",
+        "breaker_cooldown_s": "30", "extra_headers": "{}", "translation": "{}", "routes-TOTAL_FORMS": "0",
         "routes-INITIAL_FORMS": "0", "routes-MIN_NUM_FORMS": "0", "routes-MAX_NUM_FORMS": "1000"})
     assert response.status_code == 200 and b"link-local" in response.content
     assert not Provider.objects.filter(name="sneaky").exists()

@@ -1,0 +1,46 @@
+"""A provider's translation settings (Provider.translation, the `translation:` key of the
+routing file) and the codec options they make. One parser for both, so the admin, the file and
+the proxy agree on what is valid."""
+from __future__ import annotations
+
+from gateway.types import CodecOptions
+
+KEYS = {"allow_images", "allow_documents", "thinking_effort_map", "max_tokens_field",
+        "replay_reasoning_content"}
+EFFORTS = {"minimal", "low", "medium", "high"}
+
+
+def translation_problem(value: object) -> str | None:
+    """None when `value` is valid translation settings, else what is wrong (naming the key)."""
+    if not isinstance(value, dict):
+        return "must be a mapping"
+    unknown = set(value) - KEYS
+    if unknown:
+        return f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(KEYS))})"
+    for name in ("allow_images", "allow_documents", "replay_reasoning_content"):
+        if name in value and not isinstance(value[name], bool):
+            return f"{name}: must be true or false"
+    if value.get("max_tokens_field", "max_tokens") not in ("max_tokens", "max_completion_tokens"):
+        return "max_tokens_field: must be max_tokens or max_completion_tokens"
+    effort_map = value.get("thinking_effort_map", {})
+    if not isinstance(effort_map, dict):
+        return "thinking_effort_map: must map thinking budgets to efforts"
+    for budget, effort in effort_map.items():
+        if not str(budget).isdigit() or effort not in EFFORTS:
+            return (f"thinking_effort_map: {budget!r}: {effort!r} must map a token budget to one of "
+                    f"{', '.join(sorted(EFFORTS))}")
+    return None
+
+
+def codec_options(*, kind: str, translation: dict) -> CodecOptions:
+    """The codec options for a provider; documents default to allowed for `anthropic` only."""
+    defaults = CodecOptions()
+    effort_map = translation.get("thinking_effort_map")
+    return CodecOptions(
+        allow_images=translation.get("allow_images", True),
+        allow_documents=translation.get("allow_documents", kind == "anthropic"),
+        budget_to_effort=({int(b): e for b, e in effort_map.items()} if effort_map is not None
+                          else defaults.budget_to_effort),
+        openai_max_tokens_field=translation.get("max_tokens_field", "max_tokens"),
+        replay_reasoning_content=translation.get("replay_reasoning_content", False),
+    )
