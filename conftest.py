@@ -83,9 +83,9 @@ def gateway_url(_live_gateway: str, transactional_db) -> str:
         client.close()
     client_pool.reset_routing_state()
     snapshot_cache.invalidate()
-    from gateway.asgi import static_application
+    from gateway.asgi import http_application
 
-    static_application.reset()
+    http_application.reset()
     return _live_gateway
 
 

@@ -10,7 +10,9 @@ import asyncio
 import logging
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
@@ -26,7 +28,34 @@ from gateway.streaming import drainer  # noqa: E402
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 30.0
 
-static_application = Guards(ASGIStaticFilesHandler(django_application))
+# The proxy paths get a handler of their own whose only middleware is native async: Django's
+# stock middleware (sessions, CSRF, auth, messages …) runs each hook through sync_to_async, a
+# thread hop per hook per request, and the API views use none of it. Admin, reports, chat
+# pages and the DRF API keep the full chain.
+API_PATHS = ("/v1/", "/api/tasks/", "/api/chat/", "/health", "/metrics")
+API_MIDDLEWARE = ["gateway.middleware.RequestIdMiddleware"]
+
+
+def _handler_with(middleware: list[str]) -> ASGIHandler:
+    original = settings.MIDDLEWARE
+    settings.MIDDLEWARE = middleware
+    try:
+        return ASGIHandler()
+    finally:
+        settings.MIDDLEWARE = original
+
+
+api_application = _handler_with(API_MIDDLEWARE)
+site_application = ASGIStaticFilesHandler(django_application)
+
+
+async def _route(scope, receive, send):
+    if scope["type"] == "http" and scope.get("path", "").startswith(API_PATHS):
+        return await api_application(scope, receive, send)
+    return await site_application(scope, receive, send)
+
+
+http_application = Guards(_route)
 
 
 async def _finish_background_work() -> None:
@@ -41,7 +70,7 @@ async def _finish_background_work() -> None:
 
 async def application(scope, receive, send):
     if scope["type"] != "lifespan":
-        return await static_application(scope, receive, send)
+        return await http_application(scope, receive, send)
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":

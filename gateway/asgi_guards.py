@@ -4,8 +4,10 @@
   before its body is read; a chunked body is counted as it arrives and refused the moment it
   passes the limit (Django would otherwise spool the whole body before the view runs).
 - Write timeout: a client that stops reading cannot pin a response forever; after
-  WRITE_TIMEOUT_S without progress the response is abandoned (the view's stream sees a
-  disconnect and records its ledger row).
+  GATEWAY_WRITE_TIMEOUT_S without progress the response is abandoned (the view's stream sees
+  a disconnect and records its ledger row).
+- Body timeout: a client trickling its body (slowloris) gets 408 after GATEWAY_BODY_TIMEOUT_S
+  without a new chunk.
 - Key guessing: API answers 401 are counted per client address (shared through Redis when
   configured); past AUTH_FAILURES_PER_MINUTE the address gets 429 on the API for a while,
   without its keys even being looked up. Behind a reverse proxy run uvicorn with
@@ -22,12 +24,15 @@ from django.conf import settings
 
 from gateway.clients import client_pool
 
-WRITE_TIMEOUT_S = 60.0
 AUTH_FAILURES_PER_MINUTE = 30
 MAX_BLOCKED = 100_000
 
 
 class BodyTooLarge(Exception):
+    pass
+
+
+class BodyTimeout(Exception):
     pass
 
 
@@ -96,12 +101,22 @@ class Guards:
                     return await _respond(send, path, 413, message, "request_too_large")
         received = 0
         started = False
+        body_done = False
+        body_timeout = settings.GATEWAY_BODY_TIMEOUT_S
+        write_timeout = settings.GATEWAY_WRITE_TIMEOUT_S
 
         async def limited_receive():
-            nonlocal received
-            event = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # waiting for a disconnect: no deadline
+            try:
+                async with asyncio.timeout(body_timeout):
+                    event = await receive()
+            except TimeoutError:
+                raise BodyTimeout from None
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
+                body_done = not event.get("more_body", False)
                 if received > limit:
                     raise BodyTooLarge
             return event
@@ -114,7 +129,7 @@ class Guards:
                     await self._auth_failed(address)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation Django uses to stop a stream whose client left.
-            async with asyncio.timeout(WRITE_TIMEOUT_S):
+            async with asyncio.timeout(write_timeout):
                 await send(event)
 
         try:
@@ -122,3 +137,7 @@ class Guards:
         except BodyTooLarge:
             if not started:
                 await _respond(send, path, 413, message, "request_too_large")
+        except BodyTimeout:
+            if not started:
+                await _respond(send, path, 408, f"no request body data for {body_timeout:g}s",
+                               "request_timeout")

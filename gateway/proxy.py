@@ -394,6 +394,15 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_br
     if call.finished:
         return
     call.finished = True
+    # Shielded: a client disconnect arriving meanwhile must not cut the finish short (the
+    # ledger row, the lease release and the budget settlement all have to happen).
+    await asyncio.shield(asyncio.ensure_future(_finish(
+        call, snapshot, upstream_broke=upstream_broke, response_body=response_body,
+        response_headers=response_headers)))
+
+
+async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke: bool,
+                  response_body: bytes | None, response_headers: dict[str, str] | None) -> None:
     if call.lease is not None:
         lease, call.lease = call.lease, None
         routing = client_pool.routing()

@@ -34,8 +34,9 @@ if not DEBUG:
 # Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https.
 if not DEBUG:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    # Load balancers and Prometheus probe these over plain HTTP inside the network.
-    SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
+    # Load balancers, Prometheus and API clients inside the network may use plain HTTP; the
+    # admin and the browser pages are redirected to HTTPS.
+    SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$", r"^v1/", r"^api/"]
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
@@ -163,6 +164,9 @@ GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 # How often a process checks whether the routing config changed (admin, gateway_apply).
 GATEWAY_CONFIG_POLL_S = env.float("GATEWAY_CONFIG_POLL_S", default=1.0)
+# Slow clients: seconds without a body chunk (408), and without write progress (dropped).
+GATEWAY_BODY_TIMEOUT_S = env.float("GATEWAY_BODY_TIMEOUT_S", default=30.0)
+GATEWAY_WRITE_TIMEOUT_S = env.float("GATEWAY_WRITE_TIMEOUT_S", default=60.0)
 # Budgeted keys while the database is unreachable: refused (503) unless this is on.
 GATEWAY_BUDGETS_FAIL_OPEN = env.bool("GATEWAY_BUDGETS_FAIL_OPEN", default=False)
 # Provider base URLs on link-local/metadata addresses are refused unless this is on.

@@ -38,7 +38,8 @@ from chat.prompts import PromptError, prompt_render
 from chat.schema import output_validate
 from chat.selectors import TaskInfo
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied, UpstreamFailed
-from gateway.proxy import ProxyCall, authenticate, call_begin, call_finish, read_json, resolve
+from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, read_json, resolve,
+                           stream_abandoned)
 from gateway.responses import json_response, openai_error, openai_error_body, replayed, sse_response
 from gateway.types import ChatRequest, ResponseFormat
 from providers.cache import snapshot_cache
@@ -121,7 +122,8 @@ async def task_call(request: HttpRequest, slug: str) -> HttpResponse:
         relay = EventRelay(call, snapshot, dialect=opened.dialect, closing=True,
                            check=_schema_check(schema) if schema is not None else None)
         return sse_response(event_stream(call, snapshot, opened, relay, headers=headers),
-                            headers=headers)
+                            headers=headers,
+                            on_abandoned=lambda stream: stream_abandoned(call, stream))
     try:
         resp = await call_complete(call, snapshot, opened)
     except GatewayError as exc:
