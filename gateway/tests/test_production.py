@@ -21,7 +21,8 @@ PROD = {"DEBUG": "0", "SECRET_KEY": "p" * 20 + "-production-secret-key-of-decent
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
-    base = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "GATEWAY_ENCRYPTION_KEYS")}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("DEBUG", "SECRET_KEY", "GATEWAY_ENCRYPTION_KEYS", "DJANGO_ALLOW_ASYNC_UNSAFE")}
     return subprocess.run([sys.executable, "manage.py", *args], cwd=Path(settings.BASE_DIR),
                           env={**base, **env}, capture_output=True, text=True, timeout=120)
 

@@ -1,4 +1,4 @@
-"""Slow clients cannot pin a worker: a trickled body gets 408, a reader that stops is dropped."""
+"""Slow clients cannot pin a worker: a trickled body gets 408."""
 from __future__ import annotations
 
 import socket
@@ -27,20 +27,3 @@ def test_slowloris_body_gets_408(gateway_url, demo_key, settings):
     assert head.startswith("HTTP/1.1 408"), head[:200]
     assert time.monotonic() - started < 10
     assert UsageRecord.objects.count() == 0
-
-
-def test_a_client_that_stops_reading_is_dropped_and_billed(gateway_url, fake_provider, api_key, settings):
-    settings.GATEWAY_WRITE_TIMEOUT_S = 2.0
-    fake_provider.behave("fake-a", reply=" ".join(["word"] * 40_000))
-    body = b'{"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-    with _connect(gateway_url, rcvbuf=4096) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        sock.recv(1024)  # the response starts, then this client never reads again
-        deadline = time.monotonic() + 90
-        while not UsageRecord.objects.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-    row = UsageRecord.objects.get()
-    assert row.status == "client_disconnected"
-    assert row.output_tokens > 0
