@@ -27,4 +27,5 @@ class Command(BaseCommand):
         self.stdout.write(
             f"providers: {result.providers_created} created, {result.providers_updated} updated, "
             f"{result.providers_deleted} deleted; routes: {result.routes_written} written, "
-            f"{result.routes_deleted} deleted; prices: {result.prices_added} added")
+            f"{result.routes_deleted} deleted; prices: {result.prices_added} added; "
+            f"tasks: {result.tasks_written} written, {result.tasks_deleted} deleted")
