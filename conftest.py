@@ -208,17 +208,18 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="session")
-def browser():
+@pytest.fixture
+def browser(monkeypatch):
     """Headless Debian Chromium driven by Playwright (no downloaded browser). Skipped where the
-    machine has no Chromium; CI installs it (.ci/run)."""
+    machine has no Chromium; CI installs it (.ci/run). Function-scoped: while Playwright's sync
+    API is up it runs an event loop in this thread, which must be gone before other tests use
+    asyncio."""
     import os
 
     if not os.path.exists(CHROMIUM):
         pytest.skip("Chromium is not installed (apt-get install chromium)")
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-    # still plain synchronous code.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    # The test's own ORM calls are still plain synchronous code under that loop.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
