@@ -12,6 +12,7 @@ upstream, `record_success()` or `record_failure()`, and `release()` in a `finall
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -466,8 +467,10 @@ class RedisRoutingState:
         try:
             result = await shared()
         except (RedisError, OSError) as exc:
+            _reraise_swallowed_cancel()
             self._mark_down(exc)
             return await local()
+        _reraise_swallowed_cancel()
         if self._degraded:
             self._degraded = False
             logger.info("Redis is back: routing state is shared again")
@@ -485,6 +488,17 @@ class RedisRoutingState:
 
     def _inflight_key(self, provider_id: int) -> str:
         return f"{self._prefix}inflight:{provider_id}"
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Raise CancelledError when this task was asked to stop but the Redis call swallowed it.
+
+    Seen with redis-py under task cancellation (a client disconnect cancels the request task
+    while a script or pipeline is in flight): the call returns or fails with a Redis error, the
+    task's cancellation stays requested, and nothing would ever deliver it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _breaker_from_hash(row: dict[bytes | str, bytes | str]) -> BreakerState:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from django.conf import settings as django_settings
 
 from chat.models import ChatAccount, ChatMessage
 from chat.services import chat_account_key_hash
@@ -206,9 +205,6 @@ def test_page_requires_sign_in_and_sends_a_strict_csp(chat_client, gateway_url, 
     assert "<script>" not in page.text  # no inline script: only the page's own files
 
 
-@pytest.mark.skipif(bool(django_settings.REDIS_URL), reason=(
-    "known bug, issue #7 left open: with REDIS_URL set, a chat client that leaves while the "
-    "gateway still waits for the upstream is not seen as gone; the call completes as ok"))
 def test_leaving_before_the_first_byte_still_writes_one_row(chat_client, fake_provider,
                                                             ledger_rows):
     fake_provider.behave("fake-a", latency_s=1.5)
