@@ -467,10 +467,10 @@ class RedisRoutingState:
         try:
             result = await shared()
         except (RedisError, OSError) as exc:
-            _reraise_swallowed_cancel()
+            reraise_swallowed_cancel()
             self._mark_down(exc)
             return await local()
-        _reraise_swallowed_cancel()
+        reraise_swallowed_cancel()
         if self._degraded:
             self._degraded = False
             logger.info("Redis is back: routing state is shared again")
@@ -490,7 +490,7 @@ class RedisRoutingState:
         return f"{self._prefix}inflight:{provider_id}"
 
 
-def _reraise_swallowed_cancel() -> None:
+def reraise_swallowed_cancel() -> None:
     """Raise CancelledError when this task was asked to stop but the Redis call swallowed it.
 
     Seen with redis-py under task cancellation (a client disconnect cancels the request task

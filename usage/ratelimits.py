@@ -18,6 +18,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.routing_state import reraise_swallowed_cancel
+
 logger = logging.getLogger(__name__)
 
 PERIOD_MS = 60_000
@@ -99,11 +101,13 @@ class RedisRateLimiter:
             try:
                 wait_ms = await self._script(keys=[self._prefix + name],
                                              args=[PERIOD_MS / per_minute, cost, int(force)])
+                reraise_swallowed_cancel()
                 if self._down_until:
                     logger.info("rate limits: Redis is back; limits are shared again")
                     self._down_until = 0.0
                 return int(wait_ms) / 1000 if int(wait_ms) else None
             except (RedisError, OSError):
+                reraise_swallowed_cancel()
                 if not self._down_until:
                     logger.warning("rate limits: Redis unreachable; enforcing per process")
                 self._down_until = time.monotonic() + self._retry_interval_s
