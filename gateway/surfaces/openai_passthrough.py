@@ -13,7 +13,8 @@ from gateway.errors import GatewayError, InvalidRequest
 from gateway.proxy import (authenticate, call_admit, call_begin, call_finish, call_guard,
                            open_upstream, read_json, resolve, stream_abandoned)
 from gateway.responses import openai_error, replayed, sse_response
-from gateway.surfaces.openai_chat import complete_native, relay_native, requested_max_tokens
+from gateway.surfaces.openai_chat import (complete_native, relay_native, requested_max_tokens,
+                                          upstream_chat_body)
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment
 from usage.idempotency import body_hash
@@ -60,11 +61,9 @@ async def passthrough(request: HttpRequest, *, surface: str, path: str,
         return replayed(replay)
 
     async def send(deployment: Deployment) -> UpstreamResponse:
-        upstream_body = {**body, "model": deployment.upstream_model}
-        if call.stream:
-            upstream_body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return await adapter_for(deployment.kind).send(
-            deployment=deployment, path=path, body=upstream_body, stream=call.stream,
+            deployment=deployment, path=path,
+            body=upstream_chat_body(body, deployment, stream=call.stream), stream=call.stream,
             request_id=call.request_id)
 
     async with call_guard(call, snapshot):
