@@ -7,12 +7,15 @@ then background drains of disconnected streams and pending ledger writes are awa
 by SHUTDOWN_GRACE_S, so their ledger rows are written before the process exits.
 """
 import asyncio
+import io
 import logging
 import os
 
 from django.conf import settings
 from django.core.asgi import get_asgi_application
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
 
@@ -36,16 +39,70 @@ API_PATHS = ("/v1/", "/api/tasks/", "/api/chat/", "/health", "/metrics")
 API_MIDDLEWARE = ["gateway.middleware.RequestIdMiddleware"]
 
 
-def _handler_with(middleware: list[str]) -> ASGIHandler:
-    original = settings.MIDDLEWARE
-    settings.MIDDLEWARE = middleware
-    try:
-        return ASGIHandler()
-    finally:
-        settings.MIDDLEWARE = original
+class ApiHandler(ASGIHandler):
+    """Django's ASGI handler without the per-request thread hops the API paths do not need.
+
+    The stock `handle` sends `request_started` and closes the response through
+    `sync_to_async` (each a thread hop, to recycle database connections of the request's
+    thread); the API views never touch the ORM from the request's context (their database work
+    runs on gateway.database's own threads, which recycle their connections themselves), so
+    here the signal is skipped and the response is closed inline. The body is read into memory
+    (gateway.asgi_guards has already bounded its size). Disconnect handling is Django's: the
+    view's task is cancelled when the client leaves."""
+
+    def __init__(self, middleware: list[str]) -> None:
+        original = settings.MIDDLEWARE
+        settings.MIDDLEWARE = middleware
+        try:
+            super().__init__()
+        finally:
+            settings.MIDDLEWARE = original
+
+    async def handle(self, scope, receive, send):
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body_file = io.BytesIO(b"".join(chunks))
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request():
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass
+            return response
+
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        worker = asyncio.create_task(process_request())
+        await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+        for task in (listener, worker):
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if not worker.cancelled() and worker.exception() is None:
+            worker.result().close()
 
 
-api_application = _handler_with(API_MIDDLEWARE)
+api_application = ApiHandler(API_MIDDLEWARE)
 site_application = ASGIStaticFilesHandler(django_application)
 
 

@@ -2,14 +2,19 @@
 (aiohttp), the Redis client, and the routing state built on it.
 
 aiohttp was chosen over httpx by measurement (README: "Upstream HTTP client"). The HTTP session
-honours HTTPS_PROXY/NO_PROXY (trust_env) and is never created per request. Redis gets short
+is never created per request; upstream calls honour HTTPS_PROXY/HTTP_PROXY/NO_PROXY through
+`upstream_proxy` (aiohttp's own trust_env would re-read the environment and ~/.netrc on every
+request). Redis gets short
 timeouts and no retries: a slow Redis must not stall requests (routing falls back per process).
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+from urllib.request import proxy_bypass_environment
 
 import aiohttp
 import orjson
@@ -19,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.routing_state import LocalRoutingState, RedisRoutingState, RoutingState
+from usage.budgets_redis import RedisBudgets
 from usage.ratelimits import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
 
@@ -28,6 +34,7 @@ class LoopClients:
     redis: aioredis.Redis | None
     routing: RoutingState
     ratelimiter: RateLimiter
+    budgets: RedisBudgets | None
 
 
 class ClientPool:
@@ -51,7 +58,8 @@ class ClientPool:
             else:
                 routing, ratelimiter = LocalRoutingState(), LocalRateLimiter()
             clients = LoopClients(http=self._new_session(), redis=redis, routing=routing,
-                                  ratelimiter=ratelimiter)
+                                  ratelimiter=ratelimiter,
+                                  budgets=RedisBudgets(redis) if redis is not None else None)
             self._clients[loop] = clients
         return clients
 
@@ -60,7 +68,7 @@ class ClientPool:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300,
                                          keepalive_timeout=60)
         return aiohttp.ClientSession(
-            connector=connector, trust_env=True, auto_decompress=True,
+            connector=connector, trust_env=False, auto_decompress=True,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
             timeout=aiohttp.ClientTimeout(total=None, connect=settings.GATEWAY_CONNECT_TIMEOUT_S,
                                           sock_read=settings.GATEWAY_READ_TIMEOUT_S),
@@ -78,12 +86,17 @@ class ClientPool:
     def ratelimiter(self) -> RateLimiter:
         return self._get().ratelimiter
 
+    def budgets(self) -> RedisBudgets | None:
+        """Budget reservations shared through Redis; None without Redis (database only)."""
+        return self._get().budgets
+
     def reset_routing_state(self) -> None:
         """Forget this process's routing and rate-limit state (tests; Redis data is not touched)."""
         for clients in list(self._clients.values()):
             if clients.redis is not None:
                 clients.routing, clients.ratelimiter = (RedisRoutingState(clients.redis),
                                                         RedisRateLimiter(clients.redis))
+                clients.budgets = RedisBudgets(clients.redis)
             else:
                 clients.routing, clients.ratelimiter = LocalRoutingState(), LocalRateLimiter()
 
@@ -96,6 +109,22 @@ class ClientPool:
 
 
 client_pool = ClientPool()
+
+
+def upstream_proxy(url: str) -> str | None:
+    """The proxy URL for an upstream URL (GATEWAY_UPSTREAM_PROXIES, from the environment), or
+    None when there is none or NO_PROXY exempts the host."""
+    parts = urlsplit(url)
+    return _proxy_for(parts.scheme, parts.netloc)
+
+
+@functools.lru_cache(maxsize=256)
+def _proxy_for(scheme: str, netloc: str) -> str | None:
+    proxies = settings.GATEWAY_UPSTREAM_PROXIES
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if not proxy or proxy_bypass_environment(netloc, proxies):
+        return None
+    return proxy
 
 
 def timeout_for(provider_timeout_s: float) -> aiohttp.ClientTimeout:

@@ -35,11 +35,11 @@ from gateway.routing_state import Lease
 from gateway.streaming import DRAIN_SECONDS
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
-from usage.budgets import BudgetLimit, budget_reserve, usd_to_units
+from usage.budgets import BudgetLimit, budget_counted_units, budget_reserve, usd_to_units
 from usage.idempotency import Replay, idempotency_claim, idempotency_release
 from usage.models import BudgetScope, UsageSource, UsageStatus
 from usage.pricing import cost_usd
-from usage.services import LedgerEntry, StoredResponse, usage_record_write
+from usage.services import LedgerEntry, LedgerWrite, StoredResponse, usage_records_write
 from usage.spool import ledger_spool_flush, spool_encode, spool_push, spool_size
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class ProxyCall:
     idempotency_key: str = ""
     lease: Lease | None = None
     budget_reserved: bool = False
+    # The budgets reserved in Redis (settled in Redis, spend added to the database counters).
+    budget_shared: tuple[BudgetLimit, ...] = ()
     tpm_charged: int = 0
     idempotency_claim: int | None = None
     # Bytes sent to the client, kept only while an Idempotency-Key claim needs them.
@@ -229,16 +231,7 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
         if limits:
             worst = worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
                                     max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
-            try:
-                await db.run(budget_reserve, request_id=call.request_id, limits=limits,
-                             amount_units=usd_to_units(worst))
-                call.budget_reserved = True
-            except DatabaseError:
-                if not settings.GATEWAY_BUDGETS_FAIL_OPEN:
-                    raise ServiceUnavailable("the budget cannot be checked: the database is "
-                                             "unreachable", code="budget_unavailable",
-                                             headers={"retry-after": "5"}) from None
-                logger.warning("budget check skipped for key %s: database unreachable", key.prefix)
+            await _budget_reserve(call, limits, usd_to_units(worst))
     except GatewayError as exc:
         call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
                   error_type=exc.code or exc.type)
@@ -247,6 +240,32 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
             call.idempotency_claim = call.captured = None
         raise
     return None
+
+
+async def _db_counted_units(limit: BudgetLimit, now) -> int:
+    return await db.run(budget_counted_units, limit=limit, now=now)
+
+
+async def _budget_reserve(call: ProxyCall, limits: list[BudgetLimit], amount_units: int) -> None:
+    """Reserve in Redis when configured and reachable, else in the database. Raises
+    BudgetExceeded, or ServiceUnavailable when the budget cannot be checked (fail closed unless
+    GATEWAY_BUDGETS_FAIL_OPEN)."""
+    try:
+        budgets = client_pool.budgets()
+        if budgets is not None and await budgets.reserve(
+                request_id=call.request_id, limits=limits, amount_units=amount_units,
+                now=call.created_at, spent_units=_db_counted_units):
+            call.budget_shared = tuple(limits)
+            return
+        await db.run(budget_reserve, request_id=call.request_id, limits=limits,
+                     amount_units=amount_units)
+        call.budget_reserved = True
+    except DatabaseError:
+        if not settings.GATEWAY_BUDGETS_FAIL_OPEN:
+            raise ServiceUnavailable("the budget cannot be checked: the database is "
+                                     "unreachable", code="budget_unavailable",
+                                     headers={"retry-after": "5"}) from None
+        logger.warning("budget check skipped for key %s: database unreachable", call.key.prefix)
 
 
 async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
@@ -319,47 +338,81 @@ def upstream_failure(call: ProxyCall, exc: UpstreamError) -> Exception:
     return UpstreamFailed(f"every deployment failed; last error: {exc.message}")
 
 
-class LedgerWriter:
-    """Writes ledger rows off the event loop.
+class _LoopBatch:
+    """The writes waiting in one event loop, and the task committing them."""
 
-    Keeps strong references to in-flight writes, so a write started during a client disconnect
-    (task cancellation) still completes. A write the database refuses is spooled
-    (usage.spool) and a flusher in this process retries every few seconds until the database
-    takes it; the Celery `usage.flush_spool` task does the same across processes."""
-
-    FLUSH_INTERVAL_S = 2.0
+    __slots__ = ("queue", "worker")
 
     def __init__(self) -> None:
-        self._pending: set[asyncio.Task] = set()
+        self.queue: list[tuple[LedgerWrite, asyncio.Future]] = []
+        self.worker: asyncio.Task | None = None
+
+
+class LedgerWriter:
+    """Writes ledger rows off the event loop, with group commit.
+
+    `write` returns once the row is committed (or spooled): durability is per request. Writes
+    arriving while a commit is running queue up and go together in the next transaction, one
+    thread hop per batch instead of one per request. A write started during a client disconnect
+    (task cancellation) still completes. A batch the database refuses is spooled (usage.spool)
+    and a flusher in this process retries every few seconds until the database takes it; the
+    Celery `usage.flush_spool` task does the same across processes."""
+
+    FLUSH_INTERVAL_S = 2.0
+    MAX_BATCH = 256
+
+    def __init__(self) -> None:
+        self._batches: dict[asyncio.AbstractEventLoop, _LoopBatch] = {}
         self._flusher: asyncio.Task | None = None
 
     async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
+                    charge_limits: tuple[BudgetLimit, ...] = (),
                     response: StoredResponse | None = None, release_claim: int | None = None) -> None:
-        task = asyncio.ensure_future(self._write(entry, settle_budget, response, release_claim))
-        self._pending.add(task)
-        task.add_done_callback(self._done)
-        await asyncio.shield(task)
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            self._batches = {lp: b for lp, b in self._batches.items() if not lp.is_closed()}
+            batch = self._batches[loop] = _LoopBatch()
+        done = loop.create_future()
+        batch.queue.append((LedgerWrite(entry=entry, settle_budget=settle_budget,
+                                        charge_limits=charge_limits, response=response,
+                                        release_claim=release_claim), done))
+        if batch.worker is None or batch.worker.done():
+            batch.worker = loop.create_task(self._commit_queued(batch))
+        await asyncio.shield(done)
 
-    async def _write(self, entry: LedgerEntry, settle_budget: bool, response: StoredResponse | None,
-                     release_claim: int | None) -> None:
+    async def _commit_queued(self, batch: _LoopBatch) -> None:
+        while batch.queue:
+            taken, batch.queue = batch.queue[:self.MAX_BATCH], batch.queue[self.MAX_BATCH:]
+            writes = [w for w, _ in taken]
+            try:
+                await self._commit(writes)
+            except Exception as exc:  # never strand a waiting request
+                logger.error("ledger write failed: %s", type(exc).__name__)
+            for _, done in taken:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _commit(self, writes: list[LedgerWrite]) -> None:
         try:
-            await db.run(usage_record_write, entry=entry, settle_budget=settle_budget,
-                         response=response, release_claim=release_claim)
+            await db.run(usage_records_write, writes=writes)
             return
         except DatabaseError as exc:
             if self._flusher is None or self._flusher.done():
                 logger.error("ledger writes failing (%s); spooling rows until the database "
                              "recovers", type(exc).__name__)
-        line = spool_encode(entry=entry, settle_budget=settle_budget, response=response,
-                            release_claim=release_claim)
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, spool_push, line)
-        except OSError as exc:
-            logger.critical("ledger row %s could not be spooled (%s)", entry.request_id,
-                            type(exc).__name__)
-            return
+        lines = [spool_encode(entry=w.entry, settle_budget=w.settle_budget, response=w.response,
+                              release_claim=w.release_claim, charge_limits=w.charge_limits)
+                 for w in writes]
+        loop = asyncio.get_running_loop()
+        for line, w in zip(lines, writes):
+            try:
+                await loop.run_in_executor(None, spool_push, line)
+            except OSError as exc:
+                logger.critical("ledger row %s could not be spooled (%s)", w.entry.request_id,
+                                type(exc).__name__)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_until_empty())
+            self._flusher = loop.create_task(self._flush_until_empty())
 
     async def _flush_until_empty(self) -> None:
         while True:
@@ -371,14 +424,11 @@ class LedgerWriter:
             except Exception as exc:  # keep retrying whatever failed; rows wait in the spool
                 logger.warning("ledger spool flush failed (%s); retrying", type(exc).__name__)
 
-    def _done(self, task: asyncio.Task) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("ledger write failed: %s", type(task.exception()).__name__)
-
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Wait for this loop's queued writes to be committed (graceful shutdown)."""
+        batch = self._batches.get(asyncio.get_running_loop())
+        while batch is not None and batch.worker is not None and not batch.worker.done():
+            await asyncio.shield(batch.worker)
 
 
 ledger_writer = LedgerWriter()
@@ -456,7 +506,13 @@ async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke:
         ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
         idempotency_key=call.idempotency_key,
     )
-    await ledger_writer.write(entry, settle_budget=call.budget_reserved, response=stored,
+    if call.budget_shared:
+        budgets = client_pool.budgets()
+        if budgets is not None:
+            await budgets.settle(request_id=call.request_id, limits=list(call.budget_shared),
+                                 at=call.created_at, cost_units=usd_to_units(entry.cost_usd))
+    await ledger_writer.write(entry, settle_budget=call.budget_reserved,
+                              charge_limits=call.budget_shared, response=stored,
                               release_claim=release_claim)
     if call.active:
         call.active = False

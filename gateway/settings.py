@@ -6,6 +6,7 @@ GATEWAY_ENCRYPTION_KEYS.
 """
 import os
 from pathlib import Path
+from urllib.request import getproxies_environment
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -160,6 +161,8 @@ REST_FRAMEWORK = {
 }
 
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+# Standard HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (either case) for upstream calls.
+GATEWAY_UPSTREAM_PROXIES = getproxies_environment()
 GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 # How often a process checks whether the routing config changed (admin, gateway_apply).

@@ -88,7 +88,7 @@ def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: 
                 transaction.set_rollback(True)
                 raise BudgetExceeded(
                     f"the {limit.scope}'s {limit.period} budget of ${limit.limit_usd} is exhausted",
-                    headers={"retry-after": _retry_after(limit.period, now)})
+                    headers={"retry-after": retry_after(limit.period, now)})
             counters[limit.scope] = counter
         BudgetReservation.objects.create(
             request_id=request_id, amount_units=amount_units,
@@ -97,9 +97,37 @@ def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: 
     return Reservation(request_id=request_id, amount_units=amount_units)
 
 
-def _retry_after(period: str, now: datetime) -> str:
+def retry_after(period: str, now: datetime) -> str:
     _, end = period_bounds(period, now)
     return str(int((end - now).total_seconds()) + 1) if end else "86400"
+
+
+def budget_counted_units(*, limit: BudgetLimit, now: datetime) -> int:
+    """What the database counter of `limit`'s current period holds: spend plus any reservations
+    made in the database (the starting point of its Redis copy)."""
+    start, _ = period_bounds(limit.period, now)
+    row = (BudgetCounter.objects.filter(scope=limit.scope, scope_id=limit.scope_id, period_start=start)
+           .values_list("spent_units", "reserved_units").first())
+    return sum(row) if row else 0
+
+
+def budgets_charge(*, charges: list[tuple[BudgetLimit, datetime, int]]) -> None:
+    """Add spend to counters without a database reservation (reserved in Redis); call inside
+    the ledger rows' transaction. `charges`: (limit, when the request started, cost units).
+    Counters are updated once each, in a fixed order (no deadlock between batches)."""
+    totals: dict[tuple[str, int, datetime], list] = {}
+    for limit, at, units in charges:
+        start, _ = period_bounds(limit.period, at)
+        total = totals.setdefault((limit.scope, limit.scope_id, start), [limit.period, 0])
+        total[1] += units
+    for (scope, scope_id, start) in sorted(totals):
+        period, units = totals[(scope, scope_id, start)]
+        updated = (BudgetCounter.objects.filter(scope=scope, scope_id=scope_id, period_start=start)
+                   .update(spent_units=F("spent_units") + units))
+        if not updated:
+            counter, _ = BudgetCounter.objects.get_or_create(
+                scope=scope, scope_id=scope_id, period_start=start, defaults={"period": period})
+            BudgetCounter.objects.filter(pk=counter.pk).update(spent_units=F("spent_units") + units)
 
 
 def budget_settle(*, request_id: str, cost_units: int) -> None:
@@ -116,6 +144,29 @@ def budget_settle(*, request_id: str, cost_units: int) -> None:
                 reserved_units=F("reserved_units") - held,
                 spent_units=F("spent_units") + cost_units)
     reservation.delete()
+
+
+def budgets_settle(*, charges: dict[str, int]) -> None:
+    """`budget_settle` for many requests at once (request id -> cost units); call inside the
+    ledger rows' transaction. Counters are updated once each, in id order, so concurrent batches
+    lock them in the same order and cannot deadlock one another."""
+    reservations = list(BudgetReservation.objects.select_for_update()
+                        .filter(request_id__in=list(charges)).order_by("request_id"))
+    if not reservations:
+        return
+    deltas: dict[int, list[int]] = {}
+    for reservation in reservations:
+        held = 0 if reservation.released else reservation.amount_units
+        for counter_id in (reservation.key_counter_id, reservation.team_counter_id):
+            if counter_id is not None:
+                delta = deltas.setdefault(counter_id, [0, 0])
+                delta[0] += held
+                delta[1] += charges[reservation.request_id]
+    for counter_id in sorted(deltas):
+        held, spent = deltas[counter_id]
+        BudgetCounter.objects.filter(pk=counter_id).update(
+            reserved_units=F("reserved_units") - held, spent_units=F("spent_units") + spent)
+    BudgetReservation.objects.filter(pk__in=[r.pk for r in reservations]).delete()
 
 
 def budget_release(*, request_id: str) -> None:

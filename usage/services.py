@@ -1,13 +1,13 @@
 """Writes to the usage ledger."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
 
-from usage.budgets import budget_settle, usd_to_units
+from usage.budgets import BudgetLimit, budget_settle, budgets_charge, budgets_settle, usd_to_units
 from usage.idempotency import idempotency_complete, idempotency_release
 from usage.models import UsageRecord
 
@@ -51,15 +51,21 @@ class StoredResponse:
 
 
 def usage_record_write(*, entry: LedgerEntry, settle_budget: bool = False,
+                       charge_limits: tuple[BudgetLimit, ...] = (),
                        response: StoredResponse | None = None, release_claim: int | None = None) -> bool:
-    """Insert the row for one request, settle its budget reservation and store its response
-    for idempotent replay, in one transaction. Idempotent on `request_id`: a second write of
-    the same request changes nothing (returns False), so a retried flush never double-charges."""
+    """Insert the row for one request, settle its budget reservation (`settle_budget`: one made
+    in the database; `charge_limits`: one made in Redis, so only the spend is added here) and
+    store its response for idempotent replay, in one transaction. Idempotent on `request_id`:
+    a second write of the same request changes nothing (returns False), so a retried flush
+    never double-charges."""
     try:
         with transaction.atomic():
             UsageRecord.objects.create(**{k: v for k, v in asdict(entry).items()})
             if settle_budget:
                 budget_settle(request_id=entry.request_id, cost_units=usd_to_units(entry.cost_usd))
+            if charge_limits:
+                units = usd_to_units(entry.cost_usd)
+                budgets_charge(charges=[(limit, entry.created_at, units) for limit in charge_limits])
             if response is not None:
                 idempotency_complete(claim_id=response.claim_id, status=response.status,
                                      headers=response.headers, body=response.body)
@@ -70,3 +76,48 @@ def usage_record_write(*, entry: LedgerEntry, settle_budget: bool = False,
             return False
         raise
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerWrite:
+    """One request's ledger write: its row, whether it settles a budget reservation, and its
+    idempotency outcome (a response to store, or a claim to release)."""
+    entry: LedgerEntry
+    settle_budget: bool = False
+    charge_limits: tuple[BudgetLimit, ...] = ()
+    response: StoredResponse | None = None
+    release_claim: int | None = None
+
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
+def usage_records_write(*, writes: list[LedgerWrite]) -> None:
+    """Write many requests' rows, budget settlements and idempotency outcomes in one
+    transaction (the gateway's group commit). Rows already written (a retried write) make the
+    batch fall back to one transaction per write, each idempotent as `usage_record_write`.
+    Raises DatabaseError when the database refuses the writes; nothing is then kept."""
+    try:
+        with transaction.atomic():
+            UsageRecord.objects.bulk_create([
+                UsageRecord(**{name: getattr(w.entry, name) for name in _ENTRY_FIELDS})
+                for w in writes])
+            charges = {w.entry.request_id: usd_to_units(w.entry.cost_usd)
+                       for w in writes if w.settle_budget}
+            if charges:
+                budgets_settle(charges=charges)
+            spend = [(limit, w.entry.created_at, usd_to_units(w.entry.cost_usd))
+                     for w in writes for limit in w.charge_limits]
+            if spend:
+                budgets_charge(charges=spend)
+            for w in writes:
+                if w.response is not None:
+                    idempotency_complete(claim_id=w.response.claim_id, status=w.response.status,
+                                         headers=w.response.headers, body=w.response.body)
+                if w.release_claim is not None:
+                    idempotency_release(claim_id=w.release_claim)
+    except IntegrityError:
+        for w in writes:
+            usage_record_write(entry=w.entry, settle_budget=w.settle_budget,
+                               charge_limits=w.charge_limits, response=w.response,
+                               release_claim=w.release_claim)

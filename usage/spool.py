@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
+from usage.budgets import BudgetLimit
 from usage.services import LedgerEntry, StoredResponse, usage_record_write
 
 logger = logging.getLogger(__name__)
@@ -45,12 +46,14 @@ def _redis() -> redis.Redis | None:
 
 
 def spool_encode(*, entry: LedgerEntry, settle_budget: bool, response: StoredResponse | None,
-                 release_claim: int | None) -> str:
+                 release_claim: int | None, charge_limits: tuple[BudgetLimit, ...] = ()) -> str:
     data = asdict(entry)
     data["created_at"] = entry.created_at.isoformat()
     data["cost_usd"] = str(entry.cost_usd)
     return json.dumps({
         "entry": data, "settle_budget": settle_budget, "release_claim": release_claim,
+        "charge_limits": [[limit.scope, limit.scope_id, str(limit.limit_usd), limit.period]
+                          for limit in charge_limits],
         "response": None if response is None else {
             "claim_id": response.claim_id, "status": response.status, "headers": response.headers,
             "body": base64.b64encode(response.body).decode()},
@@ -65,6 +68,9 @@ def spool_decode(line: str) -> dict:
     response = item["response"]
     return {
         "entry": LedgerEntry(**entry), "settle_budget": item["settle_budget"],
+        "charge_limits": tuple(BudgetLimit(scope=scope, scope_id=scope_id, limit_usd=Decimal(limit),
+                                           period=period)
+                               for scope, scope_id, limit, period in item.get("charge_limits", ())),
         "release_claim": item["release_claim"],
         "response": None if response is None else StoredResponse(
             claim_id=response["claim_id"], status=response["status"], headers=response["headers"],

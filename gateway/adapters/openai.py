@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 
 from gateway.adapters.base import UpstreamError
-from gateway.clients import client_pool, timeout_for
+from gateway.clients import client_pool, timeout_for, upstream_proxy
 from gateway.logs import mask_secrets
 from gateway.streaming import sse_events
 from providers.selectors import Deployment
@@ -85,7 +85,7 @@ async def post(*, deployment: Deployment, url: str, headers: dict[str, str], bod
     session = client_pool.session()
     try:
         response = await session.post(url, data=orjson.dumps(body), headers=headers,
-                                      allow_redirects=False,
+                                      allow_redirects=False, proxy=upstream_proxy(url),
                                       timeout=timeout_for(deployment.timeout_s))
     except asyncio.TimeoutError:
         raise UpstreamError("upstream timed out before responding", retryable=True,
