@@ -39,6 +39,7 @@ from usage.budgets import BudgetLimit, budget_counted_units, budget_reserve, usd
 from usage.idempotency import Replay, idempotency_claim, idempotency_release
 from usage.models import BudgetScope, UsageSource, UsageStatus
 from usage.pricing import cost_usd
+from usage.ratelimits import Limit
 from usage.services import LedgerEntry, LedgerWrite, StoredResponse, usage_records_write
 from usage.spool import ledger_spool_flush, spool_encode, spool_push, spool_size
 
@@ -217,16 +218,17 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
         call.idempotency_claim = claim
         call.captured = []
     try:
-        limiter = client_pool.ratelimiter()
-        for name, per_minute, cost in (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)):
-            if not per_minute:
-                continue
-            wait = await limiter.acquire(f"{name}:{key.id}", per_minute=per_minute, cost=cost)
-            if wait is not None:
-                raise RateLimited(f"this key's {name.upper()} limit of {per_minute} is reached",
-                                  headers={"retry-after": str(max(1, math.ceil(wait)))})
-            if name == "tpm":
-                call.tpm_charged = cost
+        rates = [Limit(f"{name}:{key.id}", per_minute, cost) for name, per_minute, cost in
+                 (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)) if per_minute]
+        if rates:
+            refusal = await client_pool.ratelimiter().acquire_all(rates)
+            if refusal is not None:
+                rpm = refusal.name.startswith("rpm:")
+                raise RateLimited(f"this key's {'RPM' if rpm else 'TPM'} limit of "
+                                  f"{key.rpm_limit if rpm else key.tpm_limit} is reached",
+                                  headers={"retry-after": str(max(1, math.ceil(refusal.wait_s)))})
+            if key.tpm_limit:
+                call.tpm_charged = prompt_tokens
         limits = budget_limits(key)
         if limits:
             worst = worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,

@@ -353,6 +353,9 @@ class RedisRoutingState:
         self._local = local or LocalRoutingState(lease_ttl_s=lease_ttl_s)
         self._down_until = 0.0
         self._degraded = False
+        # Routes whose breaker this process last read as closed with no failures: a success
+        # there changes nothing, so it skips the round trip (bounded by the configured routes).
+        self._clean: set[int] = set()
         self._wrr_step = redis.register_script(_WRR_STEP)
         self._probe = redis.register_script(_BREAKER_PROBE)
         self._failure = redis.register_script(_BREAKER_FAILURE)
@@ -372,6 +375,10 @@ class RedisRoutingState:
             return bool(won)
 
         async def step_wrr(levels: Sequence[Level]) -> tuple[dict[int, int], dict[int, int]]:
+            if all(len(level.passing) == 1 for level in levels):
+                # A lone route is its level's pick and its current weight stays 0: no state.
+                return ({level.priority: level.passing[0].route_id for level in levels},
+                        {level.passing[0].route_id: 0 for level in levels})
             keys = [f"{self._prefix}wrr:{{{model}}}:{lv.priority}:{lv.digest}" for lv in levels]
             args: list[int | str] = [self._state_ttl_ms]
             for level in levels:
@@ -420,6 +427,9 @@ class RedisRoutingState:
             self._mark_down(exc)
 
     async def record_success(self, candidate: Candidate) -> None:
+        if candidate.route_id in self._clean and not self._degraded:
+            return
+
         async def shared() -> None:
             await self._success(keys=[self._breaker_key(candidate.route_id)],
                                 args=[self._state_ttl_ms])
@@ -427,6 +437,8 @@ class RedisRoutingState:
         await self._shared_or_local(shared, lambda: self._local.record_success(candidate))
 
     async def record_failure(self, candidate: Candidate, error_class: str, *, now: float) -> None:
+        self._clean.discard(candidate.route_id)
+
         async def shared() -> None:
             await self._failure(
                 keys=[self._breaker_key(candidate.route_id)],
@@ -458,7 +470,14 @@ class RedisRoutingState:
         for c in candidates:
             pipe.hgetall(self._breaker_key(c.route_id))
         rows = await pipe.execute()
-        return {c.route_id: _breaker_from_hash(row) for c, row in zip(candidates, rows) if row}
+        breakers = {c.route_id: _breaker_from_hash(row) for c, row in zip(candidates, rows) if row}
+        for c in candidates:
+            state = breakers.get(c.route_id)
+            if state is None or (state.status == Circuit.CLOSED and state.failures == 0):
+                self._clean.add(c.route_id)
+            else:
+                self._clean.discard(c.route_id)
+        return breakers
 
     async def _shared_or_local(self, shared: Callable[[], Awaitable[T]],
                                local: Callable[[], Awaitable[T]]) -> T:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -24,23 +26,45 @@ logger = logging.getLogger(__name__)
 
 PERIOD_MS = 60_000
 
-# KEYS[1]: the key's theoretical arrival time (ms). ARGV: interval_ms, cost, force (0/1).
-# Returns 0 when admitted, else the milliseconds to wait.
+# KEYS: one theoretical arrival time (ms) per limit. ARGV: force (0/1), then per key
+# interval_ms, cost. All limits are charged or none: returns {0} when admitted, else
+# {milliseconds to wait, index of the first limit that refused}.
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval * cost
-if new_tat < now then new_tat = now end
-if ARGV[3] == '0' and new_tat - now > 60000 then
-  return math.ceil(new_tat - now - 60000)
+local tats = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[i * 2])
+  local cost = tonumber(ARGV[i * 2 + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  if new_tat < now then new_tat = now end
+  if ARGV[1] == '0' and new_tat - now > 60000 then
+    return {math.ceil(new_tat - now - 60000), i}
+  end
+  tats[i] = new_tat
 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 60000)
-return 0
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], tostring(tats[i]), 'PX', math.ceil(tats[i] - now) + 60000)
+end
+return {0}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit to charge: `cost` units of `per_minute` on the counter `name`."""
+    name: str
+    per_minute: int
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The limit that refused, and the seconds until the request would fit."""
+    name: str
+    wait_s: float
 
 
 def gcra_step(tat: float, now: float, *, interval: float, cost: float, force: bool) -> tuple[float, float]:
@@ -53,6 +77,9 @@ def gcra_step(tat: float, now: float, *, interval: float, cost: float, force: bo
 
 
 class RateLimiter(Protocol):
+    async def acquire_all(self, limits: Sequence[Limit]) -> Refusal | None:
+        """Charge every limit, or none when one would be exceeded (then returns which)."""
+
     async def acquire(self, name: str, *, per_minute: int, cost: int) -> float | None:
         """None when admitted, else the seconds to wait (for `retry-after`)."""
 
@@ -68,21 +95,32 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._max_entries = max_entries
 
-    def _step(self, name: str, per_minute: int, cost: int, force: bool) -> float | None:
+    def _step(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
         now = time.monotonic() * 1000
         with self._lock:
             if len(self._tats) >= self._max_entries:
                 self._tats = {k: v for k, v in self._tats.items() if v > now}
-            tat, wait = gcra_step(self._tats.get(name, now), now, interval=PERIOD_MS / per_minute,
-                                  cost=cost, force=force)
-            self._tats[name] = tat
-        return wait / 1000 if wait else None
+            new_tats = []
+            for limit in limits:
+                tat, wait = gcra_step(self._tats.get(limit.name, now), now,
+                                      interval=PERIOD_MS / limit.per_minute, cost=limit.cost,
+                                      force=force)
+                if wait:
+                    return Refusal(name=limit.name, wait_s=wait / 1000)
+                new_tats.append(tat)
+            for limit, tat in zip(limits, new_tats):
+                self._tats[limit.name] = tat
+        return None
+
+    async def acquire_all(self, limits: Sequence[Limit]) -> Refusal | None:
+        return self._step(limits, False)
 
     async def acquire(self, name: str, *, per_minute: int, cost: int) -> float | None:
-        return self._step(name, per_minute, cost, False)
+        refusal = self._step([Limit(name, per_minute, cost)], False)
+        return refusal.wait_s if refusal else None
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
-        self._step(name, per_minute, delta, True)
+        self._step([Limit(name, per_minute, delta)], True)
 
 
 class RedisRateLimiter:
@@ -96,25 +134,35 @@ class RedisRateLimiter:
         self._down_until = 0.0
         self._retry_interval_s = retry_interval_s
 
-    async def _run(self, name: str, per_minute: int, cost: int, force: bool) -> float | None:
+    async def _run(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
         if time.monotonic() >= self._down_until:
             try:
-                wait_ms = await self._script(keys=[self._prefix + name],
-                                             args=[PERIOD_MS / per_minute, cost, int(force)])
+                args: list[object] = [int(force)]
+                for limit in limits:
+                    args += [PERIOD_MS / limit.per_minute, limit.cost]
+                result = await self._script(keys=[self._prefix + limit.name for limit in limits],
+                                            args=args)
                 reraise_swallowed_cancel()
                 if self._down_until:
                     logger.info("rate limits: Redis is back; limits are shared again")
                     self._down_until = 0.0
-                return int(wait_ms) / 1000 if int(wait_ms) else None
+                wait_ms = int(result[0])
+                if not wait_ms:
+                    return None
+                return Refusal(name=limits[int(result[1]) - 1].name, wait_s=wait_ms / 1000)
             except (RedisError, OSError):
                 reraise_swallowed_cancel()
                 if not self._down_until:
                     logger.warning("rate limits: Redis unreachable; enforcing per process")
                 self._down_until = time.monotonic() + self._retry_interval_s
-        return self._local._step(name, per_minute, cost, force)
+        return self._local._step(limits, force)
+
+    async def acquire_all(self, limits: Sequence[Limit]) -> Refusal | None:
+        return await self._run(limits, False)
 
     async def acquire(self, name: str, *, per_minute: int, cost: int) -> float | None:
-        return await self._run(name, per_minute, cost, False)
+        refusal = await self._run([Limit(name, per_minute, cost)], False)
+        return refusal.wait_s if refusal else None
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
-        await self._run(name, per_minute, delta, True)
+        await self._run([Limit(name, per_minute, delta)], True)

@@ -296,12 +296,14 @@ async def test_local_leases_expire_too():
 async def test_every_redis_key_expires(prefix):
     r = await redis_or_skip()
     state = RedisRoutingState(r, prefix=prefix)
-    cs = [Candidate(1, 1, max_inflight=3), Candidate(2, 2, priority=1)]
+    # Two routes share priority 0, so the WRR step runs (one vector per priority level).
+    cs = [Candidate(1, 1, max_inflight=3), Candidate(3, 3), Candidate(2, 2, priority=1)]
     await state.plan("m", cs, now=NOW)
     await state.acquire(cs[0])
-    await fail(state, cs[1], 2)
+    await fail(state, cs[2], 2)
     keys = [k async for k in r.scan_iter(match=f"{prefix}*")]
-    assert len(keys) == 4
+    kinds = sorted(k.decode()[len(prefix):].split(":")[0] for k in keys)
+    assert kinds == ["cb", "inflight", "wrr", "wrr"]
     assert all([await r.pttl(k) > 0 for k in keys])
     await r.aclose()
 
