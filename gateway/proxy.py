@@ -33,6 +33,7 @@ from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, 
 from gateway.routing import backoff_delay
 from gateway.routing_state import Lease
 from gateway.streaming import DRAIN_SECONDS
+from gateway.tracing import TraceCapture, request_tracer
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 from usage.budgets import BudgetLimit, budget_counted_units, budget_reserve, usd_to_units
@@ -83,6 +84,8 @@ class ProxyCall:
     idempotency_claim: int | None = None
     # Bytes sent to the client, kept only while an Idempotency-Key claim needs them.
     captured: list[bytes] | None = None
+    # Kept for the request's span only while tracing is on (gateway.tracing).
+    trace: TraceCapture | None = None
     active: bool = False
     finished: bool = False
 
@@ -119,6 +122,8 @@ def call_begin(request: HttpRequest, *, surface: str) -> ProxyCall:
     if not call.client_request_id:
         request.request_id = call.request_id
     call.idempotency_key = request.headers.get("idempotency-key", "")[:255]
+    if request_tracer.enabled:
+        call.trace = request_tracer.capture(request)
     return call
 
 
@@ -535,6 +540,8 @@ async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke:
                "input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
                "cached_tokens": entry.cached_tokens, "reasoning_tokens": entry.reasoning_tokens,
                "cost_usd": str(entry.cost_usd), "latency_ms": entry.latency_ms, "ttft_ms": entry.ttft_ms})
+    if call.trace is not None:
+        request_tracer.record(call=call, entry=entry, response_body=response_body)
 
 
 class call_guard:

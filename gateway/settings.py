@@ -6,6 +6,7 @@ GATEWAY_ENCRYPTION_KEYS.
 """
 import os
 from pathlib import Path
+from urllib.parse import unquote
 from urllib.request import getproxies_environment
 
 import environ
@@ -192,6 +193,30 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = GATEWAY_MAX_BODY_BYTES
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
 # One line per request in either format; secrets are masked by the formatters.
 GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="text")
+
+# OpenTelemetry traces (gateway.tracing): off unless an OTLP endpoint or Langfuse keys are set.
+# The SDK itself reads the standard OTEL_BSP_* (batching) and OTEL_TRACES_SAMPLER variables.
+GATEWAY_OTEL_ENDPOINT = env.str("GATEWAY_OTEL_ENDPOINT", default="")
+GATEWAY_OTEL_PROTOCOL = env.str("GATEWAY_OTEL_PROTOCOL", default="http/protobuf")
+if GATEWAY_OTEL_PROTOCOL not in ("http/protobuf", "grpc"):
+    raise ImproperlyConfigured("GATEWAY_OTEL_PROTOCOL must be http/protobuf or grpc")
+# "name=value,name=value", values percent-encoded as in OTEL_EXPORTER_OTLP_HEADERS.
+GATEWAY_OTEL_HEADERS = {
+    name.strip(): unquote(value.strip())
+    for name, _, value in (item.partition("=")
+                           for item in env.str("GATEWAY_OTEL_HEADERS", default="").split(","))
+    if name.strip()}
+GATEWAY_OTEL_SERVICE_NAME = env.str("GATEWAY_OTEL_SERVICE_NAME", default="llm-gateway")
+# Request and response bodies on spans are cut to this many bytes; 0 records none.
+GATEWAY_OTEL_MAX_BODY_BYTES = env.int("GATEWAY_OTEL_MAX_BODY_BYTES", default=4096)
+GATEWAY_OTEL_TIMEOUT_S = env.float("GATEWAY_OTEL_TIMEOUT_S", default=10.0)
+GATEWAY_OTEL_LANGFUSE_HOST = env.str("GATEWAY_OTEL_LANGFUSE_HOST",
+                                     default="https://cloud.langfuse.com")
+GATEWAY_OTEL_LANGFUSE_PUBLIC_KEY = env.str("GATEWAY_OTEL_LANGFUSE_PUBLIC_KEY", default="")
+GATEWAY_OTEL_LANGFUSE_SECRET_KEY = env.str("GATEWAY_OTEL_LANGFUSE_SECRET_KEY", default="")
+if bool(GATEWAY_OTEL_LANGFUSE_PUBLIC_KEY) != bool(GATEWAY_OTEL_LANGFUSE_SECRET_KEY):
+    raise ImproperlyConfigured("set both GATEWAY_OTEL_LANGFUSE_PUBLIC_KEY and "
+                               "GATEWAY_OTEL_LANGFUSE_SECRET_KEY, or neither")
 
 LOGGING = {
     "version": 1,

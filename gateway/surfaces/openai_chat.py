@@ -267,6 +267,8 @@ async def relay_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Ups
         recorded = True
         if call.usage_source == UsageSource.ESTIMATED:
             call.output_tokens = text_tokens("".join(relay.streamed))
+        if call.trace is not None:
+            call.trace.take_text(relay.streamed)
         body = b"".join(call.captured) + DONE if call.captured is not None else None
         await call_finish(call, snapshot, upstream_broke=upstream_broke, response_body=body,
                           response_headers={"content-type": "text/event-stream; charset=utf-8",

@@ -72,7 +72,7 @@ class StreamRelay:
         self.done = False
         self.stopped = False
         self.failed: StreamError | None = None
-        self._streamed: list[str] = []
+        self.streamed: list[str] = []
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
 
@@ -94,13 +94,13 @@ class StreamRelay:
         for ev in events:
             if isinstance(ev, (TextDelta, ThinkingDelta)):
                 if ev.text:
-                    self._streamed.append(ev.text)
+                    self.streamed.append(ev.text)
                     self.call.mark_first_token()
             elif isinstance(ev, ToolCallStart):
-                self._streamed.append(ev.name)
+                self.streamed.append(ev.name)
                 self.call.mark_first_token()
             elif isinstance(ev, ToolArgsDelta):
-                self._streamed.append(ev.partial_json)
+                self.streamed.append(ev.partial_json)
             elif isinstance(ev, UsageUpdate):
                 self._usage = ev.usage
             elif isinstance(ev, MessageStart) and ev.usage is not None:
@@ -120,7 +120,7 @@ class StreamRelay:
         if start is not None and start.input_tokens:
             self.call.input_tokens = start.input_tokens
             self.call.cached_tokens = start.cached_tokens
-        self.call.output_tokens = text_tokens("".join(self._streamed))
+        self.call.output_tokens = text_tokens("".join(self.streamed))
         self.call.usage_source = UsageSource.ESTIMATED
 
 
@@ -176,6 +176,8 @@ async def relay_stream(call: ProxyCall, snapshot: RoutingSnapshot, upstream: Ups
             return
         recorded = True
         relay.settle()
+        if call.trace is not None:
+            call.trace.take_text(relay.streamed)
         body = b"".join(call.captured) if call.captured is not None else None
         finish = asyncio.ensure_future(call_finish(
             call, snapshot, upstream_broke=upstream_broke, response_body=body,
