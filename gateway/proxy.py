@@ -458,8 +458,10 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_br
         response_headers=response_headers)))
 
 
-async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke: bool,
-                  response_body: bytes | None, response_headers: dict[str, str] | None) -> None:
+async def _release_shared(call: ProxyCall, *, upstream_broke: bool, cost_units: int) -> None:
+    """Give back what the call holds in the shared state: its in-flight slot (counting a
+    mid-response failure against the route's circuit), its TPM estimate (corrected to the real
+    tokens) and its Redis budget reservation (turned into spend)."""
     if call.lease is not None:
         lease, call.lease = call.lease, None
         routing = client_pool.routing()
@@ -472,6 +474,15 @@ async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke:
         delta = call.input_tokens + call.output_tokens - call.tpm_charged
         if delta:
             await client_pool.ratelimiter().adjust(f"tpm:{key.id}", per_minute=key.tpm_limit, delta=delta)
+    if call.budget_shared:
+        budgets = client_pool.budgets()
+        if budgets is not None:
+            await budgets.settle(request_id=call.request_id, limits=list(call.budget_shared),
+                                 at=call.created_at, cost_units=cost_units)
+
+
+async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke: bool,
+                  response_body: bytes | None, response_headers: dict[str, str] | None) -> None:
     stored = release_claim = None
     if call.idempotency_claim is not None:
         if call.status == UsageStatus.OK and response_body is not None:
@@ -513,14 +524,12 @@ async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke:
         ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
         idempotency_key=call.idempotency_key,
     )
-    if call.budget_shared:
-        budgets = client_pool.budgets()
-        if budgets is not None:
-            await budgets.settle(request_id=call.request_id, limits=list(call.budget_shared),
-                                 at=call.created_at, cost_units=usd_to_units(entry.cost_usd))
-    await ledger_writer.write(entry, settle_budget=call.budget_reserved,
-                              charge_limits=call.budget_shared, response=stored,
-                              release_claim=release_claim)
+    # Independent of each other: the shared-state round trips overlap the ledger commit.
+    await asyncio.gather(
+        _release_shared(call, upstream_broke=upstream_broke, cost_units=usd_to_units(entry.cost_usd)),
+        ledger_writer.write(entry, settle_budget=call.budget_reserved,
+                            charge_limits=call.budget_shared, response=stored,
+                            release_claim=release_claim))
     if call.active:
         call.active = False
         ACTIVE.dec()
