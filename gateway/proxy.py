@@ -225,20 +225,20 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
     try:
         rates = [Limit(f"{name}:{key.id}", per_minute, cost) for name, per_minute, cost in
                  (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)) if per_minute]
-        if rates:
-            refusal = await client_pool.ratelimiter().acquire_all(rates)
-            if refusal is not None:
-                rpm = refusal.name.startswith("rpm:")
-                raise RateLimited(f"this key's {'RPM' if rpm else 'TPM'} limit of "
-                                  f"{key.rpm_limit if rpm else key.tpm_limit} is reached",
-                                  headers={"retry-after": str(max(1, math.ceil(refusal.wait_s)))})
-            if key.tpm_limit:
-                call.tpm_charged = prompt_tokens
         limits = budget_limits(key)
+        worst = (worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
+                                 max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
+                 if limits else None)
+        checks = []
+        if rates:
+            checks.append(_rates_acquire(call, rates))
         if limits:
-            worst = worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
-                                    max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
-            await _budget_reserve(call, limits, usd_to_units(worst))
+            checks.append(_budget_reserve(call, limits, usd_to_units(worst)))
+        # Both at once (one round trip of waiting, not two). Whatever one took while the other
+        # refused is given back by call_finish, which every rejected call goes through.
+        for outcome in await asyncio.gather(*checks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
     except GatewayError as exc:
         call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
                   error_type=exc.code or exc.type)
@@ -247,6 +247,19 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
             call.idempotency_claim = call.captured = None
         raise
     return None
+
+
+async def _rates_acquire(call: ProxyCall, rates: list[Limit]) -> None:
+    """Charge the key's RPM and TPM (the prompt estimate) together. Raises RateLimited."""
+    key = call.key
+    refusal = await client_pool.ratelimiter().acquire_all(rates)
+    if refusal is not None:
+        rpm = refusal.name.startswith("rpm:")
+        raise RateLimited(f"this key's {'RPM' if rpm else 'TPM'} limit of "
+                          f"{key.rpm_limit if rpm else key.tpm_limit} is reached",
+                          headers={"retry-after": str(max(1, math.ceil(refusal.wait_s)))})
+    if key.tpm_limit:
+        call.tpm_charged = rates[-1].cost
 
 
 async def _db_counted_units(limit: BudgetLimit, now) -> int:

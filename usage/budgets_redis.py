@@ -19,7 +19,9 @@ import logging
 import time
 from datetime import datetime, timedelta
 
+import redis
 import redis.asyncio as aioredis
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from gateway.errors import BudgetExceeded
@@ -45,7 +47,9 @@ for _, id in ipairs(expired) do
     local held = nil
     for word in string.gmatch(data, '%%S+') do
       if held == nil then held = tonumber(word)
-      elseif redis.call('EXISTS', word) == 1 then redis.call('HINCRBY', word, 'r', -held) end
+      elseif redis.call('EXISTS', word) == 1 then
+        if redis.call('HINCRBY', word, 'r', -held) < 0 then redis.call('HSET', word, 'r', 0) end
+      end
     end
     redis.call('HDEL', KEYS[1], id)
   end
@@ -77,7 +81,8 @@ local held = 0
 if data then held = tonumber(string.match(data, '^%S+')) end
 for i = 3, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('HINCRBY', KEYS[i], 'r', -held)
+    -- never below 0: a copy re-seeded meanwhile does not hold this reservation
+    if redis.call('HINCRBY', KEYS[i], 'r', -held) < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
     redis.call('HINCRBY', KEYS[i], 's', tonumber(ARGV[2]))
   end
 end
@@ -98,7 +103,29 @@ return 1
 
 def counter_key(limit: BudgetLimit, now: datetime) -> str:
     start, _ = period_bounds(limit.period, now)
-    return f"{PREFIX}{limit.scope}:{limit.scope_id}:{limit.period}:{int(start.timestamp())}"
+    return period_key(scope=limit.scope, scope_id=limit.scope_id, period=limit.period,
+                      period_start=start)
+
+
+def period_key(*, scope: str, scope_id: int, period: str, period_start: datetime) -> str:
+    return f"{PREFIX}{scope}:{scope_id}:{period}:{int(period_start.timestamp())}"
+
+
+def shared_spend_forget(*, scope: str, scope_id: int, period: str, period_start: datetime) -> None:
+    """Drop the Redis copy of a database counter that reconciliation corrected, so the next
+    request seeds it again from the corrected figure. A no-op without Redis or while it is
+    down (the copy then lives until it has been unused for a week)."""
+    if not settings.REDIS_URL:
+        return
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.delete(period_key(scope=scope, scope_id=scope_id, period=period,
+                                 period_start=period_start))
+    except (RedisError, OSError) as exc:
+        logger.warning("budgets: Redis copy of a corrected counter not dropped (%s)",
+                       type(exc).__name__)
+    finally:
+        client.close()
 
 
 def _key_ttl_s(limit: BudgetLimit, now: datetime) -> int:

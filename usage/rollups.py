@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from usage.budgets import period_bounds, usd_to_units
+from usage.budgets_redis import shared_spend_forget
 from usage.models import BudgetCounter, BudgetScope, DailyUsage, UsageRecord, UsageStatus
 
 logger = logging.getLogger(__name__)
@@ -66,9 +67,11 @@ def budget_counters_reconcile() -> int:
                      else {"team_id": counter.scope_id})
             actual = sum((usd_to_units(c) for c in rows.filter(**scope).values_list("cost_usd", flat=True)), 0)
             if actual != counter.spent_units:
-                logger.warning("budget counter %s drifted by %s units; corrected", counter.pk,
-                               actual - counter.spent_units)
+                delta = actual - counter.spent_units
+                logger.warning("budget counter %s drifted by %s units; corrected", counter.pk, delta)
                 counter.spent_units = actual
                 counter.save(update_fields=["spent_units", "updated_at"])
+                shared_spend_forget(scope=counter.scope, scope_id=counter.scope_id,
+                                    period=counter.period, period_start=counter.period_start)
                 corrected += 1
     return corrected

@@ -1,6 +1,7 @@
 """Writes to the usage ledger."""
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from decimal import Decimal
@@ -92,17 +93,24 @@ class LedgerWrite:
 _ENTRY_FIELDS = tuple(f.name for f in fields(LedgerEntry))
 
 
+@functools.lru_cache(maxsize=8)
+def _insert_statement(alias: str) -> tuple[str, tuple]:
+    by_attname = {f.attname: f for f in UsageRecord._meta.concrete_fields}
+    columns = tuple(by_attname[name] for name in _ENTRY_FIELDS)
+    quote = connections[alias].ops.quote_name
+    sql = (f"INSERT INTO {quote(UsageRecord._meta.db_table)} "
+           f"({', '.join(quote(f.column) for f in columns)}) "
+           f"VALUES ({', '.join(['%s'] * len(columns))})")
+    return sql, columns
+
+
 def _rows_insert(entries: list[LedgerEntry]) -> None:
     """One multi-row INSERT of ledger rows: each value goes through its model field's own
     database preparation, without building model instances or compiling a query per batch
     (the ORM's share of the hot path's CPU)."""
-    by_attname = {f.attname: f for f in UsageRecord._meta.concrete_fields}
-    columns = [by_attname[name] for name in _ENTRY_FIELDS]
-    connection = connections[router.db_for_write(UsageRecord)]
-    quote = connection.ops.quote_name
-    sql = (f"INSERT INTO {quote(UsageRecord._meta.db_table)} "
-           f"({', '.join(quote(f.column) for f in columns)}) "
-           f"VALUES ({', '.join(['%s'] * len(columns))})")
+    alias = router.db_for_write(UsageRecord)
+    connection = connections[alias]
+    sql, columns = _insert_statement(alias)
     rows = [[f.get_db_prep_save(getattr(entry, f.attname), connection) for f in columns]
             for entry in entries]
     with connection.cursor() as cursor:

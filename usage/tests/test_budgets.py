@@ -109,6 +109,34 @@ def test_rpm_limit_answers_429_with_retry_after(gateway_url, demo_key, make_key)
     assert 1 <= int(codes[2].headers["retry-after"]) <= 30
 
 
+def test_rate_limited_request_holds_no_budget(gateway_url, fake_provider, make_key):
+    # RPM and the budget are checked together; the refused request must give its reservation back.
+    raw = make_key(rpm=1, budget_usd=_worst_case() * 3, budget_period="day")
+    key = ApiKey.objects.get(name="tests")
+    first, second = (httpx.post(f"{gateway_url}/v1/chat/completions", timeout=30,
+                                headers={"authorization": f"Bearer {raw}"},
+                                json={"model": "gpt-test", "messages": MESSAGES, "max_tokens": MAX_TOKENS})
+                     for _ in range(2))
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert second.json()["error"]["type"] == "rate_limit_error"
+    counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
+    assert counter.reserved_units == 0 and not BudgetReservation.objects.exists()
+    assert units_to_usd(counter.spent_units) == _ledger_sum(key.id)
+    assert UsageRecord.objects.get(status="rejected").cost_usd == 0
+    from django.conf import settings
+    if settings.REDIS_URL:  # reserved in Redis: nothing may stay held there either
+        import redis
+
+        from usage.budgets_redis import RESERVATIONS, counter_key
+        from usage.budgets import BudgetLimit
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal(0), period="day")
+        row = UsageRecord.objects.get(status="rejected")
+        assert client.hlen(RESERVATIONS) == 0
+        assert int(client.hget(counter_key(limit, row.created_at), "r")) == 0
+        client.close()
+
+
 def test_tpm_limit_counts_real_tokens(gateway_url, demo_key, make_key):
     raw = make_key(tpm=60)
     headers = {"authorization": f"Bearer {raw}"}

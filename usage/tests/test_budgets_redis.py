@@ -155,3 +155,27 @@ def test_unreachable_redis_hands_reservation_back_to_the_database(gateway_url):
         return reserved
 
     assert asyncio.run(scenario()) is False
+
+
+def test_reconciliation_reseeds_the_redis_copy_of_a_corrected_counter(gateway_url, fake_provider,
+                                                                      make_key):
+    from usage.rollups import budget_counters_reconcile
+
+    raw = make_key(budget_usd=Decimal("5"), budget_period="week")
+    key = ApiKey.objects.get(name="tests")
+    assert _post(gateway_url, raw).status_code == 200
+    row = UsageRecord.objects.get(api_key_id=key.id)
+    limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal("5"), period="week")
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    shared = counter_key(limit, row.created_at)
+    assert client.exists(shared)
+    # The database counter drifted (say, an operator edited it); the ledger is the truth.
+    BudgetCounter.objects.filter(scope="key", scope_id=key.id).update(spent_units=0)
+    assert budget_counters_reconcile() == 1
+    assert not client.exists(shared)
+    assert _post(gateway_url, raw).status_code == 200
+    counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
+    assert units_to_usd(counter.spent_units) == sum(
+        r.cost_usd for r in UsageRecord.objects.filter(api_key_id=key.id))
+    assert int(client.hget(shared, "s")) == counter.spent_units
+    client.close()
