@@ -28,7 +28,8 @@ from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call
                            upstream_failure)
 from gateway.responses import (json_response, openai_error, openai_error_body, replayed,
                                sse_response)
-from gateway.streaming import DRAIN_BYTES, DRAIN_SECONDS, SSEError, drainer, sse_format
+from gateway.streaming import sse_format
+from gateway.surfaces.relay import StreamRelay, relay_stream
 from gateway.surfaces.translated import (SurfaceSpec, respond, send_prepared,
                                          upstream_requests)
 from gateway.tokens import chat_input_tokens, text_tokens
@@ -146,7 +147,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         if not call.stream:
             return await complete_native(call, snapshot, upstream, headers)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
+        return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage,
+                                         headers=headers),
                             headers=headers,
                             on_abandoned=lambda stream: stream_abandoned(call, stream))
 
@@ -216,24 +218,27 @@ def _delta_text(choices: list) -> str:
     return "".join(parts)
 
 
-class ChunkRelay:
-    """Per-stream state: what the client asked for, what was streamed (for estimates)."""
+class ChunkRelay(StreamRelay):
+    """The native pair (OpenAI-dialect upstream, OpenAI client): each chunk passes through with
+    the public model name, and the usage chunk only when the client asked for it; driven by
+    `relay_stream` like every other pair."""
 
     def __init__(self, call: ProxyCall, *, include_usage: bool) -> None:
-        self.call = call
+        super().__init__(call)
         self.include_usage = include_usage
-        self.streamed: list[str] = []
 
-    def consume(self, data: str) -> bytes | None:
-        """One upstream event in; the bytes to send the client (None: send nothing).
-        Raises UpstreamError for garbage or an in-stream error."""
+    def feed(self, event: str | None, data: str) -> list[bytes]:
+        """Raises UpstreamError for garbage or an in-stream error."""
+        if data == "[DONE]":
+            self.done = True
+            return []
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamError("the upstream sent an event that is not JSON",
                                 error_class="bad_stream") from None
         if not isinstance(chunk, dict):
-            return None
+            return []
         if chunk.get("error") is not None and not chunk.get("choices"):
             raise UpstreamError("the upstream reported an error mid-stream", error_class="stream_error")
         if chunk.get("usage"):
@@ -245,83 +250,27 @@ class ChunkRelay:
                 self.streamed.append(text)
                 self.call.mark_first_token()
         elif not self.include_usage:
-            return None
+            return []
         if not self.include_usage:
             chunk.pop("usage", None)
         chunk["model"] = self.call.public_model
-        return sse_format(orjson.dumps(chunk))
+        return [sse_format(orjson.dumps(chunk))]
+
+    def end(self) -> list[bytes]:
+        return [DONE]
+
+    def error(self, message: str, type: str) -> list[bytes]:
+        error = UpstreamFailed(message, code="upstream_timeout" if type == "timeout_error"
+                               else "upstream_error")
+        return [sse_format(orjson.dumps(openai_error_body(error))), DONE]
+
+    def settle(self) -> None:
+        if self.call.usage_source == UsageSource.ESTIMATED:
+            self.call.output_tokens = text_tokens("".join(self.streamed))
 
 
-async def relay_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse, *,
-                 include_usage: bool) -> AsyncIterator[bytes]:
-    """Re-emit upstream chunks as they arrive; exactly one ledger row whatever happens. When
-    the client disconnects, the upstream is drained in the background for its final usage."""
-    relay = ChunkRelay(call, include_usage=include_usage)
-    recorded = False
-    draining = False
-
-    async def record(*, upstream_broke: bool = False) -> None:
-        nonlocal recorded
-        if recorded:
-            return
-        recorded = True
-        if call.usage_source == UsageSource.ESTIMATED:
-            call.output_tokens = text_tokens("".join(relay.streamed))
-        if call.trace is not None:
-            call.trace.take_text(relay.streamed)
-        body = b"".join(call.captured) + DONE if call.captured is not None else None
-        await call_finish(call, snapshot, upstream_broke=upstream_broke, response_body=body,
-                          response_headers={"content-type": "text/event-stream; charset=utf-8",
-                                            "x-gateway-provider": call.deployment.provider_name})
-
-    async def drain() -> None:
-        read = 0
-        try:
-            async with asyncio.timeout(DRAIN_SECONDS):
-                async for _event, data in upstream.events():
-                    read += len(data)
-                    if data == "[DONE]" or read > DRAIN_BYTES:
-                        break
-                    relay.consume(data)
-        except (UpstreamError, SSEError, aiohttp.ClientError, TimeoutError):
-            pass
-        finally:
-            await record()
-            await upstream.close()
-
-    try:
-        async for _event, data in upstream.events():
-            if data == "[DONE]":
-                break
-            event = relay.consume(data)
-            if event is None:
-                continue
-            if call.captured is not None:
-                call.captured.append(event)
-            yield event
-        await record()
-        yield DONE
-    except (asyncio.CancelledError, GeneratorExit):
-        # The client went away: Django cancels us mid-await, or closes us at a `yield`.
-        if not recorded:
-            call.fail(status=UsageStatus.CLIENT_DISCONNECTED, http_status=call.http_status,
-                      error_type="client_disconnected")
-            call.captured = None
-            draining = drainer.start(drain)
-            if not draining:
-                await record()
-        raise
-    except (UpstreamError, SSEError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        timeout = isinstance(exc, asyncio.TimeoutError)
-        call.fail(status=UsageStatus.TIMEOUT if timeout else UsageStatus.UPSTREAM_ERROR,
-                  http_status=call.http_status,
-                  error_type=getattr(exc, "error_class", type(exc).__name__))
-        await record(upstream_broke=True)
-        message = ("the upstream timed out mid-stream" if timeout
-                   else "the upstream stream failed: " + getattr(exc, "message", type(exc).__name__))
-        error = UpstreamFailed(message, code="upstream_timeout" if timeout else "upstream_error")
-        yield sse_format(orjson.dumps(openai_error_body(error)))
-        yield DONE
-    finally:
-        if not draining:
-            await upstream.close()
+def relay_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse, *,
+                 include_usage: bool, headers: dict[str, str]) -> AsyncIterator[bytes]:
+    """Relay an OpenAI-dialect stream to an OpenAI client (see gateway.surfaces.relay)."""
+    return relay_stream(call, snapshot, upstream, ChunkRelay(call, include_usage=include_usage),
+                        headers=headers)

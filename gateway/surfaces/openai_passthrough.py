@@ -77,6 +77,7 @@ async def passthrough(request: HttpRequest, *, surface: str, path: str,
         if not call.stream:
             return await complete_native(call, snapshot, upstream, headers)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage),
+        return sse_response(relay_native(call, snapshot, upstream, include_usage=include_usage,
+                                         headers=headers),
                             headers=headers,
                             on_abandoned=lambda stream: stream_abandoned(call, stream))
