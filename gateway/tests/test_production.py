@@ -63,3 +63,34 @@ def test_sigterm_lets_an_in_flight_stream_finish_and_its_row_land(spawn_gateway,
     process.wait(30)
     row = UsageRecord.objects.get()
     assert (row.status, row.output_tokens, row.usage_source) == ("ok", 7, "reported")
+
+
+def test_compose_file_describes_the_production_stack(tmp_path):
+    import shutil
+
+    import yaml
+
+    source = Path(settings.BASE_DIR) / "docker-compose.yml"
+    services = yaml.safe_load(source.read_text())["services"]
+    assert set(services) == {"db", "redis", "migrate", "web", "worker", "beat"}
+    assert services["db"]["image"].startswith("mysql:8")
+    for name in ("db", "redis", "web"):
+        assert services[name]["healthcheck"]["test"], name
+    for name in ("web", "worker", "beat"):
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    assert services["migrate"]["depends_on"]["db"] == {"condition": "service_healthy"}
+    web = services["web"]
+    # Several workers: their /metrics must be aggregated.
+    assert "--workers" in " ".join(web["command"]) and web["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert web["environment"]["REDIS_URL"] and web["environment"]["DATABASE_URL"].startswith("mysql://")
+    # The compose tool's own validation, where one is installed (.ci/run installs Debian's).
+    tool = (["docker-compose"] if shutil.which("docker-compose") else
+            ["docker", "compose"] if shutil.which("docker") and subprocess.run(
+                ["docker", "compose", "version"], capture_output=True).returncode == 0 else None)
+    if tool is None:
+        return
+    shutil.copy(source, tmp_path / "docker-compose.yml")
+    (tmp_path / ".env").write_text("SECRET_KEY=x\nGATEWAY_ENCRYPTION_KEYS=y\n")
+    checked = subprocess.run([*tool, "config", "-q"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stderr
