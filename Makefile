@@ -27,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest
 
 # Performance benchmark (issue 9; not part of `make test`): bench/README.md.
-.PHONY: bench-clients
+.PHONY: bench-clients bench-servers
 $(VENV)/.bench-installed: bench/requirements.txt $(VENV)/.installed
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r bench/requirements.txt
 	touch $@
@@ -37,3 +37,6 @@ bench: install $(VENV)/.bench-installed
 
 bench-clients: install $(VENV)/.bench-installed
 	$(BIN)/python -m bench.client_compare
+
+bench-servers: install $(VENV)/.bench-installed
+	$(BIN)/python -m bench.server_compare

@@ -139,8 +139,9 @@ def gateway_command(port: int, app: str = "gateway.asgi:application") -> list[st
 
 
 def start_server(name: str, port: int, env: dict[str, str], log: Path,
-                 app: str = "gateway.asgi:application") -> Process:
-    proc = Process(name, gateway_command(port, app), env=env, log=log)
+                 app: str = "gateway.asgi:application", cmd: list[str] | None = None) -> Process:
+    """`cmd` (default: gateway_command) started and ready: its /health answers 200."""
+    proc = Process(name, cmd or gateway_command(port, app), env=env, log=log)
     try:
         wait_until(lambda: http_get_ok(f"http://127.0.0.1:{port}/health"), 60, name, proc.proc)
     except RuntimeError:
@@ -168,6 +169,25 @@ def memory_mb(pid: int) -> dict[str, float]:
                 name, value = line.split(":", 1)
                 out[name] = round(int(value.split()[0]) / 1024, 1)
     return {"rss_mb": out.get("VmRSS", 0.0), "hwm_mb": out.get("VmHWM", 0.0)}
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a server's supervisor and its workers), parents first."""
+    out, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        out.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as children:
+                    queue.extend(int(c) for c in children.read().split())
+            except OSError:
+                pass
+    return out
 
 
 def reset_peak(pid: int) -> bool:
