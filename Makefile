@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py gateway_demo
+	$(BIN)/python manage.py gateway_demo --base-url http://$(HOST):$(PORT)
 	$(BIN)/python -m uvicorn gateway.asgi:application --host $(HOST) --port $(PORT) --no-access-log --timeout-graceful-shutdown 30
 
 test: install
