@@ -23,7 +23,7 @@ django_application = get_asgi_application()
 
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from gateway.asgi_guards import Guards  # noqa: E402
+from gateway.asgi_guards import Guards, StalledClientLogFilter  # noqa: E402
 from gateway.clients import client_pool  # noqa: E402
 from gateway.proxy import ledger_writer  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
@@ -113,6 +113,7 @@ async def _route(scope, receive, send):
 
 
 http_application = Guards(_route)
+logging.getLogger("uvicorn.error").addFilter(StalledClientLogFilter())
 
 
 async def _finish_background_work() -> None:

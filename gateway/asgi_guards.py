@@ -17,6 +17,8 @@ Errors use the surface's shape: Anthropic's under /v1/messages, OpenAI's elsewhe
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import time
 
 import orjson
@@ -24,8 +26,23 @@ from django.conf import settings
 
 from gateway.clients import client_pool
 
+logger = logging.getLogger(__name__)
+
 AUTH_FAILURES_PER_MINUTE = 30
 MAX_BLOCKED = 100_000
+
+
+# Set in the connection's task when its client stopped reading and the response was abandoned.
+_stalled = contextvars.ContextVar("gateway_client_stalled", default=False)
+
+
+class StalledClientLogFilter(logging.Filter):
+    """For the server's error logger: the server reports a response abandoned because its client
+    stopped reading as an application that returned without completing its response; the guard
+    has already logged it as what it is (a warning), so that record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_stalled.get() and "without completing response" in str(record.msg))
 
 
 class BodyTooLarge(Exception):
@@ -101,6 +118,7 @@ class Guards:
                     return await _respond(send, path, 413, message, "request_too_large")
         received = 0
         started = False
+        stalled = False
         body_done = False
         body_timeout = settings.GATEWAY_BODY_TIMEOUT_S
         write_timeout = settings.GATEWAY_WRITE_TIMEOUT_S
@@ -122,15 +140,26 @@ class Guards:
             return event
 
         async def timed_send(event):
-            nonlocal started
+            nonlocal started, stalled
+            if stalled:
+                return  # like a server's send to a client that is gone
             if event["type"] == "http.response.start":
                 started = True
                 if api and event["status"] == 401:
                     await self._auth_failed(address)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation Django uses to stop a stream whose client left.
-            async with asyncio.timeout(write_timeout):
-                await send(event)
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await send(event)
+            except TimeoutError:
+                # The client stopped reading. Treated as gone: Django stops sending the
+                # response as it does for a disconnect, and the view's stream is closed and
+                # records its row.
+                stalled = True
+                logger.warning("%s: the client read nothing for %gs; response abandoned", path,
+                               write_timeout)
+                raise asyncio.CancelledError from None
 
         try:
             await self.app(scope, limited_receive, timed_send)
@@ -141,3 +170,7 @@ class Guards:
             if not started:
                 await _respond(send, path, 408, f"no request body data for {body_timeout:g}s",
                                "request_timeout")
+        finally:
+            if stalled:
+                # In the server's task (the send ran in Django's), for the log filter above.
+                _stalled.set(True)

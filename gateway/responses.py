@@ -39,9 +39,17 @@ class ProxyStreamingResponse(StreamingHttpResponse):
         self._on_abandoned = on_abandoned
         self._loop = asyncio.get_running_loop() if on_abandoned else None
 
-    def __aiter__(self):
+    async def __aiter__(self):
+        # Our own iteration instead of Django's two wrapper generators, which do not close the
+        # stream they wrap: when the server stops early (a client gone or stalled mid-send) the
+        # relay must be closed now, so it records its ledger row, not whenever the garbage
+        # collector gets to it. The parts are bytes already.
         self._consumed = True
-        return super().__aiter__()
+        try:
+            async for part in self._proxy_stream:
+                yield part
+        finally:
+            await self._proxy_stream.aclose()
 
     def close(self) -> None:
         super().close()
