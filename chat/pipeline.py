@@ -25,7 +25,8 @@ import orjson
 
 from gateway.adapters.base import UpstreamResponse
 from gateway.errors import BudgetExceeded, GatewayError, RateLimited
-from gateway.proxy import ProxyCall, call_admit, call_finish, open_upstream
+from gateway.admission import call_admit
+from gateway.proxy import ProxyCall, call_finish, open_upstream
 from gateway.streaming import sse_format
 from gateway.surfaces.relay import TranslatedRelay, call_take_usage, relay_stream
 from gateway.surfaces.translated import (UPSTREAM_CODECS, output_tokens_estimate, send_prepared,

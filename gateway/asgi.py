@@ -25,7 +25,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from gateway.asgi_guards import Guards, StalledClientLogFilter  # noqa: E402
 from gateway.clients import client_pool  # noqa: E402
-from gateway.proxy import ledger_writer  # noqa: E402
+from gateway.ledger import ledger_writer  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
 
 logger = logging.getLogger(__name__)

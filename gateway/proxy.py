@@ -13,43 +13,39 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from gateway.adapters.base import UpstreamError, UpstreamResponse
+from gateway.admission import call_admit
 from gateway.clients import client_pool
-from gateway.database import db
-from gateway.metrics import ACTIVE, PROVIDER_LATENCY, request_observe
 from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
                             PayloadTooLarge,
                             PermissionDenied, RateLimited, ServiceUnavailable, UpstreamFailed,
                             UpstreamTimeout)
+from gateway.ledger import ledger_writer
+from gateway.metrics import ACTIVE, PROVIDER_LATENCY, request_observe
+from gateway.responses import replayed
 from gateway.routing import backoff_delay
 from gateway.routing_state import Lease
 from gateway.streaming import DRAIN_SECONDS
 from gateway.tracing import TraceCapture, request_tracer
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
-from usage.budgets import BudgetLimit, budget_counted_units, budget_reserve, usd_to_units
-from usage.idempotency import Replay, idempotency_claim, idempotency_release
-from usage.models import BudgetScope, UsageSource, UsageStatus
+from usage.budgets import BudgetLimit, usd_to_units
+from usage.idempotency import body_hash
+from usage.models import UsageSource, UsageStatus
 from usage.pricing import cost_usd
-from usage.ratelimits import Limit
-from usage.services import LedgerEntry, LedgerWrite, StoredResponse, usage_records_write
-from usage.spool import ledger_spool_flush, spool_encode, spool_push, spool_size
+from usage.services import LedgerEntry, StoredResponse
 
 logger = logging.getLogger(__name__)
 request_log = logging.getLogger("gateway.requests")
 
 MAX_ATTEMPTS = 3
-# Output tokens assumed for a budget reservation when neither the request nor the key caps them.
-DEFAULT_MAX_TOKENS = 4096
 _rng = random.Random()
 
 
@@ -177,115 +173,35 @@ def resolve(snapshot: RoutingSnapshot, key: KeyInfo, model: object) -> tuple[Dep
     return deployments
 
 
-def budget_limits(key: KeyInfo) -> list[BudgetLimit]:
-    limits = []
-    if key.budget_usd is not None:
-        limits.append(BudgetLimit(scope=BudgetScope.KEY, scope_id=key.id, limit_usd=key.budget_usd,
-                                  period=key.budget_period))
-    if key.team_id is not None and key.team_budget_usd is not None:
-        limits.append(BudgetLimit(scope=BudgetScope.TEAM, scope_id=key.team_id,
-                                  limit_usd=key.team_budget_usd, period=key.team_budget_period))
-    return limits
-
-
-def worst_case_cost(snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...], *,
-                    prompt_tokens: int, max_tokens: int, at) -> Decimal:
-    """The most this request can cost on any of its deployments. Raises PermissionDenied when
-    one has no price: a budgeted key is never served for free by accident."""
-    worst = Decimal(0)
-    for d in deployments:
-        price = snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model, at=at)
-        if price is None:
-            raise PermissionDenied(f"`{d.upstream_model}` has no price, so budgeted keys may not use "
-                                   "it until an admin sets one", param="model", code="model_not_priced")
-        worst = max(worst, cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=max_tokens))
-    return worst
-
-
-async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...],
-                     *, digest: str | None, prompt_tokens: int, max_tokens: int | None) -> Replay | None:
-    """Idempotency, rate limits and the budget reservation, before any upstream call.
-
-    Returns the stored response when the Idempotency-Key was already answered. Raises Conflict
-    / Unprocessable (idempotency, no ledger row), RateLimited, BudgetExceeded or
-    PermissionDenied (these mark the call `rejected`: the caller records it)."""
-    key = call.key
-    if call.idempotency_key and digest:
-        try:
-            claim = await db.run(idempotency_claim, api_key_id=key.id, key=call.idempotency_key,
-                                 digest=digest)
-        except DatabaseError:
-            raise ServiceUnavailable("Idempotency-Key cannot be honoured: the database is "
-                                     "unreachable", code="idempotency_unavailable",
-                                     headers={"retry-after": "5"}) from None
-        if isinstance(claim, Replay):
-            return claim
-        call.idempotency_claim = claim
-        call.captured = []
+async def call_serve(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...],
+                     *, request: HttpRequest, prompt_tokens: int, max_tokens: int | None,
+                     send: Callable[[Deployment], Awaitable[UpstreamResponse]],
+                     respond: Callable[[UpstreamResponse], Awaitable[HttpResponse]],
+                     error: Callable[[GatewayError], HttpResponse]) -> HttpResponse:
+    """What every surface does once it has parsed its request: admission (an answered
+    Idempotency-Key is replayed), the deployment order with failover through `send`, then
+    `respond` with the upstream's answer. Failures become `error(exc)`, the surface's own error
+    shape; the call's ledger row is written on every path (a client leaving included)."""
     try:
-        rates = [Limit(f"{name}:{key.id}", per_minute, cost) for name, per_minute, cost in
-                 (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)) if per_minute]
-        limits = budget_limits(key)
-        worst = (worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
-                                 max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
-                 if limits else None)
-        checks = []
-        if rates:
-            checks.append(_rates_acquire(call, rates))
-        if limits:
-            checks.append(_budget_reserve(call, limits, usd_to_units(worst)))
-        # Both at once (one round trip of waiting, not two). Whatever one took while the other
-        # refused is given back by call_finish, which every rejected call goes through.
-        for outcome in await asyncio.gather(*checks, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        replay = await call_admit(call, snapshot, deployments, prompt_tokens=prompt_tokens,
+                                  max_tokens=max_tokens,
+                                  digest=body_hash(request.path, request.body)
+                                  if call.idempotency_key else None)
     except GatewayError as exc:
-        call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
-                  error_type=exc.code or exc.type)
-        if call.idempotency_claim is not None:
-            await db.run(idempotency_release, claim_id=call.idempotency_claim)
-            call.idempotency_claim = call.captured = None
-        raise
-    return None
-
-
-async def _rates_acquire(call: ProxyCall, rates: list[Limit]) -> None:
-    """Charge the key's RPM and TPM (the prompt estimate) together. Raises RateLimited."""
-    key = call.key
-    refusal = await client_pool.ratelimiter().acquire_all(rates)
-    if refusal is not None:
-        rpm = refusal.name.startswith("rpm:")
-        raise RateLimited(f"this key's {'RPM' if rpm else 'TPM'} limit of "
-                          f"{key.rpm_limit if rpm else key.tpm_limit} is reached",
-                          headers={"retry-after": str(max(1, math.ceil(refusal.wait_s)))})
-    if key.tpm_limit:
-        call.tpm_charged = rates[-1].cost
-
-
-async def _db_counted_units(limit: BudgetLimit, now) -> int:
-    return await db.run(budget_counted_units, limit=limit, now=now)
-
-
-async def _budget_reserve(call: ProxyCall, limits: list[BudgetLimit], amount_units: int) -> None:
-    """Reserve in Redis when configured and reachable, else in the database. Raises
-    BudgetExceeded, or ServiceUnavailable when the budget cannot be checked (fail closed unless
-    GATEWAY_BUDGETS_FAIL_OPEN)."""
-    try:
-        budgets = client_pool.budgets()
-        if budgets is not None and await budgets.reserve(
-                request_id=call.request_id, limits=limits, amount_units=amount_units,
-                now=call.created_at, spent_units=_db_counted_units):
-            call.budget_shared = tuple(limits)
-            return
-        await db.run(budget_reserve, request_id=call.request_id, limits=limits,
-                     amount_units=amount_units)
-        call.budget_reserved = True
-    except DatabaseError:
-        if not settings.GATEWAY_BUDGETS_FAIL_OPEN:
-            raise ServiceUnavailable("the budget cannot be checked: the database is "
-                                     "unreachable", code="budget_unavailable",
-                                     headers={"retry-after": "5"}) from None
-        logger.warning("budget check skipped for key %s: database unreachable", call.key.prefix)
+        if call.status == UsageStatus.REJECTED:
+            await call_finish(call, snapshot)
+        return error(exc)
+    if replay is not None:
+        return replayed(replay)
+    async with call_guard(call, snapshot):
+        try:
+            upstream = await open_upstream(call, deployments, send)
+        except GatewayError as exc:
+            await call_finish(call, snapshot)
+            return error(exc)
+        # Until the upstream reports usage, bill the estimate: it has the prompt now.
+        call.input_tokens = prompt_tokens
+        return await respond(upstream)
 
 
 async def open_upstream(call: ProxyCall, deployments: tuple[Deployment, ...],
@@ -356,102 +272,6 @@ def upstream_failure(call: ProxyCall, exc: UpstreamError) -> Exception:
         return InvalidRequest(exc.message)
     call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=502, error_type=exc.error_class)
     return UpstreamFailed(f"every deployment failed; last error: {exc.message}")
-
-
-class _LoopBatch:
-    """The writes waiting in one event loop, and the task committing them."""
-
-    __slots__ = ("queue", "worker")
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[LedgerWrite, asyncio.Future]] = []
-        self.worker: asyncio.Task | None = None
-
-
-class LedgerWriter:
-    """Writes ledger rows off the event loop, with group commit.
-
-    `write` returns once the row is committed (or spooled): durability is per request. Writes
-    arriving while a commit is running queue up and go together in the next transaction, one
-    thread hop per batch instead of one per request. A write started during a client disconnect
-    (task cancellation) still completes. A batch the database refuses is spooled (usage.spool)
-    and a flusher in this process retries every few seconds until the database takes it; the
-    Celery `usage.flush_spool` task does the same across processes."""
-
-    FLUSH_INTERVAL_S = 2.0
-    MAX_BATCH = 256
-
-    def __init__(self) -> None:
-        self._batches: dict[asyncio.AbstractEventLoop, _LoopBatch] = {}
-        self._flusher: asyncio.Task | None = None
-
-    async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
-                    charge_limits: tuple[BudgetLimit, ...] = (),
-                    response: StoredResponse | None = None, release_claim: int | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        batch = self._batches.get(loop)
-        if batch is None:
-            self._batches = {lp: b for lp, b in self._batches.items() if not lp.is_closed()}
-            batch = self._batches[loop] = _LoopBatch()
-        done = loop.create_future()
-        batch.queue.append((LedgerWrite(entry=entry, settle_budget=settle_budget,
-                                        charge_limits=charge_limits, response=response,
-                                        release_claim=release_claim), done))
-        if batch.worker is None or batch.worker.done():
-            batch.worker = loop.create_task(self._commit_queued(batch))
-        await asyncio.shield(done)
-
-    async def _commit_queued(self, batch: _LoopBatch) -> None:
-        while batch.queue:
-            taken, batch.queue = batch.queue[:self.MAX_BATCH], batch.queue[self.MAX_BATCH:]
-            writes = [w for w, _ in taken]
-            try:
-                await self._commit(writes)
-            except Exception as exc:  # never strand a waiting request
-                logger.error("ledger write failed: %s", type(exc).__name__)
-            for _, done in taken:
-                if not done.done():
-                    done.set_result(None)
-
-    async def _commit(self, writes: list[LedgerWrite]) -> None:
-        try:
-            await db.run(usage_records_write, writes=writes)
-            return
-        except DatabaseError as exc:
-            if self._flusher is None or self._flusher.done():
-                logger.error("ledger writes failing (%s); spooling rows until the database "
-                             "recovers", type(exc).__name__)
-        lines = [spool_encode(entry=w.entry, settle_budget=w.settle_budget, response=w.response,
-                              release_claim=w.release_claim, charge_limits=w.charge_limits)
-                 for w in writes]
-        loop = asyncio.get_running_loop()
-        for line, w in zip(lines, writes):
-            try:
-                await loop.run_in_executor(None, spool_push, line)
-            except OSError as exc:
-                logger.critical("ledger row %s could not be spooled (%s)", w.entry.request_id,
-                                type(exc).__name__)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_until_empty())
-
-    async def _flush_until_empty(self) -> None:
-        while True:
-            await asyncio.sleep(self.FLUSH_INTERVAL_S)
-            try:
-                await db.run(ledger_spool_flush)
-                if await asyncio.get_running_loop().run_in_executor(None, spool_size) == 0:
-                    return
-            except Exception as exc:  # keep retrying whatever failed; rows wait in the spool
-                logger.warning("ledger spool flush failed (%s); retrying", type(exc).__name__)
-
-    async def drain(self) -> None:
-        """Wait for this loop's queued writes to be committed (graceful shutdown)."""
-        batch = self._batches.get(asyncio.get_running_loop())
-        while batch is not None and batch.worker is not None and not batch.worker.done():
-            await asyncio.shield(batch.worker)
-
-
-ledger_writer = LedgerWriter()
 
 
 async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke: bool = False,

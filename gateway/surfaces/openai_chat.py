@@ -23,11 +23,9 @@ from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.codecs import openai_chat as chat_codec
 from gateway.errors import GatewayError, InvalidRequest, UpstreamFailed
-from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call_finish,
-                           call_guard, open_upstream, read_json, resolve, stream_abandoned,
-                           upstream_failure)
-from gateway.responses import (json_response, openai_error, openai_error_body, replayed,
-                               sse_response)
+from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, call_serve,
+                           read_json, resolve, stream_abandoned, upstream_failure)
+from gateway.responses import json_response, openai_error, openai_error_body, sse_response
 from gateway.streaming import sse_format
 from gateway.surfaces.relay import StreamRelay, relay_stream
 from gateway.surfaces.translated import (SurfaceSpec, respond, send_prepared,
@@ -35,7 +33,6 @@ from gateway.surfaces.translated import (SurfaceSpec, respond, send_prepared,
 from gateway.tokens import chat_input_tokens, text_tokens
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment, RoutingSnapshot
-from usage.idempotency import body_hash
 from usage.models import UsageSource, UsageStatus
 
 SURFACE = "openai.chat"
@@ -113,17 +110,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
                                            native_dialect=DIALECT)
         except GatewayError as exc:
             return openai_error(exc)
-    try:
-        replay = await call_admit(call, snapshot, deployments, prompt_tokens=prompt_tokens,
-                                  max_tokens=max_tokens,
-                                  digest=body_hash(request.path, request.body) if call.idempotency_key else None)
-    except GatewayError as exc:
-        if call.status == UsageStatus.REJECTED:
-            await call_finish(call, snapshot)
-        return openai_error(exc)
-    if replay is not None:
-        return replayed(replay)
-
     async def send(deployment: Deployment) -> UpstreamResponse:
         if deployment.route_id in translated:
             return await send_prepared(deployment, translated[deployment.route_id],
@@ -133,14 +119,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             body=upstream_chat_body(body, deployment, stream=call.stream),
             stream=call.stream, request_id=call.request_id)
 
-    async with call_guard(call, snapshot):
-        try:
-            upstream = await open_upstream(call, deployments, send)
-        except GatewayError as exc:
-            await call_finish(call, snapshot)
-            return openai_error(exc)
-        # Until the upstream reports usage, bill the estimate: it has the prompt now.
-        call.input_tokens = prompt_tokens
+    async def answer(upstream: UpstreamResponse) -> HttpResponse:
         headers = {"x-gateway-provider": call.deployment.provider_name}
         if upstream.dialect != DIALECT:
             return await respond(call, snapshot, upstream, spec=SPEC, req=req, headers=headers)
@@ -151,6 +130,10 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
                                          headers=headers),
                             headers=headers,
                             on_abandoned=lambda stream: stream_abandoned(call, stream))
+
+    return await call_serve(call, snapshot, deployments, request=request,
+                            prompt_tokens=prompt_tokens, max_tokens=max_tokens, send=send,
+                            respond=answer, error=openai_error)
 
 
 async def complete_native(call: ProxyCall, snapshot: RoutingSnapshot, upstream: UpstreamResponse,

@@ -10,15 +10,13 @@ from django.http import HttpRequest, HttpResponse
 from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamResponse
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.proxy import (authenticate, call_admit, call_begin, call_finish, call_guard,
-                           open_upstream, read_json, resolve, stream_abandoned)
-from gateway.responses import openai_error, replayed, sse_response
+from gateway.proxy import (authenticate, call_begin, call_serve, read_json, resolve,
+                           stream_abandoned)
+from gateway.responses import openai_error, sse_response
 from gateway.surfaces.openai_chat import (complete_native, relay_native, requested_max_tokens,
                                           upstream_chat_body)
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment
-from usage.idempotency import body_hash
-from usage.models import UsageStatus
 
 NATIVE = "openai_chat"
 
@@ -50,29 +48,13 @@ async def passthrough(request: HttpRequest, *, surface: str, path: str,
     max_tokens = requested_max_tokens(body) if streamable else 0
     if streamable and max_tokens is None and call.key.max_tokens_default:
         max_tokens = body["max_tokens"] = call.key.max_tokens_default
-    try:
-        replay = await call_admit(call, snapshot, deployments, prompt_tokens=estimate, max_tokens=max_tokens,
-                                  digest=body_hash(request.path, request.body) if call.idempotency_key else None)
-    except GatewayError as exc:
-        if call.status == UsageStatus.REJECTED:
-            await call_finish(call, snapshot)
-        return openai_error(exc)
-    if replay is not None:
-        return replayed(replay)
-
     async def send(deployment: Deployment) -> UpstreamResponse:
         return await adapter_for(deployment.kind).send(
             deployment=deployment, path=path,
             body=upstream_chat_body(body, deployment, stream=call.stream), stream=call.stream,
             request_id=call.request_id)
 
-    async with call_guard(call, snapshot):
-        try:
-            upstream = await open_upstream(call, deployments, send)
-        except GatewayError as exc:
-            await call_finish(call, snapshot)
-            return openai_error(exc)
-        call.input_tokens = estimate
+    async def answer(upstream: UpstreamResponse) -> HttpResponse:
         headers = {"x-gateway-provider": call.deployment.provider_name}
         if not call.stream:
             return await complete_native(call, snapshot, upstream, headers)
@@ -81,3 +63,6 @@ async def passthrough(request: HttpRequest, *, surface: str, path: str,
                                          headers=headers),
                             headers=headers,
                             on_abandoned=lambda stream: stream_abandoned(call, stream))
+
+    return await call_serve(call, snapshot, deployments, request=request, prompt_tokens=estimate,
+                            max_tokens=max_tokens, send=send, respond=answer, error=openai_error)

@@ -29,18 +29,16 @@ from gateway.adapters import adapter_for
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.codecs import anthropic_messages, openai_chat
 from gateway.errors import GatewayError, UpstreamFailed
-from gateway.proxy import (ProxyCall, authenticate, call_admit, call_begin, call_finish,
-                           call_guard, open_upstream, read_json, resolve, stream_abandoned,
-                           upstream_failure)
-from gateway.responses import replayed, sse_response
+from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, call_serve,
+                           read_json, resolve, stream_abandoned, upstream_failure)
+from gateway.responses import sse_response
 from gateway.surfaces.relay import StreamRelay, TranslatedRelay, call_take_usage, relay_stream
 from gateway.tokens import request_input_tokens, text_tokens
 from gateway.types import (ChatRequest, ChatResponse, CodecOptions, TextPart, ThinkingPart,
                            ToolCallPart)
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment, RoutingSnapshot
-from usage.idempotency import body_hash
-from usage.models import UsageSource, UsageStatus
+from usage.models import UsageStatus
 
 # The upstream dialects, each with its codec and the path its adapter posts to.
 UPSTREAM_CODECS: dict[str, ModuleType] = {
@@ -231,31 +229,15 @@ async def serve(request: HttpRequest, *, spec: SurfaceSpec,
     call.public_model = req.model
     call.stream = req.stream
     prompt_tokens = request_input_tokens(req)
-    try:
-        replay = await call_admit(call, snapshot, deployments, prompt_tokens=prompt_tokens,
-                                  max_tokens=req.max_tokens,
-                                  digest=body_hash(request.path, request.body)
-                                  if call.idempotency_key else None)
-    except GatewayError as exc:
-        if call.status == UsageStatus.REJECTED:
-            await call_finish(call, snapshot)
-        return spec.error(exc)
-    if replay is not None:
-        return replayed(replay)
-
     async def send(deployment: Deployment) -> UpstreamResponse:
         return await send_prepared(deployment, prepared[deployment.route_id], stream=call.stream,
                                    request_id=call.request_id)
 
-    async with call_guard(call, snapshot):
-        try:
-            upstream = await open_upstream(call, deployments, send)
-        except GatewayError as exc:
-            await call_finish(call, snapshot)
-            return spec.error(exc)
-        # Until the upstream reports usage, bill the estimate: it has the prompt now.
-        call.input_tokens = prompt_tokens
-        call.usage_source = UsageSource.ESTIMATED
+    async def answer(upstream: UpstreamResponse) -> HttpResponse:
         headers = {"x-gateway-provider": call.deployment.provider_name}
         return await respond(call, snapshot, upstream, spec=spec, req=req, native=native_path,
                              headers=headers)
+
+    return await call_serve(call, snapshot, deployments, request=request,
+                            prompt_tokens=prompt_tokens, max_tokens=req.max_tokens, send=send,
+                            respond=answer, error=spec.error)
