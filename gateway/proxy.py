@@ -6,6 +6,7 @@ Surfaces (gateway/surfaces/*) own their wire format; this module owns the policy
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.admission import call_admit
@@ -31,7 +33,7 @@ from gateway.ledger import ledger_writer
 from gateway.metrics import ACTIVE, PROVIDER_LATENCY, request_observe
 from gateway.responses import replayed
 from gateway.routing import backoff_delay
-from gateway.routing_state import Lease
+from gateway.routing_state import Lease, reraise_swallowed_cancel
 from gateway.streaming import DRAIN_SECONDS
 from gateway.tracing import TraceCapture, request_tracer
 from providers.keys import api_key_hash
@@ -294,11 +296,19 @@ async def call_finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_br
 async def _release_shared(call: ProxyCall, *, upstream_broke: bool, cost_units: int) -> None:
     """Give back what the call holds in the shared state: its in-flight slot (counting a
     mid-response failure against the route's circuit), its TPM estimate (corrected to the real
-    tokens) and its Redis budget reservation (turned into spend)."""
+    tokens) and its Redis budget reservation (turned into spend). With Redis, the three go in
+    one pipelined round trip."""
+    redis = client_pool.redis()
+    pipe = redis.pipeline(transaction=False) if redis is not None else None
+    # What to do instead for each command queued on `pipe`, should Redis not know its script.
+    fallbacks: list[Callable[[], Awaitable[None]]] = []
     if call.lease is not None:
         lease, call.lease = call.lease, None
         routing = client_pool.routing()
-        await routing.release(lease)
+        if pipe is not None and routing.release_queued(pipe, lease):
+            fallbacks.append(functools.partial(routing.release, lease))
+        else:
+            await routing.release(lease)
         if upstream_broke and call.deployment is not None:
             await routing.record_failure(call.deployment.candidate, call.error_type or "stream_error",
                                          now=time.time())
@@ -306,12 +316,37 @@ async def _release_shared(call: ProxyCall, *, upstream_broke: bool, cost_units: 
     if key is not None and key.tpm_limit and call.tpm_charged:
         delta = call.input_tokens + call.output_tokens - call.tpm_charged
         if delta:
-            await client_pool.ratelimiter().adjust(f"tpm:{key.id}", per_minute=key.tpm_limit, delta=delta)
-    if call.budget_shared:
-        budgets = client_pool.budgets()
-        if budgets is not None:
-            await budgets.settle(request_id=call.request_id, limits=list(call.budget_shared),
-                                 at=call.created_at, cost_units=cost_units)
+            limiter, name = client_pool.ratelimiter(), f"tpm:{key.id}"
+            adjust = functools.partial(limiter.adjust, name, per_minute=key.tpm_limit, delta=delta)
+            if pipe is not None and limiter.adjust_queued(pipe, name, per_minute=key.tpm_limit,
+                                                          delta=delta):
+                fallbacks.append(adjust)
+            else:
+                await adjust()
+    budgets = client_pool.budgets() if call.budget_shared else None
+    if budgets is not None:
+        settle = functools.partial(budgets.settle, request_id=call.request_id,
+                                   limits=list(call.budget_shared), at=call.created_at,
+                                   cost_units=cost_units)
+        if pipe is not None and budgets.settle_queued(
+                pipe, request_id=call.request_id, limits=list(call.budget_shared),
+                at=call.created_at, cost_units=cost_units):
+            fallbacks.append(settle)
+        else:
+            await settle()
+    if fallbacks:
+        try:
+            results = await pipe.execute(raise_on_error=False)
+            reraise_swallowed_cancel()
+        except (RedisError, OSError) as exc:
+            # Nothing is lost for good: the slot and the reservation expire with their TTLs,
+            # and the TPM correction only affects the next minute.
+            reraise_swallowed_cancel()
+            logger.warning("releasing shared state failed (%s)", type(exc).__name__)
+            return
+        for result, fallback in zip(results, fallbacks):
+            if isinstance(result, NoScriptError):
+                await fallback()
 
 
 async def _finish(call: ProxyCall, snapshot: RoutingSnapshot, *, upstream_broke: bool,

@@ -72,6 +72,10 @@ class RoutingState(Protocol):
         """Take an in-flight slot on the candidate's provider; None when it is at its cap."""
         ...
 
+    def release_queued(self, pipe, lease: Lease) -> bool:
+        """Queue the release on a Redis pipeline the caller executes; False when this lease
+        must be given back with `release` instead."""
+
     async def release(self, lease: Lease) -> None:
         """Give the slot back; releasing twice is harmless."""
         ...
@@ -181,6 +185,9 @@ class LocalRoutingState:
             held[token] = now + self._lease_ttl_s
         return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id, token=token,
                      shared=False)
+
+    def release_queued(self, pipe, lease: Lease) -> bool:
+        return False
 
     async def release(self, lease: Lease) -> None:
         with self._lock:
@@ -413,6 +420,12 @@ class RedisRoutingState:
                          token=token, shared=True)
 
         return await self._shared_or_local(shared, lambda: self._local.acquire(candidate))
+
+    def release_queued(self, pipe, lease: Lease) -> bool:
+        if not lease.shared or (self._degraded and time.monotonic() < self._down_until):
+            return False
+        pipe.zrem(self._inflight_key(lease.provider_id), lease.token)
+        return True
 
     async def release(self, lease: Lease) -> None:
         if not lease.shared:

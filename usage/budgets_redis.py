@@ -191,6 +191,17 @@ class RedisBudgets:
             reraise_swallowed_cancel()
             self._mark_down(exc)
 
+    def settle_queued(self, pipe, *, request_id: str, limits: list[BudgetLimit], at: datetime,
+                      cost_units: int) -> bool:
+        """Queue `settle` on a Redis pipeline the caller executes (its answer is a NoScriptError
+        when Redis has not loaded the script: then call `settle`); False while Redis is
+        considered down (then call `settle`)."""
+        if time.monotonic() < self._down_until:
+            return False
+        keys = [RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)]
+        pipe.evalsha(self._settle.sha, len(keys), *keys, request_id, cost_units)
+        return True
+
     def _mark_down(self, exc: BaseException) -> None:
         if time.monotonic() >= self._down_until:
             logger.warning("budgets: Redis unreachable (%s); reserving in the database",

@@ -83,6 +83,11 @@ class RateLimiter(Protocol):
     async def acquire(self, name: str, *, per_minute: int, cost: int) -> float | None:
         """None when admitted, else the seconds to wait (for `retry-after`)."""
 
+    def adjust_queued(self, pipe, name: str, *, per_minute: int, delta: int) -> bool:
+        """Queue `adjust` on a Redis pipeline the caller executes (its answer is a NoScriptError
+        when Redis has not loaded the script: then call `adjust`); False when it must be made
+        with `adjust` instead."""
+
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
         """Charge (or refund, negative) `delta` units without refusing."""
 
@@ -118,6 +123,9 @@ class LocalRateLimiter:
     async def acquire(self, name: str, *, per_minute: int, cost: int) -> float | None:
         refusal = self._step([Limit(name, per_minute, cost)], False)
         return refusal.wait_s if refusal else None
+
+    def adjust_queued(self, pipe, name: str, *, per_minute: int, delta: int) -> bool:
+        return False
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
         self._step([Limit(name, per_minute, delta)], True)
@@ -163,6 +171,13 @@ class RedisRateLimiter:
     async def acquire(self, name: str, *, per_minute: int, cost: int) -> float | None:
         refusal = await self._run([Limit(name, per_minute, cost)], False)
         return refusal.wait_s if refusal else None
+
+    def adjust_queued(self, pipe, name: str, *, per_minute: int, delta: int) -> bool:
+        if time.monotonic() < self._down_until:
+            return False
+        # By digest: the script is loaded (acquire ran it); a NOSCRIPT answer means "use adjust".
+        pipe.evalsha(self._script.sha, 1, self._prefix + name, 1, PERIOD_MS / per_minute, delta)
+        return True
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
         await self._run([Limit(name, per_minute, delta)], True)

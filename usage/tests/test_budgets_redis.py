@@ -179,3 +179,22 @@ def test_reconciliation_reseeds_the_redis_copy_of_a_corrected_counter(gateway_ur
         r.cost_usd for r in UsageRecord.objects.filter(api_key_id=key.id))
     assert int(client.hget(shared, "s")) == counter.spent_units
     client.close()
+
+
+def test_settlement_survives_a_flushed_script_cache(gateway_url, fake_provider, make_key):
+    # The end-of-request releases go in one pipeline by script digest; a Redis that forgot its
+    # scripts (restart, SCRIPT FLUSH) answers NOSCRIPT there, and each is redone on its own.
+    raw = make_key(budget_usd=Decimal("5"), budget_period="day", tpm=1_000_000)
+    key = ApiKey.objects.get(name="tests")
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    assert _post(gateway_url, raw).status_code == 200
+    client.script_flush()
+    assert _post(gateway_url, raw).status_code == 200
+    assert client.hlen(RESERVATIONS) == 0
+    counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
+    limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal("5"), period="day")
+    shared = client.hgetall(counter_key(limit, timezone.now()))
+    assert int(shared[b"r"]) == 0 and int(shared[b"s"]) == counter.spent_units
+    assert units_to_usd(counter.spent_units) == sum(
+        r.cost_usd for r in UsageRecord.objects.filter(api_key_id=key.id))
+    client.close()
