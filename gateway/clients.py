@@ -28,6 +28,10 @@ from usage.budgets_redis import RedisBudgets
 from usage.ratelimits import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
 
+REDIS_MAX_CONNECTIONS = 512
+REDIS_POOL_WAIT_S = 1.0
+
+
 @dataclass
 class LoopClients:
     http: aiohttp.ClientSession
@@ -50,9 +54,15 @@ class ClientPool:
         if clients is None or clients.http.closed:
             redis = None
             if settings.REDIS_URL:
-                redis = aioredis.Redis.from_url(settings.REDIS_URL, retry=Retry(NoBackoff(), 0),
-                                                socket_connect_timeout=0.5, socket_timeout=0.5,
-                                                health_check_interval=30)
+                # A blocking pool: a burst beyond REDIS_MAX_CONNECTIONS waits briefly for a
+                # free connection instead of failing (redis-py's default pool refuses past 100
+                # connections, which a busy worker reaches, and the refusal looked like Redis
+                # being down: limits and budgets fell back to their slower paths).
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    settings.REDIS_URL, max_connections=REDIS_MAX_CONNECTIONS,
+                    timeout=REDIS_POOL_WAIT_S, retry=Retry(NoBackoff(), 0),
+                    socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30)
+                redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
             if redis is not None:
                 routing, ratelimiter = RedisRoutingState(redis), RedisRateLimiter(redis)
             else:

@@ -198,3 +198,27 @@ def test_settlement_survives_a_flushed_script_cache(gateway_url, fake_provider, 
     assert units_to_usd(counter.spent_units) == sum(
         r.cost_usd for r in UsageRecord.objects.filter(api_key_id=key.id))
     client.close()
+
+
+def test_a_burst_beyond_the_redis_pool_default_stays_on_redis(caplog):
+    # A busy worker has far more Redis calls in flight than redis-py's default pool allows
+    # (100): they must wait for a connection, not be refused and treated as Redis being down.
+    import logging
+    import uuid
+
+    from gateway.clients import client_pool
+    from usage.ratelimits import Limit
+
+    caplog.set_level(logging.WARNING)
+    name = f"rpm:burst-{uuid.uuid4().hex}"
+
+    async def burst() -> list:
+        limiter = client_pool.ratelimiter()
+        try:
+            return await asyncio.gather(*[limiter.acquire_all([Limit(name, 1_000_000, 1)])
+                                          for _ in range(300)])
+        finally:
+            await client_pool.close()
+
+    assert asyncio.run(burst()) == [None] * 300
+    assert not [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
