@@ -316,24 +316,20 @@ async def _release_shared(call: ProxyCall, *, upstream_broke: bool, cost_units: 
     if key is not None and key.tpm_limit and call.tpm_charged:
         delta = call.input_tokens + call.output_tokens - call.tpm_charged
         if delta:
-            limiter, name = client_pool.ratelimiter(), f"tpm:{key.id}"
-            adjust = functools.partial(limiter.adjust, name, per_minute=key.tpm_limit, delta=delta)
-            if pipe is not None and limiter.adjust_queued(pipe, name, per_minute=key.tpm_limit,
-                                                          delta=delta):
-                fallbacks.append(adjust)
+            limiter = client_pool.ratelimiter()
+            args = {"name": f"tpm:{key.id}", "per_minute": key.tpm_limit, "delta": delta}
+            if pipe is not None and limiter.adjust_queued(pipe, **args):
+                fallbacks.append(functools.partial(limiter.adjust, **args))
             else:
-                await adjust()
+                await limiter.adjust(**args)
     budgets = client_pool.budgets() if call.budget_shared else None
     if budgets is not None:
-        settle = functools.partial(budgets.settle, request_id=call.request_id,
-                                   limits=list(call.budget_shared), at=call.created_at,
-                                   cost_units=cost_units)
-        if pipe is not None and budgets.settle_queued(
-                pipe, request_id=call.request_id, limits=list(call.budget_shared),
-                at=call.created_at, cost_units=cost_units):
-            fallbacks.append(settle)
+        args = {"request_id": call.request_id, "limits": list(call.budget_shared),
+                "at": call.created_at, "cost_units": cost_units}
+        if pipe is not None and budgets.settle_queued(pipe, **args):
+            fallbacks.append(functools.partial(budgets.settle, **args))
         else:
-            await settle()
+            await budgets.settle(**args)
     if fallbacks:
         try:
             results = await pipe.execute(raise_on_error=False)

@@ -140,26 +140,11 @@ def budgets_charge(*, charges: list[tuple[BudgetLimit, datetime, int]]) -> None:
             BudgetCounter.objects.filter(pk=counter.pk).update(spent_units=F("spent_units") + units)
 
 
-def budget_settle(*, request_id: str, cost_units: int) -> None:
-    """Turn a reservation into spend; call inside the ledger row's transaction. A reservation
-    that expired meanwhile was already released from `reserved`, so only the spend is added."""
-    reservation = (BudgetReservation.objects.select_for_update()
-                   .filter(request_id=request_id).first())
-    if reservation is None:
-        return
-    held = 0 if reservation.released else reservation.amount_units
-    for counter_id in (reservation.key_counter_id, reservation.team_counter_id):
-        if counter_id is not None:
-            BudgetCounter.objects.filter(pk=counter_id).update(
-                reserved_units=F("reserved_units") - held,
-                spent_units=F("spent_units") + cost_units)
-    reservation.delete()
-
-
 def budgets_settle(*, charges: dict[str, int]) -> None:
-    """`budget_settle` for many requests at once (request id -> cost units); call inside the
-    ledger rows' transaction. Counters are updated once each, in id order, so concurrent batches
-    lock them in the same order and cannot deadlock one another."""
+    """Turn database reservations into spend (request id -> cost units); call inside the ledger
+    rows' transaction. A reservation that expired meanwhile was already released from
+    `reserved`, so only its spend is added. Counters are updated once each, in id order, so
+    concurrent batches lock them in the same order and cannot deadlock one another."""
     reservations = list(BudgetReservation.objects.select_for_update()
                         .filter(request_id__in=list(charges)).order_by("request_id"))
     if not reservations:
@@ -182,7 +167,7 @@ def budgets_settle(*, charges: dict[str, int]) -> None:
 def budget_release(*, request_id: str) -> None:
     """Drop a reservation whose request never reached the upstream (nothing to charge)."""
     with transaction.atomic():
-        budget_settle(request_id=request_id, cost_units=0)
+        budgets_settle(charges={request_id: 0})
 
 
 def reservations_expire(*, now: datetime | None = None) -> int:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 
 from django.db import IntegrityError, connections, router, transaction
 
-from usage.budgets import BudgetLimit, budget_settle, budgets_charge, budgets_settle, usd_to_units
+from usage.budgets import BudgetLimit, budgets_charge, budgets_settle, usd_to_units
 from usage.idempotency import idempotency_complete, idempotency_release
 from usage.models import UsageRecord
 
@@ -51,34 +51,6 @@ class StoredResponse:
     body: bytes
 
 
-def usage_record_write(*, entry: LedgerEntry, settle_budget: bool = False,
-                       charge_limits: tuple[BudgetLimit, ...] = (),
-                       response: StoredResponse | None = None, release_claim: int | None = None) -> bool:
-    """Insert the row for one request, settle its budget reservation (`settle_budget`: one made
-    in the database; `charge_limits`: one made in Redis, so only the spend is added here) and
-    store its response for idempotent replay, in one transaction. Idempotent on `request_id`:
-    a second write of the same request changes nothing (returns False), so a retried flush
-    never double-charges."""
-    try:
-        with transaction.atomic():
-            UsageRecord.objects.create(**{k: v for k, v in asdict(entry).items()})
-            if settle_budget:
-                budget_settle(request_id=entry.request_id, cost_units=usd_to_units(entry.cost_usd))
-            if charge_limits:
-                units = usd_to_units(entry.cost_usd)
-                budgets_charge(charges=[(limit, entry.created_at, units) for limit in charge_limits])
-            if response is not None:
-                idempotency_complete(claim_id=response.claim_id, status=response.status,
-                                     headers=response.headers, body=response.body)
-            if release_claim is not None:
-                idempotency_release(claim_id=release_claim)
-    except IntegrityError:
-        if UsageRecord.objects.filter(request_id=entry.request_id).exists():
-            return False
-        raise
-    return True
-
-
 @dataclass(frozen=True, slots=True)
 class LedgerWrite:
     """One request's ledger write: its row, whether it settles a budget reservation, and its
@@ -117,6 +89,46 @@ def _rows_insert(entries: list[LedgerEntry]) -> None:
         cursor.executemany(sql, rows)
 
 
+def _writes_apply(writes: list[LedgerWrite]) -> None:
+    """The rows, budget settlements and idempotency outcomes of `writes`; call inside a
+    transaction. Raises IntegrityError when a row is already there."""
+    _rows_insert([w.entry for w in writes])
+    charges = {w.entry.request_id: usd_to_units(w.entry.cost_usd)
+               for w in writes if w.settle_budget}
+    if charges:
+        budgets_settle(charges=charges)
+    spend = [(limit, w.entry.created_at, usd_to_units(w.entry.cost_usd))
+             for w in writes for limit in w.charge_limits]
+    if spend:
+        budgets_charge(charges=spend)
+    for w in writes:
+        if w.response is not None:
+            idempotency_complete(claim_id=w.response.claim_id, status=w.response.status,
+                                 headers=w.response.headers, body=w.response.body)
+        if w.release_claim is not None:
+            idempotency_release(claim_id=w.release_claim)
+
+
+def usage_record_write(*, entry: LedgerEntry, settle_budget: bool = False,
+                       charge_limits: tuple[BudgetLimit, ...] = (),
+                       response: StoredResponse | None = None, release_claim: int | None = None) -> bool:
+    """Insert the row for one request, settle its budget reservation (`settle_budget`: one made
+    in the database; `charge_limits`: one made in Redis, so only the spend is added here) and
+    store its response for idempotent replay, in one transaction. Idempotent on `request_id`:
+    a second write of the same request changes nothing (returns False), so a retried flush
+    never double-charges."""
+    try:
+        with transaction.atomic():
+            _writes_apply([LedgerWrite(entry=entry, settle_budget=settle_budget,
+                                       charge_limits=charge_limits, response=response,
+                                       release_claim=release_claim)])
+    except IntegrityError:
+        if UsageRecord.objects.filter(request_id=entry.request_id).exists():
+            return False
+        raise
+    return True
+
+
 def usage_records_write(*, writes: list[LedgerWrite]) -> None:
     """Write many requests' rows, budget settlements and idempotency outcomes in one
     transaction (the gateway's group commit). Rows already written (a retried write) make the
@@ -124,21 +136,7 @@ def usage_records_write(*, writes: list[LedgerWrite]) -> None:
     Raises DatabaseError when the database refuses the writes; nothing is then kept."""
     try:
         with transaction.atomic():
-            _rows_insert([w.entry for w in writes])
-            charges = {w.entry.request_id: usd_to_units(w.entry.cost_usd)
-                       for w in writes if w.settle_budget}
-            if charges:
-                budgets_settle(charges=charges)
-            spend = [(limit, w.entry.created_at, usd_to_units(w.entry.cost_usd))
-                     for w in writes for limit in w.charge_limits]
-            if spend:
-                budgets_charge(charges=spend)
-            for w in writes:
-                if w.response is not None:
-                    idempotency_complete(claim_id=w.response.claim_id, status=w.response.status,
-                                         headers=w.response.headers, body=w.response.body)
-                if w.release_claim is not None:
-                    idempotency_release(claim_id=w.release_claim)
+            _writes_apply(writes)
     except IntegrityError:
         for w in writes:
             usage_record_write(entry=w.entry, settle_budget=w.settle_budget,
