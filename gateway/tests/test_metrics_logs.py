@@ -85,3 +85,23 @@ def test_logs_and_error_bodies_never_hold_secrets(gateway_url, fake_provider, ap
         for text in bodies + [formatted, json_lines]:
             assert secret not in text
     assert any(getattr(r, "key_prefix", "") == api_key[:10] for r in caplog.records)
+
+
+def test_state_gauges_parse_as_prometheus_text_with_escaped_labels():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway.metrics import GatewayState, GatewayStateCollector
+
+    registry = CollectorRegistry()
+    registry.register(GatewayStateCollector(GatewayState(
+        circuits=(("a", 'odd "model"\n', True), ("a", "m", False), ("b", "m", True)),
+        budgets=(("team:R&D \\ ops", 1.5),))))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    assert [(s.labels, s.value) for s in families["gateway_circuit_open"].samples] == [
+        ({"provider": "a", "route": 'odd "model"\n'}, 1), ({"provider": "a", "route": "m"}, 0),
+        ({"provider": "b", "route": "m"}, 1)]
+    assert [(s.labels["provider"], s.value) for s in families["gateway_provider_up"].samples] == [
+        ("a", 1), ("b", 0)]
+    [budget] = families["gateway_budget_remaining_usd"].samples
+    assert (budget.labels, budget.value) == ({"scope": "team:R&D \\ ops"}, 1.5)
