@@ -3,11 +3,13 @@ server on loopback, in its own thread.
 
 Each fake provider lives under `/p/<name>/v1` (`/chat/completions`, `/messages`,
 `/messages/count_tokens`), with knobs set per provider by the test (`behave(name,
-status=500)`), and every request it receives is kept for assertions. Both dialects answer the
-same scenario: optional thinking, then text or tool calls, usage of 11 input tokens (cached
-ones included) and 7 output tokens. Anthropic streams follow its event grammar (message_start,
-content blocks with their deltas, ping, message_delta with usage, message_stop), with tool
-input JSON split across `input_json_delta` events.
+status=500)`), and every request it receives is kept for assertions; a test can wait for
+requests to arrive (`wait_for_calls`) or hold them there (`behave(name, hold=fake.gate())`)
+until it lets them go. Both dialects answer the same scenario: optional thinking, then text
+or tool calls, usage of 11 input tokens (cached ones included) and 7 output tokens. Anthropic
+streams follow its event grammar (message_start, content blocks with their deltas, ping,
+message_delta with usage, message_stop), with tool input JSON split across `input_json_delta`
+events.
 """
 from __future__ import annotations
 
@@ -19,6 +21,21 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+
+
+class Gate:
+    """Holds requests at the fake upstream (each already recorded, so `wait_for_calls` sees it)
+    until the test calls `open()`; then and from then on, they go on with their behaviour."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # the fake's own; the event is set there, from any thread
+        self._event = asyncio.Event()
+
+    def open(self) -> None:
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 @dataclass
@@ -45,6 +62,7 @@ class Behaviour:
     count_tokens: int = 23              # /messages/count_tokens answer
     location: str | None = None         # with a 3xx status: where the redirect points
     garbage_after: int | None = None    # send a non-JSON SSE event after N content chunks
+    hold: Gate | None = None            # once recorded, wait until the test opens this gate
 
     def calls(self) -> list[dict]:
         return self.tool_calls if self.tool_calls is not None else \
@@ -105,15 +123,57 @@ def _anthropic_invalid(body: object) -> str | None:
 class FakeUpstream:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
+    answered: int = 0                   # requests whose handler has finished, however it ended
     port: int = 0
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     def behave(self, provider: str, **knobs) -> Behaviour:
         self.behaviours[provider] = Behaviour(**knobs)
         return self.behaviours[provider]
 
+    def gate(self) -> Gate:
+        """A closed gate for `behave(..., hold=gate)`; `reset()` opens any left closed."""
+        return Gate(self._loop)
+
     def reset(self) -> None:
-        self.behaviours.clear()
-        self.received.clear()
+        for b in self.behaviours.values():
+            if b.hold is not None:
+                b.hold.open()
+        with self._changed:
+            self.behaviours.clear()
+            self.received.clear()
+            self.answered = 0
+
+    def wait_for_calls(self, count: int, provider: str | None = None,
+                       timeout: float = 10.0) -> list[Received]:
+        """The calls received (of `provider`) once there are at least `count`, or whatever
+        there are after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.calls(provider)) >= count, timeout)
+            return self.calls(provider)
+
+    def wait_for_answers(self, count: int, timeout: float = 10.0) -> int:
+        """How many requests the fake has finished handling, once at least `count`, or after
+        `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.answered >= count, timeout)
+            return self.answered
+
+    def _record(self, received: Received) -> Behaviour:
+        with self._changed:
+            self.received.append(received)
+            self._changed.notify_all()
+        return self.behaviours.get(received.provider, Behaviour())
+
+    @web.middleware
+    async def _count_answers(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            with self._changed:
+                self.answered += 1
+                self._changed.notify_all()
 
     def base_url(self, provider: str) -> str:
         return f"http://127.0.0.1:{self.port}/p/{provider}/v1"
@@ -125,8 +185,9 @@ class FakeUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         provider = request.match_info["provider"]
         body = orjson.loads(await request.read())
-        self.received.append(Received(provider, request.path, dict(request.headers), body))
-        b = self.behaviours.get(provider, Behaviour())
+        b = self._record(Received(provider, request.path, dict(request.headers), body))
+        if b.hold is not None:
+            await b.hold.wait()
         if b.latency_s:
             await asyncio.sleep(b.latency_s)
         if b.status != 200:
@@ -217,8 +278,9 @@ class FakeUpstream:
     async def _received(self, request: web.Request) -> tuple[Behaviour, object]:
         provider = request.match_info["provider"]
         body = orjson.loads(await request.read())
-        self.received.append(Received(provider, request.path, dict(request.headers), body))
-        b = self.behaviours.get(provider, Behaviour())
+        b = self._record(Received(provider, request.path, dict(request.headers), body))
+        if b.hold is not None:
+            await b.hold.wait()
         if b.latency_s:
             await asyncio.sleep(b.latency_s)
         return b, body
@@ -364,7 +426,7 @@ class FakeUpstream:
         return response
 
     def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._count_answers])
         app.router.add_post("/p/{provider}/v1/chat/completions", self._chat)
         app.router.add_post("/p/{provider}/v1/completions", self._completions)
         app.router.add_post("/p/{provider}/v1/embeddings", self._embeddings)
@@ -376,7 +438,7 @@ class FakeUpstream:
         ready = threading.Event()
 
         def serve() -> None:
-            loop = asyncio.new_event_loop()
+            loop = self._loop = asyncio.new_event_loop()
             runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.SockSite(runner, sock).start())

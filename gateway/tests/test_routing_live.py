@@ -76,15 +76,38 @@ providers:
     fake_upstream.behave("flaky", status=500)
 
 
-def test_breaker_opens_after_5_failures_then_lets_one_probe_through(gateway_url, api_key, fake_upstream):
-    _breaker_config(fake_upstream, cooldown_s=5)
+@pytest.fixture
+def wall_clock(monkeypatch):
+    """Moves `time.time()` forward for the whole process, the live gateway's thread included:
+    `advance(seconds)`. Breaker times are wall-clock times (shared through Redis across
+    processes), so a cool-down ends exactly when the test says, however slow the machine."""
+    real = time.time
+    offset = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + offset[0])
+
+    def advance(seconds: float) -> None:
+        offset[0] += seconds
+
+    return advance
+
+
+def test_breaker_opens_after_5_failures_then_lets_one_probe_through(gateway_url, api_key, fake_upstream,
+                                                                     wall_clock):
+    # A cool-down far longer than the test's requests take, ended by the clock, not a sleep: a
+    # loaded machine spent over 5 s on the first 30 requests, the cool-down ran out among them
+    # and a probe made a 6th call.
+    _breaker_config(fake_upstream, cooldown_s=60)
     for _ in range(30):
         assert _post(gateway_url, api_key).status_code == 200  # failover hides the failures
     assert len(fake_upstream.calls("flaky")) == 5
-    time.sleep(5.3)
+    wall_clock(30)
+    assert _post(gateway_url, api_key).status_code == 200
+    assert len(fake_upstream.calls("flaky")) == 5  # half-way through the cool-down: still open
+    wall_clock(30.5)
     for _ in range(10):
         assert _post(gateway_url, api_key).status_code == 200
-    assert len(fake_upstream.calls("flaky")) == 6  # exactly one half-open probe, which failed
+    # Exactly one half-open probe, which failed and reopened the circuit for twice as long.
+    assert len(fake_upstream.calls("flaky")) == 6
     detail = httpx.get(f"{gateway_url}/health/detailed").json()
     flaky = detail["providers"]["flaky"]["routes"][0]
     assert flaky["circuit"] == "open" and flaky["last_error_class"] == "http_500"
@@ -108,7 +131,18 @@ providers:
     assert int(response.headers["retry-after"]) >= 1
 
 
-def test_admin_edits_reach_a_running_server_within_2_seconds(gateway_url, api_key):
+def _served_by(url: str, key: str) -> str:
+    return _post(url, key).headers["x-gateway-provider"]
+
+
+def test_admin_edits_reach_a_running_server_within_2_seconds(gateway_url, api_key, monkeypatch):
+    # The live gateway of the other tests checks the config version on every request
+    # (conftest sets the poll interval to 0); this one polls as configured in gateway/settings.py.
+    from gateway import settings as configured
+
+    poll_s = configured.GATEWAY_CONFIG_POLL_S
+    assert 0 < poll_s < 2, poll_s
+    monkeypatch.setattr(settings, "GATEWAY_CONFIG_POLL_S", poll_s)
     _mock_providers({"left": 1, "right": 1})
     User = get_user_model()
     User.objects.create_superuser("root", "root@example.com", "pw-for-tests-123")
@@ -124,23 +158,28 @@ def test_admin_edits_reach_a_running_server_within_2_seconds(gateway_url, api_ke
         "routes-MAX_NUM_FORMS": "1000", "routes-0-id": str(route.pk), "routes-0-provider": str(left.pk),
         "routes-0-public_model": "wrr", "routes-0-upstream_model": "mock-left", "routes-0-enabled": "on",
     }
-    assert {_post(gateway_url, api_key).headers["x-gateway-provider"] for _ in range(6)} == {"left", "right"}
+    assert {_served_by(gateway_url, api_key) for _ in range(6)} == {"left", "right"}
 
     response = admin.post(f"/admin/providers/provider/{left.pk}/change/", form)  # enabled unticked
     assert response.status_code == 302, response.content[:2000]
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        if {_post(gateway_url, api_key).headers["x-gateway-provider"] for _ in range(4)} == {"right"}:
-            break
-    assert {_post(gateway_url, api_key).headers["x-gateway-provider"] for _ in range(10)} == {"right"}
+    edited = time.monotonic()
+    # Weights 1:1 alternate, so four in a row from `right` means `left` is gone.
+    streak = 0
+    while streak < 4 and time.monotonic() - edited < 2:
+        streak = streak + 1 if _served_by(gateway_url, api_key) == "right" else 0
+    assert streak == 4 and time.monotonic() - edited < 2
+    assert {_served_by(gateway_url, api_key) for _ in range(10)} == {"right"}
 
     form.update({"enabled": "on", "weight": "3"})
-    right = Provider.objects.get(name="right")
     assert admin.post(f"/admin/providers/provider/{left.pk}/change/", form).status_code == 302
-    time.sleep(settings.GATEWAY_CONFIG_POLL_S + 0.1)
-    seen = Counter(_post(gateway_url, api_key).headers["x-gateway-provider"] for _ in range(40))
+    edited = time.monotonic()
+    while _served_by(gateway_url, api_key) != "left" and time.monotonic() - edited < 2:
+        pass
+    assert time.monotonic() - edited < 2
+    # The whole edit took effect, not just the re-enabling: smooth WRR over weights 3:1 repeats
+    # every 4 picks, so any 40 in a row are exactly 30 and 10.
+    seen = Counter(_served_by(gateway_url, api_key) for _ in range(40))
     assert seen == {"left": 30, "right": 10}, seen
-    assert right.enabled
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="shared circuit state needs REDIS_URL")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from decimal import Decimal
 
 import httpx
@@ -23,12 +24,20 @@ def _worst_case() -> Decimal:
     return (Decimal(chat_input_tokens(MESSAGES)) * 1 + MAX_TOKENS * 2) / Decimal(1_000_000)
 
 
-async def _burst(url: str, key: str, n: int, **extra) -> list[httpx.Response]:
+async def _burst(url: str, key: str, n: int, upstream, gate, **extra) -> list[httpx.Response]:
+    """n concurrent requests; the admitted ones are held at the upstream (`gate`) until every
+    request has been decided: each has either arrived there or already been answered."""
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=n)) as client:
-        return await asyncio.gather(*[
-            client.post(f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                        json={"model": "gpt-test", "messages": MESSAGES, "max_tokens": MAX_TOKENS, **extra})
-            for _ in range(n)])
+        tasks = [asyncio.create_task(client.post(
+            f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+            json={"model": "gpt-test", "messages": MESSAGES, "max_tokens": MAX_TOKENS, **extra}))
+            for _ in range(n)]
+        deadline = time.monotonic() + 20
+        while (sum(t.done() for t in tasks) + len(upstream.calls()) < n
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+        gate.open()
+        return await asyncio.gather(*tasks)
 
 
 def _ledger_sum(key_id: int) -> Decimal:
@@ -37,16 +46,21 @@ def _ledger_sum(key_id: int) -> Decimal:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_concurrent_requests_never_overshoot_budget(gateway_url, fake_provider, make_key, stream):
-    # Long enough that every admission happens while the first reservations are still held.
-    fake_provider.behave("fake-a", latency_s=2.0)
+    # No admitted request reaches its end (and settles) before all 50 are decided, so the
+    # reservations alone decide: each holds the worst case (the prompt estimate at 1.00 plus
+    # max_tokens at 2.00 per million; the gateway counts both as _worst_case does, and the
+    # units are exact for these prices), and a budget of exactly 10 worst cases admits exactly
+    # 10: the 11th finds room for 9.
+    gate = fake_provider.gate()
+    fake_provider.behave("fake-a", hold=gate)
     budget = _worst_case() * 10
     raw = make_key(budget_usd=budget, budget_period="day")
     key = ApiKey.objects.get(name="tests")
 
-    responses = asyncio.run(_burst(gateway_url, raw, 50, stream=stream))
+    responses = asyncio.run(_burst(gateway_url, raw, 50, fake_provider, gate, stream=stream))
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code == 429]
-    assert 1 <= len(ok) <= 10 and len(ok) + len(refused) == 50
+    assert (len(ok), len(refused)) == (10, 40)
     assert all(r.json()["error"]["code"] == "budget_exceeded" for r in refused)
     assert all(int(r.headers["retry-after"]) > 0 for r in refused)
     assert len(fake_provider.calls()) == len(ok)
@@ -168,15 +182,17 @@ def test_idempotency_key_replays_the_first_response_once_charged(gateway_url, fa
 
 
 def test_concurrent_duplicate_gets_409(gateway_url, fake_provider, api_key):
-    fake_provider.behave("fake-a", latency_s=1.0)
+    gate = fake_provider.gate()
+    fake_provider.behave("fake-a", hold=gate)  # the first request is in progress until opened
     headers = {"authorization": f"Bearer {api_key}", "idempotency-key": "dup-1"}
     body = {"model": "gpt-test", "messages": MESSAGES}
 
     async def both():
         async with httpx.AsyncClient(timeout=30) as client:
             first = asyncio.create_task(client.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers))
-            await asyncio.sleep(0.3)
+            assert len(await asyncio.to_thread(fake_provider.wait_for_calls, 1)) == 1
             second = await client.post(f"{gateway_url}/v1/chat/completions", json=body, headers=headers)
+            gate.open()
             return await first, second
 
     first, second = asyncio.run(both())
