@@ -2,13 +2,17 @@
 
 Everything here is pure: plain frozen data in, plain data out, no I/O, no clock, no randomness of
 its own (time and a random generator are passed in). `gateway.routing_state` keeps the mutable
-state (WRR current weights, circuit breakers, in-flight counts) and calls these functions; the Lua
-scripts there mirror `smooth_wrr_pick` and `breaker_transition` step for step.
+state (WRR current weights, circuit breakers, in-flight counts) and calls these functions; its Lua
+scripts (`gateway/lua/`) mirror `smooth_wrr_pick` and `breaker_transition` step for step.
 
 Vocabulary: a *candidate* is one enabled route (provider x public model) that can serve the
 requested public model. Candidates are grouped into *levels* by priority (lower first); within a
 level, smooth weighted round-robin (nginx's algorithm) spreads requests by weight. A route's
 circuit breaker can exclude it; weight 0 drains it completely.
+
+Retry and exhaustion: a request tries the routes of its `Plan` in order, at most `MAX_ATTEMPTS`
+of them, waiting `backoff_delay` before each retry. A plan with no routes (`exhausted_plan`)
+says why nothing can be tried and when to come back.
 """
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-DEFAULT_MAX_ATTEMPTS = 3
+# Upstream calls one request makes at most, each to the next deployment of its plan; a
+# deployment at its in-flight cap is skipped without counting.
+MAX_ATTEMPTS = 3
 
 
 class Circuit(StrEnum):
@@ -121,26 +127,6 @@ class Level:
         return level_digest(self.routes)
 
 
-class RoutingExhausted(Exception):
-    """No deployment can take the request; `status` is the HTTP status the caller should send."""
-    status = 503
-
-    def __init__(self, message: str, *, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-
-
-class NoHealthyRoute(RoutingExhausted):
-    """Every candidate is drained (weight 0) or behind an open circuit: 503."""
-    status = 503
-
-
-class AllRoutesAtCapacity(RoutingExhausted):
-    """Every healthy candidate's provider is at `max_inflight`: 429."""
-    status = 429
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
     """The ordered failover list for one request.
@@ -154,15 +140,6 @@ class Plan:
     probe: int | None = None
     reason: str | None = None
     retry_after_s: float | None = None
-
-    def require(self) -> tuple[Candidate, ...]:
-        """Return `routes`; raise NoHealthyRoute (503) when it is empty."""
-        if self.routes:
-            return self.routes
-        if self.reason == "no_active_route":
-            raise NoHealthyRoute("no active deployment serves this model", reason=self.reason)
-        raise NoHealthyRoute("every deployment of this model is unavailable (circuit open)",
-                             reason=self.reason or "circuit_open", retry_after_s=self.retry_after_s)
 
 
 def smooth_wrr_pick(candidates: Sequence[Candidate], current_weights: Mapping[int, int],
@@ -329,53 +306,6 @@ def backoff_delay(attempt: int, retry_after_s: float | None, rng: random.Random,
     if retry_after_s is not None and retry_after_s > 0:
         delay = max(delay, retry_after_s)
     return min(delay, cap_s)
-
-
-# Class names (anywhere in an exception's MRO) of failures that happen before the upstream sent
-# a response, so another deployment may be tried. httpx's names are listed so this module need
-# not import httpx; "connect_error" and "timeout" are the gateway's own spellings.
-RETRYABLE_ERROR_CLASSES = frozenset({
-    "connect_error", "timeout",
-    "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
-    "TimeoutException", "NetworkError", "ReadError", "WriteError", "RemoteProtocolError",
-    "TimeoutError", "ConnectionError",
-})
-
-
-def is_retryable(status_or_error: int | str | BaseException | type[BaseException]) -> bool:
-    """Whether a failure may be retried on the next deployment.
-
-    Accepts an upstream HTTP status (408, 429 and 5xx are retryable), an error class string as
-    made by `error_class_of` ("http_503", "ConnectError"), an exception or an exception class.
-    The caller must still never retry once bytes were sent to the client.
-    """
-    if isinstance(status_or_error, bool):
-        return False
-    if isinstance(status_or_error, int):
-        return status_or_error in (408, 429) or 500 <= status_or_error <= 599
-    if isinstance(status_or_error, str):
-        status = _status_of(status_or_error)
-        if status is not None:
-            return is_retryable(status)
-        return status_or_error in RETRYABLE_ERROR_CLASSES
-    cls = status_or_error if isinstance(status_or_error, type) else type(status_or_error)
-    return any(k.__name__ in RETRYABLE_ERROR_CLASSES for k in cls.__mro__)
-
-
-def error_class_of(status_or_error: int | str | BaseException | type[BaseException]) -> str:
-    """A short label for a failure, for `record_failure` and the health view: "http_503" for a
-    status, the class name for an exception, a string unchanged."""
-    if isinstance(status_or_error, int) and not isinstance(status_or_error, bool):
-        return f"http_{status_or_error}"
-    if isinstance(status_or_error, str):
-        return status_or_error
-    cls = status_or_error if isinstance(status_or_error, type) else type(status_or_error)
-    return cls.__name__
-
-
-def _status_of(label: str) -> int | None:
-    digits = label.removeprefix("http_")
-    return int(digits) if digits.isdigit() and len(digits) == 3 else None
 
 
 def _reopen_at(state: BreakerState) -> float:

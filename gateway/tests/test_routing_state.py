@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.routing import AllRoutesAtCapacity, Candidate, NoHealthyRoute, Plan
+from gateway.routing import Candidate, Plan
 from gateway.routing_state import Lease, LocalRoutingState, RedisRoutingState, RoutingState
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -77,13 +77,13 @@ async def pair(request, prefix) -> AsyncIterator[tuple[RoutingState, RoutingStat
     await second.aclose()
 
 
-async def lease_first(state: RoutingState, plan: Plan) -> tuple[Candidate, Lease]:
-    """What the proxy does: walk the plan, skip providers at capacity, 429 if all are."""
-    for c in plan.require():
+async def lease_first(state: RoutingState, plan: Plan) -> tuple[Candidate, Lease] | None:
+    """What the proxy does: walk the plan, skip providers at capacity; None if all are."""
+    for c in plan.routes:
         lease = await state.acquire(c)
         if lease is not None:
             return c, lease
-    raise AllRoutesAtCapacity("all deployments are busy", reason="at_capacity")
+    return None
 
 
 async def fail(state: RoutingState, c: Candidate, times: int, *, now: float = NOW) -> None:
@@ -119,11 +119,9 @@ async def test_equal_weights_never_repeat_and_weight_zero_never_appears(pair):
 
 
 @pytest.mark.asyncio
-async def test_only_drained_routes_plan_empty_with_503(pair):
+async def test_only_drained_routes_plan_empty_with_no_active_route(pair):
     plan = await pair[0].plan("m", [Candidate(1, 1, weight=0)], now=NOW)
     assert plan.routes == () and plan.reason == "no_active_route"
-    with pytest.raises(NoHealthyRoute):
-        plan.require()
 
 
 @pytest.mark.asyncio
@@ -150,9 +148,7 @@ async def test_fallback_priority_is_used_only_when_the_best_is_at_capacity(pair)
         held.append(lease)
     c, lease = await lease_first(a, await a.plan("m", cs, now=NOW))
     assert c.route_id == 3
-    with pytest.raises(AllRoutesAtCapacity) as exc:
-        await lease_first(b, await b.plan("m", cs, now=NOW))
-    assert exc.value.status == 429
+    assert await lease_first(b, await b.plan("m", cs, now=NOW)) is None
     await b.release(held[0])
     c, _ = await lease_first(b, await b.plan("m", cs, now=NOW))
     assert c.route_id == held[0].route_id
