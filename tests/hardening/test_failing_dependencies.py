@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 
 import aiohttp
 import httpx
@@ -87,11 +88,16 @@ def test_200_with_an_error_body_is_a_502_with_a_row(gateway_url, fake_provider, 
 def test_redis_unreachable_keeps_serving_with_per_process_state(spawn_gateway, demo_key, make_key):
     url = spawn_gateway(REDIS_URL="redis://127.0.0.1:9/0")
     limited = make_key(name="limited", rpm=3)
-    assert [_chat(url, demo_key, model="demo").status_code for _ in range(5)] == [200] * 5
-    assert [_chat(url, limited, model="demo").status_code for _ in range(4)] == [200, 200, 200, 429]
+    served = [_chat(url, demo_key, model="demo") for _ in range(5)]
+    assert [r.status_code for r in served] == [200] * 5
+    limits = [_chat(url, limited, model="demo") for _ in range(4)]
+    assert [r.status_code for r in limits] == [200, 200, 200, 429]
     detail = httpx.get(f"{url}/health/detailed")
     assert detail.status_code == 503 and detail.json()["redis"]["ok"] is False
-    assert _rows(8)
+    # One row per request, the refused one included: each request id exactly once.
+    ids = Counter(r.headers["x-request-id"] for r in served + limits)
+    assert len(ids) == 9
+    assert Counter(row.request_id for row in _rows(9)) == ids
 
 
 def _rename(old: str, new: str) -> None:
