@@ -202,20 +202,36 @@ def test_settlement_survives_a_flushed_script_cache(gateway_url, fake_provider, 
 
 def test_a_burst_beyond_the_redis_pool_default_waits_for_connections():
     # A busy worker has far more Redis calls in flight than redis-py's default pool allows
-    # (100). They must wait for a connection: a refusal (MaxConnectionsError) was taken for
-    # Redis being down, and limits and budgets fell back to their slower paths.
-    from redis.exceptions import MaxConnectionsError
+    # (100). They must wait for a connection: a refusal (MaxConnectionsError, or "No connection
+    # available" from a pool that stopped waiting) was taken for Redis being down, and limits
+    # and budgets fell back to their slower paths. A loaded machine may still make a call miss
+    # its 0.5 s socket timeout; that is not a refusal, so it is the only failure allowed (how
+    # many, depends on the load: a loaded CI run answered 207 of 300).
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from gateway.clients import client_pool
+
+    in_flight = peak = 0
+
+    async def one(client) -> object:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            return await client.eval("return 1", 0)
+        except Exception as exc:
+            return exc
+        finally:
+            in_flight -= 1
 
     async def burst() -> list:
         client = client_pool.redis()
         try:
-            return await asyncio.gather(*[client.eval("return 1", 0) for _ in range(300)],
-                                        return_exceptions=True)
+            return await asyncio.gather(*[one(client) for _ in range(300)])
         finally:
             await client_pool.close()
 
     outcomes = asyncio.run(burst())
-    assert not [o for o in outcomes if isinstance(o, MaxConnectionsError)]
-    assert outcomes.count(1) >= 250  # the rest may only time out on a loaded machine
+    assert peak > 100  # more calls in flight at once than the default pool would serve
+    failures = [o for o in outcomes if o != 1]
+    assert all(isinstance(o, RedisTimeoutError) for o in failures), {repr(o) for o in failures}
