@@ -23,12 +23,17 @@ async def test_a_cancel_requested_during_a_redis_call_is_raised():
     state = RedisRoutingState(client, prefix=f"gw:test-cancel-{os.getpid()}:")
     candidates = [Candidate(route_id=1, provider_id=1, weight=1)]
 
+    planned = asyncio.Event()
+
     async def plan_forever():
         while True:
             await state.plan("m", candidates, now=0.0)
+            planned.set()
 
     task = asyncio.create_task(plan_forever())
-    await asyncio.sleep(0.05)
+    # Once a plan has come back, the task is always inside the next one's Redis call when this
+    # task runs (a plan suspends only there), so that is where the cancel lands.
+    await asyncio.wait_for(planned.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)

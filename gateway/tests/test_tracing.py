@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,9 @@ class Collector:
     def keep(self, path: str, headers: dict[str, str], body: bytes) -> None:
         with self._lock:
             self.exports.append(Export(path, headers, body))
+
+    def export_tried(self, timeout: float) -> bool:
+        return bool(self.spans(1, timeout=timeout))
 
     def spans(self, count: int, timeout: float = 10.0) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -131,6 +135,32 @@ class GrpcCollector(Collector, trace_service_pb2_grpc.TraceServiceServicer):
 
     def stop(self) -> None:
         self._server.stop(0)
+
+
+class DeadCollector:
+    """A collector's port that takes the first connection (so the test knows an export was
+    tried), resets it and closes: every later attempt is refused, as at a closed port."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._tried = threading.Event()
+        threading.Thread(target=self._refuse, name="dead-otlp", daemon=True).start()
+
+    def export_tried(self, timeout: float) -> bool:
+        return self._tried.wait(timeout)
+
+    def _refuse(self) -> None:
+        connection, _ = self._sock.accept()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+        self._sock.close()
+        self._tried.set()
+
+    def stop(self) -> None:
+        self._sock.close()
 
 
 @pytest.fixture
@@ -245,32 +275,35 @@ def test_langfuse_export_uses_its_otel_path_and_basic_auth(spawn_gateway, fake_p
 @pytest.mark.parametrize("collector_state", ["closed_port", "hanging"])
 def test_a_dead_or_hanging_collector_never_slows_or_fails_requests(
         spawn_gateway, fake_provider, api_key, ledger_rows, collector_state):
-    collector = HttpCollector(hang=True)
-    if collector_state == "closed_port":
-        collector.stop()
+    collector = DeadCollector() if collector_state == "closed_port" else HttpCollector(hang=True)
     try:
         # An export may wait 20 s for the collector; requests must not wait with it.
         url = spawn_gateway(GATEWAY_OTEL_ENDPOINT=collector.url, GATEWAY_OTEL_TIMEOUT_S="20",
                             **FAST)
         client = _openai(url, api_key)
-        started = time.monotonic()
+        serving = 0.0
         for i in range(5):
+            started = time.monotonic()
             reply = client.chat.completions.create(
                 model="gpt-test", messages=[{"role": "user", "content": f"hi {i}"}])
             assert reply.choices[0].message.content == REPLY
-            time.sleep(0.1)  # let a batch go out, so later requests meet a busy exporter
+            serving += time.monotonic() - started
+            if i == 0:
+                # The first batch went out: every later request meets an exporter busy with it
+                # (held by the hanging collector, or retrying the refused one).
+                assert collector.export_tried(timeout=10)
+        started = time.monotonic()
         stream = client.chat.completions.create(
             model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == REPLY
-        assert time.monotonic() - started < 10
+        assert serving + time.monotonic() - started < 10
         rows = ledger_rows(6)
         assert len(rows) == 6 and {r.status for r in rows} == {"ok"}
         if collector_state == "hanging":
             assert collector.spans(1)  # the collector did get (and hold) an export
             _no_secrets(collector, api_key, UPSTREAM_SECRET)
     finally:
-        if collector_state == "hanging":
-            collector.stop()
+        collector.stop()
 
 
 def test_a_streamed_request_records_the_streamed_text(spawn_gateway, fake_provider, api_key,

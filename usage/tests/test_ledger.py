@@ -59,6 +59,14 @@ def test_client_leaving_before_the_upstream_answers_gets_one_row(gateway_url, fa
         time.sleep(0.05)
     rows = list(UsageRecord.objects.all())
     assert len(rows) == 2 and {r.status for r in rows} == {"client_disconnected"}
-    time.sleep(2)  # the upstream answers meanwhile; its in-flight slot must be free again
-    routes = httpx.get(f"{gateway_url}/health/detailed").json()["providers"]["fake-a"]["routes"]
-    assert routes[0]["in_flight"] == 0
+    # Once the upstream has answered both, neither holds its in-flight slot any more.
+    assert fake_provider.wait_for_answers(2) == 2
+    deadline = time.monotonic() + 5
+    while (in_flight := _in_flight(gateway_url)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_flight == 0
+
+
+def _in_flight(url: str) -> int:
+    routes = httpx.get(f"{url}/health/detailed").json()["providers"]["fake-a"]["routes"]
+    return routes[0]["in_flight"]
