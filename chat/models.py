@@ -1,4 +1,4 @@
-"""Chat history per user, and the admin-defined task endpoints (/api/tasks/<slug>).
+"""Chat history per user (the task endpoints are the tasks app's).
 
 Chat traffic is attributed to an API key of the user's own (`ChatAccount.api_key`, created on
 first use), so routing, budgets, rate limits and the ledger treat it exactly like API traffic:
@@ -6,7 +6,6 @@ a per-user budget, model allow-list or rate limit is set on that key. Revoking i
 off for the user.
 """
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 
@@ -79,41 +78,3 @@ class ChatMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} message {self.pk}"
-
-
-class TaskQuerySet(models.QuerySet):
-    def enabled(self):
-        return self.filter(enabled=True)
-
-
-class Task(models.Model):
-    """A named prompt endpoint: POST /api/tasks/<slug> with `{"input": …, "variables": {…}}`.
-
-    `system_prompt` is a template: `{name}` is replaced by `variables["name"]`, `{{` and `}}`
-    are literal braces. With `output_schema` the answer must be JSON matching it (the subset of
-    JSON Schema in chat.schema). No allowed keys and no allowed teams: every key may call it.
-    """
-
-    slug = models.SlugField(max_length=64, unique=True)
-    description = models.CharField(max_length=300, blank=True)
-    model = models.CharField(max_length=200, help_text="Public model name, as clients send it.")
-    system_prompt = models.TextField(
-        blank=True, help_text="{name} is replaced by the request's variables; {{ }} are literal braces.")
-    max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
-    temperature = models.FloatField(null=True, blank=True,
-                                    validators=[MinValueValidator(0), MaxValueValidator(2)])
-    output_schema = models.JSONField(
-        null=True, blank=True, help_text="Optional JSON Schema the output must match.")
-    allowed_keys = models.ManyToManyField("providers.ApiKey", blank=True, related_name="tasks")
-    allowed_teams = models.ManyToManyField("providers.Team", blank=True, related_name="tasks")
-    enabled = models.BooleanField(default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    objects = TaskQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["slug"]
-
-    def __str__(self) -> str:
-        return self.slug

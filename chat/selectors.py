@@ -1,13 +1,10 @@
 """Reads of the chat app: a user's sessions and their history (as the JSON the chat page
-uses), and the task table the task endpoints are served from."""
+uses)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from chat.models import ChatMessage, ChatSession, Task
-from providers.selectors import KeyInfo
+from chat.models import ChatMessage, ChatSession
 
 
 def session_json(session: ChatSession) -> dict[str, Any]:
@@ -35,34 +32,3 @@ def chat_session_detail(*, user_id: int, session_id: int) -> dict[str, Any]:
     session = ChatSession.objects.for_user(user_id).get(pk=session_id)
     return {**session_json(session),
             "messages": [message_json(m) for m in session.messages.order_by("id")]}
-
-
-@dataclass(frozen=True, slots=True)
-class TaskInfo:
-    """A task as the endpoint serves it (immutable; see chat.models.Task)."""
-    slug: str
-    model: str
-    system_prompt: str
-    max_tokens: int
-    temperature: float | None
-    output_schema: Mapping[str, Any] | bool | None
-    allowed_key_ids: frozenset[int]
-    allowed_team_ids: frozenset[int]
-
-    def allows(self, key: KeyInfo) -> bool:
-        """No allowed keys and teams: every key; else the key or its team must be listed."""
-        if not self.allowed_key_ids and not self.allowed_team_ids:
-            return True
-        return key.id in self.allowed_key_ids or (
-            key.team_id is not None and key.team_id in self.allowed_team_ids)
-
-
-def task_table_load() -> dict[str, TaskInfo]:
-    """Every enabled task by slug, in three queries."""
-    tasks = Task.objects.enabled().prefetch_related("allowed_keys", "allowed_teams")
-    return {t.slug: TaskInfo(
-        slug=t.slug, model=t.model, system_prompt=t.system_prompt, max_tokens=t.max_tokens,
-        temperature=t.temperature, output_schema=t.output_schema,
-        allowed_key_ids=frozenset(k.pk for k in t.allowed_keys.all()),
-        allowed_team_ids=frozenset(team.pk for team in t.allowed_teams.all()),
-    ) for t in tasks}

@@ -1,31 +1,63 @@
-"""The declarative routing file (CONTRACT §3): parse, expand `${VAR}`, validate into plain specs.
+"""The declarative routing file (CONTRACT §3): parse, expand `${VAR}`, validate into specs.
 
-Errors name the field and the line: `line 7: providers[0].kind: must be one of …`.
+Errors name the line and the field: `line 7: providers[0].kind: must be one of …`, one line per
+problem. The line is that of the mapping holding the field (a list entry, a route, a schema).
+
+Validation is pydantic (v2, strict mode) rather than a JSON Schema of the file: the specs the
+services consume are the validated models themselves, with their defaults and conversions
+(Decimal prices, aware datetimes, string header values) declared once beside the rules, and
+pydantic reports every problem with its location, which maps back to a YAML line. Strict mode
+keeps YAML's types honest: `true` is not an integer and `5` is not a string.
+
+`providers` and `prices` are this app's. Every other top-level section belongs to the app that
+declares it: an AppConfig with a `config_sections()` method returning `ConfigSection`s (the
+tasks app owns `tasks:`). Such a section is validated here with the same errors, applied in the
+same transaction by `providers.services.config_apply`, and exported by `config_export`, and
+providers never imports the app.
 """
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from datetime import timezone as dt_timezone
 from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any
 
 import yaml
+from django.apps import apps
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
 
-from chat.schema import schema_check
 from providers.models import ProviderKind
 from providers.translation import translation_problem
 from providers.validation import base_url_problem
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_PROBLEMS = 20
 
 
 class ConfigError(Exception):
     """A bad routing file; the message names the line and field, never a secret value."""
+
+
+class ConfigModel(BaseModel):
+    """Base of the file's entries: strict types, unknown fields refused, immutable."""
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, validate_by_name=True)
+
+
+def slug_check(value: str) -> str:
+    if not value or slugify(value) != value:
+        raise ValueError("must be a slug (lowercase letters, digits, '-', '_')")
+    return value
+
+
+Slug = Annotated[str, AfterValidator(slug_check)]
 
 
 @dataclass(frozen=True)
@@ -36,54 +68,168 @@ class RouteSpec:
     priority: int | None = None
 
 
-@dataclass(frozen=True)
-class ProviderSpec:
-    name: str
+class RouteTarget(ConfigModel):
+    """A provider's `models` value: an upstream name, or {upstream, weight, priority}."""
+    upstream: str = Field(min_length=1)
+    weight: int | None = Field(None, ge=0)
+    priority: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_or_mapping(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"upstream": value}
+        if not isinstance(value, dict):
+            raise ValueError("must be an upstream name or a mapping")
+        return value
+
+
+def _string_keys(message: str) -> Callable[[object], dict]:
+    def convert(value: object) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(message)
+        return {str(k): v for k, v in value.items()}
+    return convert
+
+
+def _headers(value: object) -> dict[str, str]:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
+        raise ValueError("must map header names to strings")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _translation(value: object) -> dict[str, Any]:
+    value = {} if value is None else value
+    problem = translation_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return {k: ({str(b): e for b, e in v.items()} if k == "thinking_effort_map" else v)
+            for k, v in value.items()}
+
+
+class ProviderSpec(ConfigModel):
+    name: Slug
     kind: str
-    base_url: str
-    api_key: str | None
-    weight: int = 1
+    base_url: str = Field("", validate_default=True)
+    api_key: str | None = None
+    weight: int = Field(1, ge=0)
     priority: int = 0
     enabled: bool = True
-    timeout_s: float = 600.0
-    max_inflight: int = 512
-    extra_headers: dict[str, str] = field(default_factory=dict)
-    translation: dict = field(default_factory=dict)
-    routes: tuple[RouteSpec, ...] = ()
+    timeout_s: float = Field(600.0, gt=0)
+    max_inflight: int = Field(512, ge=1)
+    extra_headers: Annotated[dict[str, str], BeforeValidator(_headers)] = {}
+    translation: Annotated[dict[str, Any], BeforeValidator(_translation)] = {}
+    models: Annotated[dict[str, RouteTarget], BeforeValidator(
+        _string_keys("must map public model names to upstream models"))] = {}
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        if value not in ProviderKind.values:
+            raise ValueError(f"must be one of {', '.join(ProviderKind.values)}")
+        return value
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _base_url(cls, value: object, info: ValidationInfo) -> object:
+        value = value or ""
+        kind = info.data.get("kind")  # absent when the kind itself is wrong
+        if kind is None or (kind == ProviderKind.MOCK and not value):
+            return value
+        problem = base_url_problem(value) if isinstance(value, str) else "must be an http(s) URL"
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def routes(self) -> tuple[RouteSpec, ...]:
+        return tuple(RouteSpec(public_model=public, upstream_model=t.upstream, weight=t.weight,
+                               priority=t.priority) for public, t in self.models.items())
+
+
+def _price(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    # A bare YAML number arrives as float; str() gives its shortest round-trip text ("0.15").
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError("must be a decimal number") from None
+    if not result.is_finite() or result < 0:
+        raise ValueError("must be a non-negative decimal number")
+    return result
+
+
+def _price_required(value: object) -> Decimal:
+    if value is None:
+        raise ValueError("is required")
+    return _price(value)
+
+
+def _effective_from(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time.min)
+    elif not isinstance(value, datetime):
+        value = parse_datetime(str(value))
+    if value is None:
+        raise ValueError("must be an ISO 8601 date-time")
+    return timezone.make_aware(value, dt_timezone.utc) if timezone.is_naive(value) else value
+
+
+Price = Annotated[Decimal, BeforeValidator(_price_required)]
+
+
+class PriceSpec(ConfigModel):
+    upstream_model: str = Field(alias="model", min_length=1)
+    provider: str | None = None
+    input_per_mtok: Price = Field(alias="input")
+    output_per_mtok: Price = Field(alias="output")
+    cached_input_per_mtok: Annotated[Decimal | None, BeforeValidator(_price)] = Field(
+        None, alias="cached_input")
+    effective_from: Annotated[datetime | None, BeforeValidator(_effective_from)] = None
 
 
 @dataclass(frozen=True)
-class PriceSpec:
-    upstream_model: str
-    provider: str | None
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    cached_input_per_mtok: Decimal | None
-    effective_from: datetime | None
+class SectionResult:
+    written: int = 0
+    deleted: int = 0
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """A named prompt endpoint (chat.models.Task). `teams`: the teams whose keys may call it
-    (None: leave the task's access lists as the admin set them)."""
-    slug: str
-    model: str
-    system_prompt: str = ""
-    max_tokens: int = 1024
-    temperature: float | None = None
-    output_schema: dict | bool | None = None
-    teams: tuple[str, ...] | None = None
-    enabled: bool = True
-    description: str = ""
+class ConfigSection:
+    """A top-level section of the file owned by another app.
+
+    `item`: the model one list entry validates into; `unique`: the field no two entries may
+    share. `apply(specs, prune=)` writes the entries inside config_apply's transaction (raising
+    ConfigError for what only the database can tell, such as an unknown team); with `prune`
+    it deletes the rows the section no longer lists. `export()`: the entries as the file
+    writes them."""
+    name: str
+    item: type[ConfigModel]
+    apply: Callable[..., SectionResult]
+    export: Callable[[], list[dict[str, Any]]]
+    unique: str | None = None
+
+
+def config_sections() -> dict[str, ConfigSection]:
+    """The sections the installed apps declare, by name."""
+    return {section.name: section for app in apps.get_app_configs()
+            if hasattr(app, "config_sections") for section in app.config_sections()}
 
 
 @dataclass(frozen=True)
 class ConfigSpec:
     providers: tuple[ProviderSpec, ...]
     prices: tuple[PriceSpec, ...]
-    tasks: tuple[TaskSpec, ...] = ()
-    # Whether the file has a `tasks:` section: only then does --prune delete missing tasks.
-    has_tasks: bool = False
+    # The other apps' sections that the file has, by name: only those are applied (and, with
+    # --prune, pruned).
+    sections: Mapping[str, tuple[ConfigModel, ...]] = field(default_factory=dict)
 
 
 class _LineMap(dict):
@@ -125,7 +271,7 @@ def env_expand(text: str, environ: dict[str, str] | None = None) -> str:
 
 
 def config_parse(text: str, environ: dict[str, str] | None = None) -> ConfigSpec:
-    """Parse and validate the routing file text. Raises ConfigError."""
+    """Parse and validate the routing file text. Raises ConfigError naming every problem."""
     expanded = env_expand(text, environ)
     try:
         data = yaml.load(expanded, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
@@ -135,218 +281,79 @@ def config_parse(text: str, environ: dict[str, str] | None = None) -> ConfigSpec
         raise ConfigError(f"{where}invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if data is None:
         data = _LineMap()
+        data.line = 1
+    sections = config_sections()
+    known = ("providers", "prices", *sections)
     if not isinstance(data, dict):
-        raise ConfigError("line 1: the file must be a mapping with `providers`, `prices`, `tasks`")
-    unknown = set(data) - {"providers", "prices", "tasks"}
+        raise ConfigError(f"line 1: the file must be a mapping with {', '.join(known)}")
+    unknown = set(data) - set(known)
     if unknown:
-        raise ConfigError(f"line {data.line}: unknown top-level field(s): {', '.join(sorted(unknown))}")
-    providers = tuple(_provider(p, i) for i, p in enumerate(_list(data, "providers")))
-    names = [p.name for p in providers]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        raise ConfigError(f"providers: duplicate name(s): {', '.join(sorted(dupes))}")
-    prices = tuple(_price(p, i) for i, p in enumerate(_list(data, "prices")))
-    tasks = tuple(_task(t, i) for i, t in enumerate(_list(data, "tasks")))
-    slugs = [t.slug for t in tasks]
-    dupes = {s for s in slugs if slugs.count(s) > 1}
-    if dupes:
-        raise ConfigError(f"tasks: duplicate slug(s): {', '.join(sorted(dupes))}")
-    return ConfigSpec(providers=providers, prices=prices, tasks=tasks, has_tasks="tasks" in data)
+        raise ConfigError(f"line {data.line}: unknown top-level field(s): "
+                          f"{', '.join(sorted(map(str, unknown)))}")
+    items = {"providers": (ProviderSpec, "name"), "prices": (PriceSpec, None),
+             **{name: (s.item, s.unique) for name, s in sections.items()}}
+    parsed: dict[str, tuple] = {}
+    problems: list[str] = []
+    for name, (model, unique) in items.items():
+        if name not in data:
+            parsed[name] = ()
+            continue
+        try:
+            parsed[name] = tuple(TypeAdapter(list[model]).validate_python(data[name] or []))
+        except ValidationError as exc:
+            problems += [_problem(data, (name, *error["loc"]), error) for error in exc.errors()]
+            continue
+        if unique:
+            values = [getattr(spec, unique) for spec in parsed[name]]
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                problems.append(f"{name}: duplicate {unique}(s): {', '.join(dupes)}")
+    if problems:
+        raise ConfigError("\n".join(problems[:MAX_PROBLEMS]))
+    return ConfigSpec(providers=parsed["providers"], prices=parsed["prices"],
+                      sections={name: parsed[name] for name in sections if name in data})
 
 
-def _list(data: _LineMap, key: str) -> list:
-    value = data.get(key) or []
-    if not isinstance(value, list):
-        raise ConfigError(f"line {data.line}: {key}: must be a list")
-    return value
+def _problem(data: _LineMap, loc: Sequence[str | int], error: Mapping[str, Any]) -> str:
+    line, node = data.line, data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(node, _LineMap):
+            line = node.line
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return f"line {line}: {where}: {_message(error)}"
 
 
-def _field(where: str, item: _LineMap, key: str, message: str) -> ConfigError:
-    return ConfigError(f"line {item.line}: {where}.{key}: {message}")
+def _message(error: Mapping[str, Any]) -> str:
+    """pydantic's error in the file's own words."""
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+                     "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}[kind]
+        limit = ctx[bound]
+        return f"must be {op} {int(limit) if float(limit).is_integer() else limit}"
+    if kind == "too_long":
+        return f"must be at most {ctx.get('max_length')} characters long"
+    return _MESSAGES.get(kind, error["msg"])
 
 
-def _int(where: str, item: _LineMap, key: str, default: int, minimum: int | None = None) -> int:
-    value = item.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _field(where, item, key, "must be an integer")
-    if minimum is not None and value < minimum:
-        raise _field(where, item, key, f"must be >= {minimum}")
-    return value
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "unknown field",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "string_too_short": "must not be empty",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
 
-
-def _decimal(where: str, item: _LineMap, key: str, required: bool = True) -> Decimal | None:
-    if key not in item or item[key] is None:
-        if required:
-            raise _field(where, item, key, "is required")
-        return None
-    value = item[key]
-    # A bare YAML number arrives as float; str() gives its shortest round-trip text ("0.15").
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise _field(where, item, key, "must be a decimal number") from None
-    if not result.is_finite() or result < 0:
-        raise _field(where, item, key, "must be a non-negative decimal number")
-    return result
-
-
-def _provider(item: object, index: int) -> ProviderSpec:
-    where = f"providers[{index}]"
-    if not isinstance(item, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    allowed = {"name", "kind", "base_url", "api_key", "weight", "priority", "enabled", "timeout_s",
-               "max_inflight", "models", "extra_headers", "translation"}
-    unknown = set(item) - allowed
-    if unknown:
-        raise _field(where, item, sorted(unknown)[0], "unknown field")
-    name = item.get("name")
-    if not isinstance(name, str) or not name or slugify(name) != name:
-        raise _field(where, item, "name", "must be a slug (lowercase letters, digits, '-', '_')")
-    kind = item.get("kind")
-    if kind not in ProviderKind.values:
-        raise _field(where, item, "kind", f"must be one of {', '.join(ProviderKind.values)}")
-    base_url = item.get("base_url") or ""
-    if kind != ProviderKind.MOCK or base_url:
-        problem = base_url_problem(base_url) if isinstance(base_url, str) else "must be an http(s) URL"
-        if problem:
-            raise _field(where, item, "base_url", problem)
-    api_key = item.get("api_key")
-    if api_key is not None and not isinstance(api_key, str):
-        raise _field(where, item, "api_key", "must be a string")
-    enabled = item.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _field(where, item, "enabled", "must be true or false")
-    timeout = item.get("timeout_s", 600)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise _field(where, item, "timeout_s", "must be a positive number")
-    headers = item.get("extra_headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(v, (str, int)) for v in headers.values()):
-        raise _field(where, item, "extra_headers", "must map header names to strings")
-    translation = item.get("translation") or {}
-    problem = translation_problem(translation)
-    if problem:
-        raise _field(where, item, "translation", problem)
-    translation = {k: ({str(b): e for b, e in v.items()} if k == "thinking_effort_map" else v)
-                   for k, v in translation.items()}
-    models = item.get("models") or {}
-    if not isinstance(models, dict):
-        raise _field(where, item, "models", "must map public model names to upstream models")
-    routes = []
-    for public, target in models.items():
-        route_where = f"{where}.models.{public}"
-        if isinstance(target, str):
-            routes.append(RouteSpec(public_model=str(public), upstream_model=target))
-        elif isinstance(target, dict):
-            upstream = target.get("upstream")
-            if not isinstance(upstream, str) or not upstream:
-                raise _field(route_where, target, "upstream", "is required")
-            unknown = set(target) - {"upstream", "weight", "priority"}
-            if unknown:
-                raise _field(route_where, target, sorted(unknown)[0], "unknown field")
-            routes.append(RouteSpec(
-                public_model=str(public), upstream_model=upstream,
-                weight=_int(route_where, target, "weight", None, 0) if "weight" in target else None,
-                priority=_int(route_where, target, "priority", 0) if "priority" in target else None,
-            ))
-        else:
-            raise _field(where, item, f"models.{public}", "must be an upstream name or a mapping")
-    return ProviderSpec(
-        name=name, kind=kind, base_url=base_url, api_key=api_key,
-        weight=_int(where, item, "weight", 1, 0),
-        priority=_int(where, item, "priority", 0),
-        enabled=enabled, timeout_s=float(timeout),
-        max_inflight=_int(where, item, "max_inflight", 512, 1),
-        extra_headers={str(k): str(v) for k, v in headers.items()},
-        translation=translation,
-        routes=tuple(routes),
-    )
-
-
-def _price(item: object, index: int) -> PriceSpec:
-    where = f"prices[{index}]"
-    if not isinstance(item, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    unknown = set(item) - {"model", "provider", "input", "output", "cached_input", "effective_from"}
-    if unknown:
-        raise _field(where, item, sorted(unknown)[0], "unknown field")
-    model = item.get("model")
-    if not isinstance(model, str) or not model:
-        raise _field(where, item, "model", "is required (the upstream model name)")
-    provider = item.get("provider")
-    if provider is not None and not isinstance(provider, str):
-        raise _field(where, item, "provider", "must be a provider name")
-    effective = item.get("effective_from")
-    if effective is not None:
-        if isinstance(effective, date) and not isinstance(effective, datetime):
-            effective = datetime.combine(effective, time.min)
-        elif not isinstance(effective, datetime):
-            effective = parse_datetime(str(effective))
-        if effective is None:
-            raise _field(where, item, "effective_from", "must be an ISO 8601 date-time")
-        if timezone.is_naive(effective):
-            effective = timezone.make_aware(effective, dt_timezone.utc)
-    return PriceSpec(
-        upstream_model=model, provider=provider,
-        input_per_mtok=_decimal(where, item, "input"),
-        output_per_mtok=_decimal(where, item, "output"),
-        cached_input_per_mtok=_decimal(where, item, "cached_input", required=False),
-        effective_from=effective,
-    )
-
-
-def _plain(value: object) -> object:
-    """YAML values without the line-tracking mapping type (for JSON storage and comparison)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _task(item: object, index: int) -> TaskSpec:
-    where = f"tasks[{index}]"
-    if not isinstance(item, dict):
-        raise ConfigError(f"{where}: must be a mapping")
-    allowed = {"slug", "model", "system_prompt", "max_tokens", "temperature", "output_schema",
-               "teams", "enabled", "description"}
-    unknown = set(item) - allowed
-    if unknown:
-        raise _field(where, item, sorted(unknown)[0], "unknown field")
-    slug = item.get("slug")
-    if not isinstance(slug, str) or not slug or len(slug) > 64 or slugify(slug) != slug:
-        raise _field(where, item, "slug", "must be a slug (lowercase letters, digits, '-', '_')")
-    model = item.get("model")
-    if not isinstance(model, str) or not model or len(model) > 200:
-        raise _field(where, item, "model", "is required (a public model name)")
-    prompt = item.get("system_prompt", "")
-    if not isinstance(prompt, str):
-        raise _field(where, item, "system_prompt", "must be a string")
-    temperature = item.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool)
-                                    or not isinstance(temperature, (int, float))
-                                    or not 0 <= temperature <= 2):
-        raise _field(where, item, "temperature", "must be a number from 0 to 2")
-    schema = item.get("output_schema")
-    if schema is not None:
-        problems = schema_check(schema)
-        if problems:
-            line = getattr(schema, "line", 0) or item.line
-            raise ConfigError(f"line {line}: {where}.output_schema: {problems[0]}")
-    teams = item.get("teams")
-    if teams is not None and not (isinstance(teams, list)
-                                  and all(isinstance(t, str) and t for t in teams)):
-        raise _field(where, item, "teams", "must be a list of team names")
-    enabled = item.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _field(where, item, "enabled", "must be true or false")
-    description = item.get("description", "")
-    if not isinstance(description, str) or len(description) > 300:
-        raise _field(where, item, "description", "must be a string of at most 300 characters")
-    return TaskSpec(
-        slug=slug, model=model, system_prompt=prompt,
-        max_tokens=_int(where, item, "max_tokens", 1024, 1),
-        temperature=float(temperature) if temperature is not None else None,
-        output_schema=_plain(schema),
-        teams=tuple(teams) if teams is not None else None,
-        enabled=enabled, description=description,
-    )

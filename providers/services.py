@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from urllib.parse import urlsplit, urlunsplit
@@ -15,8 +15,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from chat.models import Task
-from providers.config_file import ConfigError, ConfigSpec, PriceSpec, ProviderSpec, TaskSpec
+from providers.config_file import (ConfigError, ConfigSpec, PriceSpec, ProviderSpec,
+                                   SectionResult, config_sections)
 from providers.crypto import secret_encrypt, secret_rotate
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
 from providers.models import (
@@ -42,17 +42,18 @@ class ApplyResult:
     routes_written: int = 0
     routes_deleted: int = 0
     prices_added: int = 0
-    tasks_written: int = 0
-    tasks_deleted: int = 0
+    # Other apps' sections of the file (`tasks`), by name: every declared one, zero if absent.
+    sections: dict[str, SectionResult] = field(default_factory=dict)
 
 
 @transaction.atomic
 def config_apply(*, spec: ConfigSpec, prune: bool = False, actor: str = "gateway_apply") -> ApplyResult:
-    """Upsert providers (by name), their model routes, prices and tasks (by slug). A provider's
-    `models` map is authoritative for that provider's routes. With `prune`, providers absent
-    from the file are deleted (with their routes), and so are tasks when the file has a `tasks:`
-    section. Prices are versioned: a changed price is a new row. A task's `teams`, when given,
-    replace its allowed teams (unknown team: ConfigError); its allowed keys are admin-only.
+    """Upsert providers (by name), their model routes and prices, then the other apps' sections
+    the file has (`tasks`, by slug: tasks.services.tasks_apply), all in one transaction. A
+    provider's `models` map is authoritative for that provider's routes. With `prune`,
+    providers absent from the file are deleted (with their routes), and so are a section's
+    entries when the file has that section. Prices are versioned: a changed price is a new
+    row. Raises ConfigError for a reference the database does not hold (provider, team).
     Changes to providers, routes and prices are written to the audit log under `actor`."""
     created = updated = routes_written = routes_deleted = prices_added = 0
     for p in spec.providers:
@@ -92,32 +93,16 @@ def config_apply(*, spec: ConfigSpec, prune: bool = False, actor: str = "gateway
     for price in spec.prices:
         prices_added += _price_add_if_changed(price, actor=actor)
 
-    for task in spec.tasks:
-        _task_upsert(task)
-    tasks_deleted = 0
-    if prune and spec.has_tasks:
-        tasks_deleted = Task.objects.exclude(slug__in=[t.slug for t in spec.tasks]).delete()[1] \
-            .get(Task._meta.label, 0)
+    declared = config_sections()
+    sections = {name: SectionResult() for name in declared}
+    for name, specs in spec.sections.items():
+        sections[name] = declared[name].apply(specs, prune=prune)
 
     config_version_bump()
     return ApplyResult(providers_created=created, providers_updated=updated,
                        providers_deleted=deleted, routes_written=routes_written,
                        routes_deleted=routes_deleted, prices_added=prices_added,
-                       tasks_written=len(spec.tasks), tasks_deleted=tasks_deleted)
-
-
-def _task_upsert(t: TaskSpec) -> Task:
-    task, _ = Task.objects.update_or_create(slug=t.slug, defaults={
-        "model": t.model, "system_prompt": t.system_prompt, "max_tokens": t.max_tokens,
-        "temperature": t.temperature, "output_schema": t.output_schema, "enabled": t.enabled,
-        "description": t.description})
-    if t.teams is not None:
-        teams = list(Team.objects.filter(name__in=t.teams))
-        missing = sorted(set(t.teams) - {team.name for team in teams})
-        if missing:
-            raise ConfigError(f"tasks: {t.slug}: unknown team(s) {', '.join(missing)}")
-        task.allowed_teams.set(teams)
-    return task
+                       sections=sections)
 
 
 def _provider_upsert(p: ProviderSpec, *, actor: str) -> tuple[Provider, bool]:
@@ -218,31 +203,11 @@ def config_export() -> str:
             item["cached_input"] = _decimal_text(price.cached_input_per_mtok)
         prices.append(item)
     document = {"providers": providers, "prices": prices}
-    tasks = _tasks_export()
-    if tasks:
-        document["tasks"] = tasks
+    for name, section in config_sections().items():
+        items = section.export()
+        if items:
+            document[name] = items
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-
-
-def _tasks_export() -> list[dict]:
-    """Tasks as the file writes them (allowed keys are admin-only and not exported)."""
-    out = []
-    for task in Task.objects.prefetch_related("allowed_teams").order_by("slug"):
-        item = {"slug": task.slug, "model": task.model}
-        if task.description:
-            item["description"] = task.description
-        item.update({"system_prompt": task.system_prompt, "max_tokens": task.max_tokens})
-        if task.temperature is not None:
-            item["temperature"] = task.temperature
-        if task.output_schema is not None:
-            item["output_schema"] = task.output_schema
-        teams = sorted(team.name for team in task.allowed_teams.all())
-        if teams:
-            item["teams"] = teams
-        if not task.enabled:
-            item["enabled"] = False
-        out.append(item)
-    return out
 
 
 def _decimal_text(value: Decimal) -> str:

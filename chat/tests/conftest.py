@@ -15,7 +15,7 @@ PASSWORD = "correct-horse-battery"
 @pytest.fixture(autouse=True)
 def _fresh_task_table():
     """Test databases reuse ids and versions; the live server's task table must not leak."""
-    from chat.cache import task_cache
+    from tasks.cache import task_cache
 
     task_cache.invalidate()
     yield
@@ -62,15 +62,16 @@ def sse_events(response: httpx.Response) -> list[dict]:
 def make_task(transactional_db):
     """`make_task(slug, model=…, keys=[ApiKey…], **TaskSpec fields)`, written like
     gateway_apply writes it (so running servers reload it)."""
-    from chat.models import Task
-    from providers.config_file import ConfigSpec, TaskSpec
+    from providers.config_file import ConfigSpec
     from providers.services import config_apply, config_version_bump
+    from tasks.config_file import TaskSpec
+    from tasks.models import Task
 
     def make(slug: str, *, keys=(), **fields):
         fields.setdefault("model", "gpt-test")
         fields.setdefault("system_prompt", "You are a careful reviewer.")
         config_apply(spec=ConfigSpec(providers=(), prices=(),
-                                     tasks=(TaskSpec(slug=slug, **fields),)))
+                                     sections={"tasks": (TaskSpec(slug=slug, **fields),)}))
         task = Task.objects.get(slug=slug)
         if keys:
             task.allowed_keys.set(keys)

@@ -30,19 +30,19 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from chat.cache import task_cache
 from chat.context import Turn, chat_request
 from chat.pipeline import (EventRelay, call_complete, call_cost, call_open, event_stream,
                            response_text)
-from chat.prompts import PromptError, prompt_render
-from chat.schema import output_validate
-from chat.selectors import TaskInfo
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied, UpstreamFailed
 from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, read_json, resolve,
                            stream_abandoned)
 from gateway.responses import json_response, openai_error, openai_error_body, replayed, sse_response
 from gateway.types import ChatRequest, ResponseFormat
 from providers.cache import snapshot_cache
+from tasks.cache import task_cache
+from tasks.prompts import PromptError, prompt_render
+from tasks.schema import output_validate
+from tasks.selectors import TaskInfo
 from usage.idempotency import Replay, body_hash
 from usage.models import UsageSource, UsageStatus
 

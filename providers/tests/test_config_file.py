@@ -157,94 +157,28 @@ def test_command_reports_errors_without_a_traceback(tmp_path):
     assert not Provider.objects.exists()
 
 
-TASKS = """
-providers:
-  - name: local
-    kind: mock
-    models:
-      demo: mock-echo
-tasks:
-  - slug: risk_check
-    model: demo
-    description: Flags risky payments
-    system_prompt: "You are a risk reviewer for {team}."
-    max_tokens: 600
-    temperature: 0.2
-    output_schema:
-      type: object
-      required: [risk]
-      properties:
-        risk: {enum: [low, high]}
-    teams: [finance]
-  - slug: summary
-    model: demo
-    system_prompt: Summarise.
-"""
-
-
-@pytest.mark.django_db
-def test_tasks_are_applied_exported_and_round_trip(tmp_path):
-    from chat.models import Task
-    from providers.models import Team
-
-    Team.objects.create(name="finance")
-    _apply(tmp_path, TASKS)
-    risk = Task.objects.get(slug="risk_check")
-    assert (risk.model, risk.max_tokens, risk.temperature) == ("demo", 600, 0.2)
-    assert risk.system_prompt == "You are a risk reviewer for {team}."
-    assert risk.output_schema == {"type": "object", "required": ["risk"],
-                                  "properties": {"risk": {"enum": ["low", "high"]}}}
-    assert [t.name for t in risk.allowed_teams.all()] == ["finance"]
-    summary = Task.objects.get(slug="summary")
-    assert (summary.max_tokens, summary.temperature, summary.output_schema) == (1024, None, None)
-    exported = _export()
-    assert yaml.safe_load(exported)["tasks"][0] == {
-        "slug": "risk_check", "model": "demo", "description": "Flags risky payments",
-        "system_prompt": "You are a risk reviewer for {team}.", "max_tokens": 600,
-        "temperature": 0.2, "output_schema": risk.output_schema, "teams": ["finance"]}
-    _apply(tmp_path, exported)
-    assert Task.objects.count() == 2
-    assert _export() == exported
-
-
-@pytest.mark.django_db
-def test_prune_deletes_tasks_only_when_the_file_has_a_tasks_section(tmp_path):
-    from chat.models import Task
-    from providers.models import Team
-
-    Team.objects.create(name="finance")
-    _apply(tmp_path, TASKS)
-    providers_only = "providers:\n  - name: local\n    kind: mock\n    models:\n      demo: mock-echo\n"
-    _apply(tmp_path, providers_only, "--prune")
-    assert Task.objects.count() == 2
-    _apply(tmp_path, providers_only + "tasks:\n  - slug: summary\n    model: demo\n", "--prune")
-    assert list(Task.objects.values_list("slug", flat=True)) == ["summary"]
-
-
-@pytest.mark.django_db
-def test_task_with_an_unknown_team_is_refused(tmp_path):
-    from chat.models import Task
-
-    with pytest.raises(CommandError, match="tasks: risk_check: unknown team"):
-        _apply(tmp_path, TASKS)
-    assert not Task.objects.exists()
-
-
-@pytest.mark.parametrize("text, message", [
-    ("tasks:\n  - model: demo\n", r"line 2: tasks\[0\]\.slug: must be a slug"),
-    ("tasks:\n  - slug: Bad Slug\n    model: demo\n", r"line 2: tasks\[0\]\.slug: must be a slug"),
-    ("tasks:\n  - slug: a\n", r"line 2: tasks\[0\]\.model: is required"),
-    ("tasks:\n  - slug: a\n    model: m\n    max_tokens: 0\n", r"tasks\[0\]\.max_tokens: must be >= 1"),
-    ("tasks:\n  - slug: a\n    model: m\n    temperature: 3\n", r"tasks\[0\]\.temperature: must be a number from 0 to 2"),
-    ("tasks:\n  - slug: a\n    model: m\n    colour: red\n", r"tasks\[0\]\.colour: unknown field"),
-    ("tasks:\n  - slug: a\n    model: m\n  - slug: a\n    model: m\n", r"duplicate slug\(s\): a"),
-    ("tasks:\n  - slug: a\n    model: m\n    output_schema:\n      type: thing\n",
-     r"line 5: tasks\[0\]\.output_schema: \$\.type: must be one of"),
-    ("tasks:\n  - slug: a\n    model: m\n    output_schema:\n      $ref: '#/x'\n",
-     r"tasks\[0\]\.output_schema: \$\.\$ref: unsupported keyword"),
-    ("tasks:\n  - slug: a\n    model: m\n    teams: finance\n", r"tasks\[0\]\.teams: must be a list"),
-    ("tasks: risk_check\n", r"line 1: tasks: must be a list"),
-])
-def test_bad_tasks_name_the_line_and_field(text, message):
-    with pytest.raises(ConfigError, match=message):
+def test_every_problem_is_reported_on_its_own_line():
+    text = ("providers:\n  - name: x\n    kind: nope\n    weight: true\n"
+            "  - name: y\n    kind: mock\n    models:\n      a: {upstream: b, weight: -1}\n"
+            "prices:\n  - model: m\n    input: '1'\n")
+    with pytest.raises(ConfigError) as error:
         config_parse(text, environ={})
+    lines = str(error.value).splitlines()
+    assert lines[0].startswith("line 2: providers[0].kind: must be one of openai")
+    assert lines[1:] == ["line 2: providers[0].weight: must be an integer",
+                         "line 8: providers[1].models.a.weight: must be >= 0",
+                         "line 10: prices[0].output: is required"]
+
+
+def test_a_minimal_file_gets_the_documented_defaults():
+    spec = config_parse("providers:\n  - name: local\n    kind: mock\n    models:\n      demo: echo\n"
+                        "prices:\n  - model: echo\n    input: 0.15\n    output: 1\n", environ={})
+    [p] = spec.providers
+    assert (p.base_url, p.api_key, p.weight, p.priority, p.enabled, p.timeout_s, p.max_inflight,
+            p.extra_headers, p.translation) == ("", None, 1, 0, True, 600.0, 512, {}, {})
+    assert [(r.public_model, r.upstream_model, r.weight, r.priority) for r in p.routes] == [
+        ("demo", "echo", None, None)]
+    [price] = spec.prices
+    assert (price.input_per_mtok, price.output_per_mtok, price.cached_input_per_mtok,
+            price.effective_from) == (Decimal("0.15"), Decimal("1"), None, None)
+    assert spec.sections == {}

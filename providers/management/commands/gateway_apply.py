@@ -8,12 +8,13 @@ from providers.services import config_apply
 
 
 class Command(BaseCommand):
-    help = "Upsert providers, model routes and prices from a routing YAML file (CONTRACT §3)."
+    help = "Upsert providers, model routes, prices and tasks from a routing YAML file (CONTRACT §3)."
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="path to the YAML file, or - for standard input")
         parser.add_argument("--prune", action="store_true",
-                            help="delete providers that are not in the file")
+                            help="delete providers (and tasks, when the file has a tasks: section) "
+                                 "that are not in the file")
 
     def handle(self, *args, file, prune, **options):
         try:
@@ -27,5 +28,6 @@ class Command(BaseCommand):
         self.stdout.write(
             f"providers: {result.providers_created} created, {result.providers_updated} updated, "
             f"{result.providers_deleted} deleted; routes: {result.routes_written} written, "
-            f"{result.routes_deleted} deleted; prices: {result.prices_added} added; "
-            f"tasks: {result.tasks_written} written, {result.tasks_deleted} deleted")
+            f"{result.routes_deleted} deleted; prices: {result.prices_added} added"
+            + "".join(f"; {name}: {r.written} written, {r.deleted} deleted"
+                      for name, r in result.sections.items()))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat.prompts import PromptError, prompt_render, prompt_variables
+from tasks.prompts import PromptError, prompt_render, prompt_variables
 
 
 def test_variables_are_replaced_and_braces_escaped():

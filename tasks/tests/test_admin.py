@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
-from chat.models import Task
+from tasks.models import Task
 from providers.models import ConfigVersion
 
 
@@ -20,17 +20,24 @@ def _form(**overrides) -> dict:
             "output_schema": "null", "enabled": "on", **overrides}
 
 
-def test_unsupported_schema_is_refused_with_the_keyword(admin_client):
-    response = admin_client.post("/admin/chat/task/add/",
-                                 _form(output_schema='{"$ref": "#/defs/x"}'))
+def test_unusable_schema_is_refused_with_the_path(admin_client):
+    response = admin_client.post("/admin/tasks/task/add/",
+                                 _form(output_schema='{"properties": {"a": {"$ref": "#/defs/x"}}}'))
     assert response.status_code == 200
-    assert "$.$ref: unsupported keyword" in response.content.decode()
+    assert "$.properties.a.$ref: cannot be resolved within the schema" in response.content.decode()
     assert not Task.objects.exists()
+
+
+def test_schema_with_defs_and_refs_is_saved(admin_client):
+    schema = '{"$defs": {"r": {"enum": ["low", "high"]}}, "properties": {"risk": {"$ref": "#/$defs/r"}}}'
+    response = admin_client.post("/admin/tasks/task/add/", _form(output_schema=schema))
+    assert response.status_code == 302
+    assert Task.objects.get().output_schema["properties"] == {"risk": {"$ref": "#/$defs/r"}}
 
 
 def test_saved_task_bumps_the_config_version(admin_client, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
-        response = admin_client.post("/admin/chat/task/add/",
+        response = admin_client.post("/admin/tasks/task/add/",
                                      _form(output_schema='{"type": "object"}'))
     assert response.status_code == 302
     assert Task.objects.get().output_schema == {"type": "object"}

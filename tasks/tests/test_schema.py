@@ -1,9 +1,9 @@
-"""Task output schemas: the supported JSON Schema subset, pure."""
+"""Task output schemas (JSON Schema draft 2020-12 through jsonschema), pure."""
 from __future__ import annotations
 
 import pytest
 
-from chat.schema import output_parse, output_validate, schema_check, schema_validate
+from tasks.schema import output_parse, output_validate, schema_check, schema_validate
 
 SCHEMA = {
     "type": "object",
@@ -56,11 +56,14 @@ def test_combinators_and_const():
 
 @pytest.mark.parametrize("schema, problem", [
     ([], "$: a schema must be an object"),
-    ({"$ref": "#/defs/x"}, "$.$ref: unsupported keyword"),
-    ({"type": "text"}, "$.type: must be one of"),
-    ({"properties": {"a": {"minLength": -1}}}, "$.properties.a.minLength: must be a non-negative"),
-    ({"pattern": "("}, "$.pattern: must be a regular expression"),
-    ({"anyOf": []}, "$.anyOf: must be a non-empty list"),
+    ({"$ref": "#/defs/x"}, "$.$ref: cannot be resolved within the schema (#/defs/x)"),
+    ({"type": "text"}, "$.type: must be one of array, boolean, integer, null, number, object"),
+    ({"properties": {"a": {"minLength": -1}}}, "$.properties.a.minLength: must be at least 0"),
+    ({"pattern": "("}, "$.pattern: must be a valid regex"),
+    ({"anyOf": []}, "$.anyOf: must have at least 1 items"),
+    ({"properties": {"a": {"requried": ["b"]}}}, "$.properties.a.requried: unsupported keyword"),
+    ({"items": {"$ref": "https://example.test/schema.json"}},
+     "$.items.$ref: cannot be resolved within the schema (https://example.test/schema.json)"),
 ])
 def test_unusable_schemas_are_refused(schema, problem):
     assert schema_check(schema)[0].startswith(problem)
@@ -78,3 +81,48 @@ def test_output_is_read_as_json_with_or_without_a_code_fence():
     assert value is None and error.startswith("$: the output is not JSON")
     assert output_validate('```\n{"risk": "low", "reasons": ["abc"]}\n```', SCHEMA) == \
         ({"risk": "low", "reasons": ["abc"]}, [])
+
+
+DEFS = {
+    "$defs": {
+        "reason": {"type": "object", "required": ["code"], "additionalProperties": False,
+                   "properties": {"code": {"type": "string"}, "detail": {"$ref": "#/$defs/text"}}},
+        "text": {"type": "string", "maxLength": 5},
+    },
+    "type": "object",
+    "properties": {"reasons": {"type": "array", "items": {"$ref": "#/$defs/reason"}}},
+}
+
+
+def test_schemas_with_defs_and_refs_are_checked_and_applied():
+    assert schema_check(DEFS) == []
+    assert schema_validate({"reasons": [{"code": "a", "detail": "short"}]}, DEFS) == []
+    assert schema_validate({"reasons": [{"code": 1}, {"code": "b", "detail": "too long", "x": 0}]},
+                           DEFS) == ["$.reasons[0].code: must be of type string",
+                                     "$.reasons[1].detail: must be at most 5 characters long",
+                                     "$.reasons[1].x: is not an allowed property"]
+
+
+def test_other_draft_keywords_work_and_messages_never_quote_the_value():
+    schema = {"type": "object", "minProperties": 1, "propertyNames": {"pattern": "^[a-z]+$"},
+              "patternProperties": {"^n_": {"type": "number", "multipleOf": 5}},
+              "if": {"required": ["kind"]}, "then": {"required": ["detail"]}}
+    assert schema_check(schema) == []
+    assert schema_validate({"kind": "x" * 1000}, schema) == ["$: the property 'detail' is required"]
+    assert schema_validate({"n_a": 7}, {"patternProperties": schema["patternProperties"]}) == \
+        ["$.n_a: must be a multiple of 5"]
+
+
+def test_remote_references_are_never_fetched(monkeypatch):
+    import urllib.request
+
+    from referencing.exceptions import Unresolvable
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("a $ref was fetched")
+
+    monkeypatch.setattr(urllib.request, "urlopen", fetch)
+    schema = {"$ref": "https://example.test/schema.json"}
+    assert schema_check(schema)
+    with pytest.raises(Unresolvable):
+        schema_validate({}, schema)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from chat.selectors import TaskInfo, task_table_load
 from gateway.database import db
 from providers.selectors import RoutingSnapshot
+from tasks.selectors import TaskInfo, task_table_load
 
 _UNLOADED = object()
 
