@@ -3,35 +3,35 @@
 `RoutingState` is what the proxy talks to. `LocalRoutingState` keeps everything in this process;
 `RedisRoutingState` keeps it in Redis so every worker and replica shares one WRR sequence, one
 breaker per route and one in-flight count per provider. The decisions themselves are the pure
-functions of `gateway.routing`; the Lua scripts below mirror `smooth_wrr_pick` and
+functions of `gateway.routing`; the Lua scripts in `gateway/lua/` mirror `smooth_wrr_pick` and
 `breaker_transition` so that each read-modify-write happens atomically inside Redis.
 
-A request's life: `plan()` once (raises nothing; `Plan.require()` raises NoHealthyRoute), then
-for each route in order `acquire()` (None: provider at `max_inflight`, try the next), call the
-upstream, `record_success()` or `record_failure()`, and `release()` in a `finally`.
+A request's life: `plan()` once (raises nothing; an empty plan says why), then for each route in
+order, at most `routing.MAX_ATTEMPTS` of them, `acquire()` (None: provider at `max_inflight`,
+try the next), call the upstream, `record_success()` or `record_failure()`, and `release()` in
+a `finally`.
 """
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from gateway.cancellation import reraise_swallowed_cancel  # noqa: F401  (re-exported)
 from gateway.routing import (
     BreakerEvent, BreakerState, Candidate, Circuit, Level, Plan, breaker_transition,
     exhausted_plan, failover_order, route_levels, smooth_wrr_pick,
 )
+from gateway.shared_state import LuaScript, SharedState, pipeline_execute
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +73,9 @@ class RoutingState(Protocol):
         ...
 
     def release_queued(self, pipe, lease: Lease) -> bool:
-        """Queue the release on a Redis pipeline the caller executes; False when this lease
-        must be given back with `release` instead."""
+        """Queue the release on a Redis pipeline the caller runs with
+        `gateway.shared_state.pipeline_execute`; False when this lease must be given back with
+        `release` instead."""
 
     async def release(self, lease: Lease) -> None:
         """Give the slot back; releasing twice is harmless."""
@@ -85,7 +86,7 @@ class RoutingState(Protocol):
         ...
 
     async def record_failure(self, candidate: Candidate, error_class: str, *, now: float) -> None:
-        """A retryable failure (`routing.is_retryable`) on this route: count it."""
+        """A failure that counts against this route's circuit: count it."""
         ...
 
     async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
@@ -217,119 +218,12 @@ class LocalRoutingState:
                 for c in candidates}
 
 
-# Mirrors routing.smooth_wrr_pick for each level: KEYS are the levels' hashes (route_id ->
-# current weight); ARGV is ttl_ms, then per level n, route_id, weight, ... sorted by route_id.
-# Returns per level the chosen route_id followed by the n new current weights.
-_WRR_STEP = """
-local ttl = ARGV[1]
-local pos = 2
-local out = {}
-for k = 1, #KEYS do
-  local n = tonumber(ARGV[pos])
-  pos = pos + 1
-  local ids, ws, total = {}, {}, 0
-  for i = 1, n do
-    ids[i], ws[i] = ARGV[pos], tonumber(ARGV[pos + 1])
-    total, pos = total + ws[i], pos + 2
-  end
-  local cur = redis.call('HMGET', KEYS[k], unpack(ids))
-  local best = 1
-  local vals = {}
-  for i = 1, n do
-    vals[i] = (tonumber(cur[i]) or 0) + ws[i]
-    if vals[i] > vals[best] then best = i end
-  end
-  vals[best] = vals[best] - total
-  local fields = {}
-  for i = 1, n do
-    fields[#fields + 1] = ids[i]
-    fields[#fields + 1] = vals[i]
-  end
-  redis.call('HSET', KEYS[k], unpack(fields))
-  redis.call('PEXPIRE', KEYS[k], ttl)
-  out[#out + 1] = ids[best]
-  for i = 1, n do out[#out + 1] = vals[i] end
-end
-return out
-"""
-
-# Mirrors breaker_transition(PROBE): ARGV now, probe_timeout_s, ttl_ms. Returns 1 if this
-# caller won the probe.
-_BREAKER_PROBE = """
-local st = redis.call('HGET', KEYS[1], 'state')
-local deadline
-if st == 'open' then
-  deadline = tonumber(redis.call('HGET', KEYS[1], 'opened_until') or '0')
-elseif st == 'half_open' then
-  deadline = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
-else
-  return 0
-end
-local now = tonumber(ARGV[1])
-if now < deadline then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-# Mirrors breaker_transition(FAILURE): ARGV now, error_class, failure_threshold, cooldown_s,
-# max_cooldown_s, ttl_ms.
-_BREAKER_FAILURE = """
-local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local failures = tonumber(redis.call('HGET', KEYS[1], 'failures') or '0') + 1
-redis.call('HSET', KEYS[1], 'state', st, 'failures', failures, 'last_error', ARGV[2],
-           'last_error_at', ARGV[1])
-local cooldown
-if st == 'closed' and failures >= tonumber(ARGV[3]) then
-  cooldown = tonumber(ARGV[4])
-elseif st == 'half_open' then
-  local previous = tonumber(redis.call('HGET', KEYS[1], 'cooldown') or '0')
-  cooldown = math.min(math.max(previous * 2, tonumber(ARGV[4])), tonumber(ARGV[5]))
-end
-if cooldown then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'cooldown', cooldown,
-             'opened_until', tonumber(ARGV[1]) + cooldown, 'probe_until', 0)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return failures
-"""
-
-# Mirrors breaker_transition(SUCCESS): ARGV ttl_ms. A missing key is a closed, clean breaker,
-# so the common case writes nothing.
-_BREAKER_SUCCESS = """
-local st = redis.call('HGET', KEYS[1], 'state')
-if st == 'half_open' then
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'cooldown', 0,
-             'opened_until', 0, 'probe_until', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-elseif st == 'closed' and redis.call('HGET', KEYS[1], 'failures') ~= '0' then
-  redis.call('HSET', KEYS[1], 'failures', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return 0
-"""
-
-# In-flight slots are a ZSET of lease tokens scored by expiry (Redis server time, ms, so hosts'
-# clocks need not agree). Expired tokens are purged before counting, so a crashed holder's slot
-# comes back after the lease TTL, and the key itself expires once its last lease would have.
-# ARGV cap (0: none), token, ttl_ms. Returns 1 when the slot was granted.
-_INFLIGHT_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local cap = tonumber(ARGV[1])
-if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
-local ttl = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1
-"""
-
-_INFLIGHT_COUNT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-"""
+_WRR_STEP = LuaScript.beside(__file__, "wrr_step.lua")
+_BREAKER_PROBE = LuaScript.beside(__file__, "breaker_probe.lua")
+_BREAKER_FAILURE = LuaScript.beside(__file__, "breaker_failure.lua")
+_BREAKER_SUCCESS = LuaScript.beside(__file__, "breaker_success.lua")
+_INFLIGHT_ACQUIRE = LuaScript.beside(__file__, "inflight_acquire.lua")
+_INFLIGHT_COUNT = LuaScript.beside(__file__, "inflight_count.lua")
 
 
 class RedisRoutingState:
@@ -341,44 +235,38 @@ class RedisRoutingState:
     `cb:<route_id>` (hash), `inflight:<provider_id>` (zset), `wrr:{<model>}:<priority>:<digest>`
     (hash; the braces keep one model's levels in one Redis Cluster slot).
 
-    When Redis fails (connection refused, timeout, any RedisError) the call is served by a
-    per-process `LocalRoutingState` instead, a warning is logged once per outage, and Redis is
-    tried again after `retry_interval_s`; the first success logs the recovery. During an outage
-    each process routes, counts breakers and caps in-flight on its own. A lease granted by Redis
-    and released during an outage simply expires there. Give the client short socket timeouts
-    and few retries: a slow Redis delays the requests that wait on it.
+    While Redis is unreachable (`gateway.shared_state`; tried again after `retry_interval_s`)
+    a per-process `LocalRoutingState` serves every call: each process routes, counts breakers
+    and caps in-flight on its own. A lease granted by Redis and released during an outage
+    simply expires there. Give the client short socket timeouts and few retries: a slow Redis
+    delays the requests that wait on it.
     """
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:", lease_ttl_s: float = 900.0,
                  state_ttl_s: float = 86400.0, retry_interval_s: float = 1.0,
                  local: LocalRoutingState | None = None) -> None:
         self._redis = redis
+        self._shared = SharedState(redis, name="routing state",
+                                   fallback="this process routes on its own state",
+                                   logger=logger, retry_interval_s=retry_interval_s)
         self._prefix = prefix
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
         self._state_ttl_ms = int(state_ttl_s * 1000)
-        self._retry_interval_s = retry_interval_s
         self._local = local or LocalRoutingState(lease_ttl_s=lease_ttl_s)
-        self._down_until = 0.0
-        self._degraded = False
         # Routes whose breaker this process last read as closed with no failures: a success
         # there changes nothing, so it skips the round trip (bounded by the configured routes).
         self._clean: set[int] = set()
-        self._wrr_step = redis.register_script(_WRR_STEP)
-        self._probe = redis.register_script(_BREAKER_PROBE)
-        self._failure = redis.register_script(_BREAKER_FAILURE)
-        self._success = redis.register_script(_BREAKER_SUCCESS)
-        self._acquire = redis.register_script(_INFLIGHT_ACQUIRE)
-        self._count = redis.register_script(_INFLIGHT_COUNT)
 
     @property
     def degraded(self) -> bool:
         """True while Redis is considered down and the per-process fallback is in use."""
-        return self._degraded
+        return self._shared.degraded
 
     async def plan(self, model: str, candidates: Sequence[Candidate], *, now: float) -> Plan:
         async def claim_probe(c: Candidate) -> bool:
-            won = await self._probe(keys=[self._breaker_key(c.route_id)],
-                                    args=[repr(now), repr(c.probe_timeout_s), self._state_ttl_ms])
+            won = await _BREAKER_PROBE(
+                self._redis, keys=[self._breaker_key(c.route_id)],
+                args=[repr(now), repr(c.probe_timeout_s), self._state_ttl_ms])
             return bool(won)
 
         async def step_wrr(levels: Sequence[Level]) -> tuple[dict[int, int], dict[int, int]]:
@@ -392,7 +280,7 @@ class RedisRoutingState:
                 args.append(len(level.passing))
                 for c in level.passing:
                     args += [c.route_id, c.weight]
-            out = await self._wrr_step(keys=keys, args=args)
+            out = await _WRR_STEP(self._redis, keys=keys, args=args)
             values = iter(int(v) for v in out)
             chosen: dict[int, int] = {}
             weights: dict[int, int] = {}
@@ -405,24 +293,23 @@ class RedisRoutingState:
             return await _plan(candidates, now=now, read_breakers=self._read_breakers,
                                claim_probe=claim_probe, step_wrr=step_wrr)
 
-        return await self._shared_or_local(shared, lambda: self._local.plan(model, candidates,
-                                                                            now=now))
+        return await self._shared.run(shared, lambda: self._local.plan(model, candidates, now=now))
 
     async def acquire(self, candidate: Candidate) -> Lease | None:
         async def shared() -> Lease | None:
             token = uuid.uuid4().hex
-            granted = await self._acquire(
-                keys=[self._inflight_key(candidate.provider_id)],
+            granted = await _INFLIGHT_ACQUIRE(
+                self._redis, keys=[self._inflight_key(candidate.provider_id)],
                 args=[candidate.max_inflight or 0, token, self._lease_ttl_ms])
             if not granted:
                 return None
             return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id,
                          token=token, shared=True)
 
-        return await self._shared_or_local(shared, lambda: self._local.acquire(candidate))
+        return await self._shared.run(shared, lambda: self._local.acquire(candidate))
 
     def release_queued(self, pipe, lease: Lease) -> bool:
-        if not lease.shared or (self._degraded and time.monotonic() < self._down_until):
+        if not lease.shared or self._shared.down:
             return False
         pipe.zrem(self._inflight_key(lease.provider_id), lease.token)
         return True
@@ -431,35 +318,36 @@ class RedisRoutingState:
         if not lease.shared:
             await self._local.release(lease)
             return
-        if self._degraded and time.monotonic() < self._down_until:
-            return  # Redis is down: the slot expires there with its lease TTL.
-        try:
+
+        async def shared() -> None:
             await self._redis.zrem(self._inflight_key(lease.provider_id), lease.token)
-        except (RedisError, OSError) as exc:
-            # The slot expires with its lease TTL; nothing else to undo.
-            self._mark_down(exc)
+
+        async def expire_there() -> None:
+            """Redis is down: the slot expires there with its lease TTL."""
+
+        await self._shared.run(shared, expire_there)
 
     async def record_success(self, candidate: Candidate) -> None:
-        if candidate.route_id in self._clean and not self._degraded:
+        if candidate.route_id in self._clean and not self._shared.degraded:
             return
 
         async def shared() -> None:
-            await self._success(keys=[self._breaker_key(candidate.route_id)],
-                                args=[self._state_ttl_ms])
+            await _BREAKER_SUCCESS(self._redis, keys=[self._breaker_key(candidate.route_id)],
+                                   args=[self._state_ttl_ms])
 
-        await self._shared_or_local(shared, lambda: self._local.record_success(candidate))
+        await self._shared.run(shared, lambda: self._local.record_success(candidate))
 
     async def record_failure(self, candidate: Candidate, error_class: str, *, now: float) -> None:
         self._clean.discard(candidate.route_id)
 
         async def shared() -> None:
-            await self._failure(
-                keys=[self._breaker_key(candidate.route_id)],
+            await _BREAKER_FAILURE(
+                self._redis, keys=[self._breaker_key(candidate.route_id)],
                 args=[repr(now), error_class, candidate.failure_threshold,
                       repr(candidate.cooldown_s), repr(candidate.max_cooldown_s),
                       self._state_ttl_ms])
 
-        await self._shared_or_local(
+        await self._shared.run(
             shared, lambda: self._local.record_failure(candidate, error_class, now=now))
 
     async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
@@ -468,13 +356,16 @@ class RedisRoutingState:
             providers = sorted({c.provider_id for c in candidates})
             pipe = self._redis.pipeline(transaction=False)
             for provider_id in providers:
-                await self._count(keys=[self._inflight_key(provider_id)], client=pipe)
-            counts = dict(zip(providers, await pipe.execute()))
+                _INFLIGHT_COUNT.queue(pipe, keys=[self._inflight_key(provider_id)])
+            redo = [functools.partial(_INFLIGHT_COUNT, self._redis,
+                                      keys=[self._inflight_key(provider_id)])
+                    for provider_id in providers]
+            counts = dict(zip(providers, await pipeline_execute(pipe, redo)))
             return {c.route_id: _view(c, breakers.get(c.route_id, BreakerState()),
                                       int(counts[c.provider_id]), shared=True)
                     for c in candidates}
 
-        return await self._shared_or_local(shared, lambda: self._local.snapshot(candidates))
+        return await self._shared.run(shared, lambda: self._local.snapshot(candidates))
 
     async def _read_breakers(self, candidates: Sequence[Candidate]) -> dict[int, BreakerState]:
         if not candidates:
@@ -492,45 +383,11 @@ class RedisRoutingState:
                 self._clean.discard(c.route_id)
         return breakers
 
-    async def _shared_or_local(self, shared: Callable[[], Awaitable[T]],
-                               local: Callable[[], Awaitable[T]]) -> T:
-        if self._degraded and time.monotonic() < self._down_until:
-            return await local()
-        try:
-            result = await shared()
-        except (RedisError, OSError) as exc:
-            reraise_swallowed_cancel()
-            self._mark_down(exc)
-            return await local()
-        reraise_swallowed_cancel()
-        if self._degraded:
-            self._degraded = False
-            logger.info("Redis is back: routing state is shared again")
-        return result
-
-    def _mark_down(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + self._retry_interval_s
-        if not self._degraded:
-            self._degraded = True
-            logger.warning("Redis unavailable for routing state (%s: %s); this process routes "
-                           "on its own state until it returns", type(exc).__name__, exc)
-
     def _breaker_key(self, route_id: int) -> str:
         return f"{self._prefix}cb:{route_id}"
 
     def _inflight_key(self, provider_id: int) -> str:
         return f"{self._prefix}inflight:{provider_id}"
-
-
-def reraise_swallowed_cancel() -> None:
-    """Raise CancelledError when this task was asked to stop but the Redis call swallowed it.
-
-    Seen with redis-py under task cancellation (a client disconnect cancels the request task
-    while a script or pipeline is in flight): the call returns or fails with a Redis error, the
-    task's cancellation stays requested, and nothing would ever deliver it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _breaker_from_hash(row: dict[bytes | str, bytes | str]) -> BreakerState:

@@ -9,14 +9,14 @@ record: the ledger batch adds each row's cost to its counters' `spent_units` (se
 usage.services), so counters still equal the ledger; Redis only answers "is there room?".
 
 A reservation whose request never settles (a crashed worker) is reaped by the next `reserve`
-after RESERVATION_TTL. While Redis is unreachable the caller falls back to reserving in the
-database (usage.budgets); the two do not see each other's reservations during that window, but
-both see all settled spend. Standalone Redis (the scripts touch keys named in their data).
+after RESERVATION_TTL. While Redis is unreachable (`gateway.shared_state`) the caller falls back
+to reserving in the database (usage.budgets); the two do not see each other's reservations
+during that window, but both see all settled spend. The scripts are in `lua/budget_*.lua`;
+standalone Redis only (they touch keys named in their data).
 """
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timedelta
 
 import redis
@@ -25,7 +25,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from gateway.errors import BudgetExceeded
-from gateway.routing_state import reraise_swallowed_cancel
+from gateway.shared_state import LuaScript, SharedState
 from usage.budgets import RESERVATION_TTL, BudgetLimit, period_bounds, retry_after, usd_to_units
 
 logger = logging.getLogger(__name__)
@@ -36,69 +36,9 @@ RESERVATION_EXPIRY = "gw:budget-res:exp"  # sorted set: request id by expiry (ms
 IDLE_TTL_S = 7 * 86400
 REAP_PER_CALL = 20
 
-# KEYS: RESERVATIONS, RESERVATION_EXPIRY, counter keys... ARGV: request id, amount, now ms,
-# reservation ttl ms, then per counter key: limit units, key ttl s.
-# Returns {1} reserved, {0, i} no room in counter i, {-1, i} counter i not seeded.
-_RESERVE = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, %d)
-for _, id in ipairs(expired) do
-  local data = redis.call('HGET', KEYS[1], id)
-  if data then
-    local held = nil
-    for word in string.gmatch(data, '%%S+') do
-      if held == nil then held = tonumber(word)
-      elseif redis.call('EXISTS', word) == 1 then
-        if redis.call('HINCRBY', word, 'r', -held) < 0 then redis.call('HSET', word, 'r', 0) end
-      end
-    end
-    redis.call('HDEL', KEYS[1], id)
-  end
-  redis.call('ZREM', KEYS[2], id)
-end
-local amount = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  local row = redis.call('HMGET', KEYS[i], 's', 'r')
-  if not row[1] then return {-1, i - 2} end
-  local limit = tonumber(ARGV[5 + (i - 3) * 2])
-  if tonumber(row[1]) + tonumber(row[2] or 0) + amount > limit then return {0, i - 2} end
-end
-local data = ARGV[2]
-for i = 3, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'r', amount)
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[6 + (i - 3) * 2]))
-  data = data .. ' ' .. KEYS[i]
-end
-redis.call('HSET', KEYS[1], ARGV[1], data)
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
-return {1}
-""" % REAP_PER_CALL
-
-# KEYS: RESERVATIONS, RESERVATION_EXPIRY, counter keys... ARGV: request id, cost units.
-# A reaped (expired) reservation holds nothing any more; only the spend is added.
-_SETTLE = """
-local data = redis.call('HGET', KEYS[1], ARGV[1])
-local held = 0
-if data then held = tonumber(string.match(data, '^%S+')) end
-for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    -- never below 0: a copy re-seeded meanwhile does not hold this reservation
-    if redis.call('HINCRBY', KEYS[i], 'r', -held) < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
-    redis.call('HINCRBY', KEYS[i], 's', tonumber(ARGV[2]))
-  end
-end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return held
-"""
-
-# KEYS[1]: a counter key. ARGV: spent units from the database, key ttl s.
-_SEED = """
-if redis.call('HSETNX', KEYS[1], 's', ARGV[1]) == 1 then
-  redis.call('HSETNX', KEYS[1], 'r', 0)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-end
-return 1
-"""
+_RESERVE = LuaScript.beside(__file__, "budget_reserve.lua")
+_SETTLE = LuaScript.beside(__file__, "budget_settle.lua")
+_SEED = LuaScript.beside(__file__, "budget_seed.lua")
 
 
 def counter_key(limit: BudgetLimit, now: datetime) -> str:
@@ -140,70 +80,64 @@ class RedisBudgets:
     caller then reserves in the database)."""
 
     def __init__(self, redis: aioredis.Redis, *, retry_interval_s: float = 1.0) -> None:
-        self._reserve = redis.register_script(_RESERVE)
-        self._settle = redis.register_script(_SETTLE)
-        self._seed = redis.register_script(_SEED)
-        self._down_until = 0.0
-        self._retry_interval_s = retry_interval_s
+        self._shared = SharedState(redis, name="budgets",
+                                   fallback="reservations are made in the database",
+                                   logger=logger, retry_interval_s=retry_interval_s)
 
     async def reserve(self, *, request_id: str, limits: list[BudgetLimit], amount_units: int,
                       now: datetime, spent_units) -> bool:
         """Reserve `amount_units` against every limit, or none. `spent_units(limit, now)` is an
         async callable giving the database's spend of a counter not yet in Redis. Returns True
         when reserved, False when Redis is unreachable. Raises BudgetExceeded."""
-        if time.monotonic() < self._down_until:
-            return False
-        keys = [counter_key(limit, now) for limit in limits]
-        args: list[object] = [request_id, amount_units, int(now.timestamp() * 1000),
-                              int(RESERVATION_TTL / timedelta(milliseconds=1))]
-        for limit in limits:
-            args += [usd_to_units(limit.limit_usd), _key_ttl_s(limit, now)]
-        try:
+        async def shared() -> bool:
+            client = self._shared.redis
+            keys = [counter_key(limit, now) for limit in limits]
+            args: list[object] = [request_id, amount_units, int(now.timestamp() * 1000),
+                                  int(RESERVATION_TTL / timedelta(milliseconds=1)), REAP_PER_CALL]
+            for limit in limits:
+                args += [usd_to_units(limit.limit_usd), _key_ttl_s(limit, now)]
+            # A counter Redis has not seen is seeded from the database, then the reservation
+            # is tried again (a second counter may need seeding too).
             for _ in range(3):
-                result = await self._reserve(keys=[RESERVATIONS, RESERVATION_EXPIRY, *keys], args=args)
-                reraise_swallowed_cancel()
+                result = await _RESERVE(client, keys=[RESERVATIONS, RESERVATION_EXPIRY, *keys],
+                                        args=args)
                 outcome = int(result[0])
                 if outcome == 1:
                     return True
                 limit = limits[int(result[1]) - 1]
                 if outcome == 0:
                     raise BudgetExceeded(
-                        f"the {limit.scope}'s {limit.period} budget of ${limit.limit_usd} is exhausted",
-                        headers={"retry-after": retry_after(limit.period, now)})
+                        f"the {limit.scope}'s {limit.period} budget of ${limit.limit_usd} is "
+                        "exhausted", headers={"retry-after": retry_after(limit.period, now)})
                 spent = await spent_units(limit, now)
-                await self._seed(keys=[keys[int(result[1]) - 1]], args=[spent, _key_ttl_s(limit, now)])
-                reraise_swallowed_cancel()
-        except (RedisError, OSError) as exc:
-            reraise_swallowed_cancel()
-            self._mark_down(exc)
-        return False
+                await _SEED(client, keys=[keys[int(result[1]) - 1]],
+                            args=[spent, _key_ttl_s(limit, now)])
+            return False
+
+        async def in_the_database() -> bool:
+            return False
+
+        return await self._shared.run(shared, in_the_database)
 
     async def settle(self, *, request_id: str, limits: list[BudgetLimit], at: datetime,
                      cost_units: int) -> None:
-        """Release the reservation and add the spend. Never raises for Redis trouble: the
-        reservation is then reaped after its TTL, and the database records the spend anyway."""
-        keys = [counter_key(limit, at) for limit in limits]
-        try:
-            await self._settle(keys=[RESERVATIONS, RESERVATION_EXPIRY, *keys],
-                               args=[request_id, cost_units])
-            reraise_swallowed_cancel()
-        except (RedisError, OSError) as exc:
-            reraise_swallowed_cancel()
-            self._mark_down(exc)
+        """Release the reservation and add the spend. Tried even while Redis is considered
+        down (the reservation was made there). Never raises for Redis trouble: the reservation
+        is then reaped after its TTL, and the database records the spend anyway."""
+        keys = [RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)]
+
+        async def shared() -> None:
+            await _SETTLE(self._shared.redis, keys=keys, args=[request_id, cost_units])
+
+        async def reaped_later() -> None:
+            """The reservation expires in Redis; the database has the spend."""
+
+        await self._shared.run(shared, reaped_later, force=True)
 
     def settle_queued(self, pipe, *, request_id: str, limits: list[BudgetLimit], at: datetime,
                       cost_units: int) -> bool:
-        """Queue `settle` on a Redis pipeline the caller executes (its answer is a NoScriptError
-        when Redis has not loaded the script: then call `settle`); False while Redis is
-        considered down (then call `settle`)."""
-        if time.monotonic() < self._down_until:
-            return False
+        """Queue `settle` on a Redis pipeline the caller runs with
+        `gateway.shared_state.pipeline_execute` (redo: `settle`, for a NOSCRIPT answer); False
+        while Redis is considered down (then call `settle`)."""
         keys = [RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)]
-        pipe.evalsha(self._settle.sha, len(keys), *keys, request_id, cost_units)
-        return True
-
-    def _mark_down(self, exc: BaseException) -> None:
-        if time.monotonic() >= self._down_until:
-            logger.warning("budgets: Redis unreachable (%s); reserving in the database",
-                           type(exc).__name__)
-        self._down_until = time.monotonic() + self._retry_interval_s
+        return self._shared.queue(pipe, _SETTLE, keys=keys, args=[request_id, cost_units])

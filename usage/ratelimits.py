@@ -1,8 +1,9 @@
 """Per-key RPM and TPM limits with GCRA (a token bucket as one timestamp per key).
 
-With Redis, one Lua script per check makes limits exact across workers and replicas (Redis's
-own clock, keys expire after a minute of silence). Without Redis, or while Redis is
-unreachable, each process enforces them on its own (documented).
+With Redis, one Lua script per check (`lua/gcra.lua`) makes limits exact across workers and
+replicas (Redis's own clock, keys expire after a minute of silence). Without Redis, or while
+Redis is unreachable (`gateway.shared_state`), each process enforces them on its own
+(documented).
 
 A limit of N per minute allows a burst of N, refilled continuously. A request that would exceed
 it is refused with the seconds until it would fit. TPM is charged the prompt estimate up
@@ -18,38 +19,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from gateway.routing_state import reraise_swallowed_cancel
+from gateway.shared_state import LuaScript, SharedState
 
 logger = logging.getLogger(__name__)
 
 PERIOD_MS = 60_000
 
-# KEYS: one theoretical arrival time (ms) per limit. ARGV: force (0/1), then per key
-# interval_ms, cost. All limits are charged or none: returns {0} when admitted, else
-# {milliseconds to wait, index of the first limit that refused}.
-_GCRA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local tats = {}
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[i * 2])
-  local cost = tonumber(ARGV[i * 2 + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + interval * cost
-  if new_tat < now then new_tat = now end
-  if ARGV[1] == '0' and new_tat - now > 60000 then
-    return {math.ceil(new_tat - now - 60000), i}
-  end
-  tats[i] = new_tat
-end
-for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], tostring(tats[i]), 'PX', math.ceil(tats[i] - now) + 60000)
-end
-return {0}
-"""
+_GCRA = LuaScript.beside(__file__, "gcra.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +44,8 @@ class Refusal:
     wait_s: float
 
 
-def gcra_step(tat: float, now: float, *, interval: float, cost: float, force: bool) -> tuple[float, float]:
+def gcra_step(tat: float, now: float, *, interval: float, cost: float,
+              force: bool) -> tuple[float, float]:
     """Pure GCRA: (new tat, 0) when admitted, (tat unchanged, wait ms) when not."""
     tat = max(tat, now)
     new_tat = max(now, tat + interval * cost)
@@ -84,9 +62,9 @@ class RateLimiter(Protocol):
         """None when admitted, else the seconds to wait (for `retry-after`)."""
 
     def adjust_queued(self, pipe, name: str, *, per_minute: int, delta: int) -> bool:
-        """Queue `adjust` on a Redis pipeline the caller executes (its answer is a NoScriptError
-        when Redis has not loaded the script: then call `adjust`); False when it must be made
-        with `adjust` instead."""
+        """Queue `adjust` on a Redis pipeline the caller runs with
+        `gateway.shared_state.pipeline_execute` (redo: `adjust`, for a NOSCRIPT answer);
+        False when it must be made with `adjust` instead."""
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
         """Charge (or refund, negative) `delta` units without refusing."""
@@ -132,38 +110,30 @@ class LocalRateLimiter:
 
 
 class RedisRateLimiter:
-    """Shared through Redis; falls back to a LocalRateLimiter while Redis fails."""
+    """Shared through Redis; a LocalRateLimiter serves while Redis is unreachable."""
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:rl:",
                  retry_interval_s: float = 1.0) -> None:
-        self._script = redis.register_script(_GCRA)
+        self._shared = SharedState(redis, name="rate limits",
+                                   fallback="each process enforces them on its own",
+                                   logger=logger, retry_interval_s=retry_interval_s)
         self._prefix = prefix
         self._local = LocalRateLimiter()
-        self._down_until = 0.0
-        self._retry_interval_s = retry_interval_s
 
     async def _run(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
-        if time.monotonic() >= self._down_until:
-            try:
-                args: list[object] = [int(force)]
-                for limit in limits:
-                    args += [PERIOD_MS / limit.per_minute, limit.cost]
-                result = await self._script(keys=[self._prefix + limit.name for limit in limits],
-                                            args=args)
-                reraise_swallowed_cancel()
-                if self._down_until:
-                    logger.info("rate limits: Redis is back; limits are shared again")
-                    self._down_until = 0.0
-                wait_ms = int(result[0])
-                if not wait_ms:
-                    return None
-                return Refusal(name=limits[int(result[1]) - 1].name, wait_s=wait_ms / 1000)
-            except (RedisError, OSError):
-                reraise_swallowed_cancel()
-                if not self._down_until:
-                    logger.warning("rate limits: Redis unreachable; enforcing per process")
-                self._down_until = time.monotonic() + self._retry_interval_s
-        return self._local._step(limits, force)
+        async def shared() -> Refusal | None:
+            result = await _GCRA(self._shared.redis,
+                                 keys=[self._prefix + limit.name for limit in limits],
+                                 args=_gcra_args(limits, force))
+            wait_ms = int(result[0])
+            if not wait_ms:
+                return None
+            return Refusal(name=limits[int(result[1]) - 1].name, wait_s=wait_ms / 1000)
+
+        async def local() -> Refusal | None:
+            return self._local._step(limits, force)
+
+        return await self._shared.run(shared, local)
 
     async def acquire_all(self, limits: Sequence[Limit]) -> Refusal | None:
         return await self._run(limits, False)
@@ -173,11 +143,16 @@ class RedisRateLimiter:
         return refusal.wait_s if refusal else None
 
     def adjust_queued(self, pipe, name: str, *, per_minute: int, delta: int) -> bool:
-        if time.monotonic() < self._down_until:
-            return False
-        # By digest: the script is loaded (acquire ran it); a NOSCRIPT answer means "use adjust".
-        pipe.evalsha(self._script.sha, 1, self._prefix + name, 1, PERIOD_MS / per_minute, delta)
-        return True
+        limits = [Limit(name, per_minute, delta)]
+        return self._shared.queue(pipe, _GCRA, keys=[self._prefix + name],
+                                  args=_gcra_args(limits, True))
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
         await self._run([Limit(name, per_minute, delta)], True)
+
+
+def _gcra_args(limits: Sequence[Limit], force: bool) -> list[object]:
+    args: list[object] = [int(force)]
+    for limit in limits:
+        args += [PERIOD_MS / limit.per_minute, limit.cost]
+    return args

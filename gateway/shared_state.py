@@ -1,0 +1,172 @@
+"""Shared through Redis, per process while Redis is unreachable: the rule the routing state, the
+rate limits and the Redis budgets follow, written once.
+
+The rule (`SharedState.run`):
+- A store's shared operation runs in Redis. When it raises a RedisError (connection refused or
+  reset, timeout, no free pooled connection, any error answer) or an OSError, the store's
+  fallback answers the same call instead: the routing state and the rate limits keep a
+  per-process copy, the budgets hand the reservation to the database.
+- Redis is then *down* for `retry_interval_s`: shared operations are not tried and the fallback
+  answers at once, so an outage costs one failed round trip per interval, not one per call. The
+  first call after the interval tries Redis again; a failure starts another interval.
+- An operation that should reach Redis whenever it can (settling a reservation Redis granted)
+  passes `force=True`: it is tried during the interval too, and its failure only extends it.
+- One warning per outage, at its first failure, and one info line at the first success after
+  it, both on the owner's logger, naming the store and what serves it meanwhile.
+- A cancellation redis-py swallowed during the call is raised after it (`gateway.cancellation`).
+
+Scripts (`LuaScript`) are `.lua` files in a `lua/` directory next to their owner, read once per
+process, when the owner is imported. They run by digest (EVALSHA) and are loaded into Redis
+(SCRIPT LOAD) only when it answers NOSCRIPT: once per Redis server, again after a restart or a
+SCRIPT FLUSH. A pipeline queues them by digest (`SharedState.queue`), and `pipeline_execute`
+redoes each command answered NOSCRIPT on its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway.cancellation import reraise_swallowed_cancel
+
+T = TypeVar("T")
+
+# What "Redis is unreachable" means to every store.
+REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """One Lua script: its source and the digest Redis knows it by."""
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+    @classmethod
+    def beside(cls, module_file: str, name: str) -> LuaScript:
+        """Read `lua/<name>` in the directory of `module_file` (pass the owner's `__file__`).
+        Raises OSError when the file is missing."""
+        return cls(name, (Path(module_file).parent / "lua" / name).read_text(encoding="utf-8"))
+
+    async def __call__(self, client: aioredis.Redis, *, keys: Sequence[Any],
+                       args: Sequence[Any] = ()) -> Any:
+        """Run the script by digest, loading it first when Redis answers NOSCRIPT. Redis
+        errors propagate (the caller is normally inside `SharedState.run`)."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue(self, pipe: aioredis.client.Pipeline, *, keys: Sequence[Any],
+              args: Sequence[Any] = ()) -> None:
+        """Queue the script by digest on a pipeline; execute it with `pipeline_execute`."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class SharedState:
+    """One store's link to Redis, under the rule in the module docstring.
+
+    `name` names the store in the log ("rate limits"), `fallback` what serves it while Redis is
+    down ("each process enforces them on its own"); `logger` is the owner's. Not thread-safe:
+    one instance belongs to one event loop, like its Redis client.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, name: str, fallback: str,
+                 logger: logging.Logger, retry_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.redis = redis
+        self._name = name
+        self._fallback = fallback
+        self._logger = logger
+        self._retry_interval_s = retry_interval_s
+        self._clock = clock
+        self._degraded = False
+        self._down_until = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True from a failed Redis call until the next successful one."""
+        return self._degraded
+
+    @property
+    def down(self) -> bool:
+        """True while degraded and inside the retry interval: shared operations are not tried."""
+        return self._degraded and self._clock() < self._down_until
+
+    async def run(self, shared: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]],
+                  *, force: bool = False) -> T:
+        """`shared()`'s result, or `fallback()`'s while Redis is down or when `shared()` raises
+        one of REDIS_UNREACHABLE. Any other exception from `shared()` propagates unchanged.
+        Raises CancelledError when the task was cancelled during the Redis call."""
+        if not force and self.down:
+            return await fallback()
+        try:
+            result = await shared()
+        except REDIS_UNREACHABLE as exc:
+            reraise_swallowed_cancel()
+            self._failed(exc)
+            return await fallback()
+        except Exception:
+            reraise_swallowed_cancel()
+            raise
+        reraise_swallowed_cancel()
+        if self._degraded:
+            self._degraded = False
+            self._logger.info("%s: Redis is back; shared again", self._name)
+        return result
+
+    def queue(self, pipe: aioredis.client.Pipeline, script: LuaScript, *, keys: Sequence[Any],
+              args: Sequence[Any] = ()) -> bool:
+        """Queue `script` on a pipeline the caller runs with `pipeline_execute`; False while
+        Redis is down (then the caller runs the operation itself, through `run`)."""
+        if self.down:
+            return False
+        script.queue(pipe, keys=keys, args=args)
+        return True
+
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = self._clock() + self._retry_interval_s
+        if not self._degraded:
+            self._degraded = True
+            self._logger.warning("%s: Redis unreachable (%s: %s); %s until it answers again",
+                                 self._name, type(exc).__name__, exc, self._fallback)
+
+
+async def pipeline_execute(pipe: aioredis.client.Pipeline,
+                           redo: Sequence[Callable[[], Awaitable[Any]] | None], *,
+                           raise_on_error: bool = True) -> list[Any]:
+    """Execute `pipe` in one round trip and return its results, in order.
+
+    `redo[i]` is what to await instead of the i-th queued command when Redis answers NOSCRIPT
+    for it (None: nothing to redo); its result takes that command's place. Any other error
+    answer is raised (the first one) with `raise_on_error`, else left in place as the exception.
+    Raises one of REDIS_UNREACHABLE when the round trip fails, and CancelledError when the task
+    was cancelled during it.
+    """
+    try:
+        results = await pipe.execute(raise_on_error=False)
+    finally:
+        reraise_swallowed_cancel()
+    if len(results) != len(redo):
+        raise ValueError(f"{len(results)} pipelined commands but {len(redo)} redo entries")
+    out = []
+    for result, again in zip(results, redo):
+        if isinstance(result, NoScriptError) and again is not None:
+            result = await again()
+        out.append(result)
+    if raise_on_error:
+        for result in out:
+            if isinstance(result, Exception):
+                raise result
+    return out

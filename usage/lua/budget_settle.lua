@@ -1,0 +1,16 @@
+-- Turn a reservation into spend. KEYS: RESERVATIONS, RESERVATION_EXPIRY, counter keys...
+-- ARGV: request id, cost units. A reaped (expired) reservation holds nothing any more; only the
+-- spend is added. Returns the units the reservation held.
+local data = redis.call('HGET', KEYS[1], ARGV[1])
+local held = 0
+if data then held = tonumber(string.match(data, '^%S+')) end
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    -- never below 0: a copy re-seeded meanwhile does not hold this reservation
+    if redis.call('HINCRBY', KEYS[i], 'r', -held) < 0 then redis.call('HSET', KEYS[i], 'r', 0) end
+    redis.call('HINCRBY', KEYS[i], 's', tonumber(ARGV[2]))
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return held
