@@ -47,11 +47,13 @@ class Refusal:
 def gcra_step(tat: float, now: float, *, interval: float, cost: float,
               force: bool) -> tuple[float, float]:
     """Pure GCRA: (new tat, 0) when admitted, (tat unchanged, wait ms) when not."""
-    tat = max(tat, now)
-    new_tat = max(now, tat + interval * cost)
-    if not force and new_tat - now > PERIOD_MS:
-        return tat, new_tat - now - PERIOD_MS
-    return new_tat, 0.0
+    # The backlog is computed as a difference first: `(now + x) - now` on a fractional clock
+    # reading can exceed x by a rounding error, which refused a burst of exactly the limit
+    # about once in a hundred checks.
+    backlog = max(tat - now, 0.0) + interval * cost
+    if not force and backlog > PERIOD_MS:
+        return max(tat, now), backlog - PERIOD_MS
+    return now + max(backlog, 0.0), 0.0
 
 
 class RateLimiter(Protocol):
