@@ -3,7 +3,7 @@
 - GET /chat/api/models — the public models the user's chat key may use.
 - POST /chat/api/sessions/<id>/messages — `{"content": "…", "model": "…"}` (or
   `{"retry": true, "model": "…"}` to answer the last user message again) streams the answer
-  as JSON events (chat.pipeline). The session's history is the context, trimmed to the
+  as JSON events (gateway.surfaces.events). The session's history is the context, trimmed to the
   model's window (chat.context); the `x-chat-context-trimmed` header says how many older
   messages were left out. The answer is stored when the stream ends, partial when the user
   stopped it (status `stopped`), with the error when it failed.
@@ -24,14 +24,19 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat.context import chat_request, context_window, history_budget, history_trim
 from chat.models import ChatSession, MessageStatus
-from chat.pipeline import (DONE, EventRelay, call_cost, call_open, detached_writes, event,
-                           event_stream, refusal_payload)
+from chat.detached import detached_writes
 from chat.services import (AnswerRecord, NothingToRetry, chat_account_key_hash,
                            chat_answer_store, chat_turn_begin)
 from gateway.database import db
 from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
                             PermissionDenied)
-from gateway.proxy import ProxyCall, call_begin, read_json, resolve
+from gateway.call import Call, call_begin
+from gateway.finish import call_cost
+from gateway.intake import read_json, resolve
+from gateway.pipeline import Job, call_open, disconnect_guard, upstream_bodies
+from gateway.relay import relay_stream
+from gateway.surfaces.events import DONE, event, event_relay, provider_event, refusal_payload
+from gateway.tokens import request_input_tokens
 from gateway.responses import json_response, openai_error, sse_response
 from gateway.types import ChatRequest
 from providers.cache import snapshot_cache
@@ -108,14 +113,15 @@ async def session_messages(request: HttpRequest, session_id: int) -> HttpRespons
         window=context_window(model), max_tokens=max_tokens))
     req = chat_request(model=model, turns=turns, max_tokens=max_tokens)
     call = call_begin(request, surface=SURFACE)
-    call.key, call.public_model, call.stream = key, model, True
+    call.authenticated(key)
+    call.described(model=model, stream=True)
     answer = AnswerRecord(session_id=session_id, content="", status=MessageStatus.COMPLETE,
                           model=model, request_id=call.request_id, context_trimmed=trimmed)
     return sse_response(_answer_stream(call, snapshot, deployments, req, answer),
                         headers={"x-chat-context-trimmed": str(trimmed)})
 
 
-def _answer(base: AnswerRecord, call: ProxyCall, snapshot: RoutingSnapshot, *, content: str,
+def _answer(base: AnswerRecord, call: Call, snapshot: RoutingSnapshot, *, content: str,
             status: str, error: str = "") -> AnswerRecord:
     return AnswerRecord(
         session_id=base.session_id, content=content, status=status, error=error,
@@ -125,16 +131,21 @@ def _answer(base: AnswerRecord, call: ProxyCall, snapshot: RoutingSnapshot, *, c
         context_trimmed=base.context_trimmed)
 
 
-async def _answer_stream(call: ProxyCall, snapshot: RoutingSnapshot,
+async def _answer_stream(call: Call, snapshot: RoutingSnapshot,
                          deployments: tuple[Deployment, ...], req: ChatRequest,
                          base: AnswerRecord):
     """The answer's events; the answer is stored before `done` (or, when the client goes
     away, in the background with what it had been sent)."""
-    relay: EventRelay | None = None
+    encoder = None
     stored = False
     try:
         try:
-            upstream = await call_open(call, snapshot, deployments, req)
+            job = Job(snapshot=snapshot, deployments=deployments, operation="chat",
+                      bodies=upstream_bodies(req, deployments, stream=True),
+                      prompt_tokens=request_input_tokens(req), max_tokens=req.max_tokens,
+                      stream=True, req=req)
+            async with disconnect_guard(call, snapshot):
+                upstream = await call_open(call, job)
         except GatewayError as exc:
             stored = True
             await detached_writes.run(db.run(chat_answer_store, answer=_answer(
@@ -142,22 +153,23 @@ async def _answer_stream(call: ProxyCall, snapshot: RoutingSnapshot,
             yield event(refusal_payload(exc))
             yield DONE
             return
-        relay = EventRelay(call, snapshot, dialect=upstream.dialect, closing=False)
-        async for chunk in event_stream(call, snapshot, upstream, relay, headers={}):
+        relay, encoder = event_relay(call, snapshot, upstream.dialect.codec, closing=False)
+        async for chunk in relay_stream(call, snapshot, upstream, relay, headers={},
+                                        opening=(provider_event(call),)):
             yield chunk
         stored = True
-        failed = relay.error_message
+        failed = encoder.error_message
         await detached_writes.run(db.run(chat_answer_store, answer=_answer(
-            base, call, snapshot, content=relay.text,
+            base, call, snapshot, content=encoder.text,
             status=MessageStatus.ERROR if failed else MessageStatus.COMPLETE, error=failed)))
         yield DONE
     except (asyncio.CancelledError, GeneratorExit):
         if not stored:
             # What the user saw when they pressed stop (a drain may add more upstream text,
             # and settles the ledger row again with the upstream's final usage).
-            if relay is not None:
+            if encoder is not None:
                 relay.settle()
             detached_writes.start(db.run(chat_answer_store, answer=_answer(
-                base, call, snapshot, content=relay.text if relay else "",
+                base, call, snapshot, content=encoder.text if encoder else "",
                 status=MessageStatus.STOPPED)))
         raise

@@ -22,7 +22,7 @@ from usage.pricing import cost_usd
 from usage.ratelimits import Limit
 
 if TYPE_CHECKING:
-    from gateway.proxy import ProxyCall
+    from gateway.call import Call
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def worst_case_cost(snapshot: RoutingSnapshot, deployments: tuple[Deployment, ..
     return worst
 
 
-async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...],
+async def call_admit(call: Call, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...],
                      *, digest: str | None, prompt_tokens: int, max_tokens: int | None) -> Replay | None:
     """Idempotency, rate limits and the budget reservation, before any upstream call.
 
@@ -73,8 +73,7 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
                                      headers={"retry-after": "5"}) from None
         if isinstance(claim, Replay):
             return claim
-        call.idempotency_claim = claim
-        call.captured = []
+        call.claim_held(claim)
     try:
         rates = [Limit(f"{name}:{key.id}", per_minute, cost) for name, per_minute, cost in
                  (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)) if per_minute]
@@ -93,16 +92,16 @@ async def call_admit(call: ProxyCall, snapshot: RoutingSnapshot, deployments: tu
             if isinstance(outcome, BaseException):
                 raise outcome
     except GatewayError as exc:
-        call.fail(status=UsageStatus.REJECTED, http_status=exc.status,
-                  error_type=exc.code or exc.type)
-        if call.idempotency_claim is not None:
-            await db.run(idempotency_release, claim_id=call.idempotency_claim)
-            call.idempotency_claim = call.captured = None
+        call.failed(status=UsageStatus.REJECTED, http_status=exc.status,
+                    error_type=exc.code or exc.type)
+        claim = call.claim_dropped()
+        if claim is not None:
+            await db.run(idempotency_release, claim_id=claim)
         raise
     return None
 
 
-async def _rates_acquire(call: ProxyCall, rates: list[Limit]) -> None:
+async def _rates_acquire(call: Call, rates: list[Limit]) -> None:
     """Charge the key's RPM and TPM (the prompt estimate) together. Raises RateLimited."""
     key = call.key
     refusal = await client_pool.ratelimiter().acquire_all(rates)
@@ -112,14 +111,14 @@ async def _rates_acquire(call: ProxyCall, rates: list[Limit]) -> None:
                           f"{key.rpm_limit if rpm else key.tpm_limit} is reached",
                           headers={"retry-after": str(max(1, math.ceil(refusal.wait_s)))})
     if key.tpm_limit:
-        call.tpm_charged = rates[-1].cost
+        call.tpm_taken(rates[-1].cost)
 
 
 async def _db_counted_units(limit: BudgetLimit, now) -> int:
     return await db.run(budget_counted_units, limit=limit, now=now)
 
 
-async def _budget_reserve(call: ProxyCall, limits: list[BudgetLimit], amount_units: int) -> None:
+async def _budget_reserve(call: Call, limits: list[BudgetLimit], amount_units: int) -> None:
     """Reserve in Redis when configured and reachable, else in the database. Raises
     BudgetExceeded, or ServiceUnavailable when the budget cannot be checked (fail closed unless
     GATEWAY_BUDGETS_FAIL_OPEN)."""
@@ -128,11 +127,11 @@ async def _budget_reserve(call: ProxyCall, limits: list[BudgetLimit], amount_uni
         if budgets is not None and await budgets.reserve(
                 request_id=call.request_id, limits=limits, amount_units=amount_units,
                 now=call.created_at, spent_units=_db_counted_units):
-            call.budget_shared = tuple(limits)
+            call.budget_held(shared=tuple(limits))
             return
         await db.run(budget_reserve, request_id=call.request_id, limits=limits,
                      amount_units=amount_units)
-        call.budget_reserved = True
+        call.budget_held()
     except DatabaseError:
         if not settings.GATEWAY_BUDGETS_FAIL_OPEN:
             raise ServiceUnavailable("the budget cannot be checked: the database is "

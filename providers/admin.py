@@ -18,9 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from gateway.adapters import adapter_for
+from gateway.adapters import upstream_send
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool
+from gateway.dialects import DIALECTS, dialect_for
 from gateway.routing import Candidate
 from gateway.routing_state import BreakerView, RedisRoutingState
 from providers.crypto import SecretUnreadable, secret_decrypt, secret_encrypt
@@ -112,7 +113,8 @@ class ProviderForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if data.get("kind") in ("openai", "anthropic") and not data.get("base_url"):
+        dialect = DIALECTS.get(data.get("kind"))
+        if dialect is not None and dialect.base_url_required and not data.get("base_url"):
             self.add_error("base_url", "Required for this kind of provider.")
         elif data.get("base_url"):
             problem = base_url_problem(data["base_url"])
@@ -170,20 +172,13 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
                             max_inflight=provider.max_inflight),
         extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
         api_key=api_key)
-    adapter = adapter_for(provider.kind)
-    messages_ = [{"role": "user", "content": "ping"}]
-    if adapter.dialect == "anthropic_messages":
-        path, body = "/messages", {"model": route.upstream_model, "max_tokens": 1,
-                                   "messages": messages_}
-    else:
-        path, body = "/chat/completions", {"model": route.upstream_model, "max_tokens": 1,
-                                           "messages": messages_, "stream": False}
+    body = dialect_for(provider.kind).probe(route.upstream_model)
 
     async def send() -> dict:
         try:
             async with asyncio.timeout(timeout_s + 1):
-                response = await adapter.send(deployment=deployment, path=path, body=body,
-                                              stream=False, request_id=f"admin-test-{provider.id}")
+                response = await upstream_send(deployment, operation="chat", body=body,
+                                               stream=False, request_id=f"admin-test-{provider.id}")
                 return await response.json()
         finally:
             await client_pool.close()

@@ -10,11 +10,13 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from gateway.dialects import DIALECTS, kind_choices
 
-class ProviderKind(models.TextChoices):
-    OPENAI = "openai", "OpenAI-compatible"
-    ANTHROPIC = "anthropic", "Anthropic"
-    MOCK = "mock", "Mock (offline, deterministic)"
+
+class ProviderKind:
+    """The kinds of gateway.dialects (the only list of them); `values` for validation."""
+    MOCK = "mock"
+    values = tuple(DIALECTS)
 
 
 class ProviderQuerySet(models.QuerySet):
@@ -24,7 +26,7 @@ class ProviderQuerySet(models.QuerySet):
 
 class Provider(models.Model):
     name = models.SlugField(max_length=64, unique=True)
-    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
+    kind = models.CharField(max_length=16, choices=kind_choices)
     base_url = models.URLField(max_length=500, blank=True)
     # Fernet token (providers.crypto); never shown after saving.
     api_key_encrypted = models.TextField(blank=True, default="")

@@ -3,6 +3,7 @@ routing file) and the codec options they make. One parser for both, so the admin
 the proxy agree on what is valid."""
 from __future__ import annotations
 
+from gateway.dialects import dialect_for
 from gateway.types import CodecOptions
 
 KEYS = {"allow_images", "allow_documents", "thinking_effort_map", "max_tokens_field",
@@ -33,12 +34,13 @@ def translation_problem(value: object) -> str | None:
 
 
 def codec_options(*, kind: str, translation: dict) -> CodecOptions:
-    """The codec options for a provider; documents default to allowed for `anthropic` only."""
+    """The codec options for a provider: its `translation` settings over its kind's defaults
+    (gateway.dialects: documents are allowed by default where the kind takes them)."""
     defaults = CodecOptions()
     effort_map = translation.get("thinking_effort_map")
     return CodecOptions(
         allow_images=translation.get("allow_images", True),
-        allow_documents=translation.get("allow_documents", kind == "anthropic"),
+        allow_documents=translation.get("allow_documents", dialect_for(kind).allow_documents),
         budget_to_effort=({int(b): e for b, e in effort_map.items()} if effort_map is not None
                           else defaults.budget_to_effort),
         openai_max_tokens_field=translation.get("max_tokens_field", "max_tokens"),

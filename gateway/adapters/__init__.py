@@ -1,19 +1,25 @@
-"""One module per upstream kind, behind `gateway.adapters.base.Adapter`.
+"""One module per upstream transport, behind `gateway.adapters.base.Adapter`: `http` (every
+kind reached over HTTP: the URL and headers come from its gateway.dialects record) and `mock`
+(answers in-process)."""
+from __future__ import annotations
 
-Each adapter names the wire `dialect` it speaks; a surface whose client dialect differs reaches
-it through the typed IR (gateway/surfaces/translated.py), so every kind serves every surface.
-"""
-from gateway.adapters.anthropic import AnthropicAdapter
-from gateway.adapters.base import Adapter
+from typing import TYPE_CHECKING
+
+from gateway.adapters.base import Adapter, UpstreamResponse
+from gateway.adapters.http import HttpAdapter
 from gateway.adapters.mock import MockAdapter
-from gateway.adapters.openai import OpenAIAdapter
+from gateway.dialects import dialect_for
 
-ADAPTERS: dict[str, Adapter] = {
-    "openai": OpenAIAdapter(),
-    "anthropic": AnthropicAdapter(),
-    "mock": MockAdapter(),
-}
+if TYPE_CHECKING:
+    from providers.selectors import Deployment
+
+ADAPTERS: dict[str, Adapter] = {"http": HttpAdapter(), "mock": MockAdapter()}
 
 
-def adapter_for(kind: str) -> Adapter:
-    return ADAPTERS[kind]
+async def upstream_send(deployment: Deployment, *, operation: str, body: dict, stream: bool,
+                        request_id: str) -> UpstreamResponse:
+    """Send `body` (in the deployment's wire format) for `operation`. Raises UpstreamError."""
+    dialect = dialect_for(deployment.kind)
+    return await ADAPTERS[dialect.transport].send(
+        dialect=dialect, deployment=deployment, operation=operation, body=body, stream=stream,
+        request_id=request_id)

@@ -1,10 +1,18 @@
-"""The contract every upstream adapter implements."""
+"""The contract every upstream transport implements.
+
+An adapter carries a body already built in its upstream's wire format (gateway.dialects names
+the format, the URL and the headers) and hands back an `UpstreamResponse`. Transport failures
+stop here: whatever the transport raises (connection errors, timeouts, an unreadable event
+stream) reaches the pipeline as an `UpstreamError`, never as an aiohttp exception.
+"""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from providers.selectors import Deployment
+if TYPE_CHECKING:
+    from gateway.dialects import Dialect
+    from providers.selectors import Deployment
 
 
 class UpstreamError(Exception):
@@ -27,7 +35,8 @@ class UpstreamError(Exception):
 
 
 class UpstreamResponse(Protocol):
-    dialect: str
+    """A successful upstream answer. `json` and `events` raise only UpstreamError."""
+    dialect: Dialect
 
     async def json(self) -> dict: ...
 
@@ -37,10 +46,5 @@ class UpstreamResponse(Protocol):
 
 
 class Adapter(Protocol):
-    """`dialect` names the wire format the upstream speaks ("openai_chat" or
-    "anthropic_messages"); `send` posts an already-built body of that dialect."""
-
-    dialect: str
-
-    async def send(self, *, deployment: Deployment, path: str, body: dict, stream: bool,
-                   request_id: str) -> UpstreamResponse: ...
+    async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str,
+                   body: dict, stream: bool, request_id: str) -> UpstreamResponse: ...

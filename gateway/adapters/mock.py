@@ -12,11 +12,15 @@ import hashlib
 import math
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import orjson
 
 from gateway.tokens import chat_input_tokens, text_tokens
-from providers.selectors import Deployment
+
+if TYPE_CHECKING:
+    from gateway.dialects import Dialect
+    from providers.selectors import Deployment
 
 
 def _last_user_text(messages: object) -> str:
@@ -59,9 +63,8 @@ def mock_completion(body: dict) -> tuple[list[str], str, dict]:
 
 
 class MockResponse:
-    dialect = "openai_chat"
-
-    def __init__(self, body: dict, model: str) -> None:
+    def __init__(self, body: dict, model: str, dialect: Dialect) -> None:
+        self.dialect = dialect
         self._body = body
         self._model = model
         self._id = f"chatcmpl-mock{int(time.time() * 1000)}"
@@ -114,9 +117,9 @@ def mock_embedding(text: str, dimensions: int) -> list[float]:
 class MockCompletionResponse(MockResponse):
     """Legacy /completions: the chat reply to the prompt, as `text` choices."""
 
-    def __init__(self, body: dict, model: str) -> None:
+    def __init__(self, body: dict, model: str, dialect: Dialect) -> None:
         chat_body = {**body, "messages": [{"role": "user", "content": _prompt_text(body.get("prompt"))}]}
-        super().__init__(chat_body, model)
+        super().__init__(chat_body, model, dialect)
         self._id = self._id.replace("chatcmpl", "cmpl")
 
     async def json(self) -> dict:
@@ -152,12 +155,8 @@ class MockEmbeddingResponse(MockResponse):
 
 
 class MockAdapter:
-    dialect = "openai_chat"
-
-    async def send(self, *, deployment: Deployment, path: str, body: dict, stream: bool,
-                   request_id: str) -> MockResponse:
-        if path == "/completions":
-            return MockCompletionResponse(body, deployment.upstream_model)
-        if path == "/embeddings":
-            return MockEmbeddingResponse(body, deployment.upstream_model)
-        return MockResponse(body, deployment.upstream_model)
+    async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str, body: dict,
+                   stream: bool, request_id: str) -> MockResponse:
+        response = {"completions": MockCompletionResponse,
+                    "embeddings": MockEmbeddingResponse}.get(operation, MockResponse)
+        return response(body, deployment.upstream_model, dialect)

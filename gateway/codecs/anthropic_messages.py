@@ -20,16 +20,18 @@ import re
 from typing import Any
 
 from gateway.codecs import fields as f
-from gateway.codecs.anthropic_messages_output import (StreamDecoder, StreamEncoder, error_type,
+from gateway.codecs.anthropic_messages_output import (Passthrough, StreamDecoder,
+                                                      StreamEncoder, error_in_body, error_type,
                                                       format_response, parse_response,
-                                                      tool_arguments, tool_input)
+                                                      stream_done, tool_arguments, tool_input,
+                                                      usage_from)
 from gateway.codecs.media import check_media_allowed
 from gateway.errors import InvalidRequest
 from gateway.types import (ChatRequest, CodecOptions, ContentPart, DocumentPart, ImagePart,
                            Message, Reasoning, RedactedThinkingPart, ResponseFormat, TextPart,
                            ThinkingPart, Tool, ToolCallPart, ToolChoice, ToolResultPart)
 
-__all__ = ["parse_request", "build_request", "format_response", "parse_response",
+__all__ = ["Passthrough", "usage_from", "error_in_body", "stream_done", "parse_request", "build_request", "format_response", "parse_response",
            "StreamEncoder", "StreamDecoder", "error_type"]
 
 _KNOWN = frozenset({

@@ -58,6 +58,19 @@ def usage_from_anthropic(usage: dict[str, Any]) -> Usage:
                  reasoning_tokens=count(details.get("thinking_tokens")))
 
 
+usage_from = usage_from_anthropic
+
+
+def error_in_body(data: dict[str, Any]) -> bool:
+    """An Anthropic error body (`{"type": "error", …}`) sent with a 200."""
+    return data.get("type") == "error"
+
+
+def stream_done(event: str | None, data: str) -> bool:
+    """The upstream's last event: `message_stop` (relayed, then the stream is over)."""
+    return event == "message_stop" or (event is None and '"message_stop"' in data)
+
+
 def usage_to_anthropic(usage: Usage) -> dict[str, Any]:
     wire: dict[str, Any] = {
         "input_tokens": max(0, usage.input_tokens - usage.cached_tokens
@@ -331,3 +344,25 @@ class StreamDecoder:
         if kind == "signature_delta":
             return [SignatureDelta(index, delta.get("signature") or "")]
         return []  # citations_delta and others the IR does not carry
+
+
+class Passthrough:
+    """An Anthropic upstream's events to an Anthropic client as they came, but for the public
+    model name in `message_start`. `message_stop` is the upstream's own; a failure is
+    Anthropic's `error` event."""
+
+    def __init__(self, *, model: str) -> None:
+        self._model = model
+
+    def chunk(self, event: str | None, payload: dict[str, Any]) -> list[SSEEvent]:
+        kind = payload.get("type") or event
+        if kind == "message_start" and isinstance(payload.get("message"), dict):
+            payload["message"]["model"] = self._model
+        return [(event or kind, payload)]
+
+    def finish(self) -> list[SSEEvent]:
+        return []
+
+    def error(self, message: str, type: str) -> list[SSEEvent]:
+        return [("error", {"type": "error", "error": {"type": error_type(type),
+                                                      "message": message}})]

@@ -17,14 +17,15 @@ from typing import Any
 from gateway.codecs import fields as f
 from gateway.codecs.media import check_media_allowed, data_url, image_from_url, image_url, \
     parse_data_url
-from gateway.codecs.openai_chat_output import (StreamDecoder, StreamEncoder, format_response,
-                                               parse_response)
+from gateway.codecs.openai_chat_output import (Passthrough, StreamDecoder, StreamEncoder,
+                                               error_in_body, format_response, parse_response,
+                                               stream_done, usage_from)
 from gateway.errors import InvalidRequest
 from gateway.types import (ChatRequest, CodecOptions, ContentPart, DocumentPart, ImagePart,
                            Message, Reasoning, ResponseFormat, TextPart, ThinkingPart, Tool,
                            ToolCallPart, ToolChoice, ToolResultPart)
 
-__all__ = ["parse_request", "build_request", "format_response", "parse_response",
+__all__ = ["Passthrough", "usage_from", "error_in_body", "stream_done", "parse_request", "build_request", "format_response", "parse_response",
            "StreamEncoder", "StreamDecoder", "TOOL_ERROR_PREFIX", "tool_choice_from_openai",
            "tool_choice_to_openai"]
 

@@ -71,6 +71,19 @@ def usage_to_openai(usage: Usage) -> dict[str, Any]:
     }
 
 
+usage_from = usage_from_openai
+
+
+def error_in_body(data: dict[str, Any]) -> bool:
+    """Some upstreams answer 200 with `{"error": …}` instead of a completion."""
+    return isinstance(data.get("error"), dict) and not data.get("choices")
+
+
+def stream_done(event: str | None, data: str) -> bool:
+    """The upstream's end-of-stream marker: the literal `[DONE]`."""
+    return data == "[DONE]"
+
+
 def _reasoning_text(message: dict[str, Any]) -> str:
     for key in ("reasoning_content", "reasoning"):
         value = message.get(key)
@@ -100,8 +113,8 @@ def parse_response(body: dict[str, Any]) -> ChatResponse:
     parts: list[ContentPart] = []
     if reasoning := _reasoning_text(message):
         parts.append(ThinkingPart(reasoning))
-    if text := _content_text(message.get("content")):
-        parts.append(TextPart(text))
+    if text := _content_text(message.get("content")) or _content_text(choice.get("text")):
+        parts.append(TextPart(text))  # `text`: a legacy completions body
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         parts.append(TextPart(message["refusal"]))
     for call in message.get("tool_calls") or []:
@@ -306,10 +319,11 @@ class StreamDecoder:
         if reasoning := _reasoning_text(delta):
             stops, index = self._block("thinking")
             out += [*stops, ThinkingDelta(index, reasoning)]
-        for key in ("content", "refusal"):
-            if isinstance(delta.get(key), str) and delta[key]:
+        # `text`: a legacy completions chunk (/v1/completions), read by the same decoder.
+        for source, key in ((delta, "content"), (delta, "refusal"), (choice, "text")):
+            if isinstance(source.get(key), str) and source[key]:
                 stops, index = self._block("text")
-                out += [*stops, TextDelta(index, delta[key])]
+                out += [*stops, TextDelta(index, source[key])]
         for position, call in enumerate(delta.get("tool_calls") or []):
             if isinstance(call, dict):
                 out.extend(self._tool_fragment(call.get("index", position), call))
@@ -344,3 +358,31 @@ class StreamDecoder:
         if pending["args"]:
             out.append(ToolArgsDelta(index, pending["args"]))
         return out
+
+
+class Passthrough:
+    """An OpenAI-compatible upstream's chunks to an OpenAI client (Chat Completions or legacy
+    completions) as they came, but for the public model name; the usage chunk (which the
+    gateway always asks for) only when the client asked for it. Ends with "[DONE]"; a failure
+    is OpenAI's error payload, then "[DONE]"."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        self._model = model
+        self._include_usage = include_usage
+
+    def chunk(self, event: str | None, payload: dict[str, Any]) -> list[SSEEvent]:
+        if not payload.get("choices") and not self._include_usage:
+            return []
+        if not self._include_usage:
+            payload.pop("usage", None)
+        payload["model"] = self._model
+        return [(None, payload)]
+
+    def finish(self) -> list[SSEEvent]:
+        return [(None, "[DONE]")]
+
+    def error(self, message: str, type: str) -> list[SSEEvent]:
+        code = "upstream_timeout" if type == "timeout_error" else "upstream_error"
+        return [(None, {"error": {"message": message, "type": "api_error", "param": None,
+                                  "code": code}}),
+                (None, "[DONE]")]

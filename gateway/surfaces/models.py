@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 from gateway.errors import GatewayError, InvalidRequest, NotFound
-from gateway.proxy import authenticate
+from gateway.intake import authenticate
 from gateway.responses import anthropic_error, json_response, openai_error
 from providers.cache import snapshot_cache
 

@@ -6,7 +6,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from gateway.errors import InvalidRequest
-from gateway.surfaces.openai_passthrough import passthrough
+from gateway.pipeline import serve
+from gateway.surfaces.openai_passthrough import passthrough_surface
 from gateway.tokens import text_tokens
 
 
@@ -29,9 +30,12 @@ def _validate(body: dict) -> None:
         raise InvalidRequest("`max_tokens` must be a positive integer", param="max_tokens")
 
 
+SURFACE = passthrough_surface(
+    name="openai.completions", operation="completions", validate=_validate,
+    prompt_tokens=lambda body: sum(text_tokens(p) for p in _prompts(body)), streamable=True)
+
+
 @csrf_exempt
 @require_POST
 async def completions(request: HttpRequest) -> HttpResponse:
-    return await passthrough(
-        request, surface="openai.completions", path="/completions", validate=_validate,
-        prompt_tokens=lambda body: sum(text_tokens(p) for p in _prompts(body)), streamable=True)
+    return await serve(request, SURFACE)

@@ -6,7 +6,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from gateway.errors import InvalidRequest
-from gateway.surfaces.openai_passthrough import passthrough
+from gateway.pipeline import serve
+from gateway.surfaces.openai_passthrough import passthrough_surface
 from gateway.tokens import text_tokens
 
 
@@ -29,9 +30,12 @@ def _validate(body: dict) -> None:
         raise InvalidRequest("`dimensions` must be a positive integer", param="dimensions")
 
 
+SURFACE = passthrough_surface(
+    name="openai.embeddings", operation="embeddings", validate=_validate,
+    prompt_tokens=lambda body: sum(text_tokens(t) for t in _inputs(body)), streamable=False)
+
+
 @csrf_exempt
 @require_POST
 async def embeddings(request: HttpRequest) -> HttpResponse:
-    return await passthrough(
-        request, surface="openai.embeddings", path="/embeddings", validate=_validate,
-        prompt_tokens=lambda body: sum(text_tokens(t) for t in _inputs(body)), streamable=False)
+    return await serve(request, SURFACE)

@@ -8,7 +8,7 @@ temperature and, optionally, a JSON schema for the output (also sent upstream as
 
 Out: 200 `{"output", "usage": {"input_tokens", "output_tokens", "total_tokens", "estimated"},
 "cost_usd", "request_id"}` — `output` is the answer's text, or, for a task with a schema, the
-parsed JSON value. `?stream=1`: the JSON-event SSE stream of chat.pipeline.
+parsed JSON value. `?stream=1`: the JSON-event SSE stream of gateway.surfaces.events.
 
 Errors in OpenAI's shape: 400 bad body or a missing template variable, 401, 403
 `task_not_allowed` (the task lists keys/teams and this key is not among them) or
@@ -22,28 +22,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from chat.context import Turn, chat_request
-from chat.pipeline import (EventRelay, call_complete, call_cost, call_open, event_stream,
-                           response_text)
+from gateway.call import Call, call_begin
+from gateway.dialects import Dialect
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied, UpstreamFailed
-from gateway.proxy import (ProxyCall, authenticate, call_begin, call_finish, read_json, resolve,
-                           stream_abandoned)
-from gateway.responses import json_response, openai_error, openai_error_body, replayed, sse_response
-from gateway.types import ChatRequest, ResponseFormat
+from gateway.finish import call_cost
+from gateway.intake import authenticate, read_json, resolve
+from gateway.pipeline import Job, run, upstream_bodies
+from gateway.relay import StreamRelay
+from gateway.responses import openai_error, openai_error_body
+from gateway.surfaces.events import event_relay, provider_event, response_text
+from gateway.tokens import request_input_tokens
+from gateway.types import ChatRequest, ChatResponse, ResponseFormat
 from providers.cache import snapshot_cache
 from tasks.cache import task_cache
 from tasks.prompts import PromptError, prompt_render
 from tasks.schema import output_validate
 from tasks.selectors import TaskInfo
-from usage.idempotency import Replay, body_hash
+from usage.idempotency import body_hash
 from usage.models import UsageSource, UsageStatus
 
 SURFACE = "task"
@@ -76,16 +79,48 @@ def task_request(task: TaskInfo, body: dict[str, Any], *, stream: bool) -> ChatR
     return req
 
 
-def usage_json(call: ProxyCall) -> dict[str, Any]:
+def usage_json(call: Call) -> dict[str, Any]:
     return {"input_tokens": call.input_tokens, "output_tokens": call.output_tokens,
             "total_tokens": call.input_tokens + call.output_tokens,
             "estimated": call.usage_source == UsageSource.ESTIMATED}
 
 
-def _schema_check(schema: object):
-    def check(text: str) -> list[str]:
-        return output_validate(text, schema)[1]
-    return check
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    """A task's answers: `{"output", "usage", "cost_usd", "request_id"}` (the output parsed
+    when the task has a schema; a 502 `schema_violation` when it breaks it), or the JSON-event
+    stream (gateway.surfaces.events) with the schema judged at its end."""
+    schema: object
+
+    def error(self, exc: GatewayError) -> HttpResponse:
+        return openai_error(exc)
+
+    def opening(self, call: Call) -> tuple[bytes, ...]:
+        return (provider_event(call),)
+
+    def relay(self, call: Call, job: Job, dialect: Dialect) -> StreamRelay:
+        check = None
+        if self.schema is not None:
+            def check(text: str) -> list[str]:
+                return output_validate(text, self.schema)[1]
+        return event_relay(call, job.snapshot, dialect.codec, closing=True, check=check)[0]
+
+    def body(self, call: Call, job: Job, dialect: Dialect, data: dict[str, Any],
+             resp: ChatResponse | None) -> tuple[int, dict[str, Any]]:
+        text = response_text(resp)
+        result: dict[str, Any] = {"output": text, "usage": usage_json(call),
+                                  "cost_usd": str(call_cost(call, job.snapshot)),
+                                  "request_id": call.request_id}
+        if self.schema is None:
+            return 200, result
+        value, problems = output_validate(text, self.schema)
+        if problems:
+            call.failed(status=UsageStatus.UPSTREAM_ERROR, http_status=502,
+                        error_type="schema_violation")
+            error = UpstreamFailed("the output does not match the task's JSON schema: "
+                                   + "; ".join(problems[:3]), code="schema_violation")
+            return 502, {**openai_error_body(error), **result, "schema_errors": problems}
+        return 200, {**result, "output": value}
 
 
 @csrf_exempt
@@ -96,7 +131,7 @@ async def task_call(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         body = read_json(request)
         snapshot = await snapshot_cache.get()
-        call.key = authenticate(request, snapshot)
+        call.authenticated(authenticate(request, snapshot))
         task = (await task_cache.get(snapshot)).get(slug)
         if task is None:
             raise NotFound(f"there is no task `{slug[:100]}`", code="task_not_found")
@@ -105,48 +140,13 @@ async def task_call(request: HttpRequest, slug: str) -> HttpResponse:
                                    code="task_not_allowed")
         deployments = resolve(snapshot, call.key, task.model)
         req = task_request(task, body, stream=stream)
+        job = Job(snapshot=snapshot, deployments=deployments, operation="chat",
+                  bodies=upstream_bodies(req, deployments, stream=stream),
+                  prompt_tokens=request_input_tokens(req), max_tokens=req.max_tokens,
+                  stream=stream, req=req,
+                  digest=body_hash(request.get_full_path(), request.body)
+                  if call.idempotency_key else None)
     except GatewayError as exc:
         return openai_error(exc)
-    call.public_model = task.model
-    call.stream = stream
-    digest = body_hash(request.get_full_path(), request.body) if call.idempotency_key else None
-    try:
-        opened = await call_open(call, snapshot, deployments, req, digest=digest)
-    except GatewayError as exc:
-        return openai_error(exc)
-    if isinstance(opened, Replay):
-        return replayed(opened)
-    headers = {"x-gateway-provider": call.deployment.provider_name}
-    schema = task.output_schema
-    if stream:
-        relay = EventRelay(call, snapshot, dialect=opened.dialect, closing=True,
-                           check=_schema_check(schema) if schema is not None else None)
-        return sse_response(event_stream(call, snapshot, opened, relay, headers=headers),
-                            headers=headers,
-                            on_abandoned=lambda stream: stream_abandoned(call, stream))
-    try:
-        resp = await call_complete(call, snapshot, opened)
-    except GatewayError as exc:
-        return openai_error(exc)
-    text = response_text(resp)
-    result: dict[str, Any] = {"output": text, "usage": usage_json(call),
-                              "cost_usd": str(call_cost(call, snapshot)),
-                              "request_id": call.request_id}
-    if schema is not None:
-        value, problems = output_validate(text, schema)
-        if problems:
-            call.fail(status=UsageStatus.UPSTREAM_ERROR, http_status=502,
-                      error_type="schema_violation")
-            await call_finish(call, snapshot)
-            error = UpstreamFailed("the output does not match the task's JSON schema: "
-                                   + "; ".join(problems[:3]), code="schema_violation")
-            return json_response({**openai_error_body(error), **result, "schema_errors": problems},
-                                 status=502, headers=headers)
-        result["output"] = value
-    payload = orjson.dumps(result)
-    await call_finish(call, snapshot, response_body=payload,
-                      response_headers={**headers, "content-type": "application/json"})
-    response = HttpResponse(payload, content_type="application/json")
-    for name, value in headers.items():
-        response[name] = value
-    return response
+    call.described(model=task.model, stream=stream)
+    return await run(call, job, TaskOutput(schema=task.output_schema))

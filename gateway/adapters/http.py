@@ -1,8 +1,16 @@
-"""OpenAI-compatible upstreams (OpenAI, Azure-style gateways, vLLM, DeepSeek, Moonshot …)."""
+"""Upstreams reached over HTTP: every kind but `mock` (OpenAI-compatible servers, Anthropic).
+
+The URL and headers come from the kind's gateway.dialects record; this module posts the body
+with the shared client pool and classifies what comes back. Connect errors, timeouts before
+the first byte, 408, 429 and 5xx (Anthropic's 529 "overloaded" included) are retryable; the
+error bodies of OpenAI (`{"error": {"message"}}`) and Anthropic (`{"type": "error", "error":
+{"message"}}`) are read by the same classifier. Reading the answer (`json`, `events`) raises
+only UpstreamError: aiohttp's exceptions and the SSE parser's stop here."""
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -10,8 +18,11 @@ import orjson
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool, timeout_for, upstream_proxy
 from gateway.logs import mask_secrets
-from gateway.streaming import sse_events
-from providers.selectors import Deployment
+from gateway.streaming import SSEError, sse_events
+
+if TYPE_CHECKING:
+    from gateway.dialects import Dialect
+    from providers.selectors import Deployment
 
 MAX_ERROR_BODY = 64 * 1024
 
@@ -19,7 +30,7 @@ MAX_ERROR_BODY = 64 * 1024
 class HttpUpstreamResponse:
     """A successful upstream response, read as JSON or as SSE events; close() releases it."""
 
-    def __init__(self, response: aiohttp.ClientResponse, dialect: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, dialect: Dialect) -> None:
         self._response = response
         self.dialect = dialect
 
@@ -27,6 +38,8 @@ class HttpUpstreamResponse:
         try:
             raw = await self._response.read()
             data = orjson.loads(raw)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise transport_error(exc, "while reading the response") from None
         except orjson.JSONDecodeError:
             raise UpstreamError("upstream returned a body that is not JSON",
                                 status=self._response.status, error_class="bad_response") from None
@@ -37,11 +50,27 @@ class HttpUpstreamResponse:
                                 error_class="bad_response")
         return data
 
-    def events(self) -> AsyncIterator[tuple[str | None, str]]:
-        return sse_events(self._response.content.iter_any())
+    async def events(self) -> AsyncIterator[tuple[str | None, str]]:
+        try:
+            async for item in sse_events(self._response.content.iter_any()):
+                yield item
+        except SSEError as exc:
+            raise UpstreamError(f"the upstream's event stream is unreadable: {exc}",
+                                error_class="bad_stream") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise transport_error(exc, "mid-stream") from None
 
     async def close(self) -> None:
         self._response.close()
+
+
+def transport_error(exc: BaseException, when: str) -> UpstreamError:
+    """An aiohttp failure after the upstream answered, as the UpstreamError the pipeline reads
+    (a timeout keeps `timeout`, so the call is billed as one)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamError(f"the upstream timed out {when}", error_class="timeout", timeout=True)
+    return UpstreamError(f"the upstream connection failed {when} ({type(exc).__name__})",
+                         error_class=type(exc).__name__)
 
 
 def upstream_error_from(status: int, body: bytes, retry_after: str | None, *,
@@ -80,7 +109,7 @@ def upstream_error_from(status: int, body: bytes, retry_after: str | None, *,
 
 
 async def post(*, deployment: Deployment, url: str, headers: dict[str, str], body: dict,
-               dialect: str) -> HttpUpstreamResponse:
+               dialect: Dialect) -> HttpUpstreamResponse:
     """POST a JSON body; errors become UpstreamError (retryable where failover makes sense)."""
     session = client_pool.session()
     try:
@@ -109,15 +138,12 @@ async def post(*, deployment: Deployment, url: str, headers: dict[str, str], bod
     return HttpUpstreamResponse(response, dialect)
 
 
-class OpenAIAdapter:
-    dialect = "openai_chat"
-
-    async def send(self, *, deployment: Deployment, path: str, body: dict, stream: bool,
-                   request_id: str) -> HttpUpstreamResponse:
-        headers = {"content-type": "application/json", "x-request-id": request_id,
-                   "accept": "text/event-stream" if stream else "application/json"}
-        headers.update(deployment.extra_headers)
-        if deployment.api_key:
-            headers["authorization"] = f"Bearer {deployment.api_key}"
-        return await post(deployment=deployment, url=deployment.base_url + path, headers=headers,
-                          body=body, dialect=self.dialect)
+class HttpAdapter:
+    async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str, body: dict,
+                   stream: bool, request_id: str) -> HttpUpstreamResponse:
+        url = dialect.url(deployment.base_url, operation, upstream_model=deployment.upstream_model,
+                          stream=stream)
+        headers = dialect.request_headers(api_key=deployment.api_key, stream=stream,
+                                          request_id=request_id, extra=deployment.extra_headers)
+        return await post(deployment=deployment, url=url, headers=headers, body=body,
+                          dialect=dialect)

@@ -1,0 +1,183 @@
+"""The end of every call: its one ledger row and the shared state it gives back.
+
+`call_finish` runs once per call (`Call.finish_begin`), shielded from the client's
+cancellation: the in-flight slot, the TPM correction and the Redis budget settlement go back in
+one pipelined Redis round trip, overlapping the ledger commit (gateway.ledger), which also
+settles a database budget reservation and stores an Idempotency-Key's response.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway.call import Call
+from gateway.cancellation import reraise_swallowed_cancel
+from gateway.clients import client_pool
+from gateway.ledger import ledger_writer
+from gateway.metrics import ACTIVE, request_observe
+from gateway.tracing import request_tracer
+from providers.selectors import RoutingSnapshot
+from usage.budgets import usd_to_units
+from usage.models import UsageStatus
+from usage.pricing import cost_usd
+from usage.services import LedgerEntry, StoredResponse
+
+logger = logging.getLogger(__name__)
+request_log = logging.getLogger("gateway.requests")
+
+
+def call_price(call: Call, snapshot: RoutingSnapshot):
+    """The price in force when the call started, for its deployment (None: unpriced)."""
+    d = call.deployment
+    return (snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model,
+                               at=call.created_at) if d else None)
+
+
+def call_cost(call: Call, snapshot: RoutingSnapshot, *, price=None) -> Decimal:
+    """What the ledger bills this call: its tokens at the price in force when it started."""
+    price = price if price is not None else call_price(call, snapshot)
+    return cost_usd(price=price, input_tokens=call.input_tokens,
+                    output_tokens=call.output_tokens, cached_tokens=call.cached_tokens)
+
+
+async def call_finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool = False,
+                      response_body: bytes | None = None,
+                      response_headers: dict[str, str] | None = None) -> None:
+    """End the call: release its in-flight slot, count a mid-response upstream failure against
+    the route's circuit (`upstream_broke`), correct its TPM charge, and write its one ledger row
+    (priced at the price in force when it started) together with its budget settlement and, for
+    an Idempotency-Key, the response to replay (`response_body`, successful calls only)."""
+    if not call.finish_begin():
+        return
+    # Shielded: a client disconnect arriving meanwhile must not cut the finish short (the
+    # ledger row, the lease release and the budget settlement all have to happen).
+    await asyncio.shield(asyncio.ensure_future(_finish(
+        call, snapshot, upstream_broke=upstream_broke, response_body=response_body,
+        response_headers=response_headers)))
+
+
+async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int) -> None:
+    """Give back what the call holds in the shared state: its in-flight slot (counting a
+    mid-response failure against the route's circuit), its TPM estimate (corrected to the real
+    tokens) and its Redis budget reservation (turned into spend). With Redis, the three go in
+    one pipelined round trip."""
+    redis = client_pool.redis()
+    pipe = redis.pipeline(transaction=False) if redis is not None else None
+    # What to do instead for each command queued on `pipe`, should Redis not know its script.
+    fallbacks: list[Callable[[], Awaitable[None]]] = []
+    lease = call.lease_taken()
+    if lease is not None:
+        routing = client_pool.routing()
+        if pipe is not None and routing.release_queued(pipe, lease):
+            fallbacks.append(functools.partial(routing.release, lease))
+        else:
+            await routing.release(lease)
+        if upstream_broke and call.deployment is not None:
+            await routing.record_failure(call.deployment.candidate, call.error_type or "stream_error",
+                                         now=time.time())
+    key = call.key
+    if key is not None and key.tpm_limit and call.tpm_charged:
+        delta = call.input_tokens + call.output_tokens - call.tpm_charged
+        if delta:
+            limiter = client_pool.ratelimiter()
+            args = {"name": f"tpm:{key.id}", "per_minute": key.tpm_limit, "delta": delta}
+            if pipe is not None and limiter.adjust_queued(pipe, **args):
+                fallbacks.append(functools.partial(limiter.adjust, **args))
+            else:
+                await limiter.adjust(**args)
+    budgets = client_pool.budgets() if call.budget_shared else None
+    if budgets is not None:
+        args = {"request_id": call.request_id, "limits": list(call.budget_shared),
+                "at": call.created_at, "cost_units": cost_units}
+        if pipe is not None and budgets.settle_queued(pipe, **args):
+            fallbacks.append(functools.partial(budgets.settle, **args))
+        else:
+            await budgets.settle(**args)
+    if fallbacks:
+        try:
+            results = await pipe.execute(raise_on_error=False)
+            reraise_swallowed_cancel()
+        except (RedisError, OSError) as exc:
+            # Nothing is lost for good: the slot and the reservation expire with their TTLs,
+            # and the TPM correction only affects the next minute.
+            reraise_swallowed_cancel()
+            logger.warning("releasing shared state failed (%s)", type(exc).__name__)
+            return
+        for result, fallback in zip(results, fallbacks):
+            if isinstance(result, NoScriptError):
+                await fallback()
+
+
+async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool,
+                  response_body: bytes | None, response_headers: dict[str, str] | None) -> None:
+    stored = release_claim = None
+    claim = call.claim_dropped()
+    if claim is not None:
+        if call.status == UsageStatus.OK and response_body is not None:
+            stored = StoredResponse(claim_id=claim, status=call.http_status,
+                                    headers=response_headers or {}, body=response_body)
+        else:
+            release_claim = claim
+    d = call.deployment
+    price = call_price(call, snapshot)
+    now = time.monotonic()
+    key = call.key
+    entry = LedgerEntry(
+        request_id=call.request_id,
+        client_request_id=call.client_request_id,
+        created_at=call.created_at,
+        api_key_id=key.id if key else None,
+        key_prefix=key.prefix if key else "",
+        team_id=key.team_id if key else None,
+        surface=call.surface,
+        public_model=call.public_model[:200],
+        upstream_model=d.upstream_model if d else "",
+        provider_name=d.provider_name if d else "",
+        route_id=d.route_id if d else None,
+        stream=call.stream,
+        status=call.status,
+        http_status=call.http_status,
+        error_type=call.error_type[:64],
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        cached_tokens=call.cached_tokens,
+        reasoning_tokens=call.reasoning_tokens,
+        usage_source=call.usage_source,
+        cost_usd=call_cost(call, snapshot, price=price),
+        price_id=price.id if price else None,
+        latency_ms=int((now - call.started) * 1000),
+        ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
+        idempotency_key=call.idempotency_key,
+    )
+    # Independent of each other: the shared-state round trips overlap the ledger commit.
+    await asyncio.gather(
+        _release_shared(call, upstream_broke=upstream_broke, cost_units=usd_to_units(entry.cost_usd)),
+        ledger_writer.write(entry, settle_budget=call.budget_reserved,
+                            charge_limits=call.budget_shared, response=stored,
+                            release_claim=release_claim))
+    if call.deactivated():
+        ACTIVE.dec()
+    request_observe(surface=call.surface, model=entry.public_model, provider=entry.provider_name,
+                    status=call.status, duration_s=now - call.started,
+                    ttft_s=call.first_token_at - call.started if call.first_token_at else None,
+                    input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+                    cached_tokens=call.cached_tokens, reasoning_tokens=call.reasoning_tokens,
+                    cost_usd=float(entry.cost_usd))
+    request_log.info(
+        "%s %s %s %s %s in=%d out=%d cost=%s %dms", entry.request_id, entry.key_prefix,
+        entry.public_model, entry.provider_name or "-", entry.status, entry.input_tokens,
+        entry.output_tokens, entry.cost_usd, entry.latency_ms,
+        extra={"request_id": entry.request_id, "client_request_id": entry.client_request_id,
+               "key_prefix": entry.key_prefix, "surface": entry.surface, "model": entry.public_model,
+               "provider": entry.provider_name, "status": entry.status, "http_status": entry.http_status,
+               "input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
+               "cached_tokens": entry.cached_tokens, "reasoning_tokens": entry.reasoning_tokens,
+               "cost_usd": str(entry.cost_usd), "latency_ms": entry.latency_ms, "ttft_ms": entry.ttft_ms})
+    if call.trace is not None:
+        request_tracer.record(call=call, entry=entry, response_body=response_body)
