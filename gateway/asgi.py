@@ -1,4 +1,4 @@
-"""ASGI entry point: `uvicorn gateway.asgi:application` (production) or daphne (runserver).
+"""ASGI entry point: `uvicorn gateway.asgi:application` (production and `make run`).
 
 Static files (the admin's CSS/JS) are served by Django's ASGI static handler, which only
 intercepts paths under STATIC_URL; a reverse proxy may serve `collectstatic` output instead.

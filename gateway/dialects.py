@@ -21,6 +21,8 @@ from typing import Any
 from gateway.codecs import anthropic_messages, openai_chat
 
 ANTHROPIC_VERSION = "2023-06-01"
+# The in-process kind the demo config uses (`make run`).
+MOCK_KIND = "mock"
 
 
 def _bearer(api_key: str) -> dict[str, str]:
@@ -93,7 +95,7 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
             paths=MappingProxyType({"chat": "/messages", "count_tokens": "/messages/count_tokens"}),
             auth=_x_api_key, headers=MappingProxyType({"anthropic-version": ANTHROPIC_VERSION}),
             probe=_messages_probe, allow_documents=True),
-    Dialect(kind="mock", label="Mock (offline, deterministic)", wire="openai_chat",
+    Dialect(kind=MOCK_KIND, label="Mock (offline, deterministic)", wire="openai_chat",
             codec=openai_chat, paths=OPENAI_PATHS, transport="mock", base_url_required=False),
 )})
 

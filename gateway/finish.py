@@ -14,13 +14,11 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
-from redis.exceptions import NoScriptError, RedisError
-
 from gateway.call import Call
-from gateway.cancellation import reraise_swallowed_cancel
 from gateway.clients import client_pool
 from gateway.ledger import ledger_writer
 from gateway.metrics import ACTIVE, request_observe
+from gateway.shared_state import REDIS_UNREACHABLE, pipeline_execute
 from gateway.tracing import request_tracer
 from providers.selectors import RoutingSnapshot
 from usage.budgets import usd_to_units
@@ -101,17 +99,11 @@ async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int) 
             await budgets.settle(**args)
     if fallbacks:
         try:
-            results = await pipe.execute(raise_on_error=False)
-            reraise_swallowed_cancel()
-        except (RedisError, OSError) as exc:
+            await pipeline_execute(pipe, fallbacks, raise_on_error=False)
+        except REDIS_UNREACHABLE as exc:
             # Nothing is lost for good: the slot and the reservation expire with their TTLs,
             # and the TPM correction only affects the next minute.
-            reraise_swallowed_cancel()
             logger.warning("releasing shared state failed (%s)", type(exc).__name__)
-            return
-        for result, fallback in zip(results, fallbacks):
-            if isinstance(result, NoScriptError):
-                await fallback()
 
 
 async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool,

@@ -34,7 +34,7 @@ from django.utils.text import slugify
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
-from providers.models import ProviderKind
+from gateway.dialects import DIALECTS
 from providers.translation import translation_problem
 from providers.validation import base_url_problem
 
@@ -129,8 +129,8 @@ class ProviderSpec(ConfigModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
-        if value not in ProviderKind.values:
-            raise ValueError(f"must be one of {', '.join(ProviderKind.values)}")
+        if value not in DIALECTS:
+            raise ValueError(f"must be one of {', '.join(DIALECTS)}")
         return value
 
     @field_validator("base_url", mode="before")
@@ -138,7 +138,7 @@ class ProviderSpec(ConfigModel):
     def _base_url(cls, value: object, info: ValidationInfo) -> object:
         value = value or ""
         kind = info.data.get("kind")  # absent when the kind itself is wrong
-        if kind is None or (kind == ProviderKind.MOCK and not value):
+        if kind is None or (not DIALECTS[kind].base_url_required and not value):
             return value
         problem = base_url_problem(value) if isinstance(value, str) else "must be an http(s) URL"
         if problem:

@@ -10,13 +10,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
-from gateway.dialects import DIALECTS, kind_choices
-
-
-class ProviderKind:
-    """The kinds of gateway.dialects (the only list of them); `values` for validation."""
-    MOCK = "mock"
-    values = tuple(DIALECTS)
+from gateway.dialects import kind_choices
 
 
 class ProviderQuerySet(models.QuerySet):

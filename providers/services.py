@@ -15,12 +15,13 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from gateway.dialects import MOCK_KIND
 from providers.config_file import (ConfigError, ConfigSpec, PriceSpec, ProviderSpec,
                                    SectionResult, config_sections)
 from providers.crypto import secret_encrypt, secret_rotate
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
 from providers.models import (
-    ApiKey, AuditAction, AuditLog, ConfigVersion, ModelRoute, Price, Provider, ProviderKind, Team,
+    ApiKey, AuditAction, AuditLog, ConfigVersion, ModelRoute, Price, Provider, Team,
 )
 
 
@@ -277,7 +278,7 @@ def demo_config_load() -> DemoSetup | None:
     price for it, a development superuser and a demo key. Returns None when providers exist."""
     if Provider.objects.exists():
         return None
-    provider = Provider.objects.create(name="mock", kind=ProviderKind.MOCK, base_url="")
+    provider = Provider.objects.create(name="mock", kind=MOCK_KIND, base_url="")
     route = ModelRoute.objects.create(public_model="demo", provider=provider, upstream_model="mock-echo")
     price = Price.objects.create(upstream_model="mock-echo", provider=None,
                                  input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"),

@@ -29,7 +29,6 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from chat.context import Turn, chat_request
 from gateway.call import Call, call_begin
 from gateway.dialects import Dialect
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PermissionDenied, UpstreamFailed
@@ -40,7 +39,7 @@ from gateway.relay import StreamRelay
 from gateway.responses import openai_error, openai_error_body
 from gateway.surfaces.events import event_relay, provider_event, response_text
 from gateway.tokens import request_input_tokens
-from gateway.types import ChatRequest, ChatResponse, ResponseFormat
+from gateway.types import ChatRequest, ChatResponse, Message, ResponseFormat, TextPart
 from providers.cache import snapshot_cache
 from tasks.cache import task_cache
 from tasks.prompts import PromptError, prompt_render
@@ -70,9 +69,11 @@ def task_request(task: TaskInfo, body: dict[str, Any], *, stream: bool) -> ChatR
     except PromptError as exc:
         raise InvalidRequest(f"the task's prompt needs the variable(s) {', '.join(exc.missing)}",
                              param="variables") from None
-    req = chat_request(model=task.model, turns=[Turn(role="user", content=text)],
-                       max_tokens=task.max_tokens, stream=stream, system=system,
-                       temperature=task.temperature)
+    req = ChatRequest(model=task.model,
+                      messages=(Message(role="user", content=(TextPart(text),)),),
+                      surface="openai_chat", system=(TextPart(system),) if system else (),
+                      max_tokens=task.max_tokens, temperature=task.temperature, stream=stream,
+                      include_usage=True)
     if isinstance(task.output_schema, Mapping):
         req = replace(req, response_format=ResponseFormat(
             type="json_schema", name=task.slug.replace("-", "_"), schema=task.output_schema))
