@@ -5,16 +5,18 @@ Each fake provider lives under `/p/<name>/v1` (`/chat/completions`, `/messages`,
 `/messages/count_tokens`), with knobs set per provider by the test (`behave(name,
 status=500)`), and every request it receives is kept for assertions; a test can wait for
 requests to arrive (`wait_for_calls`) or hold them there (`behave(name, hold=fake.gate())`)
-until it lets them go. Both dialects answer the same scenario: optional thinking, then text
-or tool calls, usage of 11 input tokens (cached ones included) and 7 output tokens. Anthropic
-streams follow its event grammar (message_start, content blocks with their deltas, ping,
-message_delta with usage, message_stop), with tool input JSON split across `input_json_delta`
-events.
+until it lets them go. A stream can be cut after N chunks (closed, ended without its end
+marker, or reset) at a moment the test chooses (`cut_gate`). Both dialects answer the same
+scenario: optional thinking, then text or tool calls, usage of 11 input tokens (cached ones
+included; OpenAI's or DeepSeek's fields) and 7 output tokens. Anthropic streams follow its
+event grammar (message_start, content blocks with their deltas, ping, message_delta with
+usage, message_stop), with tool input JSON split across `input_json_delta` events.
 """
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,7 +48,13 @@ class Behaviour:
     latency_s: float = 0.0              # before the response headers
     reply: str = "Hello from the fake upstream, here is your answer."
     chunk_delay_s: float = 0.0
-    cut_after: int | None = None        # drop the connection after N content chunks
+    cut_after: int | None = None        # end the stream after N content chunks, as cut_mode says
+    # "close": close the connection mid-body (the chunked body is never terminated);
+    # "eof": end the HTTP response cleanly, without the end marker or stop reason;
+    # "reset": TCP RST (SO_LINGER 0, then abort), the unsent bytes thrown away.
+    cut_mode: str = "close"
+    cut_gate: Gate | None = None        # before cutting, wait for the test to open this gate
+    usage_shape: str = "openai"         # "deepseek": prompt_cache_hit/miss_tokens, no details
     send_usage: bool = True
     usage_in_finish_chunk: bool = False
     tool_call: dict | None = None       # {"name": ..., "arguments": "<json text>"}
@@ -95,6 +103,36 @@ def _anthropic_usage(b: Behaviour) -> dict:
     return usage
 
 
+def _openai_usage(b: Behaviour, *, prompt: int, completion: int) -> dict:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+             "total_tokens": prompt + completion}
+    if b.usage_shape == "deepseek":
+        # DeepSeek's own fields (api-docs.deepseek.com, "context caching"): no details object.
+        return {**usage, "prompt_cache_hit_tokens": b.cached_tokens,
+                "prompt_cache_miss_tokens": prompt - b.cached_tokens}
+    return {**usage, "prompt_tokens_details": {"cached_tokens": b.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": b.reasoning_tokens}}
+
+
+async def _cut(b: Behaviour, request: web.Request, response: web.StreamResponse
+               ) -> web.StreamResponse:
+    """End a stream early, as `b.cut_mode` says, once the test opens `b.cut_gate` (without
+    one, after a moment that lets the sent chunks reach the gateway first)."""
+    if b.cut_gate is not None:
+        await b.cut_gate.wait()
+    else:
+        await asyncio.sleep(0.1)
+    if b.cut_mode == "eof":
+        await response.write_eof()
+    elif b.cut_mode == "reset":
+        sock = request.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        request.transport.abort()
+    else:
+        request.transport.close()
+    return response
+
+
 def _anthropic_invalid(body: object) -> str | None:
     """What Anthropic's validation would refuse in a Messages body (the parts we rely on)."""
     if not isinstance(body, dict):
@@ -133,13 +171,15 @@ class FakeUpstream:
         return self.behaviours[provider]
 
     def gate(self) -> Gate:
-        """A closed gate for `behave(..., hold=gate)`; `reset()` opens any left closed."""
+        """A closed gate for `behave(..., hold=gate)` or `cut_gate=gate`; `reset()` opens any
+        left closed."""
         return Gate(self._loop)
 
     def reset(self) -> None:
         for b in self.behaviours.values():
-            if b.hold is not None:
-                b.hold.open()
+            for gate in (b.hold, b.cut_gate):
+                if gate is not None:
+                    gate.open()
         with self._changed:
             self.behaviours.clear()
             self.received.clear()
@@ -199,9 +239,7 @@ class FakeUpstream:
                                      status=b.status, headers=headers)
         if b.error_in_200:
             return web.json_response({"error": {"message": b.error_message, "type": "server_error"}})
-        usage = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
-                 "prompt_tokens_details": {"cached_tokens": b.cached_tokens},
-                 "completion_tokens_details": {"reasoning_tokens": b.reasoning_tokens}}
+        usage = _openai_usage(b, prompt=11, completion=7)
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model")}
         calls = b.calls() if body.get("tools") else []
         wants_tool = bool(calls)
@@ -254,9 +292,7 @@ class FakeUpstream:
             if b.garbage_after is not None and n == b.garbage_after:
                 await send("{this is not json")
             if b.cut_after is not None and n >= b.cut_after:
-                await asyncio.sleep(0.1)  # let the sent chunks reach the gateway first
-                request.transport.close()
-                return response
+                return await _cut(b, request, response)
             if b.error_event_after is not None and n >= b.error_event_after:
                 await send({"error": {"message": b.error_message, "type": "server_error"}})
                 await response.write_eof()
@@ -304,13 +340,15 @@ class FakeUpstream:
                                      status=b.status)
         base = {"id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
                 "model": body.get("model")}
-        usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+        usage = _openai_usage(b, prompt=9, completion=4)
         if not body.get("stream"):
             return web.json_response({**base, "usage": usage, "choices": [
                 {"index": 0, "text": b.reply, "finish_reason": "stop", "logprobs": None}]})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for word in _words(b.reply):
+        for n, word in enumerate(_words(b.reply)):
+            if b.cut_after is not None and n >= b.cut_after:
+                return await _cut(b, request, response)
             await response.write(b"data: " + orjson.dumps({**base, "choices": [
                 {"index": 0, "text": word, "finish_reason": None, "logprobs": None}]}) + b"\n\n")
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -403,9 +441,7 @@ class FakeUpstream:
         sent = 0
         for event, data, content in events:
             if content and b.cut_after is not None and sent >= b.cut_after:
-                await asyncio.sleep(0.1)  # let the sent events reach the gateway first
-                request.transport.close()
-                return response
+                return await _cut(b, request, response)
             if content and b.error_event_after is not None and sent >= b.error_event_after:
                 await send("error", {"type": "error", "error": {"type": "overloaded_error",
                                                                 "message": b.error_message}})
