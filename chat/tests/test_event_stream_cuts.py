@@ -15,7 +15,7 @@ from usage.models import UsageRecord
 
 CHUNKS = 3
 REPLY = "Hello from the fake upstream, here is your answer."
-ERROR_TYPES = {"eof": "stream_cut", "close": "ClientPayloadError", "reset": "ClientPayloadError"}
+ERROR_TYPES = {"eof": "stream_cut", "close": "ClientPayloadError", "reset": "connection_reset"}
 PROVIDERS = {"gpt-test": "fake-a", "claude-test": "fake-anth"}
 
 

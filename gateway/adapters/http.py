@@ -69,8 +69,12 @@ def transport_error(exc: BaseException, when: str) -> UpstreamError:
     (a timeout keeps `timeout`, so the call is billed as one)."""
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamError(f"the upstream timed out {when}", error_class="timeout", timeout=True)
-    return UpstreamError(f"the upstream connection failed {when} ({type(exc).__name__})",
-                         error_class=type(exc).__name__)
+    # aiohttp reports a reset mid-body as a ClientPayloadError naming the ConnectionResetError
+    # only in its text; the ledger tells the two apart.
+    reset = isinstance(exc, ConnectionResetError) or "ConnectionResetError" in str(exc)
+    return UpstreamError(f"the upstream connection {'was reset' if reset else 'failed'} {when}"
+                         f" ({type(exc).__name__})",
+                         error_class="connection_reset" if reset else type(exc).__name__)
 
 
 def upstream_error_from(status: int, body: bytes, retry_after: str | None, *,

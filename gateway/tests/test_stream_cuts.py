@@ -29,7 +29,7 @@ CHUNKS = 3  # content chunks the fake sends before it cuts
 REPLY = "Hello from the fake upstream, here is your answer."
 # What the gateway records for each cut: the relay's own class for a stream that ended without
 # its end marker, the transport's exception class (aiohttp's) for a broken connection.
-ERROR_TYPES = {"eof": "stream_cut", "close": "ClientPayloadError", "reset": "ClientPayloadError"}
+ERROR_TYPES = {"eof": "stream_cut", "close": "ClientPayloadError", "reset": "connection_reset"}
 PROVIDERS = {"gpt-test": "fake-a", "claude-test": "fake-anth"}
 
 
