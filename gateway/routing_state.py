@@ -207,6 +207,22 @@ class LocalRoutingState:
             self._breakers[candidate.route_id] = breaker_transition(
                 state, event, now=now, config=candidate.breaker, error_class=error_class)
 
+    def breakers_adopt(self, states: dict[int, BreakerState | None]) -> None:
+        """Take these breakers as this process's own (None: closed and clean), the view a
+        shared store last read, so they still hold when this process serves on its own."""
+        with self._lock:
+            for route_id, state in states.items():
+                if state is None:
+                    self._breakers.pop(route_id, None)
+                else:
+                    self._breakers[route_id] = state
+
+    def breakers_learnt(self) -> dict[int, BreakerState]:
+        """Every breaker that is not closed and clean, by route id."""
+        with self._lock:
+            return {route_id: state for route_id, state in self._breakers.items()
+                    if state.status is not Circuit.CLOSED or state.failures}
+
     async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
         now = self._clock()
         with self._lock:
@@ -224,6 +240,7 @@ _BREAKER_FAILURE = LuaScript.beside(__file__, "breaker_failure.lua")
 _BREAKER_SUCCESS = LuaScript.beside(__file__, "breaker_success.lua")
 _INFLIGHT_ACQUIRE = LuaScript.beside(__file__, "inflight_acquire.lua")
 _INFLIGHT_COUNT = LuaScript.beside(__file__, "inflight_count.lua")
+_BREAKER_RESTORE = LuaScript.beside(__file__, "breaker_restore.lua")
 
 
 class RedisRoutingState:
@@ -240,6 +257,13 @@ class RedisRoutingState:
     and caps in-flight on its own. A lease granted by Redis and released during an outage
     simply expires there. Give the client short socket timeouts and few retries: a slow Redis
     delays the requests that wait on it.
+
+    Breakers are re-learnt, not forgotten: the per-process store keeps the last view this
+    process read from Redis (every plan reads its candidates' breakers) plus the transitions it
+    recorded there, so a route that was open stays open while Redis is unreachable. When Redis
+    answers again, each process writes back the breakers it holds open, half-open or counting
+    failures wherever Redis has none (it restarted empty) or has them closed (they opened
+    during the outage), before its first shared call; Redis's own state wins otherwise.
     """
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:", lease_ttl_s: float = 900.0,
@@ -248,7 +272,8 @@ class RedisRoutingState:
         self._redis = redis
         self._shared = SharedState(redis, name="routing state",
                                    fallback="this process routes on its own state",
-                                   logger=logger, retry_interval_s=retry_interval_s)
+                                   logger=logger, retry_interval_s=retry_interval_s,
+                                   on_recover=self._breakers_restore)
         self._prefix = prefix
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
         self._state_ttl_ms = int(state_ttl_s * 1000)
@@ -334,6 +359,7 @@ class RedisRoutingState:
         async def shared() -> None:
             await _BREAKER_SUCCESS(self._redis, keys=[self._breaker_key(candidate.route_id)],
                                    args=[self._state_ttl_ms])
+            await self._local.record_success(candidate)
 
         await self._shared.run(shared, lambda: self._local.record_success(candidate))
 
@@ -346,6 +372,7 @@ class RedisRoutingState:
                 args=[repr(now), error_class, candidate.failure_threshold,
                       repr(candidate.cooldown_s), repr(candidate.max_cooldown_s),
                       self._state_ttl_ms])
+            await self._local.record_failure(candidate, error_class, now=now)
 
         await self._shared.run(
             shared, lambda: self._local.record_failure(candidate, error_class, now=now))
@@ -375,6 +402,7 @@ class RedisRoutingState:
             pipe.hgetall(self._breaker_key(c.route_id))
         rows = await pipe.execute()
         breakers = {c.route_id: _breaker_from_hash(row) for c, row in zip(candidates, rows) if row}
+        self._local.breakers_adopt({c.route_id: breakers.get(c.route_id) for c in candidates})
         for c in candidates:
             state = breakers.get(c.route_id)
             if state is None or (state.status == Circuit.CLOSED and state.failures == 0):
@@ -382,6 +410,28 @@ class RedisRoutingState:
             else:
                 self._clean.discard(c.route_id)
         return breakers
+
+    async def _breakers_restore(self) -> None:
+        """Write back the breakers this process holds (see the class docstring). Raises one of
+        REDIS_UNREACHABLE when Redis is still down."""
+        learnt = self._local.breakers_learnt()
+        if not learnt:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        redo = []
+        for route_id, state in learnt.items():
+            keys = [self._breaker_key(route_id)]
+            args = [state.status.value, state.failures, repr(state.cooldown_s),
+                    repr(state.opened_until), repr(state.probe_until), state.last_error or "",
+                    "" if state.last_error_at is None else repr(state.last_error_at),
+                    self._state_ttl_ms]
+            _BREAKER_RESTORE.queue(pipe, keys=keys, args=args)
+            redo.append(functools.partial(_BREAKER_RESTORE, self._redis, keys=keys, args=args))
+        written = sum(int(w) for w in await pipeline_execute(pipe, redo))
+        self._clean.difference_update(learnt)
+        if written:
+            logger.info("routing state: %d breaker(s) this process kept written back to Redis",
+                        written)
 
     def _breaker_key(self, route_id: int) -> str:
         return f"{self._prefix}cb:{route_id}"

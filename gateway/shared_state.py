@@ -13,6 +13,10 @@ The rule (`SharedState.run`):
   passes `force=True`: it is tried during the interval too, and its failure only extends it.
 - One warning per outage, at its first failure, and one info line at the first success after
   it, both on the owner's logger, naming the store and what serves it meanwhile.
+- A store that kept state of its own during the outage passes `on_recover`: it is awaited
+  before the first shared operation after an outage, to write that state back (Redis may have
+  come back empty, or with a copy that missed the outage). Until it succeeds Redis is still
+  down: its failure is one more failed attempt, and the fallback answers.
 - A cancellation redis-py swallowed during the call is raised after it (`gateway.cancellation`).
 
 Scripts (`LuaScript`) are `.lua` files in a `lua/` directory next to their owner, read once per
@@ -84,8 +88,10 @@ class SharedState:
 
     def __init__(self, redis: aioredis.Redis, *, name: str, fallback: str,
                  logger: logging.Logger, retry_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_recover: Callable[[], Awaitable[None]] | None = None) -> None:
         self.redis = redis
+        self._on_recover = on_recover
         self._name = name
         self._fallback = fallback
         self._logger = logger
@@ -112,6 +118,8 @@ class SharedState:
         if not force and self.down:
             return await fallback()
         try:
+            if self._degraded and self._on_recover is not None:
+                await self._on_recover()
             result = await shared()
         except REDIS_UNREACHABLE as exc:
             reraise_swallowed_cancel()

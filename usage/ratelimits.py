@@ -1,9 +1,19 @@
 """Per-key RPM and TPM limits with GCRA (a token bucket as one timestamp per key).
 
 With Redis, one Lua script per check (`lua/gcra.lua`) makes limits exact across workers and
-replicas (Redis's own clock, keys expire after a minute of silence). Without Redis, or while
-Redis is unreachable (`gateway.shared_state`), each process enforces them on its own
-(documented).
+replicas (Redis's own clock, keys expire after a minute of silence). Without Redis each process
+enforces them on its own (documented).
+
+While Redis is unreachable (`gateway.shared_state`) each process enforces its share: the limit
+divided by the replicas that were live when it last reached Redis. Replicas announce themselves
+there (`lua/replicas_beat.lua`: a sorted set of ids by expiry, beaten every HEARTBEAT_S, live
+for REPLICA_TTL_S). Each process also keeps, for every key it checked in Redis, the backlog
+Redis answered, so its share starts as full as the shared bucket was, not as a fresh burst.
+When Redis answers again, before its first shared call, each process writes its backlogs back
+(`lua/gcra_seed.lua`: the later of Redis's state and the process's), so a Redis that restarted
+empty continues from where the processes were. A backlog of B ms means the same fraction of
+the bucket used at either scale, so over an outage n balanced replicas admit what one shared
+bucket would; unbalanced, the write-back takes the fullest, which refuses early, never late.
 
 A limit of N per minute allows a burst of N, refilled continuously. A request that would exceed
 it is refused with the seconds until it would fit. TPM is charged the prompt estimate up
@@ -14,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,8 +36,13 @@ from gateway.shared_state import LuaScript, SharedState
 logger = logging.getLogger(__name__)
 
 PERIOD_MS = 60_000
+HEARTBEAT_S = 5.0
+REPLICA_TTL_S = 15.0
+SEED_BATCH = 200
 
 _GCRA = LuaScript.beside(__file__, "gcra.lua")
+_GCRA_SEED = LuaScript.beside(__file__, "gcra_seed.lua")
+_REPLICAS_BEAT = LuaScript.beside(__file__, "replicas_beat.lua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +96,8 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._max_entries = max_entries
 
-    def _step(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
+    def _step(self, limits: Sequence[Limit], force: bool, *, replicas: int = 1) -> Refusal | None:
+        """Charge this process's share of every limit: 1/`replicas` of it."""
         now = time.monotonic() * 1000
         with self._lock:
             if len(self._tats) >= self._max_entries:
@@ -88,14 +105,29 @@ class LocalRateLimiter:
             new_tats = []
             for limit in limits:
                 tat, wait = gcra_step(self._tats.get(limit.name, now), now,
-                                      interval=PERIOD_MS / limit.per_minute, cost=limit.cost,
-                                      force=force)
+                                      interval=PERIOD_MS * replicas / limit.per_minute,
+                                      cost=limit.cost, force=force)
                 if wait:
                     return Refusal(name=limit.name, wait_s=wait / 1000)
                 new_tats.append(tat)
             for limit, tat in zip(limits, new_tats):
                 self._tats[limit.name] = tat
         return None
+
+    def mirror(self, backlogs: dict[str, float]) -> None:
+        """Take these backlogs (ms, by counter name) as this process's state."""
+        now = time.monotonic() * 1000
+        with self._lock:
+            if len(self._tats) >= self._max_entries:
+                self._tats = {k: v for k, v in self._tats.items() if v > now}
+            for name, backlog in backlogs.items():
+                self._tats[name] = now + backlog
+
+    def backlogs(self) -> dict[str, float]:
+        """Every counter with a backlog (ms), by name."""
+        now = time.monotonic() * 1000
+        with self._lock:
+            return {name: tat - now for name, tat in self._tats.items() if tat > now}
 
     async def acquire_all(self, limits: Sequence[Limit]) -> Refusal | None:
         return self._step(limits, False)
@@ -115,25 +147,58 @@ class RedisRateLimiter:
     """Shared through Redis; a LocalRateLimiter serves while Redis is unreachable."""
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:rl:",
-                 retry_interval_s: float = 1.0) -> None:
+                 retry_interval_s: float = 1.0, heartbeat_s: float = HEARTBEAT_S,
+                 replica_ttl_s: float = REPLICA_TTL_S) -> None:
         self._shared = SharedState(redis, name="rate limits",
-                                   fallback="each process enforces them on its own",
-                                   logger=logger, retry_interval_s=retry_interval_s)
+                                   fallback="each process enforces its share of them",
+                                   logger=logger, retry_interval_s=retry_interval_s,
+                                   on_recover=self._seed_from_local)
         self._prefix = prefix
         self._local = LocalRateLimiter()
+        self._id = uuid.uuid4().hex
+        self._heartbeat_s = heartbeat_s
+        self._replica_ttl_ms = int(replica_ttl_s * 1000)
+        self._next_beat = 0.0
+        self._replicas = 1
+
+    @property
+    def replicas(self) -> int:
+        """The live replicas this process last counted in Redis (itself included)."""
+        return self._replicas
+
+    async def _beat(self) -> None:
+        if time.monotonic() < self._next_beat:
+            return
+        self._replicas = max(1, int(await _REPLICAS_BEAT(
+            self._shared.redis, keys=[self._prefix + "replicas"],
+            args=[self._id, self._replica_ttl_ms])))
+        self._next_beat = time.monotonic() + self._heartbeat_s
+
+    async def _seed_from_local(self) -> None:
+        """Write this process's backlogs back to Redis (see the module docstring). Raises one of
+        REDIS_UNREACHABLE when Redis is still down."""
+        backlogs = list(self._local.backlogs().items())
+        for start in range(0, len(backlogs), SEED_BATCH):
+            batch = backlogs[start:start + SEED_BATCH]
+            await _GCRA_SEED(self._shared.redis, keys=[self._prefix + name for name, _ in batch],
+                             args=[repr(backlog) for _, backlog in batch])
+        self._next_beat = 0.0
 
     async def _run(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
         async def shared() -> Refusal | None:
+            await self._beat()
             result = await _GCRA(self._shared.redis,
                                  keys=[self._prefix + limit.name for limit in limits],
                                  args=_gcra_args(limits, force))
+            self._local.mirror({limit.name: float(backlog)
+                                for limit, backlog in zip(limits, result[2:])})
             wait_ms = int(result[0])
             if not wait_ms:
                 return None
             return Refusal(name=limits[int(result[1]) - 1].name, wait_s=wait_ms / 1000)
 
         async def local() -> Refusal | None:
-            return self._local._step(limits, force)
+            return self._local._step(limits, force, replicas=self._replicas)
 
         return await self._shared.run(shared, local)
 

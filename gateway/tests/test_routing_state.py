@@ -387,7 +387,8 @@ async def test_redis_outage_falls_back_then_shares_again_when_it_returns(prefix,
     await relay.stop()
     during = [await state.plan("m", cs, now=NOW) for _ in range(4)]
     assert state.degraded
-    assert {p.routes[0].route_id for p in during} == {1, 2}  # this process's own, closed view
+    # This process keeps the open breaker it last read from Redis.
+    assert all([r.route_id for r in p.routes] == [2] for p in during)
 
     await relay.start()
     after = [await state.plan("m", cs, now=NOW) for _ in range(4)]

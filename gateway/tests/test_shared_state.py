@@ -101,6 +101,36 @@ async def test_an_os_error_counts_as_unreachable_and_other_errors_propagate():
 
 
 @pytest.mark.asyncio
+async def test_on_recover_runs_once_before_the_first_shared_call_after_an_outage():
+    clock, op, order = Clock(), Op(), []
+    recover = Op()
+
+    async def on_recover() -> None:
+        order.append("recover")
+        await recover()
+
+    async def shared() -> str:
+        order.append("shared")
+        return await op()
+
+    state = SharedState(None, name="things", fallback="each process counts its own",
+                        logger=logging.getLogger(LOGGER), clock=clock, on_recover=on_recover)
+    assert await state.run(shared, local) == "shared" and order == ["shared"]
+    op.error = ConnectionError("down")
+    assert await state.run(shared, local) == "local"
+    op.error = None
+    # Redis answers the shared call but not yet the write-back: still down, the fallback answers.
+    clock.now += 1.0
+    recover.error = ConnectionError("still down")
+    assert await state.run(shared, local) == "local" and state.down and op.calls == 2
+    clock.now += 1.0
+    recover.error = None
+    assert await state.run(shared, local) == "shared" and not state.degraded
+    assert await state.run(shared, local) == "shared"
+    assert order == ["shared", "shared", "recover", "recover", "shared", "shared"]
+
+
+@pytest.mark.asyncio
 async def test_force_tries_redis_during_the_back_off():
     clock, op = Clock(), Op()
     state = shared_state(clock)
