@@ -112,7 +112,7 @@ async def _route(scope, receive, send):
     return await site_application(scope, receive, send)
 
 
-http_application = Guards(_route)
+http_application = Guards(_route, host_checked=API_PATHS)
 logging.getLogger("uvicorn.error").addFilter(StalledClientLogFilter())
 
 

@@ -8,10 +8,16 @@
   a disconnect and records its ledger row).
 - Body timeout: a client trickling its body (slowloris) gets 408 after GATEWAY_BODY_TIMEOUT_S
   without a new chunk.
+- Host: on the paths Django's own chain does not serve (`host_checked`), a Host header not
+  in ALLOWED_HOSTS gets 400 before the body is read, as Django answers on every other path;
+  GATEWAY_ANY_HOST_PATHS (exact paths, /health by default) are answered for any Host, for
+  probes that send the pod's IP. Decisions are cached per Host value (bounded).
 - Key guessing: API answers 401 are counted per client address (shared through Redis when
   configured); past AUTH_FAILURES_PER_MINUTE the address gets 429 on the API for a while,
-  without its keys even being looked up. Behind a reverse proxy run uvicorn with
-  --proxy-headers so the address is the client's.
+  without its keys even being looked up. The proxy answers 401 only for a missing key or one
+  the database confirmed unknown or revoked (gateway.intake), so a key created a moment ago
+  never counts. Behind a reverse proxy run uvicorn with --proxy-headers so the address is the
+  client's.
 Errors use the surface's shape: Anthropic's under /v1/messages, OpenAI's elsewhere.
 """
 from __future__ import annotations
@@ -23,13 +29,19 @@ import time
 
 import orjson
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from gateway.clients import client_pool
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.responses import anthropic_error_body, openai_error_body
 
 logger = logging.getLogger(__name__)
 
 AUTH_FAILURES_PER_MINUTE = 30
 MAX_BLOCKED = 100_000
+MAX_HOSTS = 1024
+
+security_logger = logging.getLogger("django.security.DisallowedHost")
 
 
 # Set in the connection's task when its client stopped reading and the response was abandoned.
@@ -60,18 +72,73 @@ def _error_body(path: str, status: int, message: str, error_type: str) -> bytes:
                                    "code": error_type}})
 
 
-async def _respond(send, path: str, status: int, message: str, error_type: str, *,
-                   retry_after: int | None = None) -> None:
+async def _send_json(send, status: int, body: bytes, *, retry_after: int | None = None) -> None:
     headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": _error_body(path, status, message, error_type)})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond(send, path: str, status: int, message: str, error_type: str, *,
+                   retry_after: int | None = None) -> None:
+    await _send_json(send, status, _error_body(path, status, message, error_type),
+                     retry_after=retry_after)
+
+
+def _gateway_error_body(path: str, exc: GatewayError) -> bytes:
+    """`exc` in the surface's shape, as gateway.responses writes it for a view's errors."""
+    if path.startswith("/v1/messages"):
+        return orjson.dumps(anthropic_error_body(exc))
+    return orjson.dumps(openai_error_body(exc))
+
+
+def _raw_host(scope) -> str:
+    """The Host the request names, as Django's HttpRequest._get_raw_host reads it."""
+    headers = dict(scope.get("headers", ()))
+    if settings.USE_X_FORWARDED_HOST and b"x-forwarded-host" in headers:
+        return headers[b"x-forwarded-host"].decode("latin-1")
+    if b"host" in headers:
+        return headers[b"host"].decode("latin-1")
+    server = scope.get("server") or ("", None)
+    return server[0] if server[1] is None else f"{server[0]}:{server[1]}"
+
+
+class HostCheck:
+    """Whether a Host value is in ALLOWED_HOSTS, decided as Django's `get_host` does (with
+    DEBUG and no ALLOWED_HOSTS, localhost only) and cached per value: at most MAX_HOSTS
+    decisions, forgotten together when full or when ALLOWED_HOSTS changes."""
+
+    def __init__(self) -> None:
+        self._allowed: list[str] | None = None
+        self._decided: dict[str, bool] = {}
+
+    def allows(self, host: str) -> bool:
+        allowed = settings.ALLOWED_HOSTS
+        if allowed != self._allowed:
+            self._allowed = list(allowed)
+            self._decided = {}
+        decision = self._decided.get(host)
+        if decision is None:
+            patterns = allowed or ([".localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+            domain, _port = split_domain_port(host)
+            decision = bool(domain) and validate_host(domain, patterns)
+            if not decision:
+                security_logger.warning("Host %r is not in ALLOWED_HOSTS; answered 400", host[:200])
+            if len(self._decided) >= MAX_HOSTS:
+                self._decided = {}
+            self._decided[host] = decision
+        return decision
 
 
 class Guards:
-    def __init__(self, app) -> None:
+    """`host_checked`: path prefixes whose Host header is checked here (Django checks the
+    others itself)."""
+
+    def __init__(self, app, *, host_checked: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.host_checked = host_checked
+        self.hosts = HostCheck()
         # address -> monotonic time until which it is refused (bounded; expired entries pruned)
         self._blocked: dict[str, float] = {}
 
@@ -105,6 +172,11 @@ class Guards:
         path = scope.get("path", "")
         api = path.startswith(("/v1/", "/api/"))
         address = (scope.get("client") or ("unknown", 0))[0]
+        if (path.startswith(self.host_checked) and path not in settings.GATEWAY_ANY_HOST_PATHS
+                and not self.hosts.allows(_raw_host(scope))):
+            error = InvalidRequest("the Host header names a host this server does not serve "
+                                   "(ALLOWED_HOSTS)", code="invalid_host")
+            return await _send_json(send, 400, _gateway_error_body(path, error))
         if api:
             left = self._refused_for(address)
             if left:

@@ -168,6 +168,9 @@ GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 # How often a process checks whether the routing config changed (admin, gateway_apply).
 GATEWAY_CONFIG_POLL_S = env.float("GATEWAY_CONFIG_POLL_S", default=1.0)
+# Paths answered whatever their Host header (every other path needs a Host in ALLOWED_HOSTS):
+# kubelet and load-balancer probes send the pod's IP. Exact paths; /health reveals nothing.
+GATEWAY_ANY_HOST_PATHS = tuple(env.list("GATEWAY_ANY_HOST_PATHS", default=["/health"]))
 # Slow clients: seconds without a body chunk (408), and without write progress (dropped).
 GATEWAY_BODY_TIMEOUT_S = env.float("GATEWAY_BODY_TIMEOUT_S", default=30.0)
 GATEWAY_WRITE_TIMEOUT_S = env.float("GATEWAY_WRITE_TIMEOUT_S", default=60.0)
