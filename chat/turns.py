@@ -54,12 +54,8 @@ async def _chat_key(request: HttpRequest) -> tuple[KeyInfo, RoutingSnapshot, int
         raise AuthenticationFailed("sign in to chat", code="not_signed_in")
     key_hash = await db.run(chat_account_key_hash, user_id=user.pk, username=user.get_username())
     snapshot = await snapshot_cache.get()
-    key = snapshot.keys.get(key_hash)
-    if key is None:
-        # A key created just now reaches the snapshot on the next reload.
-        snapshot_cache.invalidate()
-        snapshot = await snapshot_cache.get()
-        key = snapshot.keys.get(key_hash)
+    # A key created just now (the user's first visit) is read from the database.
+    key = await snapshot_cache.key_find(key_hash, snapshot=snapshot)
     if key is None:
         raise PermissionDenied("chat is turned off for your account (its API key is revoked)",
                                code="chat_disabled")

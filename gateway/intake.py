@@ -8,10 +8,12 @@ from __future__ import annotations
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
 from django.http import HttpRequest
 
 from gateway.errors import (AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge,
-                            PermissionDenied)
+                            PermissionDenied, ServiceUnavailable)
+from providers.cache import snapshot_cache
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 
@@ -36,8 +38,12 @@ def read_json(request: HttpRequest) -> dict:
     return body
 
 
-def authenticate(request: HttpRequest, snapshot: RoutingSnapshot) -> KeyInfo:
-    """The key from `Authorization: Bearer` or `x-api-key`. Raises AuthenticationFailed."""
+async def authenticate(request: HttpRequest, snapshot: RoutingSnapshot) -> KeyInfo:
+    """The key from `Authorization: Bearer` or `x-api-key`: from the snapshot, or, for a key
+    created since it was loaded, from the database (one query per digest, confirmed-unknown
+    digests remembered briefly: providers.cache.KeyLookup). Raises AuthenticationFailed for a
+    missing key or one the database confirms unknown or revoked (the only 401s, which the
+    per-address lockout counts), ServiceUnavailable when the database cannot be asked."""
     raw = ""
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
@@ -46,7 +52,11 @@ def authenticate(request: HttpRequest, snapshot: RoutingSnapshot) -> KeyInfo:
         raw = request.headers.get("x-api-key", "").strip()
     if not raw:
         raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>` or `x-api-key`")
-    key = snapshot.keys.get(api_key_hash(raw))
+    try:
+        key = await snapshot_cache.key_find(api_key_hash(raw), snapshot=snapshot)
+    except DatabaseError:
+        raise ServiceUnavailable("the API key could not be checked: the database is unreachable",
+                                 code="key_check_unavailable", headers={"retry-after": "1"}) from None
     if key is None:
         raise AuthenticationFailed("invalid API key")
     return key

@@ -146,7 +146,7 @@ async def serve(request: HttpRequest, surface: Surface) -> HttpResponse:
     try:
         body = read_json(request)
         snapshot = await snapshot_cache.get()
-        call.authenticated(authenticate(request, snapshot))
+        call.authenticated(await authenticate(request, snapshot))
         deployments = serving(resolve(snapshot, call.key, body.get("model")), surface.operation,
                               model=body["model"])
         job = surface.prepare(body, call.key, snapshot, deployments)

@@ -2,7 +2,8 @@
 
 `routing_snapshot_load` builds the immutable snapshot every proxy request is served from (keys,
 deployments, prices); `providers.cache` holds one per process and reloads it when
-`config_version_get` changes.
+`config_version_get` changes. `api_key_active_get` reads one key that the snapshot does not
+hold yet.
 """
 from __future__ import annotations
 
@@ -93,6 +94,31 @@ def config_version_get() -> str | None:
     return ConfigVersion.objects.values_list("token", flat=True).first()
 
 
+def api_key_active_get(*, key_hash: str) -> KeyInfo | None:
+    """The unrevoked key with this digest, read now (one query on the unique `key_hash`), for a
+    key created after the snapshot was loaded; None when there is none."""
+    key = ApiKey.objects.active().select_related("team").filter(key_hash=key_hash).first()
+    return _key_info(key) if key is not None else None
+
+
+def _key_info(key: ApiKey) -> KeyInfo:
+    return KeyInfo(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        team_id=key.team_id,
+        team_name=key.team.name if key.team_id else None,
+        allowed_models=frozenset(key.allowed_models or ()),
+        budget_usd=key.budget_usd,
+        budget_period=key.budget_period,
+        team_budget_usd=key.team.budget_usd if key.team_id else None,
+        team_budget_period=key.team.budget_period if key.team_id else "month",
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
+        max_tokens_default=key.max_tokens_default,
+    )
+
+
 def routing_snapshot_load() -> RoutingSnapshot:
     """Everything the proxy needs, read in a handful of queries. Version read first, so a
     concurrent write can only make the snapshot look older than it is (and be reloaded)."""
@@ -128,23 +154,7 @@ def routing_snapshot_load() -> RoutingSnapshot:
             api_key=api_key,
         ))
 
-    keys = {}
-    for key in ApiKey.objects.active().select_related("team"):
-        keys[key.key_hash] = KeyInfo(
-            id=key.id,
-            name=key.name,
-            prefix=key.prefix,
-            team_id=key.team_id,
-            team_name=key.team.name if key.team_id else None,
-            allowed_models=frozenset(key.allowed_models or ()),
-            budget_usd=key.budget_usd,
-            budget_period=key.budget_period,
-            team_budget_usd=key.team.budget_usd if key.team_id else None,
-            team_budget_period=key.team.budget_period if key.team_id else "month",
-            rpm_limit=key.rpm_limit,
-            tpm_limit=key.tpm_limit,
-            max_tokens_default=key.max_tokens_default,
-        )
+    keys = {key.key_hash: _key_info(key) for key in ApiKey.objects.active().select_related("team")}
 
     prices: dict[tuple[int | None, str], list[PriceInfo]] = {}
     for price in Price.objects.order_by("-effective_from", "-id"):

@@ -58,7 +58,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     try:
         body = read_json(request)
         snapshot = await snapshot_cache.get()
-        key = authenticate(request, snapshot)
+        key = await authenticate(request, snapshot)
         deployments = resolve(snapshot, key, body.get("model"))
         req = codec.parse_request(body, require_max_tokens=False)
     except GatewayError as exc:

@@ -29,7 +29,7 @@ def _anthropic(request: HttpRequest) -> bool:
 async def _visible_models(request: HttpRequest) -> list[str]:
     """Public model names the key may use, sorted. Raises AuthenticationFailed."""
     snapshot = await snapshot_cache.get()
-    key = authenticate(request, snapshot)
+    key = await authenticate(request, snapshot)
     return [m for m in snapshot.public_models() if key.may_use(m)]
 
 

@@ -132,7 +132,7 @@ async def task_call(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         body = read_json(request)
         snapshot = await snapshot_cache.get()
-        call.authenticated(authenticate(request, snapshot))
+        call.authenticated(await authenticate(request, snapshot))
         task = (await task_cache.get(snapshot)).get(slug)
         if task is None:
             raise NotFound(f"there is no task `{slug[:100]}`", code="task_not_found")

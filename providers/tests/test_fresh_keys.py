@@ -1,0 +1,137 @@
+"""A key created while the gateway runs works on its first request, before any snapshot reload;
+only keys the database confirms unknown count towards the per-address lockout; a revoked key
+still stops within the poll interval."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+from providers import cache
+from providers.cache import KeyLookup, snapshot_cache
+from providers.keys import api_key_hash
+from providers.models import ApiKey
+from providers.services import api_key_create, api_key_revoke
+
+CHAT = {"model": "mock-test", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _chat(url: str, key: str) -> int:
+    return httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=20,
+                      headers={"authorization": f"Bearer {key}"}).status_code
+
+
+def _burst(url: str, key: str, count: int) -> list[str]:
+    """`count` concurrent completions through the openai SDK; each one's outcome."""
+    async def one(client: openai.AsyncOpenAI) -> str:
+        try:
+            await client.chat.completions.create(**CHAT)
+        except openai.APIStatusError as exc:
+            return str(exc.status_code)
+        return "ok"
+
+    async def burst() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
+            return await asyncio.gather(*(one(client) for _ in range(count)))
+
+    return asyncio.run(burst())
+
+
+@pytest.fixture
+def long_poll(gateway_url, mock_provider, api_key, settings) -> str:
+    """A live gateway whose snapshot is loaded and will not be reloaded by polling during the
+    test (an hour's poll interval), so only the database lookup can serve a new key."""
+    assert _chat(gateway_url, api_key) == 200
+    settings.GATEWAY_CONFIG_POLL_S = 3600
+    return gateway_url
+
+
+def test_a_key_created_while_the_gateway_runs_serves_its_first_burst(long_poll, ledger_rows):
+    key, raw = api_key_create(name="fresh", models=["mock-test"])
+    assert api_key_hash(raw) not in snapshot_cache._snapshot.keys  # the reload cannot serve it
+    assert _burst(long_poll, raw, 20) == ["ok"] * 20
+    rows = [row for row in ledger_rows(21) if row.api_key_id == key.id]
+    assert len(rows) == 20 and {row.status for row in rows} == {"ok"}
+
+
+def test_a_key_created_through_the_command_works_on_its_first_request(long_poll):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("create_api_key", "from-command", stdout=out)
+    raw = out.getvalue().strip().splitlines()[-1]
+    assert _chat(long_poll, raw) == 200
+
+
+def test_only_confirmed_unknown_keys_count_towards_the_lockout(long_poll):
+    guesses = [_chat(long_poll, f"gw-guess-{i:04d}") for i in range(25)]
+    assert set(guesses) == {401}
+    _, raw = api_key_create(name="fresh")
+    assert _burst(long_poll, raw, 20) == ["ok"] * 20
+    guesses += [_chat(long_poll, f"gw-guess-{i:04d}") for i in range(25, 40)]
+    # 30 failures a minute (refilling one per 2 s): the 20 fresh requests did not count.
+    first_refusal = guesses.index(429)
+    assert 30 <= first_refusal <= 33 and set(guesses[first_refusal:]) == {429}
+    assert set(guesses[:first_refusal]) == {401}
+
+
+@pytest.mark.parametrize("known_to_snapshot", [True, False], ids=["in-snapshot", "looked-up"])
+def test_a_revoked_key_stops_within_the_poll_interval(gateway_url, mock_provider, api_key,
+                                                      settings, known_to_snapshot):
+    poll = 1.0
+    if known_to_snapshot:
+        key, raw = api_key_create(name="soon-revoked")
+        assert _chat(gateway_url, raw) == 200  # loads the snapshot holding it
+        settings.GATEWAY_CONFIG_POLL_S = poll
+    else:
+        assert _chat(gateway_url, api_key) == 200
+        settings.GATEWAY_CONFIG_POLL_S = poll
+        key, raw = api_key_create(name="soon-revoked")
+        assert _chat(gateway_url, raw) == 200  # served by the lookup
+    api_key_revoke(key=ApiKey.objects.get(pk=key.pk), actor="tests")
+    revoked_at = time.monotonic()
+    while _chat(gateway_url, raw) == 200:
+        assert time.monotonic() - revoked_at < poll + 0.5, "the revoked key is still served"
+        time.sleep(0.05)
+    # Once refused, the lookup never brings it back.
+    assert {_chat(gateway_url, raw) for _ in range(10)} == {401}
+    time.sleep(poll)
+    assert _chat(gateway_url, raw) == 401
+
+
+def test_concurrent_lookups_of_one_digest_are_one_query_and_unknowns_are_remembered(
+        transactional_db, monkeypatch):
+    queries = []
+    real = cache.api_key_active_get
+
+    def counted(*, key_hash):
+        queries.append(key_hash)
+        return real(key_hash=key_hash)
+
+    monkeypatch.setattr(cache, "api_key_active_get", counted)
+    monkeypatch.setattr(cache, "UNKNOWN_TTL_S", 0.3)
+    found = []
+    lookup = KeyLookup(on_found=lambda: found.append(True))
+    _, raw = api_key_create(name="looked-up")
+
+    async def scenario() -> None:
+        unknown = await asyncio.gather(*(lookup.find("0" * 64, version="v1") for _ in range(20)))
+        assert unknown == [None] * 20 and len(queries) == 1
+        assert await lookup.find("0" * 64, version="v1") is None and len(queries) == 1
+        await asyncio.sleep(0.35)
+        assert await lookup.find("0" * 64, version="v1") is None and len(queries) == 2
+
+        keys = await asyncio.gather(*(lookup.find(api_key_hash(raw), version="v1") for _ in range(20)))
+        assert {k.name for k in keys} == {"looked-up"} and len(queries) == 3 and found == [True]
+        assert (await lookup.find(api_key_hash(raw), version="v1")).name == "looked-up"
+        assert len(queries) == 3
+        # Another snapshot: asked again (a revocation is seen).
+        await cache.db.run(lambda: ApiKey.objects.filter(name="looked-up").update(revoked=True))
+        assert await lookup.find(api_key_hash(raw), version="v2") is None and len(queries) == 4
+
+    asyncio.run(scenario())
