@@ -8,7 +8,7 @@ from gateway.health import health, health_detailed
 from gateway.metrics import metrics_view
 from gateway.surfaces import openai_chat, openai_completions, openai_embeddings
 from gateway.surfaces import anthropic_messages, models, openai_responses
-from gateway.surfaces import tasks
+from tasks import views as tasks
 
 urlpatterns = [
     path("v1/chat/completions", openai_chat.chat_completions),

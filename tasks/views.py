@@ -2,7 +2,7 @@
 
 In: an API key (`Authorization: Bearer` or `x-api-key`) and `{"input": …, "variables": {…}}`.
 `input` (a string, or any JSON value, sent as JSON text) is the user message; `variables` fill
-the task's system prompt template (chat.prompts). The task fixes the model, max_tokens,
+the task's system prompt template (tasks.prompts). The task fixes the model, max_tokens,
 temperature and, optionally, a JSON schema for the output (also sent upstream as a
 `json_schema` response format).
 
