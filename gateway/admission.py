@@ -15,7 +15,7 @@ from gateway.clients import client_pool
 from gateway.database import db
 from gateway.errors import GatewayError, PermissionDenied, RateLimited, ServiceUnavailable
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
-from usage.budgets import BudgetLimit, budget_counted_units, budget_reserve, usd_to_units
+from usage.budgets import BudgetLimit, budget_counter_units, budget_reserve, usd_to_units
 from usage.idempotency import Replay, idempotency_claim, idempotency_release
 from usage.models import BudgetScope, UsageStatus
 from usage.pricing import cost_usd
@@ -114,8 +114,8 @@ async def _rates_acquire(call: Call, rates: list[Limit]) -> None:
         call.tpm_taken(rates[-1].cost)
 
 
-async def _db_counted_units(limit: BudgetLimit, now) -> int:
-    return await db.run(budget_counted_units, limit=limit, now=now)
+async def _db_counter_units(limit: BudgetLimit, now) -> tuple[int, int]:
+    return await db.run(budget_counter_units, limit=limit, now=now)
 
 
 async def _budget_reserve(call: Call, limits: list[BudgetLimit], amount_units: int) -> None:
@@ -126,11 +126,13 @@ async def _budget_reserve(call: Call, limits: list[BudgetLimit], amount_units: i
         budgets = client_pool.budgets()
         if budgets is not None and await budgets.reserve(
                 request_id=call.request_id, limits=limits, amount_units=amount_units,
-                now=call.created_at, spent_units=_db_counted_units):
+                now=call.created_at, spent_units=_db_counter_units):
             call.budget_held(shared=tuple(limits))
             return
         await db.run(budget_reserve, request_id=call.request_id, limits=limits,
-                     amount_units=amount_units)
+                     amount_units=amount_units,
+                     held_elsewhere=(budgets.held_units(limits=limits, now=call.created_at)
+                                     if budgets is not None else None))
         call.budget_held()
     except DatabaseError:
         if not settings.GATEWAY_BUDGETS_FAIL_OPEN:

@@ -112,14 +112,17 @@ class SharedState:
 
     async def run(self, shared: Callable[[], Awaitable[T]], fallback: Callable[[], Awaitable[T]],
                   *, force: bool = False) -> T:
-        """`shared()`'s result, or `fallback()`'s while Redis is down or when `shared()` raises
-        one of REDIS_UNREACHABLE. Any other exception from `shared()` propagates unchanged.
-        Raises CancelledError when the task was cancelled during the Redis call."""
+        """`shared()`'s result, or `fallback()`'s while Redis is down or when `shared()` (or
+        `on_recover`) raises one of REDIS_UNREACHABLE. Any other exception propagates unchanged;
+        one from `shared()` (the owner's own answer, such as a refusal) ends the outage like a
+        result does. Raises CancelledError when the task was cancelled during the Redis call."""
         if not force and self.down:
             return await fallback()
+        recovered = False
         try:
             if self._degraded and self._on_recover is not None:
                 await self._on_recover()
+            recovered = True
             result = await shared()
         except REDIS_UNREACHABLE as exc:
             reraise_swallowed_cancel()
@@ -127,12 +130,17 @@ class SharedState:
             return await fallback()
         except Exception:
             reraise_swallowed_cancel()
+            if recovered:
+                self._back()
             raise
         reraise_swallowed_cancel()
+        self._back()
+        return result
+
+    def _back(self) -> None:
         if self._degraded:
             self._degraded = False
             self._logger.info("%s: Redis is back; shared again", self._name)
-        return result
 
     def queue(self, pipe: aioredis.client.Pipeline, script: LuaScript, *, keys: Sequence[Any],
               args: Sequence[Any] = ()) -> bool:

@@ -69,15 +69,19 @@ def _counter(limit: BudgetLimit, now: datetime) -> BudgetCounter:
 
 
 def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: int,
-                   now: datetime | None = None) -> Reservation:
-    """Reserve `amount_units` against every limit, or none of them. Raises BudgetExceeded
-    (429, code budget_exceeded) naming the scope that has no room."""
+                   now: datetime | None = None,
+                   held_elsewhere: list[int] | None = None) -> Reservation:
+    """Reserve `amount_units` against every limit, or none of them. `held_elsewhere[i]` is what
+    the caller knows to be reserved against `limits[i]` outside the database (its own
+    reservations in Redis, while Redis is unreachable): that much less room. Raises
+    BudgetExceeded (429, code budget_exceeded) naming the scope that has no room."""
     now = now or timezone.now()
+    elsewhere = held_elsewhere or [0] * len(limits)
     with transaction.atomic():
         counters: dict[str, BudgetCounter] = {}
-        for limit in limits:
+        for limit, held in zip(limits, elsewhere):
             counter = _counter(limit, now)
-            room = usd_to_units(limit.limit_usd) - amount_units
+            room = usd_to_units(limit.limit_usd) - amount_units - held
             # One UPDATE ... WHERE reserved <= room - spent: the check and the write are a single
             # atomic statement (an annotation here would make Django's MySQL backend select the
             # rows first and update them in a second statement).
@@ -102,13 +106,13 @@ def retry_after(period: str, now: datetime) -> str:
     return str(int((end - now).total_seconds()) + 1) if end else "86400"
 
 
-def budget_counted_units(*, limit: BudgetLimit, now: datetime) -> int:
-    """What the database counter of `limit`'s current period holds: spend plus any reservations
-    made in the database (the starting point of its Redis copy)."""
+def budget_counter_units(*, limit: BudgetLimit, now: datetime) -> tuple[int, int]:
+    """What the database counter of `limit`'s current period holds: (spent, reserved in the
+    database) units, (0, 0) when it has none (what its Redis copy is synced to)."""
     start, _ = period_bounds(limit.period, now)
     row = (BudgetCounter.objects.filter(scope=limit.scope, scope_id=limit.scope_id, period_start=start)
            .values_list("spent_units", "reserved_units").first())
-    return sum(row) if row else 0
+    return (int(row[0]), max(int(row[1]), 0)) if row else (0, 0)
 
 
 def budgets_charge(*, charges: list[tuple[BudgetLimit, datetime, int]]) -> None:

@@ -1,7 +1,11 @@
 -- Reserve an amount in every budget counter, or in none, after reaping expired reservations.
--- KEYS: RESERVATIONS, RESERVATION_EXPIRY, counter keys... ARGV: request id, amount, now ms,
--- reservation ttl ms, reservations to reap at most, then per counter key: limit units, key ttl s.
--- Returns {1} reserved, {0, i} no room in counter i, {-1, i} counter i not seeded.
+-- KEYS: RESERVATIONS, RESERVATION_EXPIRY, EPOCH, counter keys... ARGV: request id, amount, now
+-- ms, reservation ttl ms, reservations to reap at most, the caller's epoch ('' for any), sync
+-- interval ms, then per counter key: limit units, key ttl s.
+-- Returns {1, epoch} reserved; {0, i} no room in counter i; {-1, i} counter i must be synced
+-- from the database first (not seeded, or database reservations last read a sync interval
+-- ago); {-2} Redis has no epoch (it restarted empty: set one); {-3, epoch} the epoch is not the
+-- caller's (Redis lost its data since the caller's last reservation: restore them first).
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(expired) do
   local data = redis.call('HGET', KEYS[1], id)
@@ -17,19 +21,29 @@ for _, id in ipairs(expired) do
   end
   redis.call('ZREM', KEYS[2], id)
 end
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then return {-2} end
+if ARGV[6] ~= '' and ARGV[6] ~= epoch then return {-3, epoch} end
+local now = tonumber(ARGV[3])
 local amount = tonumber(ARGV[2])
-for i = 3, #KEYS do
-  local row = redis.call('HMGET', KEYS[i], 's', 'r')
-  if not row[1] then return {-1, i - 2} end
-  local limit = tonumber(ARGV[6 + (i - 3) * 2])
-  if tonumber(row[1]) + tonumber(row[2] or 0) + amount > limit then return {0, i - 2} end
+for i = 4, #KEYS do
+  local row = redis.call('HMGET', KEYS[i], 's', 'r', 'd', 't')
+  if not row[1] then return {-1, i - 3} end
+  local held_there = tonumber(row[3] or 0)
+  if held_there > 0 and now - tonumber(row[4] or 0) >= tonumber(ARGV[7]) then
+    return {-1, i - 3}
+  end
+  local limit = tonumber(ARGV[8 + (i - 4) * 2])
+  if tonumber(row[1]) + tonumber(row[2] or 0) + held_there + amount > limit then
+    return {0, i - 3}
+  end
 end
 local data = ARGV[2]
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'r', amount)
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[7 + (i - 3) * 2]))
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[9 + (i - 4) * 2]))
   data = data .. ' ' .. KEYS[i]
 end
 redis.call('HSET', KEYS[1], ARGV[1], data)
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
-return {1}
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
+return {1, epoch}
