@@ -151,6 +151,11 @@ class SharedState:
         script.queue(pipe, keys=keys, args=args)
         return True
 
+    def failed(self, exc: BaseException) -> None:
+        """Count a failure of a shared operation run outside `run` (a pipeline the owner's
+        caller executed), as `run` would."""
+        self._failed(exc)
+
     def _failed(self, exc: BaseException) -> None:
         self._down_until = self._clock() + self._retry_interval_s
         if not self._degraded:

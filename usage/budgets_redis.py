@@ -221,6 +221,14 @@ class RedisBudgets:
             self._held.pop(request_id, None)
         return queued
 
+    def settle_missed(self, *, request_id: str, limits: list[BudgetLimit], at: datetime,
+                      cost_units: int, error: BaseException) -> None:
+        """A queued `settle` whose pipeline failed with `error` (one of REDIS_UNREACHABLE):
+        Redis counts as unreachable, and the settlement is made there when it answers again,
+        instead of the reservation waiting for its TTL."""
+        self._shared.failed(error)
+        self._remember(self._unsettled, request_id, (limits, at, cost_units))
+
     async def _sync(self, limit: BudgetLimit, at: datetime) -> None:
         """Bring one counter's Redis copy up to the database (lua/budget_sync.lua)."""
         if self._units is None:
