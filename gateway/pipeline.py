@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
@@ -73,7 +73,6 @@ class Job:
     # The client asked for the usage chunk of a passed-through OpenAI stream.
     include_usage: bool = False
     digest: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Output(Protocol):
