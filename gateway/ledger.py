@@ -82,12 +82,11 @@ class LedgerWriter:
                               release_claim=w.release_claim, charge_limits=w.charge_limits)
                  for w in writes]
         loop = asyncio.get_running_loop()
-        for line, w in zip(lines, writes):
-            try:
-                await loop.run_in_executor(None, spool_push, line)
-            except OSError as exc:
-                logger.critical("ledger row %s could not be spooled (%s)", w.entry.request_id,
-                                type(exc).__name__)
+        try:
+            await loop.run_in_executor(None, spool_push, *lines)
+        except OSError as exc:
+            logger.critical("ledger rows %s could not be spooled (%s)",
+                            ", ".join(w.entry.request_id for w in writes), type(exc).__name__)
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_until_empty())
 

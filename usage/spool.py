@@ -1,10 +1,17 @@
 """The ledger spool: where a row waits when the database cannot take it, until it can.
 
-A failed ledger write is pushed here (Redis list when REDIS_URL is set and reachable, else an
-fsync'ed JSON-lines file under var/spool/) and flushed later by the serving process itself and by
-the `usage.flush_spool` Celery task. Writes are idempotent on request id, so a row flushed twice
-lands once and settles its budget once. Bounded: beyond MAX_SPOOLED rows, new rows are logged
-and dropped rather than exhausting memory or disk.
+A failed ledger write is pushed where it survives a restart of Redis as well as of this process:
+the Redis list REDIS_KEY when REDIS_URL is set, Redis answers and it runs with an append-only
+file (`INFO persistence` says `aof_enabled:1`, so a Redis restarted from its data directory
+comes back with the list); otherwise an fsync'ed JSON-lines file per process under
+GATEWAY_SPOOL_DIR. A Redis without AOF would lose the list on its next restart, which during a
+database outage is the only copy of those rows. The Redis list is shared by every replica and
+the Celery worker; the files by the processes that share the directory.
+
+Rows are flushed later by the serving process itself and by the `usage.flush_spool` Celery
+task, from both places. Writes are idempotent on request id, so a row flushed twice lands once
+and settles its budget once. Bounded: beyond MAX_SPOOLED rows, new rows are logged and dropped
+rather than exhausting memory or disk.
 """
 from __future__ import annotations
 
@@ -78,23 +85,34 @@ def spool_decode(line: str) -> dict:
     }
 
 
-def spool_push(line: str) -> None:
-    """Keep one encoded write for later. Never raises: the request has already been served."""
+def _redis_persists(client: redis.Redis) -> bool:
+    """Whether this Redis keeps what it is given across a restart (an append-only file)."""
+    return int(client.info("persistence").get("aof_enabled", 0)) == 1
+
+
+def spool_push(*lines: str) -> None:
+    """Keep encoded writes for later, in Redis when it persists them, else on local disk.
+    Never raises for Redis: the requests have already been served; OSError from the disk is
+    the caller's to log."""
+    if not lines:
+        return
     client = _redis()
     if client is not None:
         try:
-            if client.llen(REDIS_KEY) < MAX_SPOOLED:
-                client.rpush(REDIS_KEY, line)
+            if _redis_persists(client):
+                if client.llen(REDIS_KEY) + len(lines) <= MAX_SPOOLED:
+                    client.rpush(REDIS_KEY, *lines)
+                    return
+                logger.error("ledger spool full; %d ledger row(s) dropped", len(lines))
                 return
-            logger.error("ledger spool full; a ledger row was dropped")
-            return
+            logger.warning("ledger spool: Redis runs without appendonly; spooling to disk")
         except RedisError:
             logger.warning("ledger spool: Redis unreachable; spooling to disk")
         finally:
             client.close()
     path = _spool_dir() / f"ledger-{os.getpid()}.jsonl"
     if path.exists() and path.stat().st_size > MAX_SPOOLED * 2048:
-        logger.error("ledger spool full; a ledger row was dropped")
+        logger.error("ledger spool full; %d ledger row(s) dropped", len(lines))
         return
     while True:
         with path.open("a", encoding="utf-8") as spool:
@@ -106,7 +124,7 @@ def spool_push(line: str) -> None:
                 continue
             if os.fstat(spool.fileno()).st_ino != current:
                 continue
-            spool.write(line + "\n")
+            spool.write("".join(line + "\n" for line in lines))
             spool.flush()
             os.fsync(spool.fileno())
             return
@@ -136,10 +154,20 @@ def ledger_spool_flush() -> int:
                 lines = client.lrange(REDIS_KEY, 0, BATCH - 1)
                 if not lines:
                     break
-                for line in lines:
-                    usage_record_write(**spool_decode(line.decode()))
-                    written += 1
-                client.ltrim(REDIS_KEY, len(lines), -1)
+                done = []
+                try:
+                    for line in lines:
+                        usage_record_write(**spool_decode(line.decode()))
+                        done.append(line)
+                finally:
+                    # Remove exactly the rows written (each line is unique: it holds its request
+                    # id), not "the first N": another flusher may have removed those already, and
+                    # an LTRIM would then drop rows nobody wrote.
+                    written += len(done)
+                    with client.pipeline(transaction=False) as pipe:
+                        for line in done:
+                            pipe.lrem(REDIS_KEY, 1, line)
+                        pipe.execute()
         except DatabaseError:
             return written
         except RedisError:

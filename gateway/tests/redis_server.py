@@ -1,6 +1,8 @@
 """A redis-server of a test's own on a free loopback port, to pause, kill and restart without
-touching the Redis other tests share. Data is kept in memory only (`--save ""`, no AOF), so a
-restart comes back empty."""
+touching the Redis other tests share. By default data is kept in memory only (`--save ""`, no
+AOF), so a restart comes back empty; with `appendonly=True` it runs as production should
+(`--appendonly yes --appendfsync everysec`, docker-compose.yml), and a restart reloads what the
+killed server had acknowledged from its data directory, which is kept across restarts."""
 from __future__ import annotations
 
 import os
@@ -23,9 +25,10 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server subprocess; `url` stays the same across restarts."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, appendonly: bool = False) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")
+        self.appendonly = appendonly
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="gw-redis-")
@@ -35,7 +38,8 @@ class RedisServer:
         """Start the server and return once it answers PING (within 10 s)."""
         self._process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+             "--dir", self._dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -50,6 +54,10 @@ class RedisServer:
                 raise RuntimeError(f"redis-server on port {self.port} exited")
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not answer within 10 s")
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def pause(self) -> None:
         """SIGSTOP: connections hang, data is kept."""

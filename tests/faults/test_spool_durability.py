@@ -1,0 +1,61 @@
+"""Rows spooled during a database outage survive a Redis restart in the middle of it.
+
+The spool keeps a row in Redis only when Redis runs with an append-only file (it reloads the list
+after a restart); otherwise in an fsync'ed file on the replica's disk (usage/spool.py). Both
+arrangements are run: SIGKILL Redis while the database is stopped, start it again from the
+same directory, and bring the database back. Every request's row lands exactly once."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import redis
+
+from tests.faults.harness import create_api_key, wait_until
+from tests.faults.traffic import burst, ledger_rows
+
+SPOOL_KEY = "gw:ledger:spool"
+
+
+@pytest.mark.parametrize("faults_redis", [True, False], indirect=True,
+                         ids=["redis-appendonly", "redis-without-persistence"])
+def test_spooled_rows_survive_a_redis_restart_during_a_database_outage(
+        replicas, faults_db, faults_redis, key_name):
+    key = create_api_key(key_name, env=replicas.env)
+    urls = replicas.start(2)
+    client = redis.Redis.from_url(faults_redis.url)
+
+    def spooled() -> tuple[int, int]:
+        """(rows in the Redis list, rows in the replicas' spool files)"""
+        try:
+            in_redis = client.llen(SPOOL_KEY)
+        except redis.RedisError:
+            in_redis = -1
+        return in_redis, replicas.spooled_on_disk()
+
+    before = burst(urls, key, 10)
+    wait_until(lambda: len(ledger_rows(faults_db, key_name)) == 10, timeout=10,
+               what="10 rows before the outage")
+
+    faults_db.stop()
+    during = burst(urls, key, 20)
+    expected = (20, 0) if faults_redis.appendonly else (0, 20)
+    wait_until(lambda: spooled() == expected, timeout=10, what=f"{expected} spooled")
+
+    faults_redis.kill()
+    faults_redis.start()
+    assert spooled() == expected  # nothing spooled was lost with Redis
+    after_restart = burst(urls, key, 10)  # the database is still down
+    expected = (30, 0) if faults_redis.appendonly else (0, 30)
+    wait_until(lambda: spooled() == expected, timeout=10, what=f"{expected} spooled")
+
+    faults_db.start()
+    answers = before + during + after_restart
+    assert [a.status for a in answers] == [200] * 40
+    rows = wait_until(lambda: (r := ledger_rows(faults_db, key_name)) and len(r) >= 40 and r,
+                      timeout=20, what="40 rows after the outage")
+    wait_until(lambda: spooled() == (0, 0), timeout=10, what="an empty spool")
+    assert Counter(request_id for request_id, _, _ in ledger_rows(faults_db, key_name)) == \
+        Counter(a.request_id for a in answers)
+    assert {status for _, status, _ in rows} == {"ok"}
+    client.close()
