@@ -1,10 +1,13 @@
 """Admission: what a request must pass before any upstream call — its Idempotency-Key, its
-key's RPM/TPM limits and its budget reservation (in Redis when configured, else the database)."""
+key's RPM/TPM limits and its budget reservation (in Redis when configured, else the database)
+— and the durable intent an admitted request leaves before it (usage.intents), written with
+the budget reservation when there is one."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
+from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,7 @@ from gateway.errors import GatewayError, PermissionDenied, RateLimited, ServiceU
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 from usage.budgets import BudgetLimit, budget_counter_units, budget_reserve, usd_to_units
 from usage.idempotency import Replay, idempotency_claim, idempotency_release
+from usage.intents import DATABASE, REDIS, Intent, intent_keeper, intent_row, lease_expiry
 from usage.models import BudgetScope, UsageStatus
 from usage.pricing import cost_usd
 from usage.ratelimits import Limit
@@ -85,7 +89,8 @@ async def call_admit(call: Call, snapshot: RoutingSnapshot, deployments: tuple[D
         if rates:
             checks.append(_rates_acquire(call, rates))
         if limits:
-            checks.append(_budget_reserve(call, limits, usd_to_units(worst)))
+            intent = call_intent(call, snapshot, deployments, prompt_tokens=prompt_tokens)
+            checks.append(_budget_reserve(call, limits, usd_to_units(worst), intent))
         # Both at once (one round trip of waiting, not two). Whatever one took while the other
         # refused is given back by call_finish, which every rejected call goes through.
         for outcome in await asyncio.gather(*checks, return_exceptions=True):
@@ -118,22 +123,64 @@ async def _db_counter_units(limit: BudgetLimit, now) -> tuple[int, int]:
     return await db.run(budget_counter_units, limit=limit, now=now)
 
 
-async def _budget_reserve(call: Call, limits: list[BudgetLimit], amount_units: int) -> None:
-    """Reserve in Redis when configured and reachable, else in the database. Raises
-    BudgetExceeded, or ServiceUnavailable when the budget cannot be checked (fail closed unless
-    GATEWAY_BUDGETS_FAIL_OPEN)."""
+def call_intent(call: Call, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...], *,
+                prompt_tokens: int) -> Intent:
+    """What the call's `lost` row would say, should its process die: the first candidate
+    deployment, the prompt estimate at the price in force when the call started."""
+    key, first = call.key, deployments[0]
+    price = snapshot.price_for(provider_id=first.provider_id, upstream_model=first.upstream_model,
+                               at=call.created_at)
+    return Intent(
+        request_id=call.request_id, client_request_id=call.client_request_id,
+        created_at=call.created_at, api_key_id=key.id, key_prefix=key.prefix,
+        team_id=key.team_id, surface=call.surface, public_model=call.public_model[:200],
+        upstream_model=first.upstream_model, provider_name=first.provider_name,
+        route_id=first.route_id, stream=call.stream, prompt_tokens=prompt_tokens,
+        cost_usd=cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=0),
+        price_id=price.id if price else None, idempotency_key=call.idempotency_key)
+
+
+async def intent_keep(call: Call, snapshot: RoutingSnapshot,
+                      deployments: tuple[Deployment, ...], *, prompt_tokens: int) -> None:
+    """Write the admitted call's intent, unless its budget reservation already did: in Redis
+    (one pipelined round trip), else in the database. Never raises: a call whose intent
+    could not be written is served anyway (logged)."""
+    if call.intent_kept:
+        return
+    intent = call_intent(call, snapshot, deployments, prompt_tokens=prompt_tokens)
+    if await intent_keeper.record(request_id=call.request_id, payload=intent.encode(),
+                                  redis_client=client_pool.redis()):
+        call.intent_written()
+
+
+async def _budget_reserve(call: Call, limits: list[BudgetLimit], amount_units: int,
+                          intent: Intent) -> None:
+    """Reserve in Redis when configured and reachable, else in the database, writing the
+    call's intent with the reservation. Raises BudgetExceeded, or ServiceUnavailable when the
+    budget cannot be checked (fail closed unless GATEWAY_BUDGETS_FAIL_OPEN)."""
     try:
         budgets = client_pool.budgets()
-        if budgets is not None and await budgets.reserve(
-                request_id=call.request_id, limits=limits, amount_units=amount_units,
-                now=call.created_at, spent_units=_db_counter_units):
-            call.budget_held(shared=tuple(limits))
-            return
+        if budgets is not None:
+            payload = replace(intent, shared_limits=tuple(limits)).encode()
+            if await budgets.reserve(
+                    request_id=call.request_id, limits=limits, amount_units=amount_units,
+                    now=call.created_at, spent_units=_db_counter_units,
+                    intent=(payload, int(lease_expiry().timestamp() * 1000))):
+                call.budget_held(shared=tuple(limits))
+                intent_keeper.held(request_id=call.request_id, payload=payload, store=REDIS,
+                                   redis_client=client_pool.redis())
+                call.intent_written()
+                return
+        payload = intent.encode()
         await db.run(budget_reserve, request_id=call.request_id, limits=limits,
                      amount_units=amount_units,
                      held_elsewhere=(budgets.held_units(limits=limits, now=call.created_at)
-                                     if budgets is not None else None))
+                                     if budgets is not None else None),
+                     intent=intent_row(request_id=call.request_id, payload=payload,
+                                       expires_at=lease_expiry()))
         call.budget_held()
+        intent_keeper.held(request_id=call.request_id, payload=payload, store=DATABASE)
+        call.intent_written()
     except DatabaseError:
         if not settings.GATEWAY_BUDGETS_FAIL_OPEN:
             raise ServiceUnavailable("the budget cannot be checked: the database is "

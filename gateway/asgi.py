@@ -2,9 +2,11 @@
 
 Static files (the admin's CSS/JS) are served by Django's ASGI static handler, which only
 intercepts paths under STATIC_URL; a reverse proxy may serve `collectstatic` output instead.
-On shutdown (ASGI lifespan), the server stops accepting requests and lets in-flight ones end;
-then background drains of disconnected streams and pending ledger writes are awaited, bounded
-by SHUTDOWN_GRACE_S, so their ledger rows are written before the process exits.
+On startup (ASGI lifespan) the reaper of dead processes' request intents starts
+(usage.intents.intents_reaper). On shutdown, the server stops accepting requests and lets
+in-flight ones end; then background drains of disconnected streams and pending ledger writes
+are awaited, bounded by SHUTDOWN_GRACE_S, so their ledger rows are written before the process
+exits.
 """
 import asyncio
 import io
@@ -27,6 +29,7 @@ from gateway.asgi_guards import Guards, StalledClientLogFilter  # noqa: E402
 from gateway.clients import client_pool  # noqa: E402
 from gateway.ledger import ledger_writer  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
+from usage.intents import intents_reaper  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 30.0
@@ -129,11 +132,15 @@ async def _finish_background_work() -> None:
 async def application(scope, receive, send):
     if scope["type"] != "lifespan":
         return await http_application(scope, receive, send)
+    reaper: asyncio.Task | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            reaper = asyncio.create_task(intents_reaper())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if reaper is not None:
+                reaper.cancel()
             await _finish_background_work()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -55,6 +55,8 @@ class Call:
     # The budgets reserved in Redis (settled in Redis, spend added to the database counters).
     budget_shared: tuple[BudgetLimit, ...] = ()
     tpm_charged: int = 0
+    # The request's intent (usage.intents) is written: a crash from here on leaves a `lost` row.
+    intent_kept: bool = False
     # Kept for the request's span only while tracing is on (gateway.tracing).
     trace: TraceCapture | None = None
     active: bool = False
@@ -86,6 +88,9 @@ class Call:
             self.budget_shared = shared
         else:
             self.budget_reserved = True
+
+    def intent_written(self) -> None:
+        self.intent_kept = True
 
     # -- routing ---------------------------------------------------------------------------
     def activated(self) -> bool:

@@ -3,7 +3,9 @@
 `call_finish` runs once per call (`Call.finish_begin`), shielded from the client's
 cancellation: the in-flight slot, the TPM correction and the Redis budget settlement go back in
 one pipelined Redis round trip, overlapping the ledger commit (gateway.ledger), which also
-settles a database budget reservation and stores an Idempotency-Key's response.
+settles a database budget reservation, stores an Idempotency-Key's response and deletes a
+database intent (usage.intents). A Redis intent is removed once the row is written, in the
+background: never before, so a crash in between leaves an intent whose reaping writes nothing.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from gateway.shared_state import REDIS_UNREACHABLE, pipeline_execute
 from gateway.tracing import request_tracer
 from providers.selectors import RoutingSnapshot
 from usage.budgets import usd_to_units
+from usage.intents import intent_keeper
 from usage.models import UsageStatus
 from usage.pricing import cost_usd
 from usage.services import LedgerEntry, StoredResponse
@@ -153,6 +156,8 @@ async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool
         ledger_writer.write(entry, settle_budget=call.budget_reserved,
                             charge_limits=call.budget_shared, response=stored,
                             release_claim=release_claim))
+    if call.intent_kept:
+        intent_keeper.drop(call.request_id)
     if call.deactivated():
         ACTIVE.dec()
     request_observe(surface=call.surface, model=entry.public_model, provider=entry.provider_name,

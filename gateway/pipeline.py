@@ -33,7 +33,7 @@ from django.http import HttpRequest, HttpResponse
 
 from gateway.adapters import upstream_send
 from gateway.adapters.base import UpstreamError, UpstreamResponse
-from gateway.admission import call_admit
+from gateway.admission import call_admit, intent_keep
 from gateway.call import Call, call_begin
 from gateway.clients import client_pool
 from gateway.dialects import Dialect, dialect_for
@@ -190,12 +190,15 @@ async def call_open(call: Call, job: Job) -> UpstreamResponse | Replay:
     """Admit the call (idempotency when the job has a digest, rate limits, budget) and open
     the upstream (routing, failover). Returns the upstream response, or the stored answer of a
     repeated Idempotency-Key. Raises GatewayError: idempotency conflicts (no row), rejections
-    and routing failures (their ledger row written)."""
+    and routing failures (their ledger row written). An admitted call's intent is written
+    before the upstream is called (written with the budget reservation when there is one),
+    so a crash of this process from then on still leaves its row (usage.intents)."""
     try:
         replay = await call_admit(call, job.snapshot, job.deployments, digest=job.digest,
                                   prompt_tokens=job.prompt_tokens, max_tokens=job.max_tokens)
         if replay is not None:
             return replay
+        await intent_keep(call, job.snapshot, job.deployments, prompt_tokens=job.prompt_tokens)
         upstream = await open_upstream(call, job)
     except GatewayError:
         if call.status != UsageStatus.OK:

@@ -130,6 +130,7 @@ CELERY_BEAT_SCHEDULE = {
     "purge-idempotency": {"task": "usage.purge_idempotency", "schedule": 3600.0},
     "budget-alerts": {"task": "usage.budget_alerts", "schedule": 60.0},
     "flush-ledger-spool": {"task": "usage.flush_spool", "schedule": 10.0},
+    "reap-intents": {"task": "usage.reap_intents", "schedule": 30.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -178,6 +179,12 @@ GATEWAY_WRITE_TIMEOUT_S = env.float("GATEWAY_WRITE_TIMEOUT_S", default=60.0)
 GATEWAY_BUDGETS_FAIL_OPEN = env.bool("GATEWAY_BUDGETS_FAIL_OPEN", default=False)
 # Provider base URLs on link-local/metadata addresses are refused unless this is on.
 GATEWAY_ALLOW_LINK_LOCAL_UPSTREAMS = env.bool("GATEWAY_ALLOW_LINK_LOCAL_UPSTREAMS", default=False)
+# Crash-safe accounting (usage.intents): how often each serving process renews the intents of
+# its requests in flight and reaps those of dead processes. An intent lives three intervals
+# unrenewed, so a crashed process's requests get their `lost` rows within about four.
+GATEWAY_REAPER_INTERVAL_S = env.float("GATEWAY_REAPER_INTERVAL_S", default=20.0)
+if GATEWAY_REAPER_INTERVAL_S <= 0:
+    raise ImproperlyConfigured("GATEWAY_REAPER_INTERVAL_S must be > 0")
 # Where ledger rows wait when the database refuses them and Redis is not configured.
 GATEWAY_SPOOL_DIR = VAR_DIR / "spool"
 # Chat UI (chat.context): the context window assumed for a model (prompt + answer, estimated

@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from gateway.errors import BudgetExceeded
-from usage.models import BudgetCounter, BudgetReservation, BudgetScope
+from usage.models import BudgetCounter, BudgetReservation, BudgetScope, RequestIntent
 
 UNITS_PER_USD = Decimal(10) ** 10
 RESERVATION_TTL = timedelta(minutes=30)
@@ -70,11 +70,13 @@ def _counter(limit: BudgetLimit, now: datetime) -> BudgetCounter:
 
 def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: int,
                    now: datetime | None = None,
-                   held_elsewhere: list[int] | None = None) -> Reservation:
+                   held_elsewhere: list[int] | None = None,
+                   intent: RequestIntent | None = None) -> Reservation:
     """Reserve `amount_units` against every limit, or none of them. `held_elsewhere[i]` is what
     the caller knows to be reserved against `limits[i]` outside the database (its own
-    reservations in Redis, while Redis is unreachable): that much less room. Raises
-    BudgetExceeded (429, code budget_exceeded) naming the scope that has no room."""
+    reservations in Redis, while Redis is unreachable): that much less room. `intent` (unsaved;
+    usage.intents) is inserted in the reservation's transaction. Raises BudgetExceeded (429,
+    code budget_exceeded) naming the scope that has no room."""
     now = now or timezone.now()
     elsewhere = held_elsewhere or [0] * len(limits)
     with transaction.atomic():
@@ -98,6 +100,8 @@ def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: 
             request_id=request_id, amount_units=amount_units,
             key_counter=counters.get(BudgetScope.KEY), team_counter=counters.get(BudgetScope.TEAM),
             expires_at=now + RESERVATION_TTL)
+        if intent is not None:
+            intent.save(force_insert=True)
     return Reservation(request_id=request_id, amount_units=amount_units)
 
 

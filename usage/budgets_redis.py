@@ -53,6 +53,9 @@ PREFIX = "gw:budget:"
 RESERVATIONS = "gw:budget-res"          # hash: request id -> "amount key key ..."
 RESERVATION_EXPIRY = "gw:budget-res:exp"  # sorted set: request id by expiry (ms)
 EPOCH = "gw:budget-epoch"               # string: the id of this Redis dataset
+# The intents of admitted requests (usage.intents), written by a reservation in its round trip.
+INTENTS = "gw:intent"                   # hash: request id -> encoded intent
+INTENT_EXPIRY = "gw:intent:exp"         # sorted set: request id by lease expiry (ms)
 IDLE_TTL_S = 7 * 86400
 REAP_PER_CALL = 20
 SYNC_INTERVAL = timedelta(seconds=1)
@@ -122,11 +125,13 @@ class RedisBudgets:
         self._dirty: dict[str, tuple[BudgetLimit, datetime]] = {}
 
     async def reserve(self, *, request_id: str, limits: list[BudgetLimit], amount_units: int,
-                      now: datetime, spent_units: CounterUnits) -> bool:
+                      now: datetime, spent_units: CounterUnits,
+                      intent: tuple[str, int] | None = None) -> bool:
         """Reserve `amount_units` against every limit, or none. `spent_units(limit, now)` is an
         async callable giving the database's (spent, reserved) units of a counter (an int: spent
-        alone). Returns True when reserved, False when Redis is unreachable. Raises
-        BudgetExceeded."""
+        alone). `intent` (encoded, lease expiry ms) is the request's intent (usage.intents),
+        written with the reservation by the same script. Returns True when reserved (and the
+        intent written), False when Redis is unreachable. Raises BudgetExceeded."""
         self._units = spent_units
         now_ms = int(now.timestamp() * 1000)
         expiry_ms = now_ms + int(RESERVATION_TTL / timedelta(milliseconds=1))
@@ -140,7 +145,8 @@ class RedisBudgets:
             keys = [counter_key(limit, now) for limit in limits]
             args: list[object] = [request_id, amount_units, now_ms,
                                   int(RESERVATION_TTL / timedelta(milliseconds=1)), REAP_PER_CALL,
-                                  self._epoch, int(SYNC_INTERVAL / timedelta(milliseconds=1))]
+                                  self._epoch, int(SYNC_INTERVAL / timedelta(milliseconds=1)),
+                                  *(intent or ("", 0))]
             for limit in limits:
                 args += [usd_to_units(limit.limit_usd), _key_ttl_s(limit, now)]
             # A counter Redis has not seen, or whose database reservations are due to be read
@@ -149,7 +155,7 @@ class RedisBudgets:
             for _ in range(2 * len(limits) + 3):
                 args[5] = self._epoch
                 result = await _RESERVE(client, keys=[RESERVATIONS, RESERVATION_EXPIRY, EPOCH,
-                                                      *keys], args=args)
+                                                      INTENTS, INTENT_EXPIRY, *keys], args=args)
                 outcome = int(result[0])
                 if outcome == 1:
                     self._epoch = _text(result[1])
@@ -274,6 +280,18 @@ class RedisBudgets:
         if len(into) >= MAX_REMEMBERED:
             del into[next(iter(into))]
         into[key] = value
+
+
+def reservation_settle_if_held(client: redis.Redis, *, request_id: str,
+                               limits: list[BudgetLimit], at: datetime, cost_units: int,
+                               pipe=None) -> None:
+    """Settle a reservation from outside its request (the reaper of a crashed process's
+    requests, usage.intents), with a synchronous client: only if Redis still holds it, so a
+    second reaper, or the request's own settlement, is never counted twice. Queued on `pipe`
+    when given (a pipeline of `client`). Raises RedisError."""
+    script = client.register_script(_SETTLE.source)
+    script(keys=[RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)],
+           args=[request_id, cost_units, 1], client=pipe if pipe is not None else client)
 
 
 def _text(value: bytes | str) -> str:

@@ -8,6 +8,9 @@ class UsageStatus(models.TextChoices):
     CLIENT_DISCONNECTED = "client_disconnected"
     TIMEOUT = "timeout"
     REJECTED = "rejected"
+    # The serving process died mid-request: written by the reaper (usage.intents) from the
+    # request's intent, billed at its prompt estimate.
+    LOST = "lost"
 
 
 class UsageSource(models.TextChoices):
@@ -112,6 +115,20 @@ class BudgetReservation(models.Model):
     team_counter = models.ForeignKey(BudgetCounter, null=True, on_delete=models.CASCADE, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(db_index=True)
+
+
+class RequestIntent(models.Model):
+    """An admitted request whose ledger row is not written yet, kept in the database when Redis
+    cannot hold it (usage.intents). Deleted in the transaction that writes the row; one whose
+    owner stopped renewing `expires_at` (the process died) is turned into a `lost` row."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    # usage.intents.Intent, encoded.
+    payload = models.TextField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.request_id} until {self.expires_at:%H:%M:%S}"
 
 
 class IdempotencyStatus(models.TextChoices):

@@ -10,7 +10,7 @@ from django.db import IntegrityError, connections, router, transaction
 
 from usage.budgets import BudgetLimit, budgets_charge, budgets_settle, usd_to_units
 from usage.idempotency import idempotency_complete, idempotency_release
-from usage.models import UsageRecord
+from usage.models import RequestIntent, UsageRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +89,25 @@ def _rows_insert(entries: list[LedgerEntry]) -> None:
         cursor.executemany(sql, rows)
 
 
+def _intents_delete(request_ids: list[str]) -> None:
+    """Drop the database intents (usage.intents) of requests whose rows are being written: in
+    the rows' transaction, so a request has its intent or its row, never neither. Plain SQL,
+    one statement per batch (most requests have no intent here: Redis holds it)."""
+    alias = router.db_for_write(RequestIntent)
+    connection = connections[alias]
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {quote(RequestIntent._meta.db_table)} WHERE "
+                       f"{quote('request_id')} IN ({', '.join(['%s'] * len(request_ids))})",
+                       request_ids)
+
+
 def _writes_apply(writes: list[LedgerWrite]) -> None:
-    """The rows, budget settlements and idempotency outcomes of `writes`; call inside a
-    transaction. Raises IntegrityError when a row is already there."""
+    """The rows, budget settlements and idempotency outcomes of `writes`, and the requests'
+    database intents dropped; call inside a transaction. Raises IntegrityError when a row is
+    already there."""
     _rows_insert([w.entry for w in writes])
+    _intents_delete([w.entry.request_id for w in writes])
     charges = {w.entry.request_id: usd_to_units(w.entry.cost_usd)
                for w in writes if w.settle_budget}
     if charges:

@@ -10,6 +10,7 @@ from django.utils import timezone
 from usage.alerts import budget_alerts_send
 from usage.budgets import reservations_expire
 from usage.idempotency import idempotency_purge
+from usage.intents import intents_reap_late
 from usage.rollups import budget_counters_reconcile, usage_rollup
 from usage.spool import ledger_spool_flush
 
@@ -45,3 +46,10 @@ def budget_alerts_task() -> int:
 @shared_task(name="usage.flush_spool")
 def ledger_spool_flush_task() -> int:
     return ledger_spool_flush()
+
+
+@shared_task(name="usage.reap_intents")
+def intents_reap_task() -> int:
+    """`lost` rows for the requests of dead processes that no serving process reaped (they
+    all died, say): a backstop for the serving processes' own reapers (usage.intents)."""
+    return intents_reap_late()

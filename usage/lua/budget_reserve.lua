@@ -1,7 +1,9 @@
 -- Reserve an amount in every budget counter, or in none, after reaping expired reservations.
--- KEYS: RESERVATIONS, RESERVATION_EXPIRY, EPOCH, counter keys... ARGV: request id, amount, now
--- ms, reservation ttl ms, reservations to reap at most, the caller's epoch ('' for any), sync
--- interval ms, then per counter key: limit units, key ttl s.
+-- KEYS: RESERVATIONS, RESERVATION_EXPIRY, EPOCH, INTENTS, INTENT_EXPIRY, counter keys...
+-- ARGV: request id, amount, now ms, reservation ttl ms, reservations to reap at most, the
+-- caller's epoch ('' for any), sync interval ms, the request's intent ('' for none) and its
+-- expiry ms (usage.intents: written with the reservation, in the same round trip), then per
+-- counter key: limit units, key ttl s.
 -- Returns {1, epoch} reserved; {0, i} no room in counter i; {-1, i} counter i must be synced
 -- from the database first (not seeded, or database reservations last read a sync interval
 -- ago); {-2} Redis has no epoch (it restarted empty: set one); {-3, epoch} the epoch is not the
@@ -26,24 +28,28 @@ if not epoch then return {-2} end
 if ARGV[6] ~= '' and ARGV[6] ~= epoch then return {-3, epoch} end
 local now = tonumber(ARGV[3])
 local amount = tonumber(ARGV[2])
-for i = 4, #KEYS do
+for i = 6, #KEYS do
   local row = redis.call('HMGET', KEYS[i], 's', 'r', 'd', 't')
-  if not row[1] then return {-1, i - 3} end
+  if not row[1] then return {-1, i - 5} end
   local held_there = tonumber(row[3] or 0)
   if held_there > 0 and now - tonumber(row[4] or 0) >= tonumber(ARGV[7]) then
-    return {-1, i - 3}
+    return {-1, i - 5}
   end
-  local limit = tonumber(ARGV[8 + (i - 4) * 2])
+  local limit = tonumber(ARGV[10 + (i - 6) * 2])
   if tonumber(row[1]) + tonumber(row[2] or 0) + held_there + amount > limit then
-    return {0, i - 3}
+    return {0, i - 5}
   end
 end
 local data = ARGV[2]
-for i = 4, #KEYS do
+for i = 6, #KEYS do
   redis.call('HINCRBY', KEYS[i], 'r', amount)
-  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[9 + (i - 4) * 2]))
+  redis.call('EXPIRE', KEYS[i], tonumber(ARGV[11 + (i - 6) * 2]))
   data = data .. ' ' .. KEYS[i]
 end
 redis.call('HSET', KEYS[1], ARGV[1], data)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[8])
+  redis.call('ZADD', KEYS[5], tonumber(ARGV[9]), ARGV[1])
+end
 return {1, epoch}

@@ -1,0 +1,440 @@
+"""Crash-safe accounting: every admitted request leaves an intent before its upstream is called,
+and a reaper turns the intents of a dead process into `lost` ledger rows.
+
+Where an intent lives:
+- Redis, when configured and reachable: the hash `gw:intent` (request id -> the encoded
+  `Intent`) and the sorted set `gw:intent:exp` (request id by lease expiry). A budget reserved
+  in Redis writes it in its own script (usage/lua/budget_reserve.lua), so admission costs no
+  extra round trip; an unbudgeted request writes it with one pipelined HSET + ZADD.
+- The database otherwise (no Redis, or Redis unreachable): a `RequestIntent` row, inserted in
+  the database budget reservation's transaction when there is one, else on its own.
+- Nowhere when neither answers: the request is served, and a crash then loses its row (logged).
+
+Lease: an intent expires `lease_s()` (three reaper intervals) after it was written or last
+renewed. The process holding it renews all its intents every GATEWAY_REAPER_INTERVAL_S (one
+round trip per store), so a stream that runs for an hour keeps its intent, and a process that
+dies stops renewing. A fixed limit per request would not do: a provider's `timeout_s` (600 s by
+default) bounds the gap between chunks, not a stream's length.
+
+Removal: the transaction that writes a request's ledger row deletes its database intent
+(usage.services); a Redis intent is removed just after its row is committed or spooled, off the
+response path. A crash in between leaves an intent whose row exists: reaping it writes nothing
+(the ledger's unique request id) and settles nothing.
+
+The reaper (`intents_reap`: each serving process every interval, from the ASGI lifespan, and
+the Celery task `usage.reap_intents`) takes expired intents and for each writes the `lost` row
+(tokens = the prompt estimate, `estimated`, priced at admission for the first candidate
+deployment) with its budget settled in the same transaction (a database reservation released
+and charged that cost, or the spend of a Redis reservation added to the database counters),
+then settles the Redis reservation if Redis still holds it and deletes the intent. Every step
+is idempotent on request id: two reapers, or one that died halfway, never write a second row or
+release a reservation twice. A serving process reaps a store only once it has reached it
+continuously for a lease, so the owners that could not renew during that store's outage have
+renewed by then; the Celery task, which keeps no such memory, waits `CELERY_MARGIN_LEASES`
+leases past expiry.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError
+from django.utils import timezone
+from redis.exceptions import RedisError
+
+from gateway.database import db
+from gateway.shared_state import REDIS_UNREACHABLE, SharedState
+from usage.budgets import BudgetLimit, usd_to_units
+from usage.budgets_redis import INTENT_EXPIRY, INTENTS, reservation_settle_if_held
+from usage.models import RequestIntent, UsageSource, UsageStatus
+from usage.services import LedgerEntry, usage_record_write
+from usage.spool import ledger_spool_flush
+
+logger = logging.getLogger(__name__)
+
+REAP_BATCH = 200
+RENEW_BATCH = 500
+# The Celery reaper waits this many leases past an intent's expiry (see the module docstring).
+CELERY_MARGIN_LEASES = 3
+REDIS = "redis"
+DATABASE = "db"
+
+
+def lease_s() -> float:
+    """How long an intent lives without being renewed: three renewal intervals."""
+    return 3 * settings.GATEWAY_REAPER_INTERVAL_S
+
+
+def lease_expiry(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) + timedelta(seconds=lease_s())
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """What the `lost` row of a request needs, known once it is admitted. The deployment is the
+    first candidate (routing has not run yet); `cost_usd` is the prompt estimate priced for it
+    at the price in force when the request started. `shared_limits`: the budgets reserved in
+    Redis (their spend goes to the database counters with the row)."""
+    request_id: str
+    client_request_id: str
+    created_at: datetime
+    api_key_id: int | None
+    key_prefix: str
+    team_id: int | None
+    surface: str
+    public_model: str
+    upstream_model: str
+    provider_name: str
+    route_id: int | None
+    stream: bool
+    prompt_tokens: int
+    cost_usd: Decimal
+    price_id: int | None
+    idempotency_key: str = ""
+    shared_limits: tuple[BudgetLimit, ...] = ()
+
+    def encode(self) -> str:
+        data = {name: getattr(self, name) for name in self.__slots__}
+        data["created_at"] = self.created_at.isoformat()
+        data["cost_usd"] = str(self.cost_usd)
+        data["shared_limits"] = [[limit.scope, limit.scope_id, str(limit.limit_usd), limit.period]
+                                 for limit in self.shared_limits]
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, payload: str | bytes) -> Intent:
+        data = json.loads(payload)
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        data["cost_usd"] = Decimal(data["cost_usd"])
+        data["shared_limits"] = tuple(
+            BudgetLimit(scope=scope, scope_id=scope_id, limit_usd=Decimal(limit), period=period)
+            for scope, scope_id, limit, period in data["shared_limits"])
+        return cls(**data)
+
+    def lost_entry(self) -> LedgerEntry:
+        """The `lost` row: the prompt estimate, no output, no status the client saw (0)."""
+        return LedgerEntry(
+            request_id=self.request_id, client_request_id=self.client_request_id,
+            created_at=self.created_at, api_key_id=self.api_key_id, key_prefix=self.key_prefix,
+            team_id=self.team_id, surface=self.surface, public_model=self.public_model,
+            upstream_model=self.upstream_model, provider_name=self.provider_name,
+            route_id=self.route_id, stream=self.stream, status=UsageStatus.LOST, http_status=0,
+            error_type="process_lost", input_tokens=self.prompt_tokens, output_tokens=0,
+            cached_tokens=0, reasoning_tokens=0, usage_source=UsageSource.ESTIMATED,
+            cost_usd=self.cost_usd, price_id=self.price_id, latency_ms=0, ttft_ms=None,
+            idempotency_key=self.idempotency_key)
+
+
+def intent_row(*, request_id: str, payload: str, expires_at: datetime) -> RequestIntent:
+    """An unsaved database intent (for usage.budgets.budget_reserve to insert)."""
+    return RequestIntent(request_id=request_id, payload=payload, expires_at=expires_at)
+
+
+def intent_db_insert(*, request_id: str, payload: str, expires_at: datetime) -> None:
+    intent_row(request_id=request_id, payload=payload, expires_at=expires_at).save(force_insert=True)
+
+
+def intents_db_renew(*, request_ids: list[str], expires_at: datetime) -> int:
+    """Push the lease of these database intents to `expires_at`; returns how many exist."""
+    renewed = 0
+    for start in range(0, len(request_ids), RENEW_BATCH):
+        renewed += RequestIntent.objects.filter(
+            request_id__in=request_ids[start:start + RENEW_BATCH]).update(expires_at=expires_at)
+    return renewed
+
+
+def intent_lost_write(*, intent: Intent) -> bool:
+    """The `lost` row of `intent` with its budget settled at the estimate, its database intent
+    deleted, in one transaction. False when the request already has a row (nothing changed)."""
+    return usage_record_write(entry=intent.lost_entry(), settle_budget=True,
+                              charge_limits=intent.shared_limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """One reaper round: rows written, and whether each store answered (None: not configured)."""
+    lost: int
+    redis_ok: bool | None
+    db_ok: bool
+
+
+def intents_reap(*, redis_before: datetime | None, db_before: datetime | None,
+                 limit: int = REAP_BATCH) -> Reaped:
+    """Turn the intents that expired before `redis_before` (in Redis) and `db_before` (in the
+    database) into `lost` rows, at most `limit` from each; None only checks that the store
+    answers. Sync (the ORM and a sync Redis client); never raises for a store being down."""
+    lost = 0
+    db_ok = True
+    redis_ok: bool | None = None
+    if settings.REDIS_URL:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            if redis_before is None:
+                client.ping()
+            else:
+                lost += _reap_redis(client, before=redis_before, limit=limit)
+            redis_ok = True
+        except (RedisError, OSError) as exc:
+            redis_ok = False
+            logger.warning("intent reaper: Redis unreachable (%s)", type(exc).__name__)
+        except DatabaseError as exc:
+            redis_ok, db_ok = True, False
+            logger.warning("intent reaper: database unreachable (%s)", type(exc).__name__)
+        finally:
+            client.close()
+    if db_ok:
+        try:
+            if db_before is None:
+                RequestIntent.objects.exists()
+            else:
+                lost += _reap_db(before=db_before, limit=limit)
+        except DatabaseError as exc:
+            db_ok = False
+            logger.warning("intent reaper: database unreachable (%s)", type(exc).__name__)
+    if lost:
+        logger.warning("intent reaper: %d requests of a dead process recorded as lost", lost)
+    return Reaped(lost=lost, redis_ok=redis_ok, db_ok=db_ok)
+
+
+def _lost_write(request_id: str, intent: Intent) -> bool:
+    try:
+        return intent_lost_write(intent=intent)
+    except IntegrityError as exc:  # not a duplicate (say, a key deleted meanwhile): keep it
+        logger.error("intent reaper: the lost row of %s was refused (%s)", request_id, exc)
+        return False
+
+
+def _reap_redis(client: redis.Redis, *, before: datetime, limit: int) -> int:
+    ids = [i.decode() for i in client.zrangebyscore(INTENT_EXPIRY, "-inf", _ms(before),
+                                                    start=0, num=limit)]
+    if not ids:
+        return 0
+    lost = 0
+    for request_id, payload in zip(ids, client.hmget(INTENTS, ids)):
+        pipe = client.pipeline(transaction=False)
+        if payload is not None:
+            intent = Intent.decode(payload)
+            written = _lost_write(request_id, intent)
+            lost += written
+            if intent.shared_limits:
+                # The spend of a row written just now; nothing for one already there (its
+                # request settled, or is settling, its reservation itself).
+                reservation_settle_if_held(
+                    client, request_id=request_id, limits=list(intent.shared_limits),
+                    at=intent.created_at,
+                    cost_units=usd_to_units(intent.cost_usd) if written else 0, pipe=pipe)
+        pipe.hdel(INTENTS, request_id)
+        pipe.zrem(INTENT_EXPIRY, request_id)
+        pipe.execute()
+    return lost
+
+
+def _reap_db(*, before: datetime, limit: int) -> int:
+    rows = list(RequestIntent.objects.filter(expires_at__lt=before).order_by("expires_at")
+                .values_list("request_id", "payload")[:limit])
+    if not rows:
+        return 0
+    # A row waiting in the spool (the database was down when its request ended) must land
+    # before its intent is taken for lost.
+    ledger_spool_flush()
+    lost = 0
+    for request_id, payload in rows:
+        if _lost_write(request_id, Intent.decode(payload)):
+            lost += 1
+        else:
+            RequestIntent.objects.filter(request_id=request_id).delete()
+    return lost
+
+
+class _LoopIntents:
+    """The intents one event loop's requests hold, and its renewal and removal tasks."""
+
+    __slots__ = ("held", "redis", "shared", "removals", "remover", "renewer", "timer")
+
+    def __init__(self) -> None:
+        # request id -> (store, encoded intent)
+        self.held: dict[str, tuple[str, str]] = {}
+        self.redis: aioredis.Redis | None = None
+        self.shared: SharedState | None = None
+        self.removals: list[str] = []
+        self.remover: asyncio.Task | None = None
+        self.renewer: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class IntentKeeper:
+    """The intents of this process's requests in flight: written, renewed, removed.
+
+    `record` writes one on its own (Redis, else the database); `held` registers one that
+    admission wrote with the budget reservation. Registered intents are renewed every
+    GATEWAY_REAPER_INTERVAL_S while any is held (a timer, not a task: nothing is left pending
+    when a loop closes). `drop` forgets one whose row is written and removes it from Redis in
+    the background, after any renewal in flight. Bounded by the requests in flight."""
+
+    def __init__(self) -> None:
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopIntents] = {}
+
+    def _state(self) -> _LoopIntents:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            self._loops = {lp: s for lp, s in self._loops.items() if not lp.is_closed()}
+            state = self._loops[loop] = _LoopIntents()
+        return state
+
+    def _shared(self, state: _LoopIntents, client: aioredis.Redis) -> SharedState:
+        if state.shared is None or state.redis is not client:
+            state.redis = client
+            state.shared = SharedState(client, name="request intents",
+                                       fallback="intents are written to the database",
+                                       logger=logger)
+        return state.shared
+
+    def held(self, *, request_id: str, payload: str, store: str,
+             redis_client: aioredis.Redis | None = None) -> None:
+        """Register an intent written elsewhere (with a budget reservation) in `store`."""
+        state = self._state()
+        if redis_client is not None:
+            self._shared(state, redis_client)
+        state.held[request_id] = (store, payload)
+        self._schedule(state)
+
+    async def record(self, *, request_id: str, payload: str,
+                     redis_client: aioredis.Redis | None) -> bool:
+        """Write an intent: in Redis (one pipelined round trip) when configured and reachable,
+        else in the database. False when neither took it (logged; the request goes on)."""
+        state = self._state()
+        expires_at = lease_expiry()
+        if redis_client is not None:
+            async def shared() -> bool:
+                pipe = redis_client.pipeline(transaction=False)
+                pipe.hset(INTENTS, request_id, payload)
+                pipe.zadd(INTENT_EXPIRY, {request_id: _ms(expires_at)})
+                await pipe.execute()
+                return True
+
+            async def fallback() -> bool:
+                return False
+
+            if await self._shared(state, redis_client).run(shared, fallback):
+                state.held[request_id] = (REDIS, payload)
+                self._schedule(state)
+                return True
+        try:
+            await db.run(intent_db_insert, request_id=request_id, payload=payload,
+                         expires_at=expires_at)
+        except DatabaseError as exc:
+            logger.warning("request %s has no intent: Redis and the database refused it (%s); "
+                           "a crash now would lose its row", request_id, type(exc).__name__)
+            return False
+        state.held[request_id] = (DATABASE, payload)
+        self._schedule(state)
+        return True
+
+    def drop(self, request_id: str) -> None:
+        """The request's row is written (or spooled): stop renewing its intent, and remove it
+        from Redis soon (a database intent went with the row's transaction)."""
+        state = self._state()
+        held = state.held.pop(request_id, None)
+        if held is None or held[0] != REDIS:
+            return
+        state.removals.append(request_id)
+        if state.remover is None or state.remover.done():
+            state.remover = asyncio.get_running_loop().create_task(self._remove(state))
+
+    async def _remove(self, state: _LoopIntents) -> None:
+        while state.removals:
+            if state.renewer is not None and not state.renewer.done():
+                await asyncio.wait([state.renewer])
+            taken, state.removals = state.removals[:RENEW_BATCH], state.removals[RENEW_BATCH:]
+            try:
+                pipe = state.redis.pipeline(transaction=False)
+                pipe.hdel(INTENTS, *taken)
+                pipe.zrem(INTENT_EXPIRY, *taken)
+                await pipe.execute()
+            except REDIS_UNREACHABLE as exc:
+                # Their rows are written: a reaper finds them expired and writes nothing.
+                logger.warning("%d request intents not removed from Redis (%s)", len(taken),
+                               type(exc).__name__)
+
+    def _schedule(self, state: _LoopIntents) -> None:
+        if state.timer is None:
+            state.timer = asyncio.get_running_loop().call_later(
+                settings.GATEWAY_REAPER_INTERVAL_S, self._due, state)
+
+    def _due(self, state: _LoopIntents) -> None:
+        state.timer = None
+        if state.held and (state.renewer is None or state.renewer.done()):
+            state.renewer = asyncio.get_running_loop().create_task(self._renew(state))
+        elif state.held:
+            self._schedule(state)
+
+    async def _renew(self, state: _LoopIntents) -> None:
+        """One round trip per store for every intent held; Redis gets the intent itself again
+        too (it may have restarted empty)."""
+        expires_at = lease_expiry()
+        in_redis = [(rid, payload) for rid, (store, payload) in state.held.items() if store == REDIS]
+        in_db = [rid for rid, (store, _) in state.held.items() if store == DATABASE]
+        try:
+            if in_redis and state.redis is not None:
+                pipe = state.redis.pipeline(transaction=False)
+                for start in range(0, len(in_redis), RENEW_BATCH):
+                    chunk = dict(in_redis[start:start + RENEW_BATCH])
+                    pipe.hset(INTENTS, mapping=chunk)
+                    pipe.zadd(INTENT_EXPIRY, dict.fromkeys(chunk, _ms(expires_at)))
+                try:
+                    await pipe.execute()
+                except REDIS_UNREACHABLE as exc:
+                    logger.warning("%d request intents not renewed in Redis (%s)",
+                                   len(in_redis), type(exc).__name__)
+            if in_db:
+                try:
+                    await db.run(intents_db_renew, request_ids=in_db, expires_at=expires_at)
+                except DatabaseError as exc:
+                    logger.warning("%d request intents not renewed in the database (%s)",
+                                   len(in_db), type(exc).__name__)
+        finally:
+            if state.held:
+                self._schedule(state)
+
+
+intent_keeper = IntentKeeper()
+
+
+async def intents_reaper(*, interval_s: float | None = None) -> None:
+    """Reap expired intents every `interval_s` (GATEWAY_REAPER_INTERVAL_S) until cancelled:
+    the serving process's reaper, started by the ASGI lifespan. A store is reaped only after
+    it has answered every round for a lease."""
+    interval_s = interval_s or settings.GATEWAY_REAPER_INTERVAL_S
+    since: dict[str, float | None] = {REDIS: None, DATABASE: None}
+    while True:
+        now, clock = timezone.now(), time.monotonic()
+        ready = {store: at is not None and clock - at >= lease_s() for store, at in since.items()}
+        try:
+            reaped = await db.run(intents_reap, redis_before=now if ready[REDIS] else None,
+                                  db_before=now if ready[DATABASE] else None)
+            answered = {REDIS: reaped.redis_ok, DATABASE: reaped.db_ok}
+        except Exception as exc:  # keep reaping whatever failed this round
+            logger.error("intent reaper failed (%s)", type(exc).__name__)
+            answered = {REDIS: False, DATABASE: False}
+        for store, ok in answered.items():
+            since[store] = (since[store] or clock) if ok else None
+        await asyncio.sleep(interval_s)
+
+
+def intents_reap_late() -> int:
+    """The Celery reaper: intents expired more than CELERY_MARGIN_LEASES leases ago."""
+    before = timezone.now() - timedelta(seconds=CELERY_MARGIN_LEASES * lease_s())
+    return intents_reap(redis_before=before, db_before=before).lost
