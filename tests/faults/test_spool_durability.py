@@ -10,8 +10,9 @@ from collections import Counter
 
 import pytest
 import redis
+import yaml
 
-from tests.faults.harness import create_api_key, wait_until
+from tests.faults.harness import REPO, create_api_key, wait_until
 from tests.faults.traffic import burst, ledger_rows
 
 SPOOL_KEY = "gw:ledger:spool"
@@ -59,3 +60,14 @@ def test_spooled_rows_survive_a_redis_restart_during_a_database_outage(
         Counter(a.request_id for a in answers)
     assert {status for _, status, _ in rows} == {"ok"}
     client.close()
+
+
+def test_the_compose_stack_keeps_redis_and_the_spool_files_on_volumes():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services, volumes = compose["services"], compose["volumes"]
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] in ("everysec", "always")
+    assert "redis:/data" in services["redis"]["volumes"] and "redis" in volumes
+    for name in ("web", "worker"):
+        assert "spool:/app/var/spool" in services[name]["volumes"], name
