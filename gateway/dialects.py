@@ -4,7 +4,8 @@ A `Dialect` says everything the gateway knows about one kind of upstream: the wi
 speaks and the codec that reads and writes it (gateway/codecs), the transport that carries it
 (gateway/adapters: `http`, or the in-process `mock`), the URL of each operation it serves, how
 it authenticates, the fixed headers it needs, the request the admin's connection test sends,
-and the defaults of its codec options. The provider-kind choices (providers.models), the
+the client headers it takes on passthrough (Anthropic's `anthropic-beta`), and the defaults
+of its codec options. The provider-kind choices (providers.models), the
 admin form, the routing file's validation and the proxy all read this registry, so a new
 kind is a record here plus its adapter and codec (docs/architecture.md).
 
@@ -61,6 +62,11 @@ class Dialect:
     base_url_required: bool = True
     # Codec option defaults a provider's `translation` settings may override.
     allow_documents: bool = False
+    reasoning: bool | None = None
+    # Client headers sent on to this kind when the client speaks its wire format (passthrough):
+    # lower-case names. `beta_header` is the one a provider's `anthropic_beta` add/remove edits.
+    forward_headers: tuple[str, ...] = ()
+    beta_header: str | None = None
 
     def serves(self, operation: str) -> bool:
         return operation in self.paths
@@ -72,16 +78,35 @@ class Dialect:
         return base_url + path.replace("{model}", upstream_model)
 
     def request_headers(self, *, api_key: str, stream: bool, request_id: str,
-                        extra: tuple[tuple[str, str], ...]) -> dict[str, str]:
-        """The headers of one upstream request; the provider's extra headers come after the
-        fixed ones (so they may override a version) and before the credentials."""
+                        extra: tuple[tuple[str, str], ...],
+                        forwarded: Mapping[str, str] | None = None,
+                        beta_add: tuple[str, ...] = (),
+                        beta_remove: tuple[str, ...] = ()) -> dict[str, str]:
+        """The headers of one upstream request, later ones winning: the fixed ones, the
+        client's `forwarded` headers this kind takes (`forward_headers`), the beta header with
+        the provider's `beta_add` joined and `beta_remove` taken out, the provider's extra
+        headers (so they may pin a version or a whole beta list), the credentials."""
         headers = {"content-type": "application/json", "x-request-id": request_id,
                    "accept": "text/event-stream" if stream else "application/json",
                    **self.headers}
+        for name in self.forward_headers:
+            if forwarded and (value := forwarded.get(name)):
+                headers[name] = value
+        if self.beta_header is not None and (beta_add or beta_remove):
+            betas = [b.strip() for b in headers.get(self.beta_header, "").split(",")]
+            kept = [b for b in dict.fromkeys([*betas, *beta_add]) if b and b not in beta_remove]
+            if kept:
+                headers[self.beta_header] = ",".join(kept)
+            else:
+                headers.pop(self.beta_header, None)
         headers.update(extra)
         if api_key:
             headers.update(self.auth(api_key))
         return headers
+
+    def forwardable(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The client headers (a case-insensitive mapping, e.g. Django's) this kind takes."""
+        return {name: headers[name] for name in self.forward_headers if headers.get(name)}
 
 
 OPENAI_PATHS = MappingProxyType({"chat": "/chat/completions", "completions": "/completions",
@@ -94,7 +119,8 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
             codec=anthropic_messages,
             paths=MappingProxyType({"chat": "/messages", "count_tokens": "/messages/count_tokens"}),
             auth=_x_api_key, headers=MappingProxyType({"anthropic-version": ANTHROPIC_VERSION}),
-            probe=_messages_probe, allow_documents=True),
+            probe=_messages_probe, allow_documents=True, reasoning=True,
+            forward_headers=("anthropic-beta", "anthropic-version"), beta_header="anthropic-beta"),
     Dialect(kind=MOCK_KIND, label="Mock (offline, deterministic)", wire="openai_chat",
             codec=openai_chat, paths=OPENAI_PATHS, transport="mock", base_url_required=False),
 )})

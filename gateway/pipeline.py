@@ -21,12 +21,13 @@ relay, a client leaving in `disconnect_guard` or the relay.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from django.http import HttpRequest, HttpResponse
@@ -36,7 +37,7 @@ from gateway.adapters.base import UpstreamError, UpstreamResponse
 from gateway.admission import call_admit, intent_keep
 from gateway.call import Call, call_begin
 from gateway.clients import client_pool
-from gateway.dialects import Dialect, dialect_for
+from gateway.dialects import DIALECTS, Dialect, dialect_for
 from gateway.errors import (GatewayError, InvalidRequest, RateLimited, ServiceUnavailable,
                             UpstreamFailed, UpstreamTimeout)
 from gateway.finish import call_finish
@@ -55,6 +56,9 @@ from usage.idempotency import Replay, body_hash
 from usage.models import UsageStatus
 
 _rng = random.Random()
+logger = logging.getLogger(__name__)
+# Header values much longer than this are cut by some proxies; the log line has them all.
+DROPPED_HEADER_MAX = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,10 @@ class Job:
     # The client asked for the usage chunk of a passed-through OpenAI stream.
     include_usage: bool = False
     digest: str | None = None
+    # route id -> what its body left out of the client's request (x-gateway-dropped).
+    dropped: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    # The client's headers that an upstream of its own wire format takes (gateway.dialects).
+    forwarded: Mapping[str, str] = field(default_factory=dict)
 
 
 class Output(Protocol):
@@ -102,22 +110,45 @@ class Surface:
     output: Output
 
 
-def upstream_bodies(req: ChatRequest, deployments: tuple[Deployment, ...], *, stream: bool,
-                    native_wire: str | None = None,
-                    native_body: Callable[[Deployment], dict[str, Any]] | None = None,
-                    ) -> dict[int, dict[str, Any]]:
-    """route id -> the body for each deployment in its wire format: `native_body` for the
-    client's own wire format, the IR built by the upstream codec for the others. Raises
-    InvalidRequest when the request carries content a deployment does not accept."""
+class Bodies(NamedTuple):
+    """route id -> the body for that deployment, and what it left out of the request."""
+    bodies: dict[int, dict[str, Any]]
+    dropped: dict[int, tuple[str, ...]]
+
+
+def translated_bodies(req: ChatRequest, deployments: tuple[Deployment, ...], *, stream: bool,
+                      native_wire: str | None = None,
+                      native_body: Callable[[Deployment], dict[str, Any]] | None = None,
+                      ) -> Bodies:
+    """The body for each deployment in its wire format: `native_body` for the client's own
+    wire format (nothing dropped), the IR built by the upstream codec for the others (dropped:
+    what the client codec could not carry in the IR, `req.dropped`, and what the upstream
+    codec left out for this deployment). Raises InvalidRequest when the request carries
+    content a deployment does not accept."""
     bodies: dict[int, dict[str, Any]] = {}
+    dropped: dict[int, tuple[str, ...]] = {}
     for d in deployments:
         dialect = dialect_for(d.kind)
         if native_body is not None and dialect.wire == native_wire:
             bodies[d.route_id] = native_body(d)
-        else:
-            bodies[d.route_id] = dialect.codec.build_request(
-                req, upstream_model=d.upstream_model, stream=stream, options=d.codec_options)
-    return bodies
+            continue
+        left_out = list(req.dropped)
+        bodies[d.route_id] = dialect.codec.build_request(
+            req, upstream_model=d.upstream_model, stream=stream, options=d.codec_options,
+            dropped=left_out)
+        if left_out:
+            dropped[d.route_id] = tuple(dict.fromkeys(left_out))
+    return Bodies(bodies, dropped)
+
+
+def upstream_bodies(req: ChatRequest, deployments: tuple[Deployment, ...], *, stream: bool,
+                    native_wire: str | None = None,
+                    native_body: Callable[[Deployment], dict[str, Any]] | None = None,
+                    ) -> dict[int, dict[str, Any]]:
+    """route id -> the body for each deployment (`translated_bodies` without what was
+    dropped, for callers that show no headers: chat, tasks)."""
+    return translated_bodies(req, deployments, stream=stream, native_wire=native_wire,
+                             native_body=native_body).bodies
 
 
 def ir_prepare(parse: Callable[[dict[str, Any]], ChatRequest], *, operation: str = "chat",
@@ -130,11 +161,12 @@ def ir_prepare(parse: Callable[[dict[str, Any]], ChatRequest], *, operation: str
         req = parse(body)
         if req.max_tokens is None and key.max_tokens_default:
             req = replace(req, max_tokens=key.max_tokens_default)
-        bodies = upstream_bodies(req, deployments, stream=req.stream, native_wire=native_wire,
-                                 native_body=lambda d: {**body, "model": d.upstream_model})
+        bodies, dropped = translated_bodies(
+            req, deployments, stream=req.stream, native_wire=native_wire,
+            native_body=lambda d: {**body, "model": d.upstream_model})
         return Job(snapshot=snapshot, deployments=deployments, operation=operation,
                    bodies=bodies, prompt_tokens=request_input_tokens(req),
-                   max_tokens=req.max_tokens, stream=req.stream, req=req)
+                   max_tokens=req.max_tokens, stream=req.stream, req=req, dropped=dropped)
     return prepare
 
 
@@ -151,10 +183,37 @@ async def serve(request: HttpRequest, surface: Surface) -> HttpResponse:
         job = surface.prepare(body, call.key, snapshot, deployments)
     except GatewayError as exc:
         return surface.output.error(exc)
+    if forwarded := forwarded_headers(request, getattr(surface.output, "wire", None)):
+        job = replace(job, forwarded=forwarded)
     call.described(model=body["model"], stream=job.stream)
     if call.idempotency_key:
         job = replace(job, digest=body_hash(request.path, request.body))
     return await run(call, job, surface.output)
+
+
+def forwarded_headers(request: HttpRequest, wire: str | None) -> dict[str, str]:
+    """The client's headers that upstream kinds of its own wire format take (Anthropic's
+    `anthropic-beta`); each deployment of that format gets them with its body, passed
+    through."""
+    out: dict[str, str] = {}
+    for dialect in DIALECTS.values():
+        if wire is not None and dialect.wire == wire:
+            out.update(dialect.forwardable(request.headers))
+    return out
+
+
+def dropped_header(names: tuple[str, ...]) -> str:
+    """`x-gateway-dropped`: the names, comma-separated, cut at a name boundary to stay under
+    DROPPED_HEADER_MAX characters (ending with ", ..." when cut). Names come from the
+    client's JSON (field names, tool types): anything but printable ASCII becomes "?"."""
+    value = ""
+    for name in names:
+        name = "".join(c if " " <= c <= "~" else "?" for c in name[:200])
+        candidate = f"{value}, {name}" if value else name
+        if len(candidate) > DROPPED_HEADER_MAX - 5:
+            return f"{value}, ..." if value else "..."
+        value = candidate
+    return value
 
 
 def serving(deployments: tuple[Deployment, ...], operation: str, *,
@@ -177,6 +236,10 @@ async def run(call: Call, job: Job, output: Output) -> HttpResponse:
         if isinstance(opened, Replay):
             return replayed(opened)
         headers = {"x-gateway-provider": call.deployment.provider_name}
+        if dropped := job.dropped.get(call.deployment.route_id):
+            headers["x-gateway-dropped"] = dropped_header(dropped)
+            logger.info("request %s to %s: dropped %s", call.request_id,
+                        call.deployment.provider_name, ", ".join(dropped))
         if not call.stream:
             return await respond_json(call, job, opened, output, headers=headers)
     relay = output.relay(call, job, opened.dialect)
@@ -243,7 +306,8 @@ async def open_upstream(call: Call, job: Job) -> UpstreamResponse:
         try:
             upstream = await upstream_send(deployment, operation=job.operation,
                                            body=job.bodies[deployment.route_id],
-                                           stream=job.stream, request_id=call.request_id)
+                                           stream=job.stream, request_id=call.request_id,
+                                           forwarded=job.forwarded)
         except asyncio.CancelledError:
             await asyncio.shield(routing.release(lease))
             raise

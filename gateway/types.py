@@ -119,6 +119,12 @@ class Tool:
                                                                     "properties": {}})
     strict: bool | None = None
     cache_control: Mapping[str, Any] | None = None
+    # A Responses client's tool that upstreams see as this plain function: one of a
+    # `namespace` group (`name` is then the flattened, unique name; `original` the client's),
+    # or a `custom` (free-form) tool taking its text as the one string argument "input".
+    namespace: str | None = None
+    original: str | None = None
+    custom: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +188,9 @@ class ChatRequest:
     user: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # What the client sent that an upstream of another dialect cannot take (hosted tools, API
+    # options): left out of translated requests and named in the `x-gateway-dropped` header.
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +327,13 @@ class CodecOptions:
       "max_completion_tokens" (required by OpenAI's reasoning models).
     - replay_reasoning_content: send earlier assistant reasoning back to OpenAI-compatible
       upstreams as `reasoning_content` (Kimi/DeepSeek thinking-with-tools want it; others reject).
+    - reasoning: whether the route's model can reason. True: a thinking budget, adaptive
+      thinking or an effort is sent in the upstream's form. False: none is sent (dropped and
+      named). None (unknown): only an effort the client named in OpenAI's own vocabulary is
+      sent; Anthropic thinking and `output_config.effort` are dropped.
+    - max_output_tokens: the route's output limit; a larger `max_tokens` is sent clamped.
+    - anthropic_beta_add / anthropic_beta_remove: betas added to, or taken out of, the
+      client's `anthropic-beta` header forwarded to an Anthropic upstream.
     """
     allow_images: bool = True
     allow_documents: bool = False
@@ -326,6 +342,16 @@ class CodecOptions:
     anthropic_default_max_tokens: int = 4096
     openai_max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     replay_reasoning_content: bool = False
+    reasoning: bool | None = None
+    max_output_tokens: int | None = None
+    anthropic_beta_add: tuple[str, ...] = ()
+    anthropic_beta_remove: tuple[str, ...] = ()
+
+    def clamp_max_tokens(self, max_tokens: int | None) -> int | None:
+        """`max_tokens` within the route's output limit (None stays None)."""
+        if max_tokens is None or self.max_output_tokens is None:
+            return max_tokens
+        return min(max_tokens, self.max_output_tokens)
 
     def effort_for_budget(self, budget: int) -> str | None:
         """The reasoning effort for a thinking budget, or None when efforts are off."""

@@ -7,7 +7,7 @@ from gateway.dialects import dialect_for
 from gateway.types import CodecOptions
 
 KEYS = {"allow_images", "allow_documents", "thinking_effort_map", "max_tokens_field",
-        "replay_reasoning_content"}
+        "replay_reasoning_content", "reasoning", "max_output_tokens", "anthropic_beta"}
 EFFORTS = {"minimal", "low", "medium", "high"}
 
 
@@ -18,9 +18,14 @@ def translation_problem(value: object) -> str | None:
     unknown = set(value) - KEYS
     if unknown:
         return f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(KEYS))})"
-    for name in ("allow_images", "allow_documents", "replay_reasoning_content"):
+    for name in ("allow_images", "allow_documents", "replay_reasoning_content", "reasoning"):
         if name in value and not isinstance(value[name], bool):
             return f"{name}: must be true or false"
+    limit = value.get("max_output_tokens", 1)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        return "max_output_tokens: must be a positive integer"
+    if problem := _beta_problem(value.get("anthropic_beta", {})):
+        return f"anthropic_beta: {problem}"
     if value.get("max_tokens_field", "max_tokens") not in ("max_tokens", "max_completion_tokens"):
         return "max_tokens_field: must be max_tokens or max_completion_tokens"
     effort_map = value.get("thinking_effort_map", {})
@@ -33,16 +38,37 @@ def translation_problem(value: object) -> str | None:
     return None
 
 
+def _beta_problem(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a mapping with `add` and/or `remove`"
+    if unknown := set(value) - {"add", "remove"}:
+        return f"{sorted(unknown)[0]}: unknown (known: add, remove)"
+    for name, betas in value.items():
+        if not isinstance(betas, list) or not all(
+                isinstance(b, str) and b and "," not in b and b.strip() == b for b in betas):
+            return f"{name}: must be a list of beta names"
+    return None
+
+
 def codec_options(*, kind: str, translation: dict) -> CodecOptions:
     """The codec options for a provider: its `translation` settings over its kind's defaults
-    (gateway.dialects: documents are allowed by default where the kind takes them)."""
+    (gateway.dialects: documents are allowed by default where the kind takes them; whether its
+    models reason is unknown for OpenAI-compatible kinds, true for Anthropic)."""
     defaults = CodecOptions()
+    dialect = dialect_for(kind)
+    betas = translation.get("anthropic_beta") or {}
     effort_map = translation.get("thinking_effort_map")
     return CodecOptions(
         allow_images=translation.get("allow_images", True),
-        allow_documents=translation.get("allow_documents", dialect_for(kind).allow_documents),
+        allow_documents=translation.get("allow_documents", dialect.allow_documents),
         budget_to_effort=({int(b): e for b, e in effort_map.items()} if effort_map is not None
                           else defaults.budget_to_effort),
         openai_max_tokens_field=translation.get("max_tokens_field", "max_tokens"),
         replay_reasoning_content=translation.get("replay_reasoning_content", False),
+        # A provider given its own effort map reasons, unless it says otherwise.
+        reasoning=translation.get("reasoning",
+                                  True if effort_map is not None else dialect.reasoning),
+        max_output_tokens=translation.get("max_output_tokens"),
+        anthropic_beta_add=tuple(betas.get("add") or ()),
+        anthropic_beta_remove=tuple(betas.get("remove") or ()),
     )

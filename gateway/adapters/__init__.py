@@ -3,6 +3,7 @@ kind reached over HTTP: the URL and headers come from its gateway.dialects recor
 (answers in-process)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gateway.adapters.base import Adapter, UpstreamResponse
@@ -17,9 +18,11 @@ ADAPTERS: dict[str, Adapter] = {"http": HttpAdapter(), "mock": MockAdapter()}
 
 
 async def upstream_send(deployment: Deployment, *, operation: str, body: dict, stream: bool,
-                        request_id: str) -> UpstreamResponse:
-    """Send `body` (in the deployment's wire format) for `operation`. Raises UpstreamError."""
+                        request_id: str, forwarded: Mapping[str, str] | None = None,
+                        ) -> UpstreamResponse:
+    """Send `body` (in the deployment's wire format) for `operation`, with the client's
+    `forwarded` headers that its kind takes (gateway.dialects). Raises UpstreamError."""
     dialect = dialect_for(deployment.kind)
     return await ADAPTERS[dialect.transport].send(
         dialect=dialect, deployment=deployment, operation=operation, body=body, stream=stream,
-        request_id=request_id)
+        request_id=request_id, forwarded=forwarded)

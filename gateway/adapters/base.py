@@ -7,7 +7,7 @@ stream) reaches the pipeline as an `UpstreamError`, never as an aiohttp exceptio
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -47,4 +47,5 @@ class UpstreamResponse(Protocol):
 
 class Adapter(Protocol):
     async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str,
-                   body: dict, stream: bool, request_id: str) -> UpstreamResponse: ...
+                   body: dict, stream: bool, request_id: str,
+                   forwarded: Mapping[str, str] | None = None) -> UpstreamResponse: ...

@@ -4,12 +4,14 @@ The URL and headers come from the kind's gateway.dialects record; this module po
 with the shared client pool and classifies what comes back. Connect errors, timeouts before
 the first byte, 408, 429 and 5xx (Anthropic's 529 "overloaded" included) are retryable; the
 error bodies of OpenAI (`{"error": {"message"}}`) and Anthropic (`{"type": "error", "error":
-{"message"}}`) are read by the same classifier. Reading the answer (`json`, `events`) raises
-only UpstreamError: aiohttp's exceptions and the SSE parser's stop here."""
+{"message"}}`) are read by the same classifier. A JSON body answering a streamed request is
+read as the events its wire format would have streamed (gateway.codecs.replay). Reading the
+answer (`json`, `events`) raises only UpstreamError: aiohttp's exceptions and the SSE
+parser's stop here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -17,6 +19,8 @@ import orjson
 
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool, timeout_for, upstream_proxy
+from gateway.codecs.replay import whole_body_events
+from gateway.errors import GatewayError
 from gateway.logs import mask_secrets
 from gateway.streaming import SSEError, sse_events
 
@@ -51,6 +55,17 @@ class HttpUpstreamResponse:
         return data
 
     async def events(self) -> AsyncIterator[tuple[str | None, str]]:
+        if self._response.content_type == "application/json":
+            # Some compatible servers answer `stream: true` with the whole body; it is relayed
+            # as the stream the upstream would have sent.
+            data = await self.json()
+            try:
+                items = whole_body_events(self.dialect.codec, data)
+            except GatewayError as exc:
+                raise UpstreamError(exc.message, error_class="bad_response") from None
+            for item in items:
+                yield item
+            return
         try:
             async for item in sse_events(self._response.content.iter_any()):
                 yield item
@@ -144,10 +159,15 @@ async def post(*, deployment: Deployment, url: str, headers: dict[str, str], bod
 
 class HttpAdapter:
     async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str, body: dict,
-                   stream: bool, request_id: str) -> HttpUpstreamResponse:
+                   stream: bool, request_id: str,
+                   forwarded: Mapping[str, str] | None = None) -> HttpUpstreamResponse:
         url = dialect.url(deployment.base_url, operation, upstream_model=deployment.upstream_model,
                           stream=stream)
+        options = deployment.codec_options
         headers = dialect.request_headers(api_key=deployment.api_key, stream=stream,
-                                          request_id=request_id, extra=deployment.extra_headers)
+                                          request_id=request_id, extra=deployment.extra_headers,
+                                          forwarded=forwarded,
+                                          beta_add=options.anthropic_beta_add,
+                                          beta_remove=options.anthropic_beta_remove)
         return await post(deployment=deployment, url=url, headers=headers, body=body,
                           dialect=dialect)

@@ -156,7 +156,7 @@ class MockEmbeddingResponse(MockResponse):
 
 class MockAdapter:
     async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str, body: dict,
-                   stream: bool, request_id: str) -> MockResponse:
+                   stream: bool, request_id: str, forwarded=None) -> MockResponse:
         response = {"completions": MockCompletionResponse,
                     "embeddings": MockEmbeddingResponse}.get(operation, MockResponse)
         return response(body, deployment.upstream_model, dialect)

@@ -43,33 +43,54 @@ _TOOL_ID_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
 
 
 def parse_request(body: dict[str, Any], *, require_max_tokens: bool = True) -> ChatRequest:
-    """A Messages request body -> ChatRequest; InvalidRequest names the bad field.
-    `require_max_tokens=False` parses a count_tokens body, which has none."""
+    """A Messages request body -> ChatRequest; InvalidRequest names the bad field in
+    Anthropic's words. `require_max_tokens=False` parses a count_tokens body, which has none.
+
+    Every documented shape is accepted. What the IR cannot carry to another dialect is named
+    in `ChatRequest.dropped`: top-level fields it does not model (kept in `extra` for an
+    Anthropic upstream: `context_management`, `container`, `mcp_servers`, `top_k` …), tools
+    Anthropic defines or runs itself (`tools[3] (web_search_20250305)`), content blocks of
+    server tools, file-id sources, and citations. A `search_result` block becomes text."""
     f.as_object(body, "body")
+    dropped: list[str] = []
     model = f.req_str(body, "model")
     max_tokens = f.opt_int(body, "max_tokens", required=require_max_tokens)
     raw_messages = f.opt_list(body, "messages", required=True) or []
     if not raw_messages:
         raise InvalidRequest("'messages' must contain at least one message", param="messages")
-    messages = tuple(_message(m, f.join("messages", i)) for i, m in enumerate(raw_messages))
+    messages = tuple(_message(m, f.join("messages", i), dropped)
+                     for i, m in enumerate(raw_messages))
+    tools = _tools(body, dropped)
     tool_choice, parallel = _tool_choice(f.opt_object(body, "tool_choice"))
+    if tool_choice is not None and tool_choice.name is not None \
+            and all(t.name != tool_choice.name for t in tools):
+        dropped.append("tool_choice")  # it names a tool left out above
+        tool_choice = ToolChoice("auto")
     metadata = f.opt_object(body, "metadata") or {}
     extra = {k: v for k, v in body.items() if k not in _KNOWN}
     response_format = None
+    effort = None
     output_config = f.opt_object(body, "output_config")
-    if output_config is not None and output_config.get("format") is not None:
-        response_format = _response_format(f.as_object(output_config["format"],
-                                                       "output_config.format"))
+    if output_config is not None:
+        if output_config.get("format") is not None:
+            response_format = _response_format(f.as_object(output_config["format"],
+                                                           "output_config.format"))
+        effort = f.opt_str(output_config, "effort", "output_config")
         rest = {k: v for k, v in output_config.items() if k != "format"}
         extra = {k: v for k, v in extra.items() if k != "output_config"}
         if rest:
             extra["output_config"] = rest
+    for key, value in extra.items():
+        if key == "output_config":
+            dropped.extend(f"output_config.{k}" for k in value if k != "effort")
+        elif value is not None:
+            dropped.append(key)
     return ChatRequest(
         model=model,
         messages=messages,
         surface="anthropic_messages",
         system=_system(body.get("system")),
-        tools=_tools(body),
+        tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         max_tokens=max_tokens,
@@ -77,10 +98,11 @@ def parse_request(body: dict[str, Any], *, require_max_tokens: bool = True) -> C
         top_p=f.opt_number(body, "top_p", minimum=0, maximum=1),
         stop=f.str_or_list(body, "stop_sequences"),
         stream=bool(f.opt_bool(body, "stream")),
-        reasoning=_thinking(f.opt_object(body, "thinking")),
+        reasoning=_thinking(f.opt_object(body, "thinking"), effort),
         response_format=response_format,
         user=f.opt_str(metadata, "user_id", "metadata"),
         extra=extra,
+        dropped=tuple(dict.fromkeys(dropped)),
     )
 
 
@@ -93,49 +115,78 @@ def _system(value: Any) -> tuple[TextPart, ...]:
     for i, item in enumerate(f.as_list(value, "system")):
         block = f.as_object(item, f.join("system", i))
         if block.get("type") != "text":
-            raise InvalidRequest("system blocks must be text", param=f.join("system", i) + ".type")
+            raise InvalidRequest(f"system.{i}.type: Input should be 'text'",
+                                 param=f.join("system", i) + ".type")
         parts.append(TextPart(f.req_str(block, "text", f.join("system", i)),
                               block.get("cache_control")))
     return tuple(parts)
 
 
-def _message(item: Any, p: str) -> Message:
+def _message(item: Any, p: str, dropped: list[str]) -> Message:
+    """One turn. A "system" turn (Claude Code's mid-conversation-system beta) is an
+    instruction at its place in the conversation."""
     m = f.as_object(item, p)
     role = f.req_str(m, "role", p)
-    if role not in ("user", "assistant"):
-        raise InvalidRequest("'role' must be user or assistant", param=f.join(p, "role"))
+    if role not in ("user", "assistant", "system"):
+        # Anthropic's own wording (Claude Code recognises it).
+        raise InvalidRequest(f"{_dotted(p)}.role: Input should be 'user' or 'assistant'",
+                             param=f.join(p, "role"))
     content = m.get("content")
     if isinstance(content, str):
         return Message(role, (TextPart(content),))
     pc = f.join(p, "content")
-    return Message(role, tuple(_block(b, f.join(pc, i))
-                               for i, b in enumerate(f.as_list(content, pc))))
+    parts = (_block(b, f.join(pc, i), dropped) for i, b in enumerate(f.as_list(content, pc)))
+    return Message(role, tuple(part for part in parts if part is not None))
 
 
-def _block(item: Any, p: str) -> ContentPart:
+def _dotted(param: str) -> str:
+    """A param path as Anthropic writes it: "messages[2].role" -> "messages.2.role"."""
+    return re.sub(r"\[(\d+)\]", r".\1", param)
+
+
+def _block(item: Any, p: str, dropped: list[str]) -> ContentPart | None:
+    """The IR part of one content block; None (and its kind named in `dropped`) for blocks
+    the IR does not carry: server-tool calls and results, MCP blocks, container uploads."""
     block = f.as_object(item, p)
     kind = block.get("type")
     cache = block.get("cache_control")
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"{_dotted(p)}.type: Field required", param=f.join(p, "type"))
+    citations = block.get("citations")
+    if citations and not (isinstance(citations, dict) and not citations.get("enabled")):
+        dropped.append("citations")
     if kind == "text":
         return TextPart(f.req_str(block, "text", p), cache)
     if kind == "image":
-        return _image(block, p)
+        return _image(block, p, dropped)
     if kind == "document":
-        return _document(block, p)
+        return _document(block, p, dropped)
+    if kind == "search_result":
+        return _search_result(block, p)
     if kind == "tool_use":
         return ToolCallPart(id=f.req_str(block, "id", p), name=f.req_str(block, "name", p),
                             arguments=tool_arguments(f.opt_object(block, "input", p)),
                             cache_control=cache)
     if kind == "tool_result":
-        return _tool_result(block, p)
+        return _tool_result(block, p, dropped)
     if kind == "thinking":
         return ThinkingPart(f.req_str(block, "thinking", p), f.opt_str(block, "signature", p))
     if kind == "redacted_thinking":
         return RedactedThinkingPart(f.req_str(block, "data", p))
-    raise f.unsupported(f.join(p, "type"), f"content block type '{kind}'")
+    dropped.append(f"{kind} blocks")
+    return None
 
 
-def _image(block: dict[str, Any], p: str) -> ImagePart:
+def _search_result(block: dict[str, Any], p: str) -> TextPart:
+    """A search result as text: its title and source, then its text blocks."""
+    texts = [f.req_str(f.as_object(c, f.join(f.join(p, "content"), i)), "text",
+                       f.join(f.join(p, "content"), i))
+             for i, c in enumerate(f.opt_list(block, "content", p) or [])]
+    head = [t for t in (f.opt_str(block, "title", p), f.opt_str(block, "source", p)) if t]
+    return TextPart("\n".join(head) + "\n\n" + "\n\n".join(texts), block.get("cache_control"))
+
+
+def _image(block: dict[str, Any], p: str, dropped: list[str]) -> ImagePart | None:
     ps = f.join(p, "source")
     source = f.as_object(block.get("source"), ps)
     kind = source.get("type")
@@ -145,10 +196,11 @@ def _image(block: dict[str, Any], p: str) -> ImagePart:
                          cache_control=block.get("cache_control"))
     if kind == "url":
         return ImagePart(url=f.req_str(source, "url", ps), cache_control=block.get("cache_control"))
-    raise f.unsupported(f.join(ps, "type"), f"image source type '{kind}'")
+    dropped.append(f"image blocks ({kind} source)")  # a Files API id: only Anthropic has it
+    return None
 
 
-def _document(block: dict[str, Any], p: str) -> DocumentPart:
+def _document(block: dict[str, Any], p: str, dropped: list[str]) -> DocumentPart | None:
     ps = f.join(p, "source")
     source = f.as_object(block.get("source"), ps)
     kind = source.get("type")
@@ -161,10 +213,17 @@ def _document(block: dict[str, Any], p: str) -> DocumentPart:
                             text=f.req_str(source, "data", ps), **common)
     if kind == "url":
         return DocumentPart(url=f.req_str(source, "url", ps), **common)
-    raise f.unsupported(f.join(ps, "type"), f"document source type '{kind}'")
+    if kind == "content":  # the document's own text and image blocks; its text is kept
+        content = source.get("content")
+        text = content if isinstance(content, str) else "\n\n".join(
+            c.get("text") or "" for c in f.as_list(content, f.join(ps, "content"))
+            if isinstance(c, dict) and c.get("type") == "text")
+        return DocumentPart(media_type="text/plain", text=text, **common)
+    dropped.append(f"document blocks ({kind} source)")
+    return None
 
 
-def _tool_result(block: dict[str, Any], p: str) -> ToolResultPart:
+def _tool_result(block: dict[str, Any], p: str, dropped: list[str]) -> ToolResultPart:
     content = block.get("content")
     parts: list[TextPart | ImagePart] = []
     if isinstance(content, str):
@@ -172,26 +231,29 @@ def _tool_result(block: dict[str, Any], p: str) -> ToolResultPart:
     elif content is not None:
         pc = f.join(p, "content")
         for i, item in enumerate(f.as_list(content, pc)):
-            inner = f.as_object(item, f.join(pc, i))
-            if inner.get("type") == "text":
-                parts.append(TextPart(f.req_str(inner, "text", f.join(pc, i))))
-            elif inner.get("type") == "image":
-                parts.append(_image(inner, f.join(pc, i)))
-            else:
-                raise f.unsupported(f.join(f.join(pc, i), "type"),
-                                    f"tool result content type '{inner.get('type')}'")
+            part = _block(item, f.join(pc, i), dropped)
+            if isinstance(part, DocumentPart) and part.text is not None:
+                part = TextPart(part.text)
+            if isinstance(part, (TextPart, ImagePart)):
+                parts.append(part)
+            elif part is not None:
+                dropped.append(f"tool_result content ({f.as_object(item, pc).get('type')})")
     return ToolResultPart(tool_call_id=f.req_str(block, "tool_use_id", p), content=tuple(parts),
                           is_error=bool(f.opt_bool(block, "is_error", p)),
                           cache_control=block.get("cache_control"))
 
 
-def _tools(body: dict[str, Any]) -> tuple[Tool, ...]:
+def _tools(body: dict[str, Any], dropped: list[str]) -> tuple[Tool, ...]:
+    """The client's own tools. Tools Anthropic defines (bash, text_editor, computer, memory)
+    or runs (web_search, web_fetch, code_execution, MCP toolsets) have no form elsewhere:
+    left out, each named with its type."""
     tools = []
     for i, item in enumerate(f.opt_list(body, "tools") or []):
         p = f.join("tools", i)
         tool = f.as_object(item, p)
-        if tool.get("type", "custom") != "custom":
-            raise f.unsupported(f.join(p, "type"), f"Anthropic-defined tool '{tool.get('type')}'")
+        if tool.get("type", "custom") not in ("custom", None):
+            dropped.append(f"tools[{i}] ({tool.get('type')})")
+            continue
         tools.append(Tool(name=f.req_str(tool, "name", p),
                           description=f.opt_str(tool, "description", p),
                           parameters=f.opt_object(tool, "input_schema", p)
@@ -213,19 +275,17 @@ def _tool_choice(choice: dict[str, Any] | None) -> tuple[ToolChoice | None, bool
     return ToolChoice(mode, name), None if disable is None else not disable
 
 
-def _thinking(thinking: dict[str, Any] | None) -> Reasoning | None:
-    if thinking is None:
+def _thinking(thinking: dict[str, Any] | None, effort: str | None) -> Reasoning | None:
+    """Thinking (a budget, or adaptive) and `output_config.effort`, in one Reasoning."""
+    kind = None if thinking is None else thinking.get("type")
+    if kind not in (None, "enabled", "adaptive", "disabled"):
+        raise InvalidRequest("thinking.type: Input should be 'enabled', 'adaptive' or "
+                             "'disabled'", param="thinking.type")
+    budget = f.opt_int(thinking, "budget_tokens", "thinking", minimum=1, required=True) \
+        if kind == "enabled" else None
+    if budget is None and kind != "adaptive" and effort is None:
         return None
-    kind = thinking.get("type")
-    if kind == "enabled":
-        return Reasoning(budget_tokens=f.opt_int(thinking, "budget_tokens", "thinking",
-                                                 minimum=1, required=True))
-    if kind == "adaptive":
-        return Reasoning(adaptive=True)
-    if kind == "disabled":
-        return None
-    raise InvalidRequest("'thinking.type' must be enabled, adaptive or disabled",
-                         param="thinking.type")
+    return Reasoning(effort=effort, budget_tokens=budget, adaptive=kind == "adaptive")
 
 
 def _response_format(fmt: dict[str, Any]) -> ResponseFormat:
@@ -236,9 +296,12 @@ def _response_format(fmt: dict[str, Any]) -> ResponseFormat:
 
 
 def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
-                  options: CodecOptions) -> dict[str, Any]:
+                  options: CodecOptions, dropped: list[str] | None = None) -> dict[str, Any]:
     """The Messages body for an Anthropic upstream; raises InvalidRequest for content the
-    deployment does not accept (see CodecOptions)."""
+    deployment does not accept (see CodecOptions). What it leaves out of the request is
+    appended to `dropped`: reasoning where the route does not reason or the budget cannot be
+    met, and JSON mode (no Anthropic form)."""
+    dropped = [] if dropped is None else dropped
     check_media_allowed(req, options)
     system = list(req.system)
     turns: list[tuple[str, list[dict[str, Any]]]] = []
@@ -256,8 +319,8 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
             turns.append((message.role, blocks))
     messages = [{"role": role, "content": _results_first(blocks) if role == "user" else blocks}
                 for role, blocks in turns]
-    max_tokens = req.max_tokens if req.max_tokens is not None \
-        else options.anthropic_default_max_tokens
+    max_tokens = options.clamp_max_tokens(req.max_tokens if req.max_tokens is not None
+                                          else options.anthropic_default_max_tokens)
     body: dict[str, Any] = {"model": upstream_model, "max_tokens": max_tokens,
                             "messages": messages}
     if system := [p for p in system if p.text]:  # empty text blocks are rejected
@@ -276,6 +339,10 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
             body["tool_choice"] = choice
     if thinking := _wire_thinking(req, max_tokens, messages, options):
         body["thinking"] = thinking
+    elif req.reasoning is not None and req.surface != "anthropic_messages" \
+            and req.reasoning.effort != "none":
+        dropped.append("reasoning.effort" if req.surface == "openai_responses"
+                       else "reasoning_effort")
     if req.user:
         body["metadata"] = {"user_id": req.user}
     output_config = dict(req.extra.get("output_config") or {}) \
@@ -283,6 +350,8 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
     rf = req.response_format
     if rf is not None and rf.type == "json_schema":
         output_config["format"] = {"type": "json_schema", "schema": dict(rf.schema or {})}
+    elif rf is not None and rf.type == "json_object":
+        dropped.append("text.format" if req.surface == "openai_responses" else "response_format")
     if output_config:
         body["output_config"] = output_config
     if req.surface == "anthropic_messages":
@@ -384,13 +453,13 @@ def _wire_tool_choice(req: ChatRequest) -> dict[str, Any] | None:
 def _wire_thinking(req: ChatRequest, max_tokens: int, messages: list[dict[str, Any]],
                    options: CodecOptions) -> dict[str, Any] | None:
     r = req.reasoning
-    if r is None:
+    if r is None or options.reasoning is False:
         return None
     if r.budget_tokens is not None:
         thinking: dict[str, Any] = {"type": "enabled", "budget_tokens": r.budget_tokens}
     elif r.adaptive:
         thinking = {"type": "adaptive"}
-    elif r.effort and r.effort != "none":
+    elif r.effort and r.effort != "none" and req.surface != "anthropic_messages":
         budget = options.budget_for_effort(r.effort)
         # Anthropic wants budget_tokens < max_tokens, and at least 1024.
         budget = None if budget is None else min(budget, max_tokens - 1)

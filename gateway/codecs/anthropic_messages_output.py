@@ -163,10 +163,15 @@ class StreamEncoder:
     """IR stream events -> Anthropic SSE events. Blocks are numbered 0, 1, ... in start order and
     a block is stopped before the next one starts. `message_delta` (stop reason and final usage)
     waits for `finish()`, because an OpenAI upstream reports usage after its finish_reason.
-    Usage is always reported; `include_usage` is accepted only for a uniform constructor."""
+    Usage is always reported; `include_usage` is accepted only for a uniform constructor.
+    `message_start` announces the upstream's prompt count, else `prompt_tokens` (the gateway's
+    estimate: an OpenAI upstream reports usage only at the end, and clients show context use
+    from this number)."""
 
-    def __init__(self, *, model: str, request_id: str, include_usage: bool = True) -> None:
+    def __init__(self, *, model: str, request_id: str, include_usage: bool = True,
+                 prompt_tokens: int = 0) -> None:
         self._id = prefixed("msg_", request_id)
+        self._prompt_tokens = prompt_tokens
         self._model = model
         self._started = False
         self._blocks: dict[int, int] = {}  # IR block index -> wire index
@@ -180,10 +185,12 @@ class StreamEncoder:
         if self._started:
             return []
         self._started = True
+        usage = self._usage if self._usage.input_tokens \
+            else Usage(input_tokens=self._prompt_tokens)
         return [("message_start", {"type": "message_start", "message": {
             "id": self._id, "type": "message", "role": "assistant", "content": [],
             "model": self._model, "stop_reason": None, "stop_sequence": None,
-            "usage": usage_to_anthropic(self._usage)}})]
+            "usage": usage_to_anthropic(usage)}})]
 
     def _close_open(self) -> list[SSEEvent]:
         if self._open is None:

@@ -51,7 +51,9 @@ def check_media_allowed(req: ChatRequest, options: CodecOptions) -> None:
             if isinstance(part, ImagePart) and not options.allow_images:
                 raise InvalidRequest("this model does not accept images",
                                      param=f"messages[{i}].content")
-            if isinstance(part, DocumentPart) and not options.allow_documents:
+            # A plain-text document is sent as text, which every model takes.
+            if isinstance(part, DocumentPart) and part.text is None \
+                    and not options.allow_documents:
                 raise InvalidRequest("this model does not accept documents (files such as PDFs); "
                                      "send their text instead", param=f"messages[{i}].content")
 

@@ -74,7 +74,8 @@ def parse_request(body: dict[str, Any]) -> ChatRequest:
         response_format=_response_format(f.opt_object(body, "response_format")),
         user=f.opt_str(body, "user"),
         metadata=f.str_map(body, "metadata"),
-        extra={k: v for k, v in body.items() if k not in _KNOWN},
+        extra=(extra := {k: v for k, v in body.items() if k not in _KNOWN}),
+        dropped=tuple(k for k, v in extra.items() if v is not None),
     )
 
 
@@ -260,9 +261,12 @@ def _response_format(value: dict[str, Any] | None) -> ResponseFormat | None:
 
 
 def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
-                  options: CodecOptions) -> dict[str, Any]:
+                  options: CodecOptions, dropped: list[str] | None = None) -> dict[str, Any]:
     """The Chat Completions body for an OpenAI-compatible upstream; raises InvalidRequest for
-    content the deployment does not accept (see CodecOptions)."""
+    content the deployment does not accept (see CodecOptions). What it leaves out of the
+    request is appended to `dropped`: reasoning the route cannot take (`_effort`) and
+    Anthropic's `cache_control` breakpoints (OpenAI caches prefixes by itself)."""
+    dropped = [] if dropped is None else dropped
     check_media_allowed(req, options)
     messages: list[dict[str, Any]] = []
     if req.system:
@@ -276,15 +280,17 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
             body["tool_choice"] = tool_choice_to_openai(req.tool_choice, nested=True)
         if req.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = req.parallel_tool_calls
-    if req.max_tokens is not None:
-        body[options.openai_max_tokens_field] = req.max_tokens
+    if (max_tokens := options.clamp_max_tokens(req.max_tokens)) is not None:
+        body[options.openai_max_tokens_field] = max_tokens
     for key in ("temperature", "top_p", "user"):
         if getattr(req, key) is not None:
             body[key] = getattr(req, key)
     if req.stop:
         body["stop"] = list(req.stop)
-    if effort := _effort(req, options):
+    if effort := _effort(req, options, dropped):
         body["reasoning_effort"] = effort
+    if _has_cache_control(req):
+        dropped.append("cache_control")
     if req.response_format is not None and req.response_format.type != "text":
         body["response_format"] = _wire_response_format(req.response_format)
     if req.metadata:
@@ -301,14 +307,48 @@ def _joined(parts: tuple[TextPart, ...]) -> str:
     return "\n\n".join(p.text for p in parts)
 
 
-def _effort(req: ChatRequest, options: CodecOptions) -> str | None:
-    if req.reasoning is None:
+# Anthropic's `output_config.effort` in OpenAI's vocabulary ("max" has no equivalent).
+_EFFORT_TO_OPENAI = {"max": "high"}
+
+
+def _effort(req: ChatRequest, options: CodecOptions, dropped: list[str]) -> str | None:
+    """`reasoning_effort` for the request, where the route can reason (CodecOptions.reasoning:
+    True maps budgets, adaptive thinking and efforts; None passes only an effort the client
+    named in OpenAI's vocabulary; False sends none). Anything not sent is named in
+    `dropped`."""
+    r = req.reasoning
+    if r is None:
         return None
-    if req.reasoning.effort:
-        return req.reasoning.effort
-    if req.reasoning.budget_tokens:
-        return options.effort_for_budget(req.reasoning.budget_tokens)
-    return None  # adaptive: leave it to the upstream model's default
+    anthropic = req.surface == "anthropic_messages"
+    own_effort = r.effort if r.effort and not anthropic else None
+    effort = None
+    if options.reasoning is True:
+        if r.effort:
+            effort = _EFFORT_TO_OPENAI.get(r.effort, r.effort)
+        elif r.budget_tokens:
+            effort = options.effort_for_budget(r.budget_tokens)
+        if effort is not None or (r.adaptive and not r.budget_tokens):
+            return effort  # adaptive alone: the upstream model's default effort
+    elif options.reasoning is None and own_effort:
+        return own_effort
+    if own_effort == "none":
+        return None
+    if anthropic:
+        if r.budget_tokens or r.adaptive:
+            dropped.append("thinking")
+        if r.effort:
+            dropped.append("output_config.effort")
+    elif r.effort:
+        dropped.append("reasoning.effort" if req.surface == "openai_responses"
+                       else "reasoning_effort")
+    return None
+
+
+def _has_cache_control(req: ChatRequest) -> bool:
+    parts = [*req.system, *req.tools, *(p for m in req.messages for p in m.content)]
+    return any(getattr(p, "cache_control", None) for p in parts) or any(
+        c.cache_control for m in req.messages for p in m.content
+        if isinstance(p, ToolResultPart) for c in p.content)
 
 
 def _wire_messages(message: Message, options: CodecOptions) -> list[dict[str, Any]]:

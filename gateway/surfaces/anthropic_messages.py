@@ -1,11 +1,14 @@
 """POST /v1/messages and /v1/messages/count_tokens — Anthropic Messages, JSON or SSE.
 
 Every upstream kind serves it. Anthropic upstreams get the client's body with only `model`
-swapped for the upstream's, and their answer is relayed as it comes (each event parsed once,
-for usage and to show the public model name); other kinds are reached through the IR
-(gateway.pipeline.ir_prepare). The request is always parsed into the IR first, so an invalid
-body is a 400 naming its field whatever the upstream. Errors use Anthropic's shape, `{"type":
-"error", "error": {"type", "message"}}`, mid-stream too (an `error` event).
+swapped for the upstream's, and its `anthropic-beta` and `anthropic-version` headers (edited
+by the provider's `anthropic_beta` setting); their answer is relayed as it comes (each event
+parsed once, for usage and to show the public model name). Other kinds are reached through the
+IR (gateway.pipeline.ir_prepare), what they cannot take named in `x-gateway-dropped`. The
+request is always parsed into the IR first, so an invalid body is a 400 naming its field, in
+Anthropic's words, whatever the upstream; what the client merely offers never is. Errors use
+Anthropic's shape, `{"type": "error", "error": {"type", "message"}}`, mid-stream too (an
+`error` event).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from gateway.codecs import anthropic_messages as codec
 from gateway.dialects import dialect_for
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.intake import authenticate, read_json, resolve
-from gateway.pipeline import Surface, ir_prepare, serve
+from gateway.pipeline import Surface, forwarded_headers, ir_prepare, serve
 from gateway.responses import anthropic_error, json_response
 from gateway.surfaces.output import ApiOutput
 from gateway.tokens import request_input_tokens
@@ -34,8 +37,8 @@ OUTPUT = ApiOutput(
     error=anthropic_error, wire=WIRE,
     format_response=lambda resp, job, model, request_id: codec.format_response(
         resp, model=model, request_id=request_id),
-    encoder=lambda job, model, request_id: codec.StreamEncoder(model=model,
-                                                               request_id=request_id),
+    encoder=lambda job, model, request_id: codec.StreamEncoder(
+        model=model, request_id=request_id, prompt_tokens=job.prompt_tokens),
     passthrough=lambda job, model: codec.Passthrough(model=model),
 )
 SURFACE = Surface(name="anthropic.messages", operation="chat",
@@ -66,7 +69,8 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     for deployment in sorted(deployments, key=lambda d: d.priority):
         if not dialect_for(deployment.kind).serves("count_tokens"):
             continue
-        count = await _upstream_count(deployment, body, request_id=request.request_id)
+        count = await _upstream_count(deployment, body, request_id=request.request_id,
+                                      forwarded=forwarded_headers(request, WIRE))
         if isinstance(count, GatewayError):
             return anthropic_error(count)
         if count is not None:
@@ -75,14 +79,15 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     return json_response({"input_tokens": request_input_tokens(req)})
 
 
-async def _upstream_count(deployment: Deployment, body: dict[str, Any], *,
-                          request_id: str) -> int | GatewayError | None:
+async def _upstream_count(deployment: Deployment, body: dict[str, Any], *, request_id: str,
+                          forwarded: dict[str, str]) -> int | GatewayError | None:
     """The upstream's count; a GatewayError to relay; None when this upstream cannot say."""
     upstream = None
     try:
         upstream = await upstream_send(deployment, operation="count_tokens",
                                        body={**body, "model": deployment.upstream_model},
-                                       stream=False, request_id=request_id)
+                                       stream=False, request_id=request_id,
+                                       forwarded=forwarded)
         data = await upstream.json()
     except UpstreamError as exc:
         if exc.status is not None and 400 <= exc.status < 500 \

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_POST
 from gateway.codecs import openai_chat as codec
 from gateway.dialects import dialect_for
 from gateway.errors import InvalidRequest
-from gateway.pipeline import Job, Surface, serve, upstream_bodies
+from gateway.pipeline import Job, Surface, serve, translated_bodies
 from gateway.responses import openai_error
 from gateway.surfaces.output import ApiOutput
 from gateway.tokens import chat_input_tokens
@@ -78,15 +78,17 @@ def prepare(body: dict[str, Any], key: KeyInfo, snapshot: RoutingSnapshot,
     # The IR only when a deployment needs it: parsing costs more than passing through.
     foreign = any(dialect_for(d.kind).wire != WIRE for d in deployments)
     req = codec.parse_request(body) if foreign else None
+    dropped: dict[int, tuple[str, ...]] = {}
     if req is not None:
-        bodies = upstream_bodies(req, deployments, stream=stream, native_wire=WIRE,
-                                 native_body=lambda d: passthrough_body(body, d, stream=stream))
+        bodies, dropped = translated_bodies(
+            req, deployments, stream=stream, native_wire=WIRE,
+            native_body=lambda d: passthrough_body(body, d, stream=stream))
     else:
         bodies = {d.route_id: passthrough_body(body, d, stream=stream) for d in deployments}
     return Job(snapshot=snapshot, deployments=deployments, operation="chat", bodies=bodies,
                prompt_tokens=chat_input_tokens(body["messages"], tools=body.get("tools")),
                max_tokens=max_tokens, stream=stream, req=req,
-               include_usage=include_usage(body))
+               include_usage=include_usage(body), dropped=dropped)
 
 
 OUTPUT = ApiOutput(

@@ -10,7 +10,9 @@ marker, or reset) at a moment the test chooses (`cut_gate`). Both dialects answe
 scenario: optional thinking, then text or tool calls, usage of 11 input tokens (cached ones
 included; OpenAI's or DeepSeek's fields) and 7 output tokens. Anthropic streams follow its
 event grammar (message_start, content blocks with their deltas, ping, message_delta with
-usage, message_stop), with tool input JSON split across `input_json_delta` events.
+usage, message_stop), with tool input JSON split across `input_json_delta` events. An agent
+loop is scripted with `until_tool_result` (tool calls until a tool result comes back, then the
+reply); `stream_as_json` answers a streamed request with one JSON body, as some servers do.
 """
 from __future__ import annotations
 
@@ -71,10 +73,33 @@ class Behaviour:
     location: str | None = None         # with a 3xx status: where the redirect points
     garbage_after: int | None = None    # send a non-JSON SSE event after N content chunks
     hold: Gate | None = None            # once recorded, wait until the test opens this gate
+    stream_as_json: bool = False        # answer `stream: true` with the whole JSON body
+    # An agent loop: call the tools only until a tool result comes back, then answer `reply`.
+    until_tool_result: bool = False
 
     def calls(self) -> list[dict]:
         return self.tool_calls if self.tool_calls is not None else \
             [self.tool_call] if self.tool_call is not None else []
+
+    def calls_for(self, body: dict) -> list[dict]:
+        """The tool calls to answer `body` with: none without tools, or (`until_tool_result`)
+        once the last turn carries a tool result."""
+        if not body.get("tools"):
+            return []
+        if self.until_tool_result and _has_tool_result(body.get("messages") or []):
+            return []
+        return self.calls()
+
+
+def _has_tool_result(messages: list) -> bool:
+    """Whether the last turn (ignoring system ones) is a tool result, in either dialect."""
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    if not turns:
+        return False
+    last = turns[-1]
+    content = last.get("content")
+    return last.get("role") == "tool" or (isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
 
 
 @dataclass
@@ -133,8 +158,12 @@ async def _cut(b: Behaviour, request: web.Request, response: web.StreamResponse
     return response
 
 
-def _anthropic_invalid(body: object) -> str | None:
-    """What Anthropic's validation would refuse in a Messages body (the parts we rely on)."""
+MID_CONVERSATION_SYSTEM_BETA = "mid-conversation-system-2026-04-07"
+
+
+def _anthropic_invalid(body: object, headers: dict[str, str] | None = None) -> str | None:
+    """What Anthropic's validation would refuse in a Messages body (the parts we rely on).
+    System-role turns need Claude Code's mid-conversation-system beta in `anthropic-beta`."""
     if not isinstance(body, dict):
         return "body: must be an object"
     if not isinstance(body.get("max_tokens"), int):
@@ -142,13 +171,16 @@ def _anthropic_invalid(body: object) -> str | None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return "messages: Field required"
+    betas = {b.strip() for b in (headers or {}).get("anthropic-beta", "").split(",")}
+    roles = ("user", "assistant", "system") if MID_CONVERSATION_SYSTEM_BETA in betas \
+        else ("user", "assistant")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+        if not isinstance(message, dict) or message.get("role") not in roles:
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
     if "tool_choice" in body and not isinstance(body["tool_choice"], dict):
         return "tool_choice: Input should be a valid dictionary"
     for i, tool in enumerate(body.get("tools") or []):
-        if "input_schema" not in tool:
+        if tool.get("type", "custom") == "custom" and "input_schema" not in tool:
             return f"tools.{i}.input_schema: Field required"
     if not 0 <= body.get("temperature", 0) <= 1:
         return "temperature: Input should be less than or equal to 1"
@@ -241,10 +273,10 @@ class FakeUpstream:
             return web.json_response({"error": {"message": b.error_message, "type": "server_error"}})
         usage = _openai_usage(b, prompt=11, completion=7)
         base = {"id": "chatcmpl-fake", "created": int(time.time()), "model": body.get("model")}
-        calls = b.calls() if body.get("tools") else []
+        calls = b.calls_for(body)
         wants_tool = bool(calls)
         finish_reason = b.finish or ("tool_calls" if wants_tool else "stop")
-        if not body.get("stream"):
+        if not body.get("stream") or b.stream_as_json:
             message: dict = {"role": "assistant",
                              "content": (b.preamble if wants_tool else b.reply)}
             if b.thinking:
@@ -371,15 +403,16 @@ class FakeUpstream:
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         b, body = await self._received(request)
+        headers = {k.lower(): v for k, v in request.headers.items()}
         if b.status != 200:
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             kind = "overloaded_error" if b.status == 529 else "api_error"
             return self._anthropic_error(b.status, kind, b.error_message, headers)
-        if invalid := _anthropic_invalid(body):
+        if invalid := _anthropic_invalid(body, headers):
             return self._anthropic_error(400, "invalid_request_error", invalid)
         if b.error_in_200:
             return self._anthropic_error(200, "api_error", b.error_message)
-        calls = b.calls() if body.get("tools") else []
+        calls = b.calls_for(body)
         stop = b.finish or ("tool_use" if calls else "end_turn")
         blocks: list[dict] = []
         if b.thinking:
@@ -395,7 +428,7 @@ class FakeUpstream:
                    "stop_sequence": None}
         if b.send_usage:
             message["usage"] = _anthropic_usage(b)
-        if not body.get("stream"):
+        if not body.get("stream") or b.stream_as_json:
             return web.json_response(message)
 
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})

@@ -54,7 +54,8 @@ def test_native_create_passes_the_body_through_and_bills_cached_tokens(
                          "messages": HELLO, "stop_sequences": ["END"],
                          "metadata": {"user_id": "u-1"}, "temperature": 0.5}
     assert call.headers["x-api-key"] == "sk-ant-fake-upstream-secret"
-    assert call.headers["anthropic-version"] == "2023-06-01"
+    # The client's own API version is passed through with its body.
+    assert call.headers["anthropic-version"] == anthropic._constants.ANTHROPIC_API_VERSION
     assert "Authorization" not in call.headers
     row = UsageRecord.objects.get()
     assert row.request_id == raw.headers["x-request-id"]

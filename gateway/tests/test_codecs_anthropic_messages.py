@@ -113,8 +113,8 @@ def _body(**changes: Any) -> dict[str, Any]:
     (_body(max_tokens="10"), "max_tokens"),
     (_body(messages="hi"), "messages"),
     (_body(messages=[]), "messages"),
-    (_body(messages=[{"role": "system", "content": "x"}]), "messages[0].role"),
-    (_body(messages=[{"role": "user", "content": [{"type": "server_tool_use"}]}]),
+    (_body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role"),
+    (_body(messages=[{"role": "user", "content": [{"text": "no type"}]}]),
      "messages[0].content[0].type"),
     (_body(messages=[{"role": "user", "content": [
         {"type": "image", "source": {"type": "base64", "media_type": "image/png"}}]}]),
@@ -125,7 +125,6 @@ def _body(**changes: Any) -> dict[str, Any]:
     (_body(stop_sequences=[1]), "stop_sequences[0]"),
     (_body(tool_choice={"type": "tool"}), "tool_choice.name"),
     (_body(tool_choice={"type": "sometimes"}), "tool_choice.type"),
-    (_body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools[0].type"),
     (_body(tools=[{"input_schema": {}}]), "tools[0].name"),
     (_body(thinking={"type": "enabled"}), "thinking.budget_tokens"),
     (_body(thinking={"type": "on"}), "thinking.type"),

@@ -194,8 +194,11 @@ def test_build_request_from_an_anthropic_client() -> None:
                  "content": "camera offline"},
                 {"type": "text", "text": "Well?"}]},
         ]})
-    body = openai_chat.build_request(req, upstream_model="gpt-up", stream=True, options=OPTIONS)
+    dropped: list[str] = []
+    body = openai_chat.build_request(req, upstream_model="gpt-up", stream=True,
+                                     options=CodecOptions(reasoning=True), dropped=dropped)
     assert sdk_valid(body) == body
+    assert (req.dropped, dropped) == (("top_k",), [])
     assert body["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [
@@ -346,7 +349,39 @@ def test_a_thinking_budget_maps_to_no_effort_when_the_deployment_says_so() -> No
     req = anthropic_messages.parse_request({
         "model": "m", "max_tokens": 9000, "thinking": {"type": "enabled", "budget_tokens": 8000},
         "messages": [{"role": "user", "content": "hi"}]})
-    mapped = openai_chat.build_request(req, upstream_model="m", stream=False, options=OPTIONS)
+    mapped = openai_chat.build_request(req, upstream_model="m", stream=False,
+                                       options=CodecOptions(reasoning=True))
+    dropped: list[str] = []
     off = openai_chat.build_request(req, upstream_model="m", stream=False,
-                                    options=CodecOptions(budget_to_effort={}))
+                                    options=CodecOptions(reasoning=True, budget_to_effort={}),
+                                    dropped=dropped)
     assert (mapped["reasoning_effort"], "reasoning_effort" in off) == ("high", False)
+    assert dropped == ["thinking"]
+
+
+@pytest.mark.parametrize("reasoning, effort, dropped", [
+    (None, None, ["thinking", "output_config.effort"]),
+    (False, None, ["thinking", "output_config.effort"]),
+    (True, "high", []),
+])
+def test_claude_code_thinking_reaches_only_a_route_that_reasons(reasoning, effort,
+                                                                  dropped) -> None:
+    req = anthropic_messages.parse_request({
+        "model": "m", "max_tokens": 32000, "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "max"}, "messages": [{"role": "user", "content": "hi"}]})
+    left_out: list[str] = []
+    body = openai_chat.build_request(req, upstream_model="m", stream=False, dropped=left_out,
+                                     options=CodecOptions(reasoning=reasoning,
+                                                          max_output_tokens=16384))
+    assert (body.get("reasoning_effort"), left_out) == (effort, dropped)
+    assert body["max_tokens"] == 16384
+
+
+@pytest.mark.parametrize("reasoning, sent", [(None, "low"), (True, "low"), (False, None)])
+def test_an_openai_clients_own_effort_passes_unless_the_route_cannot_reason(reasoning,
+                                                                             sent) -> None:
+    req = openai_chat.parse_request({"model": "m", "reasoning_effort": "low",
+                                     "messages": [{"role": "user", "content": "hi"}]})
+    body = openai_chat.build_request(req, upstream_model="m", stream=False,
+                                     options=CodecOptions(reasoning=reasoning))
+    assert body.get("reasoning_effort") == sent

@@ -9,7 +9,10 @@ from providers.services import config_apply, config_export
 
 IMAGE = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
                                       "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="}}
-DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "a memo"}}
+DOCUMENT = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                           "data": "JVBERi0xLjQKYSBtZW1v"}}
+TEXT_DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                                "data": "a memo"}}
 
 
 def _configure(fake_upstream, translation: str) -> None:
@@ -43,11 +46,16 @@ def test_documents_only_where_the_provider_allows_them(gateway_url, fake_upstrea
     with pytest.raises(anthropic.BadRequestError):
         _client(gateway_url, api_key).messages.create(
             model="claude-ish", max_tokens=50, messages=[{"role": "user", "content": content}])
+    # A plain-text document is text to any model.
+    _client(gateway_url, api_key).messages.create(
+        model="claude-ish", max_tokens=50,
+        messages=[{"role": "user", "content": [TEXT_DOCUMENT]}])
+    assert "a memo" in str(fake_upstream.calls()[-1].body["messages"])
     _configure(fake_upstream, "{allow_documents: true}")
     reply = _client(gateway_url, api_key).messages.create(
         model="claude-ish", max_tokens=50, messages=[{"role": "user", "content": content}])
     assert reply.content[0].text
-    assert "a memo" in str(fake_upstream.calls()[0].body["messages"])
+    assert "JVBERi0xLjQKYSBtZW1v" in str(fake_upstream.calls()[-1].body["messages"])
 
 
 def test_thinking_budget_maps_to_effort_with_the_providers_own_map(gateway_url, fake_upstream, api_key):
