@@ -74,6 +74,9 @@ class Behaviour:
     garbage_after: int | None = None    # send a non-JSON SSE event after N content chunks
     hold: Gate | None = None            # once recorded, wait until the test opens this gate
     stream_as_json: bool = False        # answer `stream: true` with the whole JSON body
+    # Messages: accept system-role turns (Claude Code's mid-conversation-system), or refuse
+    # them as Anthropic does where that is off, unless the request names the beta.
+    system_turns: bool = True
     # An agent loop: call the tools only until a tool result comes back, then answer `reply`.
     until_tool_result: bool = False
 
@@ -161,9 +164,10 @@ async def _cut(b: Behaviour, request: web.Request, response: web.StreamResponse
 MID_CONVERSATION_SYSTEM_BETA = "mid-conversation-system-2026-04-07"
 
 
-def _anthropic_invalid(body: object, headers: dict[str, str] | None = None) -> str | None:
+def _anthropic_invalid(body: object, headers: dict[str, str] | None = None, *,
+                       system_turns: bool = True) -> str | None:
     """What Anthropic's validation would refuse in a Messages body (the parts we rely on).
-    System-role turns need Claude Code's mid-conversation-system beta in `anthropic-beta`."""
+    System-role turns only with `system_turns` or the mid-conversation-system beta."""
     if not isinstance(body, dict):
         return "body: must be an object"
     if not isinstance(body.get("max_tokens"), int):
@@ -172,8 +176,8 @@ def _anthropic_invalid(body: object, headers: dict[str, str] | None = None) -> s
     if not isinstance(messages, list) or not messages:
         return "messages: Field required"
     betas = {b.strip() for b in (headers or {}).get("anthropic-beta", "").split(",")}
-    roles = ("user", "assistant", "system") if MID_CONVERSATION_SYSTEM_BETA in betas \
-        else ("user", "assistant")
+    roles = ("user", "assistant", "system") \
+        if system_turns or MID_CONVERSATION_SYSTEM_BETA in betas else ("user", "assistant")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in roles:
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
@@ -408,7 +412,7 @@ class FakeUpstream:
             headers = {"retry-after": b.retry_after} if b.retry_after else {}
             kind = "overloaded_error" if b.status == 529 else "api_error"
             return self._anthropic_error(b.status, kind, b.error_message, headers)
-        if invalid := _anthropic_invalid(body, headers):
+        if invalid := _anthropic_invalid(body, headers, system_turns=b.system_turns):
             return self._anthropic_error(400, "invalid_request_error", invalid)
         if b.error_in_200:
             return self._anthropic_error(200, "api_error", b.error_message)

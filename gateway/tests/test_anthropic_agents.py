@@ -94,6 +94,7 @@ def test_claude_code_request_to_an_anthropic_upstream_passes_untouched_with_its_
 
 def test_without_the_beta_the_upstreams_refusal_keeps_anthropics_wording(
         gateway_url, fake_anthropic_provider, api_key):
+    fake_anthropic_provider.behave("fake-anth", system_turns=False)
     response = _post(gateway_url, api_key, claude_code_body("claude-test"),
                      **{"anthropic-beta": "claude-code-20250219"})
     assert response.status_code == 400
