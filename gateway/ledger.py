@@ -33,7 +33,8 @@ class LedgerWriter:
     thread hop per batch instead of one per request. A write started during a client disconnect
     (task cancellation) still completes. A batch the database refuses is spooled (usage.spool)
     and a flusher in this process retries every few seconds until the database takes it; the
-    Celery `usage.flush_spool` task does the same across processes."""
+    Celery `usage.flush_spool` task does the same across processes. Rows left spooled by an
+    earlier process are flushed from this one's first write on."""
 
     FLUSH_INTERVAL_S = 2.0
     MAX_BATCH = 256
@@ -41,6 +42,7 @@ class LedgerWriter:
     def __init__(self) -> None:
         self._batches: dict[asyncio.AbstractEventLoop, _LoopBatch] = {}
         self._flusher: asyncio.Task | None = None
+        self._leftovers_checked = False
 
     async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
                     charge_limits: tuple[BudgetLimit, ...] = (),
@@ -56,7 +58,20 @@ class LedgerWriter:
                                         release_claim=release_claim), done))
         if batch.worker is None or batch.worker.done():
             batch.worker = loop.create_task(self._commit_queued(batch))
+        if not self._leftovers_checked:
+            self._leftovers_checked = True
+            loop.create_task(self._flush_leftovers())
         await asyncio.shield(done)
+
+    async def _flush_leftovers(self) -> None:
+        """Rows a previous process left spooled (it crashed, or was stopped, during a database
+        outage) are flushed by this one too, without waiting for a failure of its own."""
+        try:
+            left = await asyncio.get_running_loop().run_in_executor(None, spool_size)
+        except OSError:
+            return
+        if left and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_until_empty())
 
     async def _commit_queued(self, batch: _LoopBatch) -> None:
         while batch.queue:

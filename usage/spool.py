@@ -20,6 +20,8 @@ import fcntl
 import json
 import logging
 import os
+import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
@@ -114,6 +116,11 @@ def spool_push(*lines: str) -> None:
     if path.exists() and path.stat().st_size > MAX_SPOOLED * 2048:
         logger.error("ledger spool full; %d ledger row(s) dropped", len(lines))
         return
+    _append(path, lines)
+
+
+def _append(path: Path, lines: Sequence[str]) -> None:
+    """Append lines to a spool file under its lock, fsync'ed before returning."""
     while True:
         with path.open("a", encoding="utf-8") as spool:
             fcntl.flock(spool, fcntl.LOCK_EX)
@@ -174,23 +181,51 @@ def ledger_spool_flush() -> int:
             logger.warning("ledger spool: Redis unreachable while flushing")
         finally:
             client.close()
-    for path in sorted(_spool_dir().glob("ledger-*.jsonl")):
-        claimed = path.with_suffix(f".jsonl.flushing-{os.getpid()}")
+    for path in sorted(_spool_dir().glob("ledger-*.jsonl*")):
+        rows, refused = _flush_file(path)
+        written += rows
+        if refused:
+            return written
+    return written
+
+
+def _flush_file(path: Path) -> tuple[int, bool]:
+    """Write the rows of one spool file: (rows written, whether the database refused one).
+
+    A flusher takes `ledger-<pid>.jsonl` by renaming it to `….flushing-<pid>-<token>` while it
+    holds the file's lock, and keeps the lock until the file is gone, so writers (who check
+    they locked the file still under that name) start a new one. A `.flushing` file whose lock
+    can be taken was left by a flusher that died mid-way (locks die with their process): it is
+    taken over, not left stranded. Rows the database refuses go back to `ledger-<pid>.jsonl`."""
+    original = path.with_name(path.name.split(".jsonl")[0] + ".jsonl")
+    try:
+        spool = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        return 0, False  # another flusher took it
+    with spool:
+        if path == original:
+            fcntl.flock(spool, fcntl.LOCK_EX)  # wait for a writer that has it open
+        else:
+            try:
+                fcntl.flock(spool, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0, False  # its flusher is alive and at work
         try:
-            path.rename(claimed)
+            if os.stat(path).st_ino != os.fstat(spool.fileno()).st_ino:
+                return 0, False  # taken (and replaced) while we waited for the lock
         except FileNotFoundError:
-            continue  # another flusher took it
-        with claimed.open(encoding="utf-8") as spool:
-            fcntl.flock(spool, fcntl.LOCK_EX)  # wait for a writer that opened it before the rename
-            lines = spool.read().splitlines()
+            return 0, False
+        claimed = path
+        if path == original:
+            claimed = path.with_name(f"{path.name}.flushing-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            path.rename(claimed)
+        lines = spool.read().splitlines()
         for i, line in enumerate(lines):
             try:
                 usage_record_write(**spool_decode(line))
             except DatabaseError:
-                with path.open("a", encoding="utf-8") as rest:
-                    rest.write("".join(f"{remaining}\n" for remaining in lines[i:]))
-                claimed.unlink()
-                return written
-            written += 1
-        claimed.unlink()
-    return written
+                _append(original, lines[i:])
+                claimed.unlink(missing_ok=True)
+                return i, True
+        claimed.unlink(missing_ok=True)
+        return len(lines), False

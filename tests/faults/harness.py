@@ -197,6 +197,12 @@ class Replicas:
         except httpx.HTTPError:
             return False
 
+    def kill(self, url: str) -> None:
+        """SIGKILL the replica serving `url`: no drain, no shutdown hook."""
+        process = self.processes[self.urls.index(url)]
+        process.kill()
+        process.wait(timeout=10)
+
     def logs(self) -> str:
         return "\n".join(path.read_text(errors="replace")[-3000:]
                          for path in sorted(self.workdir.glob("replica-*.log")))

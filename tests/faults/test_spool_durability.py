@@ -62,6 +62,40 @@ def test_spooled_rows_survive_a_redis_restart_during_a_database_outage(
     client.close()
 
 
+@pytest.mark.parametrize("faults_redis", [False], indirect=True, ids=["redis-without-persistence"])
+def test_rows_spooled_by_killed_replicas_are_flushed_by_the_next_one(
+        replicas, faults_db, faults_redis, key_name):
+    """Both replicas SIGKILLed with their rows in spool files during a database outage; one file
+    is renamed as a flusher killed mid-flush leaves it (`….flushing-<pid>-<token>`). A replica
+    started after the database is back writes them all, once each."""
+    key = create_api_key(key_name, env=replicas.env)
+    urls = replicas.start(2)
+    # A replica loads keys and routes on its first request (one that never reached the
+    # database answers 500 during the outage: reported, not this test's subject).
+    warm = burst(urls, key, 2)
+    wait_until(lambda: len(ledger_rows(faults_db, key_name)) == 2, timeout=10, what="2 rows")
+    faults_db.stop()
+    during = burst(urls, key, 20)
+    assert [a.status for a in warm + during] == [200] * 22
+    wait_until(lambda: replicas.spooled_on_disk() == 20, timeout=10, what="20 rows in files")
+    for url in urls:
+        replicas.kill(url)
+    files = sorted(replicas.spool_dir.glob("ledger-*.jsonl"))
+    assert len(files) == 2
+    files[0].rename(files[0].with_name(files[0].name + ".flushing-1-deadbeef"))
+
+    faults_db.start()
+    [url] = replicas.start(1)
+    after = burst([url], key, 1)
+    answers = warm + during + after
+    rows = wait_until(lambda: (r := ledger_rows(faults_db, key_name)) and len(r) >= 23 and r,
+                      timeout=20, what="23 rows")
+    wait_until(lambda: replicas.spooled_on_disk() == 0, timeout=10, what="no spool file left")
+    assert Counter(request_id for request_id, _, _ in ledger_rows(faults_db, key_name)) == \
+        Counter(a.request_id for a in answers)
+    assert [a.status for a in after] == [200] and len(rows) == 23
+
+
 def test_the_compose_stack_keeps_redis_and_the_spool_files_on_volumes():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services, volumes = compose["services"], compose["volumes"]
