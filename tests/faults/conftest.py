@@ -69,6 +69,10 @@ def replicas(faults_db, faults_redis, fake_upstream, tmp_path) -> Replicas:
     PID) at teardown; a database a test left stopped or frozen is brought back for the next."""
     stage = Replicas(database_url=faults_db.url, redis_url=faults_redis.url, workdir=tmp_path)
     yield stage
+    try:
+        faults_redis.resume()  # a test that failed mid-pause must not stall the shutdown
+    except ProcessLookupError:
+        pass
     stage.stop()
     if not faults_db.running:
         faults_db.start()

@@ -85,7 +85,8 @@ def test_a_redis_pause_under_load_overshoots_no_budget_and_no_rate_limit(
         sorted(request_id for _, _, request_id in budget_answers)
     assert spent <= BUDGET, seen
     assert admitted <= 1.1 * allowed, seen
-    assert spent >= BUDGET - Decimal("0.018") * 4, seen  # used, not refused outright
+    # The load reached the budget (a 429 for a key without rate limits is budget_exceeded).
+    assert any(status == 429 for _, status, _ in budget_answers), seen
 
 
 def _timeline(answers: list[tuple[float, int, str]]) -> dict[str, dict[int, int]]:
