@@ -9,8 +9,9 @@ of its codec options. The provider-kind choices (providers.models), the
 admin form, the routing file's validation and the proxy all read this registry, so a new
 kind is a record here plus its adapter and codec (docs/architecture.md).
 
-Operations: `chat` (the wire format's own chat endpoint: Chat Completions or Messages),
-`completions` and `embeddings` (OpenAI only), `count_tokens` (Anthropic only).
+Operations: `chat` (the wire format's own chat endpoint: Chat Completions, Messages or
+Responses), `responses` (the Responses endpoint, for kinds that speak it), `completions` and
+`embeddings` (OpenAI only), `count_tokens` (Anthropic only).
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any
 
-from gateway.codecs import anthropic_messages, openai_chat
+from gateway.codecs import anthropic_messages, openai_chat, openai_responses
 
 ANTHROPIC_VERSION = "2023-06-01"
 # The in-process kind the demo config uses (`make run`).
 MOCK_KIND = "mock"
+RESPONSES_KIND = "openai_responses"
 
 
 def _bearer(api_key: str) -> dict[str, str]:
@@ -37,6 +39,10 @@ def _x_api_key(api_key: str) -> dict[str, str]:
 def _chat_probe(upstream_model: str) -> dict[str, Any]:
     return {"model": upstream_model, "max_tokens": 1, "stream": False,
             "messages": [{"role": "user", "content": "ping"}]}
+
+
+def _responses_probe(upstream_model: str) -> dict[str, Any]:
+    return {"model": upstream_model, "max_output_tokens": 16, "store": False, "input": "ping"}
 
 
 def _messages_probe(upstream_model: str) -> dict[str, Any]:
@@ -121,6 +127,12 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
             auth=_x_api_key, headers=MappingProxyType({"anthropic-version": ANTHROPIC_VERSION}),
             probe=_messages_probe, allow_documents=True, reasoning=True,
             forward_headers=("anthropic-beta", "anthropic-version"), beta_header="anthropic-beta"),
+    # An OpenAI-compatible server that speaks the Responses API: a provider of kind `openai`
+    # with `translation: {responses_api: true}` is this kind (providers.translation).
+    Dialect(kind=RESPONSES_KIND, label="OpenAI Responses API", wire="openai_responses",
+            codec=openai_responses,
+            paths=MappingProxyType({"chat": "/responses", "responses": "/responses"}),
+            probe=_responses_probe),
     Dialect(kind=MOCK_KIND, label="Mock (offline, deterministic)", wire="openai_chat",
             codec=openai_chat, paths=OPENAI_PATHS, transport="mock", base_url_required=False),
 )})

@@ -21,6 +21,7 @@ relay, a client leaving in `disconnect_guard` or the relay.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import random
@@ -102,8 +103,8 @@ class Output(Protocol):
 @dataclass(frozen=True, slots=True)
 class Surface:
     """A public API: its ledger name, the upstream operation it needs, `prepare` (client body,
-    key, deployments able to serve it -> Job; raises InvalidRequest), and the `output` that
-    writes its answers and errors."""
+    key, deployments able to serve it -> Job, or an awaitable of it; raises InvalidRequest),
+    and the `output` that writes its answers and errors."""
     name: str
     operation: str
     prepare: Callable[[dict[str, Any], KeyInfo, RoutingSnapshot, tuple[Deployment, ...]], Job]
@@ -181,6 +182,8 @@ async def serve(request: HttpRequest, surface: Surface) -> HttpResponse:
         deployments = serving(resolve(snapshot, call.key, body.get("model")), surface.operation,
                               model=body["model"])
         job = surface.prepare(body, call.key, snapshot, deployments)
+        if inspect.isawaitable(job):  # a surface that reads stored state (Responses)
+            job = await job
     except GatewayError as exc:
         return surface.output.error(exc)
     if forwarded := forwarded_headers(request, getattr(surface.output, "wire", None)):

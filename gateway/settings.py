@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "usage",
     "tasks",
     "chat",
+    "response_store",
 ]
 
 # The proxy views do not use sessions, CSRF or auth middleware (they authenticate API keys
@@ -131,6 +132,7 @@ CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "usage.budget_alerts", "schedule": 60.0},
     "flush-ledger-spool": {"task": "usage.flush_spool", "schedule": 10.0},
     "reap-intents": {"task": "usage.reap_intents", "schedule": 30.0},
+    "purge-stored-responses": {"task": "response_store.purge", "schedule": 3600.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -175,6 +177,9 @@ GATEWAY_ANY_HOST_PATHS = tuple(env.list("GATEWAY_ANY_HOST_PATHS", default=["/hea
 # Slow clients: seconds without a body chunk (408), and without write progress (dropped).
 GATEWAY_BODY_TIMEOUT_S = env.float("GATEWAY_BODY_TIMEOUT_S", default=30.0)
 GATEWAY_WRITE_TIMEOUT_S = env.float("GATEWAY_WRITE_TIMEOUT_S", default=60.0)
+# Responses API: how long a stored response (previous_response_id, GET /v1/responses/{id})
+# is kept; OpenAI keeps them 30 days.
+GATEWAY_RESPONSES_TTL_S = env.float("GATEWAY_RESPONSES_TTL_S", default=30 * 86400.0)
 # Budgeted keys while the database is unreachable: refused (503) unless this is on.
 GATEWAY_BUDGETS_FAIL_OPEN = env.bool("GATEWAY_BUDGETS_FAIL_OPEN", default=False)
 # Provider base URLs on link-local/metadata addresses are refused unless this is on.

@@ -17,6 +17,8 @@ urlpatterns = [
     path("v1/messages", anthropic_messages.messages),
     path("v1/messages/count_tokens", anthropic_messages.count_tokens),
     path("v1/responses", openai_responses.responses),
+    path("v1/responses/<str:response_id>", openai_responses.response_detail),
+    path("v1/responses/<str:response_id>/input_items", openai_responses.response_input_items),
     path("v1/models", models.models_list),
     path("v1/models/<path:model>", models.model_detail),
     path("health", health),

@@ -16,7 +16,7 @@ from gateway.routing import Candidate
 from gateway.types import CodecOptions
 from providers.crypto import SecretUnreadable, secret_decrypt
 from providers.models import ApiKey, ConfigVersion, ModelRoute, Price
-from providers.translation import codec_options
+from providers.translation import codec_options, upstream_kind
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def routing_snapshot_load() -> RoutingSnapshot:
             route_id=route.id,
             provider_id=provider.id,
             provider_name=provider.name,
-            kind=provider.kind,
+            kind=upstream_kind(kind=provider.kind, translation=provider.translation or {}),
             base_url=provider.base_url.rstrip("/"),
             upstream_model=route.upstream_model,
             weight=route.effective_weight,

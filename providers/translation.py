@@ -3,11 +3,12 @@ routing file) and the codec options they make. One parser for both, so the admin
 the proxy agree on what is valid."""
 from __future__ import annotations
 
-from gateway.dialects import dialect_for
+from gateway.dialects import RESPONSES_KIND, dialect_for
 from gateway.types import CodecOptions
 
 KEYS = {"allow_images", "allow_documents", "thinking_effort_map", "max_tokens_field",
-        "replay_reasoning_content", "reasoning", "max_output_tokens", "anthropic_beta"}
+        "replay_reasoning_content", "responses_api", "reasoning", "max_output_tokens",
+        "anthropic_beta"}
 EFFORTS = {"minimal", "low", "medium", "high"}
 
 
@@ -18,7 +19,8 @@ def translation_problem(value: object) -> str | None:
     unknown = set(value) - KEYS
     if unknown:
         return f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(KEYS))})"
-    for name in ("allow_images", "allow_documents", "replay_reasoning_content", "reasoning"):
+    for name in ("allow_images", "allow_documents", "replay_reasoning_content", "reasoning",
+                 "responses_api"):
         if name in value and not isinstance(value[name], bool):
             return f"{name}: must be true or false"
     limit = value.get("max_output_tokens", 1)
@@ -48,6 +50,14 @@ def _beta_problem(value: object) -> str | None:
                 isinstance(b, str) and b and "," not in b and b.strip() == b for b in betas):
             return f"{name}: must be a list of beta names"
     return None
+
+
+def upstream_kind(*, kind: str, translation: dict) -> str:
+    """The dialect a provider's deployments speak: an OpenAI-compatible provider marked
+    `responses_api: true` is reached through its `/responses` endpoint."""
+    if kind == "openai" and translation.get("responses_api"):
+        return RESPONSES_KIND
+    return kind
 
 
 def codec_options(*, kind: str, translation: dict) -> CodecOptions:

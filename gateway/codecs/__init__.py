@@ -5,7 +5,7 @@ One module per wire format, each exposing what applies to it:
 - client-surface direction (all three): `parse_request(body) -> ChatRequest`,
   `format_response(resp, *, model, request_id) -> dict`, and `StreamEncoder` (IR events -> the
   surface's SSE events, with `feed`, `finish` and `error`);
-- upstream direction (`openai_chat`, `anthropic_messages`): `build_request(req, *,
+- upstream direction (all three; `openai_responses` in `openai_responses_upstream`): `build_request(req, *,
   upstream_model, stream, options) -> dict`, `parse_response(body) -> ChatResponse`, and
   `StreamDecoder` (upstream SSE events -> IR events, with `feed` and `finish`).
 

@@ -1,15 +1,18 @@
 """OpenAI Responses API, output side: the `response` object and its streamed events, written for
-a Responses client (no upstream speaks this dialect here; upstreams are reached through chat).
+a Responses client from the IR of an upstream of another dialect (a Responses upstream's own
+answer is passed through, see `openai_responses_upstream`).
 
 Mapping from IR content: adjacent text becomes one `message` item, each tool call a
 `function_call` item, each thinking block a `reasoning` item whose summary is the thinking text
 and whose `encrypted_content` is the thinking signature (so a client that replays output items
 gives Anthropic back its signed thinking). Redacted thinking has no Responses form and is omitted.
 A `max_tokens` stop makes the response "incomplete" (reason max_output_tokens), a refusal too
-(reason content_filter).
+(reason content_filter). A call of a flattened namespace tool comes back under its own name with
+`namespace`; a call of a `custom` tool as a `custom_tool_call` with the `input` text.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -17,7 +20,7 @@ from gateway.codecs.ids import prefixed
 from gateway.codecs.openai_chat import tool_choice_to_openai
 from gateway.types import (BlockStop, ChatRequest, ChatResponse, SignatureDelta, SSEEvent, Stop,
                            StopReason, StreamError, StreamEvent, TextDelta, TextPart,
-                           ThinkingDelta, ThinkingPart, ToolArgsDelta, ToolCallPart,
+                           ThinkingDelta, ThinkingPart, Tool, ToolArgsDelta, ToolCallPart,
                            ToolCallStart, Usage, UsageUpdate)
 
 _INCOMPLETE: dict[StopReason, str] = {"max_tokens": "max_output_tokens",
@@ -58,13 +61,41 @@ def _request_echo(req: ChatRequest | None) -> dict[str, Any]:
         "temperature": req.temperature,
         "top_p": req.top_p,
         "tool_choice": choice,
-        "tools": [{"type": "function", "name": t.name, "description": t.description,
-                   "parameters": dict(t.parameters), "strict": t.strict} for t in req.tools],
+        "tools": [_tool_echo(t) for t in req.tools],
         "reasoning": {"effort": req.reasoning.effort, "summary": None} if req.reasoning else None,
         "metadata": dict(req.metadata),
         "user": req.user,
         "text": {"format": text_format},
     }
+
+
+def _tool_echo(t: Tool) -> dict[str, Any]:
+    if t.custom:
+        return {"type": "custom", "name": t.name, "description": t.description}
+    out = {"type": "function", "name": t.original or t.name, "description": t.description,
+           "parameters": dict(t.parameters), "strict": t.strict}
+    if t.namespace:
+        out["namespace"] = t.namespace
+    return out
+
+
+def _tool_of(request: ChatRequest | None, name: str) -> Tool | None:
+    if request is not None:
+        for tool in request.tools:
+            if tool.name == name and (tool.custom or tool.namespace):
+                return tool
+    return None
+
+
+def custom_input(arguments: str) -> str:
+    """The text of a custom tool's call from the one-argument JSON the upstream produced."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    if isinstance(value, dict) and isinstance(value.get("input"), str):
+        return value["input"]
+    return arguments
 
 
 def _response_object(*, id: str, model: str, created: int, status: str,
@@ -100,16 +131,26 @@ def _reasoning_item(id: str, text: str, signature: str | None, status: str) -> d
             "encrypted_content": signature or None}
 
 
-def _call_item(id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {"id": id, "type": "function_call", "status": status, "call_id": call_id,
+def _call_item(id: str, call_id: str, name: str, arguments: str, status: str,
+               tool: Tool | None = None) -> dict[str, Any]:
+    """A `function_call` item, or the client's own shape of a translated tool's call."""
+    if tool is not None and tool.custom:
+        return {"id": id, "type": "custom_tool_call",
+                "status": status, "call_id": call_id, "name": name,
+                "input": custom_input(arguments)}
+    item = {"id": id, "type": "function_call", "status": status, "call_id": call_id,
             "name": name, "arguments": arguments}
+    if tool is not None and tool.namespace:
+        item.update(name=tool.original, namespace=tool.namespace)
+    return item
 
 
 def format_response(resp: ChatResponse, *, model: str, request_id: str,
-                    request: ChatRequest | None = None,
-                    created: int | None = None) -> dict[str, Any]:
+                    request: ChatRequest | None = None, created: int | None = None,
+                    echo: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `response` object a Responses client receives for `resp`; `request`, when given, is
-    echoed in it as the real API does."""
+    echoed in it as the real API does, `echo` (e.g. `store`, `previous_response_id`) over
+    it."""
     output: list[dict[str, Any]] = []
     for part in resp.content:
         n = len(output)
@@ -123,30 +164,31 @@ def format_response(resp: ChatResponse, *, model: str, request_id: str,
                                           "completed"))
         elif isinstance(part, ToolCallPart):
             output.append(_call_item(f"fc_{request_id}_{n}", part.id, part.name, part.arguments,
-                                     "completed"))
-    return _response_object(id=prefixed("resp_", request_id), model=model,
-                            created=int(time.time()) if created is None else created,
-                            status="completed", output=output, usage=resp.usage,
-                            request=request, stop=resp.stop_reason)
+                                     "completed", _tool_of(request, part.name)))
+    return {**_response_object(id=prefixed("resp_", request_id), model=model,
+                               created=int(time.time()) if created is None else created,
+                               status="completed", output=output, usage=resp.usage,
+                               request=request, stop=resp.stop_reason), **(echo or {})}
 
 
 class _Item:
     """One output item being streamed."""
     __slots__ = ("kind", "id", "output_index", "text", "signature", "call_id", "name",
-                 "has_part", "done")
+                 "has_part", "done", "tool")
 
     def __init__(self, kind: str, id: str, output_index: int) -> None:
         self.kind, self.id, self.output_index = kind, id, output_index
         self.text = self.signature = self.call_id = self.name = ""
         self.has_part = False  # a content/summary part was announced
         self.done = False
+        self.tool: Tool | None = None
 
     def body(self, status: str) -> dict[str, Any]:
         if self.kind == "message":
             return _message_item(self.id, [self.text] if self.has_part else [], status)
         if self.kind == "reasoning":
             return _reasoning_item(self.id, self.text, self.signature, status)
-        return _call_item(self.id, self.call_id, self.name, self.text, status)
+        return _call_item(self.id, self.call_id, self.name, self.text, status, self.tool)
 
 
 class StreamEncoder:
@@ -155,10 +197,14 @@ class StreamEncoder:
     added/delta/done events one item after another, then response.completed (or
     response.incomplete) carrying the whole response with usage. Usage is always reported;
     `include_usage` is accepted only for a uniform constructor. `request`, when given, is
-    echoed in the response objects as the real API does."""
+    echoed in the response objects as the real API does, `echo` over it; `on_final`, when
+    given, receives the final response object of a stream that completed."""
 
     def __init__(self, *, model: str, request_id: str, include_usage: bool = True,
-                 request: ChatRequest | None = None, created: int | None = None) -> None:
+                 request: ChatRequest | None = None, created: int | None = None,
+                 echo: dict[str, Any] | None = None, on_final=None) -> None:
+        self._echo = echo or {}
+        self._on_final = on_final
         self._id = prefixed("resp_", request_id)
         self._request_id = request_id
         self._model = model
@@ -181,10 +227,11 @@ class StreamEncoder:
                   error: dict[str, Any] | None = None) -> dict[str, Any]:
         items = sorted(self._items.values(), key=lambda i: i.output_index)
         output = [i.body("completed" if i.done else "incomplete") for i in items] if final else []
-        return _response_object(id=self._id, model=self._model, created=self._created,
-                                status=status, output=output,
-                                usage=self._usage if final else None, request=self._request,
-                                stop=self._stop if status == "completed" else None, error=error)
+        return {**_response_object(id=self._id, model=self._model, created=self._created,
+                                   status=status, output=output,
+                                   usage=self._usage if final else None, request=self._request,
+                                   stop=self._stop if status == "completed" else None,
+                                   error=error), **self._echo}
 
     def _start(self) -> list[SSEEvent]:
         if self._started:
@@ -236,10 +283,13 @@ class StreamEncoder:
         elif isinstance(ev, ToolCallStart) and ev.index not in self._items:
             out_add, item = self._add(ev.index, "function_call", "fc")
             item.call_id, item.name = ev.id, ev.name
+            item.tool = _tool_of(self._request, ev.name)
             out += [*out_add, self._announce(item)]
         elif isinstance(ev, ToolArgsDelta) and ev.index in self._items and ev.partial_json:
             item = self._items[ev.index]
             item.text += ev.partial_json
+            if item.tool is not None and item.tool.custom:
+                return out  # its text is known only once the JSON is whole (at done)
             out.append(self._event("response.function_call_arguments.delta", item_id=item.id,
                                    output_index=item.output_index, delta=ev.partial_json))
         elif isinstance(ev, BlockStop) and ev.index == self._open:
@@ -292,6 +342,10 @@ class StreamEncoder:
                     self._event("response.reasoning_summary_part.done", **where,
                                 summary_index=0,
                                 part={"type": "summary_text", "text": item.text})]
+        elif item.kind == "function_call" and item.tool is not None and item.tool.custom:
+            text = custom_input(item.text)
+            out += [self._event("response.custom_tool_call_input.delta", **where, delta=text),
+                    self._event("response.custom_tool_call_input.done", **where, input=text)]
         elif item.kind == "function_call":
             out.append(self._event("response.function_call_arguments.done", **where,
                                    arguments=item.text))
@@ -308,6 +362,8 @@ class StreamEncoder:
         kind = "response.incomplete" if response["status"] == "incomplete" \
             else "response.completed"
         out.append(self._event(kind, response=response))
+        if self._on_final is not None:
+            self._on_final(response)
         return out
 
     def error(self, message: str, type: str) -> list[SSEEvent]:

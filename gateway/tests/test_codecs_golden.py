@@ -86,8 +86,22 @@ STREAMS: dict[str, tuple[str, Expected]] = {
         usage=Usage(input_tokens=85, output_tokens=176, reasoning_tokens=148))),
     "anthropic_error": ("anthropic_messages", Expected(
         text="Once upon", error=("overloaded_error", "Overloaded"))),
+    "responses_text": ("openai_responses", Expected(
+        text="Hello! How can I help you today?", stop="end_turn",
+        usage=Usage(input_tokens=1210, output_tokens=11, cached_tokens=1152))),
+    "responses_reasoning_tool": ("openai_responses", Expected(
+        thinking="**Listing files**\n\nThe user wants the files; I'll run ls.",
+        signature="gAAAAABor-enc-opaque==",
+        tools=(("call_Xq8wZk3n1Lp0", "exec_command", '{"cmd":"ls -la","workdir":"/tmp/é"}'),),
+        stop="tool_use",
+        usage=Usage(input_tokens=4096, output_tokens=87, cached_tokens=3968,
+                    reasoning_tokens=64))),
+    "responses_failed": ("openai_responses", Expected(
+        text="Once upon",
+        error=("server_error", "An error occurred while processing your request."))),
 }
-UPSTREAM = {"openai_chat": openai_chat, "anthropic_messages": anthropic_messages}
+UPSTREAM = {"openai_chat": openai_chat, "anthropic_messages": anthropic_messages,
+            "openai_responses": openai_responses}
 SURFACE = {"openai_chat": openai_chat, "anthropic_messages": anthropic_messages,
            "openai_responses": openai_responses}
 

@@ -150,7 +150,7 @@ def test_errors_use_openai_shape(gateway_url, fake_provider, api_key):
     with pytest.raises(openai.NotFoundError) as info:
         _client(gateway_url, api_key).responses.create(model="no-such-model", input="hi")
     assert info.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.BadRequestError) as info:
+    with pytest.raises(openai.NotFoundError) as info:
         _client(gateway_url, api_key).responses.create(model="gpt-test", input="hi",
                                                        previous_response_id="resp_1")
     assert info.value.body["param"] == "previous_response_id"
@@ -191,3 +191,79 @@ def test_client_disconnect_gets_one_row(gateway_url, fake_provider, api_key, led
     assert len(rows) == 1
     assert (rows[0].status, rows[0].usage_source, rows[0].output_tokens) == \
         ("client_disconnected", "reported", 7)
+
+
+CODEX_TOOLS = [
+    {"type": "function", "name": "exec_command", "description": "Runs a command", "strict": False,
+     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+    {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+     "tools": [{"type": "function", "name": "spawn_agent", "description": "Spawn one",
+                "strict": False, "parameters": {"type": "object", "properties": {}}}]},
+    {"type": "custom", "name": "apply_patch", "description": "Edit files",
+     "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}},
+    {"type": "web_search", "external_web_access": False},
+]
+CODEX_OPTIONS = {"tool_choice": "auto", "parallel_tool_calls": True, "store": False,
+                 "reasoning": {"summary": "auto"}, "include": ["reasoning.encrypted_content"],
+                 "prompt_cache_key": "0190-session", "client_metadata": {"turn_id": "t1"},
+                 "service_tier": "auto", "truncation": "auto"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_codex_default_tools_reach_a_chat_upstream_flattened_and_come_back_restored(
+        gateway_url, fake_provider, api_key, stream):
+    fake_provider.behave("fake-a", tool_call={"name": "multi_agent_v1__spawn_agent",
+                                              "arguments": "{}"})
+    response = httpx.post(f"{gateway_url}/v1/responses", timeout=20,
+                          headers={"authorization": f"Bearer {api_key}"},
+                          json={"model": "gpt-test", "input": "hi", "stream": stream,
+                                "tools": CODEX_TOOLS, **CODEX_OPTIONS})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-dropped"].split(", ") == [
+        "tools.web_search", "reasoning.summary", "include", "prompt_cache_key",
+        "client_metadata", "service_tier", "truncation"]
+    if stream:
+        [done] = [e for _, e in _sse(response.text) if e["type"] == "response.completed"]
+        output = done["response"]["output"]
+    else:
+        output = response.json()["output"]
+    [call] = output
+    assert (call["type"], call["namespace"], call["name"]) == \
+        ("function_call", "multi_agent_v1", "spawn_agent")
+    [sent] = fake_provider.calls()
+    assert [t["function"]["name"] for t in sent.body["tools"]] == \
+        ["exec_command", "multi_agent_v1__spawn_agent", "apply_patch"]
+    patch = sent.body["tools"][2]["function"]
+    assert patch["parameters"]["properties"] == {
+        "input": {"type": "string", "description": "The tool's input text"}}
+    assert "start: /.+/" in patch["description"]
+    for field in ("include", "prompt_cache_key", "service_tier", "store", "truncation"):
+        assert field not in sent.body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_custom_tool_call_comes_back_as_custom_tool_call(gateway_url, fake_provider, api_key,
+                                                           stream):
+    patch = "*** Begin Patch\n*** Add File: hi.txt\n+hi\n*** End Patch"
+    fake_provider.behave("fake-a", tool_call={"name": "apply_patch",
+                                              "arguments": json.dumps({"input": patch})})
+    client = _client(gateway_url, api_key)
+    request = {"model": "gpt-test", "input": "write hi.txt", "tools": CODEX_TOOLS[2:3]}
+    if stream:
+        with client.responses.stream(**request) as s:
+            response = s.get_final_response()
+    else:
+        response = client.responses.create(**request)
+    [call] = response.output
+    assert (call.type, call.name, call.input) == ("custom_tool_call", "apply_patch", patch)
+    # The call and its output, replayed in the next turn, reach the upstream as a tool round.
+    fake_provider.behave("fake-a", tool_call=None)
+    client.responses.create(model="gpt-test", tools=CODEX_TOOLS[2:3], input=[
+        {"role": "user", "content": "write hi.txt"},
+        {"type": "custom_tool_call", "call_id": call.call_id, "name": "apply_patch",
+         "input": patch},
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}])
+    messages = fake_provider.calls()[-1].body["messages"]
+    assert messages[1]["tool_calls"][0]["function"] == {
+        "name": "apply_patch", "arguments": json.dumps({"input": patch})}
+    assert messages[2] == {"role": "tool", "tool_call_id": call.call_id, "content": "Done!"}
