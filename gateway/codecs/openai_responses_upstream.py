@@ -5,8 +5,9 @@ that relays such a stream to a Responses client as it came.
 
 What does not map one to one:
 - the system prompt becomes `instructions`; later system turns `developer` messages;
-- thinking is not sent back: Anthropic signatures and chat `reasoning_content` are not
-  Responses `encrypted_content`, which the upstream would refuse;
+- thinking is not sent back (named "thinking" in what was dropped): Anthropic signatures and
+  chat `reasoning_content` are not Responses `encrypted_content`, which the upstream would
+  refuse; the reasoning effort follows the route's capability as for Chat Completions;
 - tools are `function` tools with `strict` false unless the client said otherwise (the
   Responses API defaults to strict schemas, which ordinary client schemas often fail);
 - `store` is false: the gateway keeps the conversation (gateway.surfaces.openai_responses);
@@ -22,6 +23,8 @@ from typing import Any
 
 from gateway.codecs.fields import count
 from gateway.codecs.media import check_media_allowed, data_url
+# One reading of the route's reasoning capability for both OpenAI wire formats.
+from gateway.codecs.openai_chat import _effort as reasoning_effort
 from gateway.codecs.openai_chat import tool_choice_to_openai
 from gateway.errors import UpstreamFailed
 from gateway.types import (BlockStop, ChatRequest, ChatResponse, CodecOptions, ContentPart,
@@ -41,7 +44,8 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
     """The Responses body for `req`; what it cannot carry is appended to `dropped`. Raises
     InvalidRequest for content the deployment does not accept (see CodecOptions)."""
     check_media_allowed(req, options)
-    if req.stop and dropped is not None:
+    dropped = [] if dropped is None else dropped
+    if req.stop:
         dropped.append("stop")
     body: dict[str, Any] = {"model": upstream_model, "input": _items(req.messages),
                             "store": False}
@@ -60,7 +64,7 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
     for key in ("temperature", "top_p", "user"):
         if getattr(req, key) is not None:
             body[key] = getattr(req, key)
-    if effort := _effort(req, options):
+    if effort := reasoning_effort(req, options, dropped):
         body["reasoning"] = {"effort": effort}
     if req.response_format is not None and req.response_format.type != "text":
         rf = req.response_format
@@ -76,17 +80,10 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
         body["metadata"] = dict(req.metadata)
     if stream:
         body["stream"] = True
+    if "thinking" not in dropped and any(isinstance(p, ThinkingPart) for m in req.messages
+                                         for p in m.content):
+        dropped.append("thinking")
     return body
-
-
-def _effort(req: ChatRequest, options: CodecOptions) -> str | None:
-    if req.reasoning is None:
-        return None
-    if req.reasoning.effort:
-        return req.reasoning.effort
-    if req.reasoning.budget_tokens:
-        return options.effort_for_budget(req.reasoning.budget_tokens)
-    return None
 
 
 def _input_part(part: ContentPart) -> dict[str, Any] | None:

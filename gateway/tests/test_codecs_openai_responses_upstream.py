@@ -90,7 +90,7 @@ def test_build_request_turns_a_chat_conversation_into_responses_items() -> None:
             {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
             {"type": "message", "role": "developer",
              "content": [{"type": "input_text", "text": "Answer in French."}]}]}
-    assert dropped == ["stop"]
+    assert dropped == ["stop", "thinking"]  # reasoning_content has no Responses form
 
 
 def test_parse_response_reads_items_usage_and_stop() -> None:

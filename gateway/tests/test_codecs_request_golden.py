@@ -20,11 +20,12 @@ import pytest
 if __name__ == "__main__":  # run as a script: make `gateway` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.codecs import anthropic_messages, openai_chat  # noqa: E402
+from gateway.codecs import anthropic_messages, openai_chat, openai_responses  # noqa: E402
 from gateway.types import CodecOptions  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "requests"
-CLIENT = {"anthropic_messages": anthropic_messages, "openai_chat": openai_chat}
+CLIENT = {"anthropic_messages": anthropic_messages, "openai_chat": openai_chat,
+          "openai_responses": openai_responses}
 # target name -> (upstream codec, the deployment's codec options)
 TARGETS: dict[str, tuple[Any, CodecOptions]] = {
     "openai_chat": (openai_chat, CodecOptions()),
@@ -32,6 +33,7 @@ TARGETS: dict[str, tuple[Any, CodecOptions]] = {
                                                         max_output_tokens=16384)),
     "openai_chat_no_reasoning": (openai_chat, CodecOptions(reasoning=False)),
     "anthropic_messages": (anthropic_messages, CodecOptions(reasoning=True)),
+    "openai_responses": (openai_responses, CodecOptions()),
 }
 CACHE_1H = {"type": "ephemeral", "ttl": "1h"}
 BASH = {"name": "Bash", "description": "Run a shell command",
@@ -108,6 +110,76 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
         "response_format": {"type": "json_object"}, "reasoning_effort": "minimal",
         "seed": 7, "logprobs": True, "max_tokens": 500,
     }, ("anthropic_messages",)),
+    # Codex 0.171 with its default config (a namespace group, web_search, a custom tool, its
+    # options), on a turn that replays a namespaced call, a custom call and their outputs.
+    "codex_default_config": ("openai_responses", {
+        "model": "gw-model", "stream": True, "instructions": "You are Codex.",
+        "input": [
+            {"type": "message", "role": "developer",
+             "content": [{"type": "input_text", "text": "Sandbox: read-only."}]},
+            {"type": "message", "role": "user",
+             "content": [{"type": "input_text", "text": "Say hi, then patch."}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [],
+             "encrypted_content": "gAAAA-opaque"},
+            {"type": "function_call", "call_id": "call_1", "name": "spawn_agent",
+             "namespace": "multi_agent_v1", "arguments": "{\"task\":\"hi\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "agent said hi"},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed",
+             "action": {"type": "search", "query": "hi"}},
+            {"type": "custom_tool_call", "call_id": "call_2", "name": "apply_patch",
+             "input": "*** Begin Patch\n*** End Patch"},
+            {"type": "custom_tool_call_output", "call_id": "call_2", "output": "Done!"}],
+        "tools": [
+            {"type": "function", "name": "exec_command", "description": "Runs a command",
+             "strict": False, "parameters": {"type": "object", "properties": {
+                 "cmd": {"type": "string"}}, "required": ["cmd"]}},
+            {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+             "tools": [{"type": "function", "name": "spawn_agent", "strict": False,
+                        "description": "Spawn a sub-agent",
+                        "parameters": {"type": "object", "properties": {
+                            "task": {"type": "string"}}}}]},
+            {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+             "format": {"type": "grammar", "syntax": "lark",
+                        "definition": "start: begin_patch hunk+ end_patch"}},
+            {"type": "web_search", "external_web_access": False}],
+        "tool_choice": "auto", "parallel_tool_calls": True, "store": False,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "0190-session",
+        "text": {"verbosity": "low"}, "service_tier": "auto", "truncation": "auto",
+        "client_metadata": {"turn_id": "t1"},
+    }, ("openai_chat", "anthropic_messages")),
+    # A Chat Completions client reaching a Responses-only model.
+    "chat_to_responses": ("openai_chat", {
+        "model": "m", "max_completion_tokens": 300, "reasoning_effort": "high",
+        "stop": ["END"], "response_format": {"type": "json_schema", "json_schema": {
+            "name": "answer", "strict": True, "schema": {"type": "object"}}},
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "What is in it?"},
+                {"type": "image_url", "image_url": {"url": "https://img.example/a.png"}}]},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "look", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}],
+        "tools": [{"type": "function", "function": {"name": "look", "parameters": {
+            "type": "object", "properties": {}}}}],
+    }, ("openai_responses",)),
+    # Claude Code reaching a Responses-only model.
+    "claude_code_to_responses": ("anthropic_messages", {
+        "model": "gw-model", "max_tokens": 1000, "system": "You are Claude Code.",
+        "thinking": {"type": "enabled", "budget_tokens": 4000},
+        "messages": [
+            {"role": "user", "content": "Say hi with Bash."},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Run echo.", "signature": "sig-1"},
+                {"type": "tool_use", "id": "toolu_01", "name": "Bash",
+                 "input": {"command": "echo hi"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "hi",
+                 "is_error": True}]}],
+        "tools": [BASH],
+    }, ("openai_responses",)),
 }
 
 
