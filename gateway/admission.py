@@ -137,7 +137,9 @@ def call_intent(call: Call, snapshot: RoutingSnapshot, deployments: tuple[Deploy
         upstream_model=first.upstream_model, provider_name=first.provider_name,
         route_id=first.route_id, stream=call.stream, prompt_tokens=prompt_tokens,
         cost_usd=cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=0),
-        price_id=price.id if price else None, idempotency_key=call.idempotency_key)
+        price_id=price.id if price else None, idempotency_key=call.idempotency_key,
+        key_name=key.name[:100], team_name=(key.team_name or "")[:64], tags=call.tags,
+        end_user=call.end_user)
 
 
 async def intent_keep(call: Call, snapshot: RoutingSnapshot,

@@ -41,12 +41,21 @@ class Call:
     output_tokens: int = 0
     cached_tokens: int = 0
     cache_creation_tokens: int = 0
+    # Of the cache writes, those kept one hour (the rest: five minutes).
+    cache_creation_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
     usage_source: str = UsageSource.ESTIMATED
     status: str = UsageStatus.OK
     http_status: int = 200
     error_type: str = ""
     idempotency_key: str = ""
+    # Attribution (gateway.intake.attribution): tags comma-separated, the client's end user.
+    tags: str = ""
+    end_user: str = ""
     idempotency_claim: int | None = None
     # Bytes sent to the client, kept only while an Idempotency-Key claim needs them.
     captured: list[bytes] | None = None
@@ -68,6 +77,10 @@ class Call:
 
     def described(self, *, model: str, stream: bool) -> None:
         self.public_model, self.stream = model, stream
+
+    def attributed(self, *, tags: tuple[str, ...], end_user: str) -> None:
+        """Who and what the request is for, as the client labelled it (bounded by the caller)."""
+        self.tags, self.end_user = ",".join(tags), end_user
 
     # -- admission -------------------------------------------------------------------------
     def claim_held(self, claim_id: int) -> None:
@@ -128,7 +141,12 @@ class Call:
         self.output_tokens = usage.output_tokens
         self.cached_tokens = usage.cached_tokens
         self.cache_creation_tokens = usage.cache_creation_tokens
+        self.cache_creation_1h_tokens = usage.cache_creation_1h_tokens
         self.reasoning_tokens = usage.reasoning_tokens
+        self.audio_input_tokens = usage.audio_input_tokens
+        self.audio_output_tokens = usage.audio_output_tokens
+        self.image_input_tokens = usage.image_input_tokens
+        self.image_output_tokens = usage.image_output_tokens
         self.usage_source = UsageSource.REPORTED
 
     def output_estimated(self, tokens: int, *, prompt: Usage | None = None) -> None:
@@ -138,17 +156,34 @@ class Call:
             self.input_tokens = prompt.input_tokens
             self.cached_tokens = prompt.cached_tokens
             self.cache_creation_tokens = prompt.cache_creation_tokens
+            self.cache_creation_1h_tokens = prompt.cache_creation_1h_tokens
+            self.audio_input_tokens = prompt.audio_input_tokens
+            self.image_input_tokens = prompt.image_input_tokens
         self.output_tokens = tokens
         self.usage_source = UsageSource.ESTIMATED
 
     def nothing_billed(self) -> None:
         """No answer was produced (the upstream's body was unreadable): bill nothing."""
         self.input_tokens = self.output_tokens = self.cached_tokens = 0
-        self.cache_creation_tokens = self.reasoning_tokens = 0
+        self.cache_creation_tokens = self.cache_creation_1h_tokens = self.reasoning_tokens = 0
+        self.audio_input_tokens = self.audio_output_tokens = 0
+        self.image_input_tokens = self.image_output_tokens = 0
 
     def first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+
+    def tokens(self) -> dict[str, int]:
+        """The call's tokens per class, as the ledger's columns (usage.pricing.TOKEN_FIELDS)."""
+        write_1h = min(self.cache_creation_1h_tokens, self.cache_creation_tokens)
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cached_tokens": self.cached_tokens,
+                "cache_write_5m_tokens": self.cache_creation_tokens - write_1h,
+                "cache_write_1h_tokens": write_1h, "reasoning_tokens": self.reasoning_tokens,
+                "audio_input_tokens": self.audio_input_tokens,
+                "audio_output_tokens": self.audio_output_tokens,
+                "image_input_tokens": self.image_input_tokens,
+                "image_output_tokens": self.image_output_tokens}
 
     def failed(self, *, status: str, error_type: str, http_status: int | None = None) -> None:
         """The call's outcome is not `ok`. `http_status` defaults to what the client got

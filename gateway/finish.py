@@ -43,8 +43,7 @@ def call_price(call: Call, snapshot: RoutingSnapshot):
 def call_cost(call: Call, snapshot: RoutingSnapshot, *, price=None) -> Decimal:
     """What the ledger bills this call: its tokens at the price in force when it started."""
     price = price if price is not None else call_price(call, snapshot)
-    return cost_usd(price=price, input_tokens=call.input_tokens,
-                    output_tokens=call.output_tokens, cached_tokens=call.cached_tokens)
+    return cost_usd(price=price, **call.tokens())
 
 
 async def call_finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool = False,
@@ -123,13 +122,16 @@ async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool
     price = call_price(call, snapshot)
     now = time.monotonic()
     key = call.key
+    tokens = call.tokens()
     entry = LedgerEntry(
         request_id=call.request_id,
         client_request_id=call.client_request_id,
         created_at=call.created_at,
         api_key_id=key.id if key else None,
         key_prefix=key.prefix if key else "",
+        key_name=key.name[:100] if key else "",
         team_id=key.team_id if key else None,
+        team_name=(key.team_name or "")[:64] if key else "",
         surface=call.surface,
         public_model=call.public_model[:200],
         upstream_model=d.upstream_model if d else "",
@@ -139,16 +141,15 @@ async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool
         status=call.status,
         http_status=call.http_status,
         error_type=call.error_type[:64],
-        input_tokens=call.input_tokens,
-        output_tokens=call.output_tokens,
-        cached_tokens=call.cached_tokens,
-        reasoning_tokens=call.reasoning_tokens,
+        **tokens,
         usage_source=call.usage_source,
-        cost_usd=call_cost(call, snapshot, price=price),
+        cost_usd=cost_usd(price=price, **tokens),
         price_id=price.id if price else None,
         latency_ms=int((now - call.started) * 1000),
         ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
         idempotency_key=call.idempotency_key,
+        tags=call.tags,
+        end_user=call.end_user,
     )
     # Independent of each other: the shared-state round trips overlap the ledger commit.
     await asyncio.gather(

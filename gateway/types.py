@@ -195,13 +195,20 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts. `input_tokens` includes `cached_tokens` (cache reads) and
-    `cache_creation_tokens` (cache writes); `output_tokens` includes `reasoning_tokens`."""
+    """Token counts. `input_tokens` includes `cached_tokens` (cache reads),
+    `cache_creation_tokens` (cache writes, of which `cache_creation_1h_tokens` are written for
+    one hour and the rest for five minutes) and the audio and image input tokens;
+    `output_tokens` includes `reasoning_tokens` and the audio and image output tokens."""
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
     cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_creation_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

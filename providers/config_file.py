@@ -185,14 +185,49 @@ def _effective_from(value: object) -> datetime | None:
 Price = Annotated[Decimal, BeforeValidator(_price_required)]
 
 
+OptionalPrice = Annotated[Decimal | None, BeforeValidator(_price)]
+
+
+class LongContextSpec(ConfigModel):
+    """`long_context:` of a price: above `threshold` input tokens, the whole request is billed
+    at these rates (usage.pricing)."""
+    threshold: int = Field(gt=0)
+    input: OptionalPrice = None
+    output: OptionalPrice = None
+    cached_input: OptionalPrice = None
+    cache_write_5m: OptionalPrice = None
+    cache_write_1h: OptionalPrice = None
+
+
 class PriceSpec(ConfigModel):
     upstream_model: str = Field(alias="model", min_length=1)
     provider: str | None = None
     input_per_mtok: Price = Field(alias="input")
     output_per_mtok: Price = Field(alias="output")
-    cached_input_per_mtok: Annotated[Decimal | None, BeforeValidator(_price)] = Field(
-        None, alias="cached_input")
+    cached_input_per_mtok: OptionalPrice = Field(None, alias="cached_input")
+    cache_write_5m_per_mtok: OptionalPrice = Field(None, alias="cache_write_5m")
+    cache_write_1h_per_mtok: OptionalPrice = Field(None, alias="cache_write_1h")
+    reasoning_per_mtok: OptionalPrice = Field(None, alias="reasoning")
+    audio_input_per_mtok: OptionalPrice = Field(None, alias="audio_input")
+    audio_output_per_mtok: OptionalPrice = Field(None, alias="audio_output")
+    image_input_per_mtok: OptionalPrice = Field(None, alias="image_input")
+    image_output_per_mtok: OptionalPrice = Field(None, alias="image_output")
+    long_context: LongContextSpec | None = None
     effective_from: Annotated[datetime | None, BeforeValidator(_effective_from)] = None
+
+    def price_fields(self) -> dict[str, Any]:
+        """The Price columns this entry sets (providers.models.PRICE_OPTIONAL_FIELDS and the
+        two required rates), None for the rates it leaves out."""
+        tier = self.long_context
+        fields = {name: getattr(self, name) for name in (
+            "input_per_mtok", "output_per_mtok", "cached_input_per_mtok",
+            "cache_write_5m_per_mtok", "cache_write_1h_per_mtok", "reasoning_per_mtok",
+            "audio_input_per_mtok", "audio_output_per_mtok", "image_input_per_mtok",
+            "image_output_per_mtok")}
+        fields["long_context_threshold"] = tier.threshold if tier else None
+        for name in ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h"):
+            fields[f"long_context_{name}_per_mtok"] = getattr(tier, name) if tier else None
+        return fields
 
 
 @dataclass(frozen=True)

@@ -94,19 +94,50 @@ class ModelRoute(models.Model):
         return self.provider.priority if self.priority is None else self.priority
 
 
+def _rate(help_text: str, *, required: bool = False) -> models.DecimalField:
+    return models.DecimalField(max_digits=14, decimal_places=6, null=not required,
+                               blank=not required, help_text=help_text,
+                               validators=[MinValueValidator(Decimal("0"))])
+
+
 class Price(models.Model):
     """USD per million tokens for an upstream model, versioned by `effective_from`.
 
     Rows are never edited in place: a new price is a new row; the one in force is the newest
-    whose `effective_from` has passed (a provider-specific row beats a generic one).
+    whose `effective_from` has passed (a provider-specific row beats a generic one). Each
+    token class has its own rate; a null rate falls back as its help text says
+    (usage.pricing). With `long_context_threshold`, a request whose input tokens
+    (cache reads and writes included) exceed it is billed wholly at the `long_context_*` rates.
     """
 
     upstream_model = models.CharField(max_length=200)
     provider = models.ForeignKey(Provider, null=True, blank=True, on_delete=models.PROTECT,
                                  related_name="prices")
-    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
-    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6)
-    cached_input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    input_per_mtok = _rate("Uncached input.", required=True)
+    output_per_mtok = _rate("Output, reasoning included.", required=True)
+    cached_input_per_mtok = _rate("Cache reads. Empty: the input rate.")
+    cache_write_5m_per_mtok = _rate(
+        "Cache writes kept 5 minutes (Anthropic: 1.25 x input). Empty: the input rate.")
+    cache_write_1h_per_mtok = _rate(
+        "Cache writes kept 1 hour (Anthropic: 2 x input). Empty: the input rate.")
+    reasoning_per_mtok = _rate("Reasoning output. Empty: the output rate.")
+    audio_input_per_mtok = _rate("Audio input. Empty: the input rate.")
+    audio_output_per_mtok = _rate("Audio output. Empty: the output rate.")
+    image_input_per_mtok = _rate("Image input. Empty: the input rate.")
+    image_output_per_mtok = _rate("Image output. Empty: the output rate.")
+    long_context_threshold = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Input tokens above which the whole request is billed at the long-context "
+                  "rates. Empty: one tier.")
+    long_context_input_per_mtok = _rate("Long context: input. Empty: the input rate.")
+    long_context_output_per_mtok = _rate(
+        "Long context: output and reasoning. Empty: the output rate.")
+    long_context_cached_input_per_mtok = _rate(
+        "Long context: cache reads. Empty: the long-context input rate.")
+    long_context_cache_write_5m_per_mtok = _rate(
+        "Long context: 5-minute cache writes. Empty: the long-context input rate.")
+    long_context_cache_write_1h_per_mtok = _rate(
+        "Long context: 1-hour cache writes. Empty: the long-context input rate.")
     effective_from = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -117,6 +148,17 @@ class Price(models.Model):
     def __str__(self) -> str:
         scope = self.provider.name if self.provider_id else "any provider"
         return f"{self.upstream_model} ({scope}) from {self.effective_from:%Y-%m-%d}"
+
+
+# Price's optional rates and long-context tier, in the order PriceInfo carries them.
+PRICE_OPTIONAL_FIELDS = (
+    "cached_input_per_mtok", "cache_write_5m_per_mtok", "cache_write_1h_per_mtok",
+    "reasoning_per_mtok", "audio_input_per_mtok", "audio_output_per_mtok",
+    "image_input_per_mtok", "image_output_per_mtok", "long_context_threshold",
+    "long_context_input_per_mtok", "long_context_output_per_mtok",
+    "long_context_cached_input_per_mtok", "long_context_cache_write_5m_per_mtok",
+    "long_context_cache_write_1h_per_mtok",
+)
 
 
 class BudgetPeriod(models.TextChoices):

@@ -15,7 +15,7 @@ from decimal import Decimal
 from gateway.routing import Candidate
 from gateway.types import CodecOptions
 from providers.crypto import SecretUnreadable, secret_decrypt
-from providers.models import ApiKey, ConfigVersion, ModelRoute, Price
+from providers.models import PRICE_OPTIONAL_FIELDS, ApiKey, ConfigVersion, ModelRoute, Price
 from providers.translation import codec_options, upstream_kind
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,32 @@ class KeyInfo:
 
 @dataclass(frozen=True, slots=True)
 class PriceInfo:
+    """One price version (providers.models.Price); usage.pricing bills with it."""
     id: int
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal | None
     effective_from: datetime
+    cache_write_5m_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
+    reasoning_per_mtok: Decimal | None = None
+    audio_input_per_mtok: Decimal | None = None
+    audio_output_per_mtok: Decimal | None = None
+    image_input_per_mtok: Decimal | None = None
+    image_output_per_mtok: Decimal | None = None
+    long_context_threshold: int | None = None
+    long_context_input_per_mtok: Decimal | None = None
+    long_context_output_per_mtok: Decimal | None = None
+    long_context_cached_input_per_mtok: Decimal | None = None
+    long_context_cache_write_5m_per_mtok: Decimal | None = None
+    long_context_cache_write_1h_per_mtok: Decimal | None = None
+
+
+def price_info(price: Price) -> PriceInfo:
+    """The snapshot's copy of a price version."""
+    return PriceInfo(id=price.id, input_per_mtok=price.input_per_mtok,
+                     output_per_mtok=price.output_per_mtok, effective_from=price.effective_from,
+                     **{name: getattr(price, name) for name in PRICE_OPTIONAL_FIELDS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +179,7 @@ def routing_snapshot_load() -> RoutingSnapshot:
 
     prices: dict[tuple[int | None, str], list[PriceInfo]] = {}
     for price in Price.objects.order_by("-effective_from", "-id"):
-        prices.setdefault((price.provider_id, price.upstream_model), []).append(PriceInfo(
-            id=price.id,
-            input_per_mtok=price.input_per_mtok,
-            output_per_mtok=price.output_per_mtok,
-            cached_input_per_mtok=price.cached_input_per_mtok,
-            effective_from=price.effective_from,
-        ))
+        prices.setdefault((price.provider_id, price.upstream_model), []).append(price_info(price))
 
     return RoutingSnapshot(
         version=version,

@@ -138,14 +138,11 @@ def _price_add_if_changed(p: PriceSpec, *, actor: str) -> int:
     current = (Price.objects.filter(upstream_model=p.upstream_model, provider=provider,
                                     effective_from__lte=p.effective_from or now)
                .order_by("-effective_from", "-id").first())
-    if current and (current.input_per_mtok, current.output_per_mtok, current.cached_input_per_mtok) == (
-            p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok):
+    rates = p.price_fields()
+    if current and all(getattr(current, name) == value for name, value in rates.items()):
         return 0
-    price = Price.objects.create(
-        upstream_model=p.upstream_model, provider=provider,
-        input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok,
-        cached_input_per_mtok=p.cached_input_per_mtok, effective_from=p.effective_from or now,
-    )
+    price = Price.objects.create(upstream_model=p.upstream_model, provider=provider,
+                                 effective_from=p.effective_from or now, **rates)
     audit_log_write(obj=price, action=AuditAction.ADD, before=None, after=audit_state(price),
                     actor=actor)
     return 1
@@ -200,8 +197,18 @@ def config_export() -> str:
             item["provider"] = price.provider.name
         item["input"] = _decimal_text(price.input_per_mtok)
         item["output"] = _decimal_text(price.output_per_mtok)
-        if price.cached_input_per_mtok is not None:
-            item["cached_input"] = _decimal_text(price.cached_input_per_mtok)
+        for name in ("cached_input", "cache_write_5m", "cache_write_1h", "reasoning",
+                     "audio_input", "audio_output", "image_input", "image_output"):
+            rate = getattr(price, f"{name}_per_mtok")
+            if rate is not None:
+                item[name] = _decimal_text(rate)
+        if price.long_context_threshold is not None:
+            tier = {"threshold": price.long_context_threshold}
+            for name in ("input", "output", "cached_input", "cache_write_5m", "cache_write_1h"):
+                rate = getattr(price, f"long_context_{name}_per_mtok")
+                if rate is not None:
+                    tier[name] = _decimal_text(rate)
+            item["long_context"] = tier
         prices.append(item)
     document = {"providers": providers, "prices": prices}
     for name, section in config_sections().items():

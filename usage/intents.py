@@ -104,6 +104,11 @@ class Intent:
     price_id: int | None
     idempotency_key: str = ""
     shared_limits: tuple[BudgetLimit, ...] = ()
+    # Defaults, so intents written before these fields existed still decode.
+    key_name: str = ""
+    team_name: str = ""
+    tags: str = ""
+    end_user: str = ""
 
     def encode(self) -> str:
         data = {name: getattr(self, name) for name in self.__slots__}
@@ -134,7 +139,8 @@ class Intent:
             error_type="process_lost", input_tokens=self.prompt_tokens, output_tokens=0,
             cached_tokens=0, reasoning_tokens=0, usage_source=UsageSource.ESTIMATED,
             cost_usd=self.cost_usd, price_id=self.price_id, latency_ms=0, ttft_ms=None,
-            idempotency_key=self.idempotency_key)
+            idempotency_key=self.idempotency_key, key_name=self.key_name,
+            team_name=self.team_name, tags=self.tags, end_user=self.end_user)
 
 
 def intent_row(*, request_id: str, payload: str, expires_at: datetime) -> RequestIntent:

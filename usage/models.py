@@ -32,11 +32,15 @@ class UsageRecord(models.Model):
     # The client's own x-request-id, when it sent one (not unique: clients reuse them).
     client_request_id = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(db_index=True)
+    # PROTECT: a key or team with usage is revoked, never deleted; its names as they were
+    # when the request came are kept beside the ids, so a rename does not rewrite history.
     api_key = models.ForeignKey("providers.ApiKey", null=True, blank=True,
-                                on_delete=models.SET_NULL, related_name="usage_records")
+                                on_delete=models.PROTECT, related_name="usage_records")
     key_prefix = models.CharField(max_length=16, blank=True)
-    team = models.ForeignKey("providers.Team", null=True, blank=True, on_delete=models.SET_NULL,
+    key_name = models.CharField(max_length=100, blank=True)
+    team = models.ForeignKey("providers.Team", null=True, blank=True, on_delete=models.PROTECT,
                              related_name="usage_records")
+    team_name = models.CharField(max_length=64, blank=True)
     surface = models.CharField(max_length=32)
     public_model = models.CharField(max_length=200)
     upstream_model = models.CharField(max_length=200, blank=True)
@@ -46,18 +50,33 @@ class UsageRecord(models.Model):
     status = models.CharField(max_length=24, choices=UsageStatus.choices)
     http_status = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=64, blank=True)
+    # Tokens per class, counted as the IR counts them (usage.pricing): `input_tokens` includes
+    # the cache reads (`cached_tokens`), both cache writes and the audio and image input;
+    # `output_tokens` includes the reasoning and the audio and image output.
     input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
+    cache_write_5m_tokens = models.PositiveIntegerField(default=0)
+    cache_write_1h_tokens = models.PositiveIntegerField(default=0)
     reasoning_tokens = models.PositiveIntegerField(default=0)
+    audio_input_tokens = models.PositiveIntegerField(default=0)
+    audio_output_tokens = models.PositiveIntegerField(default=0)
+    image_input_tokens = models.PositiveIntegerField(default=0)
+    image_output_tokens = models.PositiveIntegerField(default=0)
     usage_source = models.CharField(max_length=16, choices=UsageSource.choices,
                                     default=UsageSource.REPORTED)
+    # Recomputable: usage.pricing.cost_usd of the tokens above at `price` (manage.py
+    # ledger_verify does it). PROTECT: a price version that billed a row stays.
     cost_usd = models.DecimalField(max_digits=20, decimal_places=10, default=0)
-    price = models.ForeignKey("providers.Price", null=True, blank=True, on_delete=models.SET_NULL,
+    price = models.ForeignKey("providers.Price", null=True, blank=True, on_delete=models.PROTECT,
                               related_name="+")
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=255, blank=True)
+    # The request's tags, lowercase and comma-separated (gateway.intake.attribution), and its
+    # end user as the client named it.
+    tags = models.CharField(max_length=650, blank=True)
+    end_user = models.CharField(max_length=256, blank=True)
 
     objects = UsageRecordQuerySet.as_manager()
 
@@ -68,10 +87,15 @@ class UsageRecord(models.Model):
             models.Index(fields=["team", "created_at"]),
             models.Index(fields=["provider_name", "created_at"]),
             models.Index(fields=["public_model", "created_at"]),
+            models.Index(fields=["end_user", "created_at"]),
         ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.public_model} {self.status}"
+
+    @property
+    def tag_list(self) -> list[str]:
+        return self.tags.split(",") if self.tags else []
 
 
 class BudgetScope(models.TextChoices):
@@ -154,11 +178,15 @@ class IdempotencyRecord(models.Model):
 
 
 class DailyUsage(models.Model):
-    """Ledger rolled up by day, key, team, provider and model (usage.tasks.usage_rollup)."""
+    """Ledger rolled up by day, key, team (each with its name as the ledger stored it),
+    provider and model (usage.tasks.usage_rollup)."""
 
     day = models.DateField()
-    api_key = models.ForeignKey("providers.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+")
-    team = models.ForeignKey("providers.Team", null=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey("providers.ApiKey", null=True, on_delete=models.PROTECT, related_name="+")
+    key_prefix = models.CharField(max_length=16, blank=True)
+    key_name = models.CharField(max_length=100, blank=True)
+    team = models.ForeignKey("providers.Team", null=True, on_delete=models.PROTECT, related_name="+")
+    team_name = models.CharField(max_length=64, blank=True)
     provider_name = models.CharField(max_length=64)
     public_model = models.CharField(max_length=200)
     requests = models.PositiveIntegerField(default=0)
@@ -166,11 +194,18 @@ class DailyUsage(models.Model):
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     cached_tokens = models.BigIntegerField(default=0)
+    cache_write_5m_tokens = models.BigIntegerField(default=0)
+    cache_write_1h_tokens = models.BigIntegerField(default=0)
     reasoning_tokens = models.BigIntegerField(default=0)
+    audio_input_tokens = models.BigIntegerField(default=0)
+    audio_output_tokens = models.BigIntegerField(default=0)
+    image_input_tokens = models.BigIntegerField(default=0)
+    image_output_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(
-            fields=["day", "api_key", "team", "provider_name", "public_model"],
+            fields=["day", "api_key", "key_prefix", "key_name", "team", "team_name",
+                    "provider_name", "public_model"],
             name="uniq_daily_usage")]
         indexes = [models.Index(fields=["day"])]

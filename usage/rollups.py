@@ -15,8 +15,12 @@ from usage.models import BudgetCounter, BudgetScope, DailyUsage, UsageRecord, Us
 
 logger = logging.getLogger(__name__)
 
-_FIELDS = ("api_key_id", "team_id", "provider_name", "public_model", "status", "input_tokens",
-           "output_tokens", "cached_tokens", "reasoning_tokens", "cost_usd")
+# What a rollup row groups by, then what it sums.
+GROUP_FIELDS = ("api_key_id", "key_prefix", "key_name", "team_id", "team_name", "provider_name",
+                "public_model")
+TOKEN_SUMS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_5m_tokens",
+              "cache_write_1h_tokens", "reasoning_tokens", "audio_input_tokens",
+              "audio_output_tokens", "image_input_tokens", "image_output_tokens")
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -30,22 +34,20 @@ def usage_rollup(*, day: date) -> int:
     or again after late rows arrived, leaves exactly the ledger's totals. Costs are summed as
     Decimal in Python (SQLite would sum them as floats). Returns the number of groups."""
     start, end = day_bounds(day)
-    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, Decimal(0)])
-    rows = UsageRecord.objects.between(start, end).values_list(*_FIELDS).order_by()
-    for key_id, team_id, provider, model, status, inp, out, cached, reasoning, cost in rows.iterator(chunk_size=5000):
-        t = totals[(key_id, team_id, provider, model)]
+    width = len(GROUP_FIELDS)
+    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, *[0] * len(TOKEN_SUMS), Decimal(0)])
+    rows = (UsageRecord.objects.between(start, end)
+            .values_list(*GROUP_FIELDS, "status", *TOKEN_SUMS, "cost_usd").order_by())
+    for row in rows.iterator(chunk_size=5000):
+        t = totals[row[:width]]
         t[0] += 1
-        t[1] += status != UsageStatus.OK
-        t[2] += inp
-        t[3] += out
-        t[4] += cached
-        t[5] += reasoning
-        t[6] += cost
+        t[1] += row[width] != UsageStatus.OK
+        for i, value in enumerate(row[width + 1:], start=2):
+            t[i] += value
     DailyUsage.objects.filter(day=day).delete()
     DailyUsage.objects.bulk_create([
-        DailyUsage(day=day, api_key_id=k[0], team_id=k[1], provider_name=k[2], public_model=k[3],
-                   requests=t[0], errors=t[1], input_tokens=t[2], output_tokens=t[3],
-                   cached_tokens=t[4], reasoning_tokens=t[5], cost_usd=t[6])
+        DailyUsage(day=day, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
+                   **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
         for k, t in totals.items()])
     return len(totals)
 

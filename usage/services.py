@@ -15,6 +15,7 @@ from usage.models import RequestIntent, UsageRecord
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
+    """One ledger row as it is inserted (the columns of usage.models.UsageRecord)."""
     request_id: str
     client_request_id: str
     created_at: datetime
@@ -40,6 +41,17 @@ class LedgerEntry:
     latency_ms: int
     ttft_ms: int | None
     idempotency_key: str = ""
+    # Defaults, so rows spooled before these columns existed still decode (usage.spool).
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
+    key_name: str = ""
+    team_name: str = ""
+    tags: str = ""
+    end_user: str = ""
 
 
 @dataclass(frozen=True, slots=True)

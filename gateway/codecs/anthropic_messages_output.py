@@ -47,15 +47,23 @@ def stop_reason(wire: str) -> StopReason:
 
 
 def usage_from_anthropic(usage: dict[str, Any]) -> Usage:
-    """IR usage from Anthropic `usage` (all three input counts added into `input_tokens`)."""
+    """IR usage from Anthropic `usage` (all three input counts added into `input_tokens`).
+    Cache writes are split by TTL when `cache_creation` says how (`ephemeral_1h_input_tokens`,
+    `ephemeral_5m_input_tokens`); an unsplit `cache_creation_input_tokens` counts as 5-minute
+    writes, Anthropic's default TTL."""
     cache_read = count(usage.get("cache_read_input_tokens"))
-    cache_write = count(usage.get("cache_creation_input_tokens"))
+    split = usage.get("cache_creation")
+    split = split if isinstance(split, dict) else {}
+    write_1h = count(split.get("ephemeral_1h_input_tokens"))
+    cache_write = max(count(usage.get("cache_creation_input_tokens")),
+                      count(split.get("ephemeral_5m_input_tokens")) + write_1h)
     details = usage.get("output_tokens_details") or {}
     return Usage(input_tokens=count(usage.get("input_tokens")) + cache_read + cache_write,
                  output_tokens=count(usage.get("output_tokens")),
                  cached_tokens=cache_read,
                  cache_creation_tokens=cache_write,
-                 reasoning_tokens=count(details.get("thinking_tokens")))
+                 reasoning_tokens=count(details.get("thinking_tokens")),
+                 cache_creation_1h_tokens=min(write_1h, cache_write))
 
 
 usage_from = usage_from_anthropic

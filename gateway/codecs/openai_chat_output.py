@@ -45,7 +45,9 @@ def finish_reason(reason: StopReason | None, *, called_tools: bool) -> str:
 
 def usage_from_openai(usage: dict[str, Any]) -> Usage:
     """IR usage from an OpenAI `usage` object; `prompt_tokens` already includes cached ones.
-    DeepSeek reports cache hits as `prompt_cache_hit_tokens` instead of the details object."""
+    DeepSeek reports cache hits as `prompt_cache_hit_tokens` instead of the details object.
+    Audio tokens (OpenAI's audio models) and image tokens (xAI) are parts of the prompt and
+    completion counts, as in the IR."""
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
     return Usage(
@@ -55,6 +57,9 @@ def usage_from_openai(usage: dict[str, Any]) -> Usage:
         or count(usage.get("prompt_cache_hit_tokens")),
         cache_creation_tokens=count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens=count(completion_details.get("reasoning_tokens")),
+        audio_input_tokens=count(prompt_details.get("audio_tokens")),
+        audio_output_tokens=count(completion_details.get("audio_tokens")),
+        image_input_tokens=count(prompt_details.get("image_tokens")),
     )
 
 
