@@ -3,7 +3,8 @@
 0 core      pure or infrastructural pieces every layer may use: the IR, errors, codecs, the
             dialect registry, token estimates, the database hand-off, the shared-state helper,
             SSE, logs, settings, the pure routing policy
-1 domain    providers, usage, tasks: models, services, selectors, pricing, budgets, ledger
+1 domain    providers, usage, tasks, response_store: models, services, selectors, pricing,
+            budgets, ledger
 2 proxy     the rest of gateway/: adapters, pipeline, relay, surfaces, ASGI, health, metrics
 3 apps      chat, the task endpoint, the Django admin modules, the finance reports
 """
@@ -13,7 +14,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("gateway", "providers", "usage", "tasks", "chat")
+PACKAGES = ("gateway", "providers", "usage", "tasks", "chat", "response_store")
 CORE = ("gateway.types", "gateway.errors", "gateway.codecs", "gateway.dialects", "gateway.tokens",
         "gateway.database", "gateway.cancellation", "gateway.shared_state", "gateway.streaming",
         "gateway.logs", "gateway.settings", "gateway.routing")
