@@ -32,6 +32,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from gateway.call import Call
 from gateway.codecs import openai_responses as codec
+from gateway.database import db
 from gateway.dialects import Dialect
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.intake import authenticate
@@ -81,7 +82,7 @@ def input_items(value: Any) -> list[dict[str, Any]]:
 async def stored_lookup(*, key_id: int, response_id: str) -> StoredResponse | None:
     if (task := _pending.get(response_id)) is not None:
         await asyncio.shield(task)
-    return await stored_response_get(key_id=key_id, response_id=response_id)
+    return await db.run(stored_response_get, key_id=key_id, response_id=response_id)
 
 
 def _chain_first(deployments: tuple[Deployment, ...],
@@ -165,7 +166,7 @@ def store_later(call: Call, job: Job, response: dict[str, Any], *, passed_throug
 
 async def _save(**fields: Any) -> None:
     try:
-        await stored_response_save(**fields, ttl_s=settings.GATEWAY_RESPONSES_TTL_S)
+        await db.run(stored_response_save, **fields, ttl_s=settings.GATEWAY_RESPONSES_TTL_S)
     except Exception:  # the answer is already the client's; a lost store is logged, not raised
         logger.exception("could not store response %s", fields.get("response_id"))
 
@@ -224,7 +225,7 @@ async def response_detail(request: HttpRequest, response_id: str) -> HttpRespons
         if request.method == "DELETE":
             if (task := _pending.get(response_id)) is not None:
                 await asyncio.shield(task)
-            if not await stored_response_delete(key_id=key.id, response_id=response_id):
+            if not await db.run(stored_response_delete, key_id=key.id, response_id=response_id):
                 raise _response_not_found(response_id)
             return json_response({"id": response_id, "object": "response", "deleted": True})
         stored = await stored_lookup(key_id=key.id, response_id=response_id)
