@@ -352,20 +352,22 @@ class StreamDecoder:
 
 class Passthrough:
     """A Responses upstream's events to a Responses client as they came, but for the public
-    model name in the `response` objects. `on_final`, when given, receives the final
-    `response` object (completed or incomplete) of the stream. A failure after streaming began
-    is an `error` event, then `response.failed`."""
+    model name (and `echo`, e.g. the client's `previous_response_id`) in the `response`
+    objects. `on_final`, when given, receives the final `response` object (completed or
+    incomplete) of the stream. A failure after streaming began is an `error` event, then
+    `response.failed`."""
 
-    def __init__(self, *, model: str, on_final=None) -> None:
+    def __init__(self, *, model: str, on_final=None, echo: dict[str, Any] | None = None) -> None:
         self._model = model
         self._on_final = on_final
+        self._echo = echo or {}
         self._seq = 0
         self._response: dict[str, Any] = {}
 
     def chunk(self, event: str | None, payload: dict[str, Any]) -> list[SSEEvent]:
         response = payload.get("response")
         if isinstance(response, dict):
-            response["model"] = self._model
+            response.update(model=self._model, **self._echo)
             self._response = response
             if payload.get("type") in ("response.completed", "response.incomplete") \
                     and self._on_final is not None:

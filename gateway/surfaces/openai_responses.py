@@ -186,6 +186,7 @@ class ResponsesOutput:
         if dialect.wire == WIRE:
             return StreamRelay(call, codec=dialect.codec, passthrough=codec.Passthrough(
                 model=call.public_model,
+                echo=_echo(job) if isinstance(job, ResponsesJob) else None,
                 on_final=lambda r: store_later(call, job, r, passed_through=True)))
         return StreamRelay(call, codec=dialect.codec, encoder=codec.StreamEncoder(
             model=call.public_model, request_id=call.request_id, request=job.req,

@@ -108,7 +108,7 @@ def test_streamed_chain_on_a_responses_upstream_passes_previous_response_id_thro
             input=[{"type": "function_call_output", "call_id": call.call_id,
                     "output": "hi"}]) as stream:
         second = stream.get_final_response()
-    assert second.output_text == FINAL
+    assert (second.output_text, second.previous_response_id) == (FINAL, first.id)
     latest = tool_loop.calls("loop-resp")[-1].body
     # The upstream answered the first turn itself: it gets its own id and the new input only.
     assert latest["previous_response_id"] == first.id
