@@ -7,6 +7,7 @@ SQLite and MySQL alike, with or without Redis. Amounts are integer units of 1e-1
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -18,13 +19,22 @@ from django.utils import timezone
 from gateway.errors import BudgetExceeded
 from usage.models import BudgetCounter, BudgetReservation, BudgetScope, RequestIntent
 
+logger = logging.getLogger(__name__)
+
 UNITS_PER_USD = Decimal(10) ** 10
 RESERVATION_TTL = timedelta(minutes=30)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.get_fixed_timezone(0))
 
 
 def usd_to_units(amount: Decimal) -> int:
-    return int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+    """`amount` in integer units of 1e-10 USD, rounded up. A negative amount (a cost from a
+    negative price stored before prices were validated) is logged as an error and counted as
+    0: a counter only ever grows, and the request it came from must not fail for it."""
+    units = int((amount * UNITS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+    if units < 0:
+        logger.error("negative amount %s USD counted as 0 (is a price negative?)", amount)
+        return 0
+    return units
 
 
 def units_to_usd(units: int) -> Decimal:
