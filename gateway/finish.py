@@ -22,7 +22,7 @@ from gateway.ledger import ledger_writer
 from gateway.metrics import ACTIVE, request_observe
 from gateway.shared_state import REDIS_UNREACHABLE, pipeline_execute
 from gateway.tracing import request_tracer
-from providers.selectors import RoutingSnapshot
+from providers.selectors import PriceInfo, RoutingSnapshot
 from usage.budgets import usd_to_units
 from usage.intents import intent_keeper
 from usage.models import UsageStatus
@@ -44,6 +44,43 @@ def call_cost(call: Call, snapshot: RoutingSnapshot, *, price=None) -> Decimal:
     """What the ledger bills this call: its tokens at the price in force when it started."""
     price = price if price is not None else call_price(call, snapshot)
     return cost_usd(price=price, **call.tokens())
+
+
+def call_entry(call: Call, price: PriceInfo | None, *, now: float) -> LedgerEntry:
+    """The call's ledger row: its tokens per class billed at `price` (the version in force when
+    it started), its key's and team's names as they are now, its tags and end user. `now`:
+    `time.monotonic()` at its end."""
+    d = call.deployment
+    key = call.key
+    tokens = call.tokens()
+    return LedgerEntry(
+        request_id=call.request_id,
+        client_request_id=call.client_request_id,
+        created_at=call.created_at,
+        api_key_id=key.id if key else None,
+        key_prefix=key.prefix if key else "",
+        key_name=key.name[:100] if key else "",
+        team_id=key.team_id if key else None,
+        team_name=(key.team_name or "")[:64] if key else "",
+        surface=call.surface,
+        public_model=call.public_model[:200],
+        upstream_model=d.upstream_model if d else "",
+        provider_name=d.provider_name if d else "",
+        route_id=d.route_id if d else None,
+        stream=call.stream,
+        status=call.status,
+        http_status=call.http_status,
+        error_type=call.error_type[:64],
+        **tokens,
+        usage_source=call.usage_source,
+        cost_usd=cost_usd(price=price, **tokens),
+        price_id=price.id if price else None,
+        latency_ms=int((now - call.started) * 1000),
+        ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
+        idempotency_key=call.idempotency_key,
+        tags=call.tags,
+        end_user=call.end_user,
+    )
 
 
 async def call_finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool = False,
@@ -118,39 +155,9 @@ async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool
                                     headers=response_headers or {}, body=response_body)
         else:
             release_claim = claim
-    d = call.deployment
     price = call_price(call, snapshot)
     now = time.monotonic()
-    key = call.key
-    tokens = call.tokens()
-    entry = LedgerEntry(
-        request_id=call.request_id,
-        client_request_id=call.client_request_id,
-        created_at=call.created_at,
-        api_key_id=key.id if key else None,
-        key_prefix=key.prefix if key else "",
-        key_name=key.name[:100] if key else "",
-        team_id=key.team_id if key else None,
-        team_name=(key.team_name or "")[:64] if key else "",
-        surface=call.surface,
-        public_model=call.public_model[:200],
-        upstream_model=d.upstream_model if d else "",
-        provider_name=d.provider_name if d else "",
-        route_id=d.route_id if d else None,
-        stream=call.stream,
-        status=call.status,
-        http_status=call.http_status,
-        error_type=call.error_type[:64],
-        **tokens,
-        usage_source=call.usage_source,
-        cost_usd=cost_usd(price=price, **tokens),
-        price_id=price.id if price else None,
-        latency_ms=int((now - call.started) * 1000),
-        ttft_ms=int((call.first_token_at - call.started) * 1000) if call.first_token_at else None,
-        idempotency_key=call.idempotency_key,
-        tags=call.tags,
-        end_user=call.end_user,
-    )
+    entry = call_entry(call, price, now=now)
     # Independent of each other: the shared-state round trips overlap the ledger commit.
     await asyncio.gather(
         _release_shared(call, upstream_broke=upstream_broke, cost_units=usd_to_units(entry.cost_usd)),
