@@ -5,6 +5,7 @@ back. Providers also offer a "test connection" action and show their circuits re
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -13,7 +14,11 @@ import redis.asyncio as aioredis
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.db import models
 from django.db.models import OuterRef, Subquery
+from django.http import HttpResponseRedirect
+from django.urls import path
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -284,6 +289,15 @@ def _price_in_force_pk(price: Price) -> int | None:
             .order_by("-effective_from", "-id").values_list("pk", flat=True).first())
 
 
+class PriceSupersedeForm(forms.ModelForm):
+    """The rates of a new price version (every rate field of Price, whatever it holds)."""
+
+    class Meta:
+        model = Price
+        fields = [f.name for f in Price._meta.concrete_fields
+                  if isinstance(f, models.DecimalField) or f.name.startswith("long_context")]
+
+
 @admin.register(Price)
 class PriceAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     """Prices are versioned: add a new row; existing rows are read-only. A version is in force
@@ -295,8 +309,52 @@ class PriceAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     search_fields = ["upstream_model"]
     readonly_fields = ["in_force", "new_version"]
 
+    change_form_template = "admin/providers/price/change_form.html"
+
     def has_change_permission(self, request, obj=None):
         return obj is None and super().has_change_permission(request, obj)
+
+    def get_urls(self):
+        return [path("<path:object_id>/supersede/", self.admin_site.admin_view(self.supersede_view),
+                     name="providers_price_supersede"), *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None and "supersede_form" not in extra_context and \
+                self.has_add_permission(request):
+            extra_context["supersede_form"] = PriceSupersedeForm(
+                prefix="supersede", initial={f: getattr(obj, f) for f in PriceSupersedeForm.Meta.fields})
+        if "supersede_form" in extra_context:
+            extra_context["supersede_url"] = reverse("admin:providers_price_supersede",
+                                                     args=[obj.pk])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def supersede_view(self, request, object_id):
+        """POST: a new version of this price with the posted rates, in force from now (same
+        model and provider); this version stays as it was. Invalid rates: this price's page
+        again, with the errors and nothing saved."""
+        old = self.get_object(request, unquote(object_id))
+        if old is None or request.method != "POST" or not self.has_add_permission(request):
+            return HttpResponseRedirect(reverse("admin:providers_price_changelist"))
+        new = Price(upstream_model=old.upstream_model, provider=old.provider,
+                    effective_from=timezone.now())
+        form = PriceSupersedeForm(request.POST, prefix="supersede", instance=new)
+        if not form.is_valid():
+            self.message_user(request, "The new version was not saved: correct the rates below.",
+                              messages.ERROR)
+            # The price's own (read-only) page, rendered as for a GET, with the bound form.
+            page_request = copy.copy(request)
+            page_request.method = "GET"
+            return self.change_view(page_request, object_id,
+                                    extra_context={"supersede_form": form})
+        new = form.save(commit=False)
+        self.save_model(request, new, form, change=False)
+        self.log_addition(request, new, [{"added": {}}])
+        self.message_user(request, f"{new} now supersedes the version of "
+                                   f"{old.effective_from:%Y-%m-%d %H:%M:%S}, which is unchanged.",
+                          messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:providers_price_change", args=[new.pk]))
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -320,14 +378,83 @@ class PriceAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
                            reverse("admin:providers_price_add"), urlencode(initial))
 
 
+USAGE_COUNT_CAP = 1000
+
+
+def _usage_count(**scope) -> str:
+    """The ledger rows of one key or team, counted up to a cap (one index range scan)."""
+    n = UsageRecord.objects.filter(**scope).order_by()[:USAGE_COUNT_CAP + 1].count()
+    return f"{USAGE_COUNT_CAP}+ ledger rows" if n > USAGE_COUNT_CAP else \
+        f"{n} ledger row{'s' if n != 1 else ''}"
+
+
+class KeepsUsageHistory:
+    """Refuses to delete an object the ledger has rows for (CONTRACT §6: a key or team with
+    usage cannot be deleted, only revoked), from its page and from the bulk action, with a
+    message naming the usage and what to do instead. Objects without usage delete as usual.
+    `usage_field`: the ledger's foreign key to the model; `noun`: the model in the message;
+    `instead`: what to do."""
+
+    usage_field: str
+    noun: str
+    instead: str
+
+    def _used(self, objs) -> list[str]:
+        return [f"“{obj}” ({_usage_count(**{self.usage_field: obj.pk})})" for obj in objs
+                if UsageRecord.objects.filter(**{self.usage_field: obj.pk}).exists()]
+
+    def _refuse(self, request, used: list[str], selected: int) -> None:
+        what = (f"{self.noun.capitalize()} {used[0]} has usage" if selected == 1 else
+                f"{len(used)} of the {selected} selected {self.noun}s have usage: "
+                f"{', '.join(used)}. Nothing was deleted")
+        self.message_user(request, f"{what}; a {self.noun} with usage cannot be deleted, or its "
+                                   f"past spend would lose its {self.noun} in every report. "
+                                   f"{self.instead}", messages.ERROR)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None and self.has_delete_permission(request, obj):
+            used = self._used([obj])
+            if used:
+                self._refuse(request, used, 1)
+                return HttpResponseRedirect(reverse(
+                    f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[obj.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            delete_selected, name, description = actions["delete_selected"]
+
+            def refusing_delete_selected(modeladmin, request, queryset):
+                objs = list(queryset)
+                used = self._used(objs)
+                if used:
+                    self._refuse(request, used, len(objs))
+                    return None
+                return delete_selected(modeladmin, request, queryset)
+
+            actions["delete_selected"] = (refusing_delete_selected, name, description)
+        return actions
+
+
 @admin.register(Team)
-class TeamAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
+class TeamAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin):
+    usage_field = "team"
+    noun = "team"
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    instead = ("Revoke its keys instead (API keys filtered by this team, action “Revoke "
+               "selected keys”) and clear its budget; the team stays for the history.")
     list_display = ["name", "budget_usd", "budget_period"]
     search_fields = ["name"]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
+class ApiKeyAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin):
+    usage_field = "api_key"
+    noun = "key"
+    instead = ("Revoke it instead: the “Revoke selected keys” action, or tick “Revoked” on the "
+               "key's page.")
     list_display = ["name", "prefix", "team", "budget_usd", "budget_period", "revoked", "created_at",
                     "last_used"]
     list_filter = ["revoked", "team"]

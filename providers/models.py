@@ -6,11 +6,12 @@ The admin and `gateway_apply` edit these same tables; every write goes through
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from gateway.dialects import kind_choices
+from providers.validation import webhook_url_validate
 
 
 class ProviderQuerySet(models.QuerySet):
@@ -168,17 +169,43 @@ class BudgetPeriod(models.TextChoices):
     TOTAL = "total"
 
 
+def _alert_pct_validators() -> list:
+    return [MinValueValidator(1), MaxValueValidator(100)]
+
+
+def _budget_checks(prefix: str) -> list[models.CheckConstraint]:
+    """A budget is >= 0 and an alert threshold 1..100 %, or unset (migration 0006 repairs the
+    rows stored before these checks)."""
+    return [
+        models.CheckConstraint(
+            condition=models.Q(budget_usd__isnull=True) | models.Q(budget_usd__gte=0),
+            name=f"{prefix}_budget_not_negative",
+            violation_error_message="A budget cannot be negative."),
+        models.CheckConstraint(
+            condition=models.Q(budget_alert_pct__isnull=True)
+            | models.Q(budget_alert_pct__gte=1, budget_alert_pct__lte=100),
+            name=f"{prefix}_alert_pct_1_to_100",
+            violation_error_message="An alert threshold is between 1 and 100 %."),
+    ]
+
+
 class Team(models.Model):
     name = models.SlugField(max_length=64, unique=True)
-    budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True,
+                                     validators=[MinValueValidator(Decimal("0"))])
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
                                      default=BudgetPeriod.MONTH)
     budget_alert_pct = models.PositiveSmallIntegerField(
-        null=True, blank=True, help_text="Send an alert when this % of the budget is spent.")
+        null=True, blank=True, validators=_alert_pct_validators(),
+        help_text="Send an alert when this % of the budget is spent (1-100).")
     alert_webhook_url = models.URLField(max_length=500, blank=True,
+                                        validators=[webhook_url_validate],
                                         help_text="POSTed a JSON alert when a budget threshold is crossed.")
     alert_email = models.EmailField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = _budget_checks("team")
 
     def __str__(self) -> str:
         return self.name
@@ -203,7 +230,8 @@ class ApiKey(models.Model):
                                      validators=[MinValueValidator(Decimal("0"))])
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
                                      default=BudgetPeriod.MONTH)
-    budget_alert_pct = models.PositiveSmallIntegerField(null=True, blank=True)
+    budget_alert_pct = models.PositiveSmallIntegerField(null=True, blank=True,
+                                                        validators=_alert_pct_validators())
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
     max_tokens_default = models.PositiveIntegerField(null=True, blank=True)
@@ -214,6 +242,7 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["name"]
+        constraints = _budget_checks("apikey")
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

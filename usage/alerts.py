@@ -13,6 +13,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 
 from providers.models import ApiKey, Team
+from providers.validation import webhook_url_problem
 from usage.budgets import units_to_usd, usd_to_units
 from usage.models import BudgetCounter, BudgetScope
 
@@ -47,7 +48,12 @@ def budget_alerts_send() -> int:
                        "threshold_pct": pct, "budget_usd": str(limit),
                        "spent_usd": str(units_to_usd(counter.spent_units))}
             delivered = False
-            if team is not None and team.alert_webhook_url:
+            problem = webhook_url_problem(team.alert_webhook_url) if team is not None \
+                and team.alert_webhook_url else None
+            if problem:
+                # Stored before webhook URLs were checked on save: never POSTed.
+                logger.error("budget alert webhook for %s not sent: the URL %s", label, problem)
+            elif team is not None and team.alert_webhook_url:
                 try:
                     httpx.post(team.alert_webhook_url, json=payload, timeout=10,
                                follow_redirects=False).raise_for_status()
