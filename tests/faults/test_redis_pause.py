@@ -1,5 +1,6 @@
-"""Two replicas under load while Redis is frozen (SIGSTOP for 5 s, then SIGCONT): a budgeted key
-never spends past its budget, and an RPM limit admits at most 1.1 x what it allows."""
+"""Two replicas under load while Redis is frozen (SIGSTOP for 5 s, then SIGCONT), or killed and
+started again empty 5 s later: a budgeted key never spends past its budget, and an RPM limit
+admits at most 1.1 x what it allows."""
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,11 @@ import time
 from decimal import Decimal
 
 import httpx
+import pytest
 
 from tests.faults.harness import PROVIDER, create_api_key, wait_until
-from tests.faults.traffic import chat_body, ledger_rows
+from tests.faults.traffic import burst, chat_body, ledger_rows
+from usage.ratelimits import HEARTBEAT_S
 
 BUDGET = Decimal("0.30")   # a request costs $0.018 (conftest): 16 fit
 RPM = 30
@@ -41,12 +44,22 @@ async def _load(urls: list[str], key: str, *, seconds: float, workers: int,
     return answers
 
 
-def test_a_redis_pause_under_load_overshoots_no_budget_and_no_rate_limit(
-        replicas, faults_db, faults_redis, fake_upstream, key_name):
+@pytest.mark.parametrize(("faults_redis", "fault"), [(True, "pause"), (False, "restart-empty")],
+                         indirect=["faults_redis"], ids=["pause", "restart-empty"])
+def test_a_redis_outage_under_load_overshoots_no_budget_and_no_rate_limit(
+        replicas, faults_db, faults_redis, fake_upstream, key_name, fault):
     budgeted = create_api_key(f"{key_name}-budget", "--budget-usd", str(BUDGET),
                               "--budget-period", "day", env=replicas.env)
     limited = create_api_key(f"{key_name}-rpm", "--rpm", str(RPM), env=replicas.env)
+    roomy = create_api_key(f"{key_name}-warm", "--rpm", "100000", env=replicas.env)
     urls = replicas.start(2)
+    # A replica counts the live replicas (its share of a limit while Redis is away) when it
+    # checks a limit, at most every HEARTBEAT_S (5 s): a second round after that sees both.
+    # Without it a replica that checked first counts itself alone for its first 5 s, and an
+    # outage then lets it admit the whole limit (43 admitted where 36 were allowed).
+    assert [a.status for a in burst(urls, roomy, 2, stream_every=0)] == [200, 200]
+    time.sleep(HEARTBEAT_S + 0.5)
+    assert [a.status for a in burst(urls, roomy, 2, stream_every=0)] == [200, 200]
     fake_upstream.behave(PROVIDER, latency_s=0.3)
     seconds = BEFORE_S + PAUSE_S + AFTER_S
     results: dict[str, list] = {}
@@ -60,9 +73,14 @@ def test_a_redis_pause_under_load_overshoots_no_budget_and_no_rate_limit(
     for thread in threads:
         thread.start()
     time.sleep(BEFORE_S)
-    faults_redis.pause()
-    time.sleep(PAUSE_S)
-    faults_redis.resume()
+    if fault == "pause":
+        faults_redis.pause()
+        time.sleep(PAUSE_S)
+        faults_redis.resume()
+    else:  # no persistence: it comes back with no budget copy, bucket or epoch
+        faults_redis.kill()
+        time.sleep(PAUSE_S)
+        faults_redis.start()
     for thread in threads:
         thread.join(seconds + 60)
 
@@ -79,7 +97,7 @@ def test_a_redis_pause_under_load_overshoots_no_budget_and_no_rate_limit(
     seen = (f"budget {BUDGET}: spent {spent}, statuses {_timeline(budget_answers)}; rpm {RPM}: "
             f"{admitted} admitted, {allowed:.1f} allowed over {window_s:.1f} s, statuses "
             f"{_timeline(rpm_answers)}")
-    print(f"\nredis pause: {seen}")
+    print(f"\nredis {fault}: {seen}")
     assert {status for _, status, _ in budget_answers + rpm_answers} <= {200, 429}, seen
     assert sorted(request_id for request_id, _, _ in budget_rows) == \
         sorted(request_id for _, _, request_id in budget_answers)
@@ -90,7 +108,7 @@ def test_a_redis_pause_under_load_overshoots_no_budget_and_no_rate_limit(
 
 
 def _timeline(answers: list[tuple[float, int, str]]) -> dict[str, dict[int, int]]:
-    """Statuses counted before, during and after the pause."""
+    """Statuses counted before, during and after the outage."""
     phases: dict[str, dict[int, int]] = {"before": {}, "paused": {}, "after": {}}
     for sent, status, _ in answers:
         phase = "before" if sent < BEFORE_S else "paused" if sent < BEFORE_S + PAUSE_S else "after"
