@@ -74,3 +74,41 @@ def resolve(snapshot: RoutingSnapshot, key: KeyInfo, model: object) -> tuple[Dep
     if not key.may_use(model):
         raise PermissionDenied(f"this API key may not use the model `{model}`", param="model")
     return deployments
+
+
+MAX_TAGS = 10
+MAX_TAG_CHARS = 64
+MAX_END_USER_CHARS = 256
+
+
+def attribution(request: HttpRequest, body: dict) -> dict[str, object]:
+    """The request's tags and end user, for its ledger row (`Call.attributed`). Tags come from
+    the `x-gateway-tags` header (comma-separated) and then the body's `metadata.tags` (a list
+    of strings, or one comma-separated string): trimmed, lowercased, commas and control
+    characters dropped, cut to 64 characters, duplicates and empties skipped, the first 10
+    kept. The end user is OpenAI's `user` or, else, Anthropic's `metadata.user_id`, cut to 256
+    characters. Never raises: what cannot be read is not attributed."""
+    metadata = body.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    raw: list[object] = list(request.headers.get("x-gateway-tags", "").split(","))
+    body_tags = metadata.get("tags")
+    if isinstance(body_tags, str):
+        raw.extend(body_tags.split(","))
+    elif isinstance(body_tags, list):
+        raw.extend(body_tags)
+    tags: list[str] = []
+    for tag in raw:
+        if not isinstance(tag, str):
+            continue
+        tag = "".join(c for c in tag if c.isprintable() and c != ",").strip().lower()
+        tag = tag[:MAX_TAG_CHARS].strip()
+        if tag and tag not in tags:
+            tags.append(tag)
+        if len(tags) == MAX_TAGS:
+            break
+    user = body.get("user")
+    if not isinstance(user, str) or not user:
+        user = metadata.get("user_id")
+    end_user = "".join(c for c in user if c.isprintable())[:MAX_END_USER_CHARS] \
+        if isinstance(user, str) else ""
+    return {"tags": tuple(tags), "end_user": end_user}

@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -42,7 +42,7 @@ from gateway.dialects import DIALECTS, Dialect, dialect_for
 from gateway.errors import (GatewayError, InvalidRequest, RateLimited, ServiceUnavailable,
                             UpstreamFailed, UpstreamTimeout)
 from gateway.finish import call_finish
-from gateway.intake import authenticate, read_json, resolve
+from gateway.intake import attribution, authenticate, read_json, resolve
 from gateway.metrics import ACTIVE, PROVIDER_LATENCY
 from gateway.relay import StreamRelay, relay_stream
 from gateway.responses import replayed, sse_response
@@ -189,6 +189,7 @@ async def serve(request: HttpRequest, surface: Surface) -> HttpResponse:
     if forwarded := forwarded_headers(request, getattr(surface.output, "wire", None)):
         job = replace(job, forwarded=forwarded)
     call.described(model=body["model"], stream=job.stream)
+    call.attributed(**attribution(request, body))
     if call.idempotency_key:
         job = replace(job, digest=body_hash(request.path, request.body))
     return await run(call, job, surface.output)
@@ -274,11 +275,16 @@ async def call_open(call: Call, job: Job) -> UpstreamResponse | Replay:
     return upstream
 
 
-async def open_upstream(call: Call, job: Job) -> UpstreamResponse:
+async def open_upstream(call: Call, job: Job, *,
+                        send: Callable[[Deployment], Awaitable[Any]] | None = None,
+                        ) -> UpstreamResponse:
     """Plan the deployment order (smooth WRR within a priority, circuit breakers, shared via
     Redis when configured) and try deployments until one answers. Retryable failures move on
     after a short jittered backoff; a non-retryable one is the client's answer. On success the
-    call holds an in-flight lease that `call_finish` releases. Raises a GatewayError."""
+    call holds an in-flight lease that `call_finish` releases. `send` opens one deployment in
+    place of posting the job's body (the realtime surface's WebSocket, gateway.realtime); it
+    raises UpstreamError as an adapter does, and what it returns is returned. Raises a
+    GatewayError."""
     routing = client_pool.routing()
     by_route = {d.route_id: d for d in job.deployments}
     if call.activated():
@@ -307,10 +313,9 @@ async def open_upstream(call: Call, job: Job) -> UpstreamResponse:
         call.routed(deployment)
         sent_at = time.monotonic()
         try:
-            upstream = await upstream_send(deployment, operation=job.operation,
-                                           body=job.bodies[deployment.route_id],
-                                           stream=job.stream, request_id=call.request_id,
-                                           forwarded=job.forwarded)
+            upstream = await (send(deployment) if send is not None else upstream_send(
+                deployment, operation=job.operation, body=job.bodies[deployment.route_id],
+                stream=job.stream, request_id=call.request_id, forwarded=job.forwarded))
         except asyncio.CancelledError:
             await asyncio.shield(routing.release(lease))
             raise

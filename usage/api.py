@@ -1,8 +1,9 @@
 """Read-only JSON API for finance, under /api/usage/ (DRF).
 
-- `GET summary?from=&to=&group_by=day,team,key,provider,model` (plus the report filters
-  `team`, `key`, `provider`, `model`): one row per group with exact decimal-string costs, and
-  the totals, which equal the rows' sum and the ledger's sum for the range.
+- `GET summary?from=&to=&group_by=day,team,key,provider,model,tag,end_user` (plus the report
+  filters `team`, `key`, `provider`, `model`, `tag`, `end_user`): one row per group with exact
+  decimal-string costs and tokens per class, and the totals, which equal the rows' sum and the
+  ledger's sum for the range (by tag, a row with several tags counts in each).
 - `GET records?from=&to=…`: ledger rows, newest first, cursor-paginated (`next`/`previous`
   links; `page_size` up to 1000), each with the price version it was billed at.
 
@@ -23,6 +24,7 @@ from rest_framework.views import APIView
 from usage.forms import UsageFilterForm
 from usage.models import UsageRecord
 from usage.permissions import IsFinance
+from usage.pricing import TOKEN_FIELDS
 from usage.selectors import DIMENSIONS, UsageRow, UsageTotals, ledger_records, usage_report
 from usage.views import group_by_parse
 
@@ -43,9 +45,9 @@ class BaseUsageAPIView(APIView):
 
 
 def _totals(t: UsageTotals) -> dict:
-    return {"requests": t.requests, "errors": t.errors, "input_tokens": t.input_tokens,
-            "output_tokens": t.output_tokens, "cached_tokens": t.cached_tokens,
-            "reasoning_tokens": t.reasoning_tokens, "cost_usd": f"{t.cost_usd:.10f}"}
+    return {"requests": t.requests, "errors": t.errors,
+            **{name: getattr(t, name) for name in TOKEN_FIELDS},
+            "cost_usd": f"{t.cost_usd:.10f}"}
 
 
 def _row(row: UsageRow) -> dict:
@@ -78,27 +80,52 @@ class UsageSummaryView(BaseUsageAPIView):
         })
 
 
+def _rate():
+    return serializers.DecimalField(max_digits=14, decimal_places=6, allow_null=True)
+
+
 class PriceVersionSerializer(serializers.Serializer):
+    """A price version with every rate (null: falls back as usage.pricing states)."""
     id = serializers.IntegerField()
     effective_from = serializers.DateTimeField()
     input_per_mtok = serializers.DecimalField(max_digits=14, decimal_places=6)
     output_per_mtok = serializers.DecimalField(max_digits=14, decimal_places=6)
-    cached_input_per_mtok = serializers.DecimalField(max_digits=14, decimal_places=6,
-                                                     allow_null=True)
+    cached_input_per_mtok = _rate()
+    cache_write_5m_per_mtok = _rate()
+    cache_write_1h_per_mtok = _rate()
+    reasoning_per_mtok = _rate()
+    audio_input_per_mtok = _rate()
+    audio_output_per_mtok = _rate()
+    image_input_per_mtok = _rate()
+    image_output_per_mtok = _rate()
+    long_context_threshold = serializers.IntegerField(allow_null=True)
+    long_context_input_per_mtok = _rate()
+    long_context_output_per_mtok = _rate()
+    long_context_cached_input_per_mtok = _rate()
+    long_context_cache_write_5m_per_mtok = _rate()
+    long_context_cache_write_1h_per_mtok = _rate()
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
-    key_name = serializers.CharField(source="api_key.name", default=None)
-    team_name = serializers.CharField(source="team.name", default=None)
+    """A ledger row; `key_name` and `team_name` as they were when it was written."""
+    key_name = serializers.SerializerMethodField()
+    team_name = serializers.SerializerMethodField()
     price = PriceVersionSerializer(allow_null=True)
+    tags = serializers.ListField(source="tag_list", child=serializers.CharField())
+
+    def get_key_name(self, record: UsageRecord) -> str | None:
+        return record.key_name or None
+
+    def get_team_name(self, record: UsageRecord) -> str | None:
+        return record.team_name or None
 
     class Meta:
         model = UsageRecord
         fields = ["id", "request_id", "client_request_id", "created_at", "api_key", "key_prefix",
                   "key_name", "team", "team_name", "surface", "public_model", "upstream_model",
                   "provider_name", "route_id", "stream", "status", "http_status", "error_type",
-                  "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
-                  "usage_source", "cost_usd", "price", "latency_ms", "ttft_ms"]
+                  *TOKEN_FIELDS, "usage_source", "cost_usd", "price", "latency_ms", "ttft_ms",
+                  "tags", "end_user"]
         read_only_fields = fields
 
 

@@ -1,5 +1,5 @@
-"""The report filter: one form parses `?from=&to=&team=&key=&provider=&model=` for the pages,
-the CSV exports and the JSON API alike."""
+"""The report filter: one form parses `?from=&to=&team=&key=&provider=&model=&tag=&end_user=`
+for the pages, the CSV exports and the JSON API alike."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -13,8 +13,9 @@ MAX_RANGE_DAYS = 3660
 
 class UsageFilterForm(forms.Form):
     """Bound to a query dict. Dates are UTC days, both included (default: the last 30 days);
-    team and key take ids, provider and model names; each may repeat (`?team=1&team=2`), and
-    the filters combine (AND across fields, OR within one). `usage_filter()` needs a valid form."""
+    team and key take ids, provider and model names; each may repeat (`?team=1&team=2`); tag
+    and end user take comma-separated values (`?tag=batch,eval`); the filters combine (AND
+    across fields, OR within one). `usage_filter()` needs a valid form."""
 
     def __init__(self, data=None, **kwargs):
         super().__init__(data, **kwargs)
@@ -30,6 +31,10 @@ class UsageFilterForm(forms.Form):
                 required=False, label=label, choices=choices[name],
                 coerce=int if name in ("team", "key") else str,
                 widget=forms.SelectMultiple(attrs={"size": 4}))
+        for name, label in (("tag", "Tags"), ("end_user", "End users")):
+            self.fields[name] = forms.CharField(
+                required=False, label=label, max_length=2000,
+                help_text="comma-separated; any of them")
 
     def clean(self):
         data = super().clean()
@@ -49,4 +54,11 @@ class UsageFilterForm(forms.Form):
         return UsageFilter(start=data["from"], end=data["to"],
                            team_ids=tuple(data.get("team") or ()), key_ids=tuple(data.get("key") or ()),
                            providers=tuple(data.get("provider") or ()),
-                           models=tuple(data.get("model") or ()))
+                           models=tuple(data.get("model") or ()),
+                           tags=_listed(data.get("tag"), lower=True),
+                           end_users=_listed(data.get("end_user")))
+
+
+def _listed(text: str | None, *, lower: bool = False) -> tuple[str, ...]:
+    items = [item.strip() for item in (text or "").split(",")]
+    return tuple(dict.fromkeys(item.lower() if lower else item for item in items if item))

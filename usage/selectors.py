@@ -10,6 +10,7 @@ floats) as on MySQL, and every grouping adds up to the same total.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -19,18 +20,23 @@ from django.db.models import BigIntegerField, Count, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Cast, Round
 from django.utils import timezone
 
-from providers.models import ApiKey, ModelRoute, Provider, Team
+from providers.models import PRICE_OPTIONAL_FIELDS, ApiKey, ModelRoute, Provider, Team
 from usage.budgets import UNITS_PER_USD, period_bounds, units_to_usd
 from usage.models import BudgetCounter, BudgetScope, DailyUsage, UsageRecord, UsageStatus
+from usage.pricing import TOKEN_FIELDS
 from usage.rollups import day_bounds
 
-DIMENSIONS = ("day", "team", "key", "provider", "model")
+DIMENSIONS = ("day", "team", "key", "provider", "model", "tag", "end_user")
+# Dimensions only the ledger has (not the rollup): a report that groups or filters by one reads
+# the whole range from the ledger.
+LEDGER_ONLY = ("tag", "end_user")
 CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)
 class UsageFilter:
-    """UTC days `start`..`end` (both included); empty tuples mean "any"."""
+    """UTC days `start`..`end` (both included); empty tuples mean "any". `tags`: rows with any
+    of these tags; `end_users`: rows of any of these end users."""
 
     start: date
     end: date
@@ -38,6 +44,12 @@ class UsageFilter:
     key_ids: tuple[int, ...] = ()
     providers: tuple[str, ...] = ()
     models: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    end_users: tuple[str, ...] = ()
+
+    @property
+    def ledger_only(self) -> bool:
+        return bool(self.tags or self.end_users)
 
     def days(self) -> Iterator[date]:
         day = self.start
@@ -48,6 +60,7 @@ class UsageFilter:
 
 @dataclass(slots=True)
 class UsageTotals:
+    """Sums of ledger rows; tokens per class as the ledger counts them (usage.pricing)."""
     requests: int = 0
     errors: int = 0
     input_tokens: int = 0
@@ -55,6 +68,12 @@ class UsageTotals:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_input_tokens: int = 0
+    image_output_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -63,33 +82,38 @@ class UsageTotals:
     def add(self, other: UsageTotals) -> None:
         self.requests += other.requests
         self.errors += other.errors
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cached_tokens += other.cached_tokens
-        self.reasoning_tokens += other.reasoning_tokens
+        for name in TOKEN_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         self.cost_usd += other.cost_usd
 
 
 @dataclass(frozen=True, slots=True)
 class UsageFact:
-    """Ledger totals of one (day, key, team, provider, model)."""
+    """Ledger totals of one day and one value of each of `_FACT_COLUMNS` (tags and end user
+    only when the report needs them)."""
 
     day: date
-    key_id: int | None
-    team_id: int | None
-    provider: str
-    model: str
+    columns: dict[str, object]
     totals: UsageTotals
 
-    def value(self, dimension: str):
-        return {"day": self.day, "team": self.team_id, "key": self.key_id,
-                "provider": self.provider, "model": self.model}[dimension]
+    def values(self, dimension: str) -> list[tuple]:
+        """The fact's group key(s) for `dimension` (as `_COLUMNS` lists them): one, except for
+        `tag`, where a row with several tags counts in each of them."""
+        if dimension == "day":
+            return [(self.day,)]
+        if dimension == "tag":
+            tags = self.columns.get("tags") or ""
+            return [(tag,) for tag in tags.split(",")] if tags else [(None,)]
+        if dimension == "end_user":
+            return [(self.columns.get("end_user") or None,)]
+        return [tuple(self.columns[c] for c in _COLUMNS[dimension])]
 
 
 @dataclass(slots=True)
 class UsageRow:
     """One group of a summary: `values` holds the group's value per dimension (ids for team and
-    key, None where the ledger has none), `labels` their display text."""
+    key, None where the ledger has none), `labels` their display text (a key's and a team's
+    names as the ledger stored them: a key renamed within the range has a row per name)."""
 
     values: dict[str, object]
     labels: dict[str, str]
@@ -99,7 +123,7 @@ class UsageRow:
 @dataclass(frozen=True, slots=True)
 class UsageReport:
     """The groupings asked of `usage_report`, each a list of rows whose totals add up exactly
-    to `total`."""
+    to `total` (except by tag: a row with several tags counts in each)."""
 
     groupings: dict[tuple[str, ...], list[UsageRow]]
     total: UsageTotals
@@ -117,8 +141,12 @@ def dimensions_normalized(dimensions: Sequence[str]) -> tuple[str, ...]:
     return tuple(d for d in DIMENSIONS if d in dimensions)
 
 
-_COLUMNS = {"day": "day", "team": "team_id", "key": "api_key_id", "provider": "provider_name",
-            "model": "public_model"}
+# The columns that make up each dimension's group key (the first is its value).
+_COLUMNS = {"day": ("day",), "team": ("team_id", "team_name"),
+            "key": ("api_key_id", "key_name", "key_prefix"), "provider": ("provider_name",),
+            "model": ("public_model",), "tag": ("tags",), "end_user": ("end_user",)}
+_FACT_COLUMNS = ("api_key_id", "key_name", "key_prefix", "team_id", "team_name",
+                 "provider_name", "public_model")
 
 
 def _units_sum():
@@ -127,13 +155,42 @@ def _units_sum():
     return Sum(Cast(Round(F("cost_usd") * Value(int(UNITS_PER_USD))), BigIntegerField()))
 
 
-def _totals(requests, errors, inp, out, cached, reasoning, units) -> UsageTotals:
-    # MySQL returns integer sums as Decimal; every backend returns None for no rows.
-    return UsageTotals(int(requests or 0), int(errors or 0), int(inp or 0), int(out or 0),
-                       int(cached or 0), int(reasoning or 0), units_to_usd(int(units or 0)))
+def _sums(*, rollup: bool) -> dict:
+    """The aggregates a totals row is made of, in `_totals`' order."""
+    if rollup:
+        counts = {"requests_sum": Sum("requests"), "errors_sum": Sum("errors")}
+    else:
+        counts = {"requests": Count("id"), "errors": Count("id", filter=~Q(status=UsageStatus.OK))}
+    return {**counts, **{f"{name}_sum": Sum(name) for name in TOKEN_FIELDS}, "units": _units_sum()}
+
+
+def _totals(requests, errors, *rest) -> UsageTotals:
+    """Totals from `_sums`' values. MySQL returns integer sums as Decimal; every backend
+    returns None for no rows."""
+    *tokens, units = rest
+    return UsageTotals(requests=int(requests or 0), errors=int(errors or 0),
+                       cost_usd=units_to_usd(int(units or 0)),
+                       **{name: int(value or 0) for name, value in zip(TOKEN_FIELDS, tokens)})
+
+
+def _tagged(tags: Sequence[str]) -> Q:
+    """Rows carrying any of `tags` (stored comma-separated, lowercase)."""
+    q = Q()
+    for tag in tags:
+        tag = tag.strip().lower()
+        q |= (Q(tags=tag) | Q(tags__startswith=f"{tag},") | Q(tags__endswith=f",{tag}")
+              | Q(tags__contains=f",{tag},"))
+    return q
 
 
 def _filtered(qs: QuerySet, flt: UsageFilter) -> QuerySet:
+    """`qs` (the ledger or the rollup) narrowed by the filter; the tag and end-user filters
+    apply to the ledger only (usage_report never reads the rollup when they are set)."""
+    if qs.model is UsageRecord:
+        if flt.tags:
+            qs = qs.filter(_tagged(flt.tags))
+        if flt.end_users:
+            qs = qs.filter(end_user__in=flt.end_users)
     if flt.team_ids:
         qs = qs.filter(team_id__in=flt.team_ids)
     if flt.key_ids:
@@ -174,35 +231,44 @@ def _ledger_days_without_rollup(days: list[date]) -> list[date]:
     return found
 
 
-def _ledger_facts(day: date, flt: UsageFilter) -> Iterator[UsageFact]:
-    """One day of the ledger grouped by key, team, provider and model in the database."""
+def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False) -> Iterator[UsageFact]:
+    """One day of the ledger grouped by key, team (with their stored names), provider and
+    model in the database; also by tags and end user with `attribution`."""
     start, end = day_bounds(day)
+    columns = (*_FACT_COLUMNS, "tags", "end_user") if attribution else _FACT_COLUMNS
     rows = (_filtered(UsageRecord.objects.between(start, end), flt)
-            .values_list("api_key_id", "team_id", "provider_name", "public_model")
-            .annotate(requests=Count("id"), errors=Count("id", filter=~Q(status=UsageStatus.OK)),
-                      inp=Sum("input_tokens"), out=Sum("output_tokens"),
-                      cached=Sum("cached_tokens"), reasoning=Sum("reasoning_tokens"),
-                      units=_units_sum())
+            .values_list(*columns)
+            .annotate(**_sums(rollup=False))
             .order_by())
-    for key_id, team_id, provider, model, *sums in rows:
-        yield UsageFact(day, key_id, team_id, provider, model, _totals(*sums))
+    width = len(columns)
+    for row in rows:
+        yield UsageFact(day, dict(zip(columns, row[:width])), _totals(*row[width:]))
 
 
 def _rollup_groups(flt: UsageFilter, start: date, end: date,
                    dims: tuple[str, ...]) -> Iterator[tuple[tuple, UsageTotals]]:
     """The daily rollup of days start..end grouped by `dims` in the database."""
     daily = _filtered(DailyUsage.objects.filter(day__gte=start, day__lte=end), flt)
-    sums = {"requests_sum": Sum("requests"), "errors_sum": Sum("errors"),
-            "inp": Sum("input_tokens"), "out": Sum("output_tokens"), "cached": Sum("cached_tokens"),
-            "reasoning": Sum("reasoning_tokens"), "units": _units_sum()}
+    sums = _sums(rollup=True)
     if not dims:
         totals = daily.aggregate(**sums)
         if totals["requests_sum"] is not None:
             yield (), _totals(*totals.values())
         return
-    for *key, requests, errors, inp, out, cached, reasoning, units in (
-            daily.values_list(*(_COLUMNS[d] for d in dims)).annotate(**sums).order_by()):
-        yield tuple(key), _totals(requests, errors, inp, out, cached, reasoning, units)
+    columns = [c for d in dims for c in _COLUMNS[d]]
+    width = len(columns)
+    for row in daily.values_list(*columns).annotate(**sums).order_by():
+        yield _grouped(row[:width], dims), _totals(*row[width:])
+
+
+def _grouped(flat: Sequence, dims: Sequence[str]) -> tuple[tuple, ...]:
+    """A flat row of `_COLUMNS` values as one tuple per dimension."""
+    out, i = [], 0
+    for d in dims:
+        width = len(_COLUMNS[d])
+        out.append(tuple(flat[i:i + width]))
+        i += width
+    return tuple(out)
 
 
 def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
@@ -210,16 +276,24 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
     """Spend and tokens of `flt`'s range and filters, summed by each grouping (a subset of
     DIMENSIONS each; the empty grouping is the total). Each grouping is summed by the database
     over the rollup plus the ledger days' facts, so every grouping's rows add up exactly to the
-    total. Days after today (UTC) hold nothing and are not read. Rows are ordered by their
-    dimensions' labels, days ascending."""
+    total (by tag, a row counts once per tag it carries). A report that groups or filters by
+    tag or end user reads every day from the ledger (the rollup has neither). Days after today
+    (UTC) hold nothing and are not read. Keys and teams are labelled with the names the ledger
+    stored (their current names for rows written before names were stored). Rows are ordered
+    by their dimensions' labels, days ascending."""
     today = timezone.localtime(now or timezone.now(), timezone.get_fixed_timezone(0)).date()
     days = [d for d in flt.days() if d <= today]
-    recent = {today, today - timedelta(days=1)}
-    older = [d for d in days if d not in recent]
-    ledger_days = sorted([d for d in days if d in recent] + _ledger_days_without_rollup(older))
-    facts = [fact for day in ledger_days for fact in _ledger_facts(day, flt)]
-
     wanted = {dimensions_normalized(g) for g in groupings} | {()}
+    attribution = flt.ledger_only or any(d in LEDGER_ONLY for dims in wanted for d in dims)
+    if attribution:
+        older, ledger_days = [], days
+    else:
+        recent = {today, today - timedelta(days=1)}
+        older = [d for d in days if d not in recent]
+        ledger_days = sorted([d for d in days if d in recent] + _ledger_days_without_rollup(older))
+    facts = [fact for day in ledger_days
+             for fact in _ledger_facts(day, flt, attribution=attribution)]
+
     sums: dict[tuple[str, ...], dict[tuple, UsageTotals]] = {}
     for dims in wanted:
         groups: dict[tuple, UsageTotals] = {}
@@ -228,25 +302,42 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
             for key, totals in _rollup_groups(flt, older[0], older[-1], dims):
                 groups.setdefault(key, UsageTotals()).add(totals)
         for fact in facts:
-            groups.setdefault(tuple(fact.value(d) for d in dims), UsageTotals()).add(fact.totals)
+            for key in itertools.product(*(fact.values(d) for d in dims)):
+                groups.setdefault(key, UsageTotals()).add(fact.totals)
         sums[dims] = groups
 
-    team_ids = {k[dims.index("team")] for dims, g in sums.items() if "team" in dims for k in g}
-    key_ids = {k[dims.index("key")] for dims, g in sums.items() if "key" in dims for k in g}
-    labeller = _Labeller(
-        team_names=dict(Team.objects.filter(pk__in=team_ids - {None}).values_list("pk", "name")),
-        key_labels={pk: (name, prefix) for pk, name, prefix in
-                    ApiKey.objects.filter(pk__in=key_ids - {None}).values_list("pk", "name", "prefix")})
+    labeller = _labeller(sums)
     grouped = {}
     for dims, groups in sums.items():
-        rows = [UsageRow(values=dict(zip(dims, key)),
-                         labels={d: labeller.label(d, v) for d, v in zip(dims, key)}, totals=totals)
-                for key, totals in groups.items()]
-        grouped[dims] = sorted(rows, key=lambda r, dims=dims: tuple(
+        # Rows of one key before and after its name was stored carry the same label: one row.
+        merged: dict[tuple, UsageRow] = {}
+        for key, totals in groups.items():
+            labels = {d: labeller.label(d, part) for d, part in zip(dims, key)}
+            row = merged.setdefault(tuple((part[0], labels[d]) for d, part in zip(dims, key)),
+                                    UsageRow(values={d: part[0] for d, part in zip(dims, key)},
+                                             labels=labels))
+            row.totals.add(totals)
+        grouped[dims] = sorted(merged.values(), key=lambda r, dims=dims: tuple(
             (r.values[d] is None, r.values[d].isoformat() if d == "day" else r.labels[d].lower())
             for d in dims))
     total = grouped[()][0].totals if grouped[()] else UsageTotals()
     return UsageReport(groupings=grouped, total=total, ledger_days=tuple(ledger_days))
+
+
+def _labeller(sums: dict[tuple[str, ...], dict[tuple, UsageTotals]]) -> _Labeller:
+    """Current names, only for the keys and teams of groups without a stored name."""
+    unnamed: dict[str, set[int]] = {"team": set(), "key": set()}
+    for dims, groups in sums.items():
+        for d in ("team", "key"):
+            if d in dims:
+                i = dims.index(d)
+                unnamed[d] |= {k[i][0] for k in groups if k[i][0] is not None and not k[i][1]}
+    return _Labeller(
+        team_names=dict(Team.objects.filter(pk__in=unnamed["team"]).values_list("pk", "name"))
+        if unnamed["team"] else {},
+        key_labels={pk: (name, prefix) for pk, name, prefix in
+                    ApiKey.objects.filter(pk__in=unnamed["key"]).values_list("pk", "name", "prefix")}
+        if unnamed["key"] else {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,16 +345,23 @@ class _Labeller:
     team_names: dict[int, str]
     key_labels: dict[int, tuple[str, str]]
 
-    def label(self, dimension: str, value) -> str:
+    def label(self, dimension: str, part: tuple) -> str:
+        """The display text of one dimension's group key (`_COLUMNS[dimension]` values)."""
+        value = part[0]
         if dimension == "day":
             return value.isoformat()
         if dimension == "team":
-            return "(no team)" if value is None else self.team_names.get(value, f"team #{value}")
+            if value is None:
+                return "(no team)"
+            return part[1] or self.team_names.get(value, f"team #{value}")
         if dimension == "key":
             if value is None:
                 return "(no key)"
-            name, prefix = self.key_labels.get(value, (f"key #{value}", ""))
+            name, prefix = (part[1], part[2]) if part[1] else self.key_labels.get(
+                value, (f"key #{value}", part[2]))
             return f"{name} ({prefix}…)" if prefix else name
+        if dimension == "tag":
+            return "(no tag)" if value is None else value
         return value or "(none)"
 
 
@@ -298,23 +396,25 @@ def filter_choices() -> dict[str, list[tuple[str, str]]]:
     }
 
 
-# The raw ledger export's columns: each row with the price version it was billed at (id and
-# unit prices per million tokens), so finance can recompute any cost.
+# The raw ledger export's columns: each row with its key's and team's names as they were, its
+# tokens per class and the price version it was billed at (id and every rate per million
+# tokens), so finance can recompute any cost (usage.pricing states how).
+PRICE_RATE_COLUMNS = ("input_per_mtok", "output_per_mtok", *PRICE_OPTIONAL_FIELDS)
 LEDGER_FIELDS = (
     "id", "created_at", "request_id", "client_request_id", "api_key_id", "key_prefix",
-    "api_key__name", "team_id", "team__name", "surface", "public_model", "upstream_model",
-    "provider_name", "route_id", "stream", "status", "http_status", "error_type", "input_tokens",
-    "output_tokens", "cached_tokens", "reasoning_tokens", "usage_source", "cost_usd", "price_id",
-    "price__effective_from", "price__input_per_mtok", "price__output_per_mtok",
-    "price__cached_input_per_mtok", "latency_ms", "ttft_ms",
+    "key_name", "team_id", "team_name", "surface", "public_model", "upstream_model",
+    "provider_name", "route_id", "stream", "status", "http_status", "error_type", *TOKEN_FIELDS,
+    "usage_source", "cost_usd", "price_id", "price__effective_from",
+    *(f"price__{name}" for name in PRICE_RATE_COLUMNS), "latency_ms", "ttft_ms", "tags",
+    "end_user",
 )
 
 
 def ledger_records(*, flt: UsageFilter) -> QuerySet:
-    """The ledger rows of the range and filters (with key, team and price joined), unordered."""
+    """The ledger rows of the range and filters (with the price version joined), unordered."""
     start, end = day_bounds(flt.start)[0], day_bounds(flt.end)[1]
     return (_filtered(UsageRecord.objects.between(start, end), flt)
-            .select_related("api_key", "team", "price").order_by())
+            .select_related("price").order_by())
 
 
 def ledger_page(*, flt: UsageFilter, after: tuple[datetime, int] | None = None,

@@ -39,7 +39,9 @@ COLUMNS = (("label", None, False), ("requests", "Requests", True), ("errors", "E
            ("input_tokens", "Input tokens", True), ("output_tokens", "Output tokens", True),
            ("total_tokens", "Total tokens", True), ("cost", "Spend (USD)", True))
 TOTAL_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cached_tokens",
-                 "reasoning_tokens", "cost_usd")
+                 "reasoning_tokens", "cost_usd", "cache_write_5m_tokens", "cache_write_1h_tokens",
+                 "audio_input_tokens", "audio_output_tokens", "image_input_tokens",
+                 "image_output_tokens")
 LEDGER_PAGE_ROWS = 2000
 
 
@@ -140,7 +142,8 @@ def _csv_text(value) -> object:
 
 def _dimension_columns(dimension: str) -> tuple[str, ...]:
     return {"day": ("day",), "team": ("team_id", "team"), "key": ("key_id", "key"),
-            "provider": ("provider",), "model": ("model",)}[dimension]
+            "provider": ("provider",), "model": ("model",), "tag": ("tag",),
+            "end_user": ("end_user",)}[dimension]
 
 
 def _dimension_cells(row: UsageRow, dimension: str) -> list:
@@ -152,7 +155,9 @@ def _dimension_cells(row: UsageRow, dimension: str) -> list:
 
 def _totals_cells(t: UsageTotals) -> list:
     return [t.requests, t.errors, t.input_tokens, t.output_tokens, t.cached_tokens,
-            t.reasoning_tokens, f"{t.cost_usd:.10f}"]
+            t.reasoning_tokens, f"{t.cost_usd:.10f}", t.cache_write_5m_tokens,
+            t.cache_write_1h_tokens, t.audio_input_tokens, t.audio_output_tokens,
+            t.image_input_tokens, t.image_output_tokens]
 
 
 def group_by_parse(text: str) -> tuple[str, ...] | None:
@@ -165,8 +170,9 @@ def group_by_parse(text: str) -> tuple[str, ...] | None:
 
 @finance_required
 def report_csv(request: HttpRequest) -> HttpResponse:
-    """`?group=day|team|key|provider|model` (or several, comma-separated) plus the page's
-    filters: one row per group with exact costs, then a `Total` row equal to the rows' sum."""
+    """`?group=day|team|key|provider|model|tag|end_user` (or several, comma-separated) plus
+    the page's filters: one row per group with exact costs, then a `Total` row equal to the
+    rows' sum (by tag, a row with several tags counts in each, so the rows may add up to more)."""
     dims = group_by_parse(request.GET.get("group", "day"))
     form = UsageFilterForm(request.GET)
     if dims is None:

@@ -5,6 +5,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+
+from providers.models import PRICE_OPTIONAL_FIELDS
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -86,7 +88,7 @@ def test_records_are_cursor_paginated_newest_first_with_price_versions(small_led
     price = small_ledger["price"]
     assert seen[0]["price"] == {"id": price.pk, "effective_from": seen[0]["price"]["effective_from"],
                                 "input_per_mtok": "1.000000", "output_per_mtok": "2.000000",
-                                "cached_input_per_mtok": None}
+                                **dict.fromkeys(PRICE_OPTIONAL_FIELDS)}
     assert {r["team_name"] for r in seen} == {"red", "blue", None}
 
 

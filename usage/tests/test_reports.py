@@ -34,7 +34,9 @@ def ledger_write(*, at: datetime, key=None, provider: str = "prov-a", model: str
     entry = LedgerEntry(
         request_id=f"rep-{next(_ids)}", client_request_id="", created_at=at,
         api_key_id=key.id if key else None, key_prefix=key.prefix if key else "",
-        team_id=key.team_id if key else None, surface="openai.chat", public_model=model,
+        key_name=key.name if key else "", team_id=key.team_id if key else None,
+        team_name=key.team.name if key and key.team_id else "", surface="openai.chat",
+        public_model=model,
         upstream_model=f"up-{model}", provider_name=provider, route_id=None, stream=False,
         status=status, http_status=200 if status == "ok" else 502, error_type="",
         input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0,
