@@ -28,6 +28,17 @@ MODEL = "gpt-fault"
 PROVIDER = "faulty"
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the test process dies (a CI timeout, a kill -9),
+    instead of keeping a server running on its own. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def wait_until(condition, *, timeout: float, interval: float = 0.05, what: str = "condition"):
     """Poll `condition()` until it returns something truthy (returned) or `timeout` seconds pass
     (AssertionError naming `what`)."""
@@ -70,7 +81,8 @@ class MariaDB:
         if os.geteuid() == 0:
             args.append("--user=root")
         with self._log.open("ab") as log:
-            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                             preexec_fn=die_with_parent)
         wait_until(self._answers, timeout=60, interval=0.1, what=f"mariadbd on {self.port}")
 
     def _answers(self) -> bool:
@@ -178,7 +190,8 @@ class Replicas:
                 [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--host",
                  "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
                  "--timeout-graceful-shutdown", "10"],
-                cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
+                cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent)
             log.close()
             self.processes.append(process)
             started.append((process, f"http://127.0.0.1:{port}"))
