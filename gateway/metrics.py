@@ -55,7 +55,7 @@ def request_observe(*, surface: str, model: str, provider: str, status: str, dur
                         ("cached", cached_tokens), ("reasoning", reasoning_tokens)):
         if count:
             TOKENS.labels(kind).inc(count)
-    if cost_usd:
+    if cost_usd > 0:  # a negative price (usage.budgets logs it) must not fail the request
         COST.inc(cost_usd)
 
 
