@@ -34,7 +34,8 @@ async def _load(urls: list[str], key: str, *, seconds: float, workers: int,
         while time.monotonic() - started < seconds:
             sent = time.monotonic() - started
             response = await client.post(f"{urls[i % len(urls)]}/v1/chat/completions",
-                                         json=chat_body(), headers={"authorization": f"Bearer {key}"})
+                                         json=chat_body(),
+                                         headers={"authorization": f"Bearer {key}"})
             answers.append((sent, response.status_code, response.headers.get("x-request-id", "")))
             i += 1
             await asyncio.sleep(gap_s)
