@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from gateway.database import db
+from gateway.errors import ServiceUnavailable
 from providers.selectors import (KeyInfo, RoutingSnapshot, api_key_active_get,
                                  config_version_get, routing_snapshot_load)
 
@@ -132,7 +133,9 @@ class SnapshotCache:
                 self._snapshot = await db.run(_fresh_snapshot, previous=self._snapshot)
             except DatabaseError:
                 if self._snapshot is None:
-                    raise
+                    raise ServiceUnavailable(
+                        "the routing configuration cannot be loaded: the database is unreachable",
+                        code="config_unavailable", headers={"retry-after": "5"}) from None
                 # Keep serving known keys and routes while the database is unreachable.
                 logger.warning("config reload failed; serving the previous snapshot")
             self._checked_at = time.monotonic()

@@ -7,10 +7,6 @@ from tests.faults.harness import create_api_key
 from tests.faults.traffic import burst
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "5 of 5 answered 500 (django OperationalError, 'Lost connection to server during query'): "
-    "providers.cache.SnapshotCache.get re-raises the DatabaseError when the process has no "
-    "snapshot yet, and nothing turns it into the 503 a key that cannot be checked gets"))
 def test_a_replica_that_never_reached_the_database_answers_503_during_an_outage(
         replicas, faults_db, key_name):
     key = create_api_key(key_name, env=replicas.env)
