@@ -1,4 +1,6 @@
-"""ASGI entry point: `uvicorn gateway.asgi:application` (production and `make run`).
+"""ASGI entry point: `uvicorn gateway.asgi:application` (production and `make run`), or
+`daphne gateway.asgi:application`. One app serves HTTP and WebSocket: `websocket` scopes go to
+the Channels URLRouter of gateway.realtime (`/v1/realtime`), behind the same guards.
 
 Static files (the admin's CSS/JS) are served by Django's ASGI static handler, which only
 intercepts paths under STATIC_URL; a reverse proxy may serve `collectstatic` output instead.
@@ -28,6 +30,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from gateway.asgi_guards import Guards, StalledClientLogFilter  # noqa: E402
 from gateway.clients import client_pool  # noqa: E402
 from gateway.ledger import ledger_writer  # noqa: E402
+from gateway.realtime.routing import websocket_application  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
 from usage.intents import intents_reaper  # noqa: E402
 
@@ -110,6 +113,8 @@ site_application = ASGIStaticFilesHandler(django_application)
 
 
 async def _route(scope, receive, send):
+    if scope["type"] == "websocket":
+        return await websocket_application(scope, receive, send)
     if scope["type"] == "http" and scope.get("path", "").startswith(API_PATHS):
         return await api_application(scope, receive, send)
     return await site_application(scope, receive, send)

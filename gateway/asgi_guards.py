@@ -18,6 +18,13 @@
   the database confirmed unknown or revoked (gateway.intake), so a key created a moment ago
   never counts. Behind a reverse proxy run uvicorn with --proxy-headers so the address is the
   client's.
+- WebSocket (`/v1/realtime`): the Host check and the lockout refuse the handshake (an HTTP
+  answer where the server supports the `websocket.http.response` extension, else a close);
+  refused handshakes with 401 (or a close with AUTH_FAILED_CLOSE_CODE before accepting) count
+  as failed authentications. A message larger than GATEWAY_REALTIME_MAX_MESSAGE_BYTES closes
+  the socket with 1009, and one with no message either way for GATEWAY_REALTIME_IDLE_TIMEOUT_S
+  with IDLE_CLOSE_CODE; the application then sees the client's disconnect. A client that
+  reads nothing for GATEWAY_WRITE_TIMEOUT_S is treated as gone too.
 Errors use the surface's shape: Anthropic's under /v1/messages, OpenAI's elsewhere.
 """
 from __future__ import annotations
@@ -42,6 +49,12 @@ MAX_BLOCKED = 100_000
 MAX_HOSTS = 1024
 
 security_logger = logging.getLogger("django.security.DisallowedHost")
+
+# WebSocket close codes: a consumer's refusal of a key (counted like a 401), a session closed
+# for idling (as HTTP's 408), a message over the size limit (RFC 6455's "message too big").
+AUTH_FAILED_CLOSE_CODE = 4001
+IDLE_CLOSE_CODE = 4008
+TOO_LARGE_CLOSE_CODE = 1009
 
 
 # Set in the connection's task when its client stopped reading and the response was abandoned.
@@ -166,6 +179,8 @@ class Guards:
             self._blocked[address] = time.monotonic() + max(wait, 1.0)
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = settings.GATEWAY_MAX_BODY_BYTES
@@ -246,3 +261,126 @@ class Guards:
             if stalled:
                 # In the server's task (the send ran in Django's), for the log filter above.
                 _stalled.set(True)
+
+    async def _websocket(self, scope, receive, send):
+        path = scope.get("path", "")
+        address = (scope.get("client") or ("unknown", 0))[0]
+        refusal = None
+        if (path.startswith(self.host_checked) and path not in settings.GATEWAY_ANY_HOST_PATHS
+                and not self.hosts.allows(_raw_host(scope))):
+            refusal = (400, _gateway_error_body(path, InvalidRequest(
+                "the Host header names a host this server does not serve (ALLOWED_HOSTS)",
+                code="invalid_host")), None)
+        elif left := self._refused_for(address):
+            refusal = (429, _error_body(path, 429, "too many failed authentication attempts "
+                                        "from this address", "rate_limit_error"), int(left) + 1)
+        if refusal is not None:
+            return await _ws_refuse(scope, receive, send, *refusal)
+        await _WebSocketGuard(self, scope, receive, send, address).run()
+
+
+async def _ws_refuse(scope, receive, send, status: int, body: bytes,
+                     retry_after: int | None) -> None:
+    """Refuse a handshake: the HTTP answer where the server can send one, else a close."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = [(b"content-type", b"application/json")]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+class _WebSocketGuard:
+    """One socket's guards: the message size limit, the idle timeout and the write timeout.
+    The client's receive is kept pending in a task of its own (never cancelled: a server's
+    receive need not be safe to cancel), raced against the idle deadline and a stall."""
+
+    def __init__(self, guards: Guards, scope, receive, send, address: str) -> None:
+        self.guards, self.scope, self.address = guards, scope, address
+        self._receive, self._send = receive, send
+        self.limit = settings.GATEWAY_REALTIME_MAX_MESSAGE_BYTES
+        self.idle = settings.GATEWAY_REALTIME_IDLE_TIMEOUT_S
+        self.last = time.monotonic()
+        self.accepted = False
+        self.closed: int | None = None  # the code the guard closed the socket with
+        self.gone = asyncio.Event()
+        self.pending: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        try:
+            await self.guards.app(self.scope, self.receive, self.send)
+        finally:
+            if self.pending is not None and not self.pending.done():
+                self.pending.cancel()
+
+    async def _close(self, code: int) -> None:
+        if self.closed is None:
+            self.closed = code
+            self.gone.set()
+            try:
+                await self._send({"type": "websocket.close", "code": code})
+            except Exception:  # noqa: BLE001 - the server's socket is already gone
+                pass
+
+    async def receive(self):
+        while True:
+            if self.closed is not None:
+                return {"type": "websocket.disconnect", "code": self.closed}
+            if self.pending is None:
+                self.pending = asyncio.ensure_future(self._receive())
+            wait = self.last + self.idle - time.monotonic() if self.accepted else None
+            if wait is not None and wait <= 0:
+                logger.info("%s: no message either way for %gs; closed", self.scope.get("path"),
+                            self.idle)
+                await self._close(IDLE_CLOSE_CODE)
+                continue
+            gone = asyncio.ensure_future(self.gone.wait())
+            try:
+                await asyncio.wait((self.pending, gone), timeout=wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not self.pending.done():
+                continue
+            event, self.pending = self.pending.result(), None
+            if event["type"] == "websocket.receive":
+                self.last = time.monotonic()
+                data = event.get("bytes") or event.get("text") or ""
+                if len(data) > self.limit:
+                    logger.info("%s: a message of more than %d bytes; closed",
+                                self.scope.get("path"), self.limit)
+                    await self._close(TOO_LARGE_CLOSE_CODE)
+                    continue
+            elif event["type"] == "websocket.disconnect":
+                self.closed = self.closed or event.get("code", 1005)
+                self.gone.set()
+            return event
+
+    async def send(self, event) -> None:
+        if self.closed is not None:
+            return  # like a server's send to a client that is gone
+        kind = event["type"]
+        if kind == "websocket.accept":
+            self.accepted = True
+        elif kind == "websocket.send":
+            self.last = time.monotonic()
+        elif not self.accepted and (
+                (kind == "websocket.http.response.start" and event.get("status") == 401)
+                or (kind == "websocket.close" and event.get("code") == AUTH_FAILED_CLOSE_CODE)):
+            await self.guards._auth_failed(self.address)
+        try:
+            async with asyncio.timeout(settings.GATEWAY_WRITE_TIMEOUT_S):
+                await self._send(event)
+        except TimeoutError:
+            logger.warning("%s: the client read nothing for %gs; socket closed",
+                           self.scope.get("path"), settings.GATEWAY_WRITE_TIMEOUT_S)
+            self.closed = 1006
+            self.gone.set()
+        if kind == "websocket.close":
+            self.closed = self.closed or event.get("code") or 1000
+            self.gone.set()

@@ -11,7 +11,9 @@ kind is a record here plus its adapter and codec (docs/architecture.md).
 
 Operations: `chat` (the wire format's own chat endpoint: Chat Completions, Messages or
 Responses), `responses` (the Responses endpoint, for kinds that speak it), `completions` and
-`embeddings` (OpenAI only), `count_tokens` (Anthropic only).
+`embeddings` (OpenAI only), `count_tokens` (Anthropic only), `realtime` (the Realtime API's
+WebSocket, OpenAI-compatible only: its ws(s) URL is this path under the base URL with the
+scheme swapped, gateway.realtime.upstream).
 """
 from __future__ import annotations
 
@@ -120,7 +122,7 @@ OPENAI_PATHS = MappingProxyType({"chat": "/chat/completions", "completions": "/c
 
 DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
     Dialect(kind="openai", label="OpenAI-compatible", wire="openai_chat", codec=openai_chat,
-            paths=OPENAI_PATHS),
+            paths=MappingProxyType({**OPENAI_PATHS, "realtime": "/realtime"})),
     Dialect(kind="anthropic", label="Anthropic", wire="anthropic_messages",
             codec=anthropic_messages,
             paths=MappingProxyType({"chat": "/messages", "count_tokens": "/messages/count_tokens"}),

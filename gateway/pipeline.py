@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -275,11 +275,16 @@ async def call_open(call: Call, job: Job) -> UpstreamResponse | Replay:
     return upstream
 
 
-async def open_upstream(call: Call, job: Job) -> UpstreamResponse:
+async def open_upstream(call: Call, job: Job, *,
+                        send: Callable[[Deployment], Awaitable[Any]] | None = None,
+                        ) -> UpstreamResponse:
     """Plan the deployment order (smooth WRR within a priority, circuit breakers, shared via
     Redis when configured) and try deployments until one answers. Retryable failures move on
     after a short jittered backoff; a non-retryable one is the client's answer. On success the
-    call holds an in-flight lease that `call_finish` releases. Raises a GatewayError."""
+    call holds an in-flight lease that `call_finish` releases. `send` opens one deployment in
+    place of posting the job's body (the realtime surface's WebSocket, gateway.realtime); it
+    raises UpstreamError as an adapter does, and what it returns is returned. Raises a
+    GatewayError."""
     routing = client_pool.routing()
     by_route = {d.route_id: d for d in job.deployments}
     if call.activated():
@@ -308,10 +313,9 @@ async def open_upstream(call: Call, job: Job) -> UpstreamResponse:
         call.routed(deployment)
         sent_at = time.monotonic()
         try:
-            upstream = await upstream_send(deployment, operation=job.operation,
-                                           body=job.bodies[deployment.route_id],
-                                           stream=job.stream, request_id=call.request_id,
-                                           forwarded=job.forwarded)
+            upstream = await (send(deployment) if send is not None else upstream_send(
+                deployment, operation=job.operation, body=job.bodies[deployment.route_id],
+                stream=job.stream, request_id=call.request_id, forwarded=job.forwarded))
         except asyncio.CancelledError:
             await asyncio.shield(routing.release(lease))
             raise

@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    # the /v1/realtime consumer (gateway.realtime); no channel layer is used
+    "channels",
     "providers",
     "usage",
     "tasks",
@@ -177,6 +179,12 @@ GATEWAY_ANY_HOST_PATHS = tuple(env.list("GATEWAY_ANY_HOST_PATHS", default=["/hea
 # Slow clients: seconds without a body chunk (408), and without write progress (dropped).
 GATEWAY_BODY_TIMEOUT_S = env.float("GATEWAY_BODY_TIMEOUT_S", default=30.0)
 GATEWAY_WRITE_TIMEOUT_S = env.float("GATEWAY_WRITE_TIMEOUT_S", default=60.0)
+# /v1/realtime (gateway.realtime): the largest message either side may send (OpenAI accepts
+# 15 MiB of audio per input_audio_buffer.append), and the seconds a session may pass with no
+# message in either direction before it is closed.
+GATEWAY_REALTIME_MAX_MESSAGE_BYTES = env.int("GATEWAY_REALTIME_MAX_MESSAGE_BYTES",
+                                             default=16 * 1024 * 1024)
+GATEWAY_REALTIME_IDLE_TIMEOUT_S = env.float("GATEWAY_REALTIME_IDLE_TIMEOUT_S", default=300.0)
 # Responses API: how long a stored response (previous_response_id, GET /v1/responses/{id})
 # is kept; OpenAI keeps them 30 days.
 GATEWAY_RESPONSES_TTL_S = env.float("GATEWAY_RESPONSES_TTL_S", default=30 * 86400.0)

@@ -1,0 +1,191 @@
+"""A fake OpenAI Realtime upstream: a real aiohttp WebSocket server on loopback, in its own
+thread, speaking the Realtime API's event names.
+
+`GET /p/<provider>/v1/realtime?model=…` answers `session.created`, then: `session.update` ->
+`session.updated`; `conversation.item.create` -> `conversation.item.created`;
+`response.create` -> the scenario named by `response.instructions` (`scenario:<name>`):
+
+- `text`     response.created, two response.output_text.delta, response.output_text.done,
+             response.done with USAGE["text"]
+- `function` response.created, response.function_call_arguments.delta and .done,
+             response.done with USAGE["function"]
+- `audio`    response.created, AUDIO_CHUNKS response.output_audio.delta (random base64),
+             response.output_audio.done, response.done with USAGE["audio"]
+- `hang`     response.created and one text delta, then waits: `response.cancel` ->
+             response.done (status cancelled) with USAGE["cancelled"]
+- `drop`     response.created and one text delta, then the socket is closed abnormally (1011)
+- `invalid`  an `error` event naming the response.create's event_id (no response)
+
+Every frame received and sent is kept as the raw text (`received`, `sent`), so tests can
+compare bytes; `closed` is set when the client's socket is gone.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import threading
+import time
+
+import orjson
+from aiohttp import WSMsgType, web
+
+AUDIO_CHUNKS = 3
+
+USAGE = {
+    "text": {"total_tokens": 160, "input_tokens": 120, "output_tokens": 40,
+             "input_token_details": {"cached_tokens": 64, "text_tokens": 120, "audio_tokens": 0,
+                                     "cached_tokens_details": {"text_tokens": 64,
+                                                               "audio_tokens": 0}},
+             "output_token_details": {"text_tokens": 40, "audio_tokens": 0}},
+    "function": {"total_tokens": 230, "input_tokens": 200, "output_tokens": 30,
+                 "input_token_details": {"cached_tokens": 0, "text_tokens": 200,
+                                         "audio_tokens": 0},
+                 "output_token_details": {"text_tokens": 30, "audio_tokens": 0}},
+    "audio": {"total_tokens": 1000, "input_tokens": 700, "output_tokens": 300,
+              "input_token_details": {"cached_tokens": 128, "text_tokens": 200,
+                                      "audio_tokens": 500,
+                                      "cached_tokens_details": {"text_tokens": 100,
+                                                                "audio_tokens": 28}},
+              "output_token_details": {"text_tokens": 50, "audio_tokens": 250}},
+    "cancelled": {"total_tokens": 58, "input_tokens": 50, "output_tokens": 8,
+                  "input_token_details": {"cached_tokens": 0, "text_tokens": 50,
+                                          "audio_tokens": 0},
+                  "output_token_details": {"text_tokens": 8, "audio_tokens": 0}},
+}
+
+
+class FakeRealtime:
+    def __init__(self) -> None:
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self.received: list[str] = []
+        self.sent: list[str] = []
+        self.handshakes: list[dict] = []
+        self.closed = threading.Event()
+        self.refuse_status: int | None = None
+        self._counter = 0
+
+    def base_url(self, provider: str) -> str:
+        return f"http://127.0.0.1:{self.port}/p/{provider}/v1"
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        return self.closed.wait(timeout)
+
+    def received_types(self) -> list[str]:
+        return [orjson.loads(frame).get("type") for frame in self.received]
+
+    def _id(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}_{self._counter:04d}"
+
+    async def _realtime(self, request: web.Request) -> web.StreamResponse:
+        self.handshakes.append({"path": request.path, "query": dict(request.query),
+                                "headers": dict(request.headers)})
+        if self.refuse_status is not None:
+            return web.json_response({"error": {"message": "refused"}}, status=self.refuse_status)
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+
+        async def send(event: dict) -> None:
+            event.setdefault("event_id", self._id("event"))
+            frame = orjson.dumps(event).decode()
+            self.sent.append(frame)
+            await ws.send_str(frame)
+
+        await send({"type": "session.created",
+                    "session": {"id": self._id("sess"), "model": request.query.get("model")}})
+        waiting: dict | None = None
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                self.received.append(msg.data)
+                event = orjson.loads(msg.data)
+                kind = event.get("type")
+                if kind == "session.update":
+                    await send({"type": "session.updated", "session": event.get("session", {})})
+                elif kind == "conversation.item.create":
+                    await send({"type": "conversation.item.created",
+                                "item": {**event.get("item", {}), "id": self._id("item")}})
+                elif kind == "response.cancel" and waiting is not None:
+                    await send(self._done(waiting, "cancelled", "cancelled"))
+                    waiting = None
+                elif kind == "response.create":
+                    waiting = await self._respond(ws, send, event)
+                    if waiting == "dropped":
+                        return ws
+        finally:
+            self.closed.set()
+        return ws
+
+    def _done(self, response: dict, scenario: str, status: str = "completed") -> dict:
+        return {"type": "response.done",
+                "response": {**response, "status": status, "usage": USAGE[scenario]}}
+
+    async def _respond(self, ws, send, event: dict):
+        scenario = (event.get("response") or {}).get("instructions", "").removeprefix("scenario:")
+        if scenario == "invalid":
+            await send({"type": "error", "error": {
+                "type": "invalid_request_error", "code": "invalid_value",
+                "message": "invalid response", "param": None, "event_id": event.get("event_id")}})
+            return None
+        response = {"object": "realtime.response", "id": self._id("resp"), "output": []}
+        await send({"type": "response.created", "response": {**response, "status": "in_progress"}})
+        ids = {"response_id": response["id"], "item_id": self._id("item"), "output_index": 0,
+               "content_index": 0}
+        if scenario == "function":
+            await send({"type": "response.function_call_arguments.delta", **ids,
+                        "call_id": "call_1", "delta": '{"city":'})
+            await send({"type": "response.function_call_arguments.done", **ids,
+                        "call_id": "call_1", "name": "get_weather",
+                        "arguments": '{"city":"Paris"}'})
+        elif scenario == "audio":
+            for _ in range(AUDIO_CHUNKS):
+                await send({"type": "response.output_audio.delta", **ids,
+                            "delta": base64.b64encode(os.urandom(4800)).decode()})
+            await send({"type": "response.output_audio.done", **ids})
+        else:
+            await send({"type": "response.output_text.delta", **ids, "delta": "Hello"})
+            if scenario == "hang":
+                return response
+            if scenario == "drop":
+                await asyncio.sleep(0.05)
+                await ws.close(code=1011, message=b"upstream failure")
+                return "dropped"
+            await send({"type": "response.output_text.delta", **ids, "delta": " world"})
+            await send({"type": "response.output_text.done", **ids, "text": "Hello world"})
+        await send(self._done(response, scenario))
+        return None
+
+    def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/p/{provider}/v1/realtime", self._realtime)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, sock).start())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=serve, name="fake-realtime", daemon=True).start()
+        ready.wait(10)
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
