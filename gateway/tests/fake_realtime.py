@@ -17,7 +17,8 @@ thread, speaking the Realtime API's event names.
 - `invalid`  an `error` event naming the response.create's event_id (no response)
 
 Every frame received and sent is kept as the raw text (`received`, `sent`), so tests can
-compare bytes; `closed` is set when the client's socket is gone.
+compare bytes; `closed` is set when the client's socket is gone; `refuse[provider]` refuses
+that provider's handshakes with an HTTP status.
 """
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ class FakeRealtime:
         self.sent: list[str] = []
         self.handshakes: list[dict] = []
         self.closed = threading.Event()
-        self.refuse_status: int | None = None
+        # provider -> the HTTP status its handshake is refused with
+        self.refuse: dict[str, int] = {}
         self._counter = 0
 
     def base_url(self, provider: str) -> str:
@@ -86,8 +88,8 @@ class FakeRealtime:
     async def _realtime(self, request: web.Request) -> web.StreamResponse:
         self.handshakes.append({"path": request.path, "query": dict(request.query),
                                 "headers": dict(request.headers)})
-        if self.refuse_status is not None:
-            return web.json_response({"error": {"message": "refused"}}, status=self.refuse_status)
+        if (status := self.refuse.get(request.match_info["provider"])) is not None:
+            return web.json_response({"error": {"message": "refused"}}, status=status)
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
 

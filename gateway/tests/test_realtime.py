@@ -203,3 +203,216 @@ def test_audio_deltas_pass_through_byte_identical_and_bill_audio_tokens(
     # 500 audio input tokens, of which 28 were cache reads (billed at the cached rate)
     assert (row.audio_input_tokens, row.audio_output_tokens) == (472, 250)
     assert row.cost_usd == _expected_cost(USAGE["audio"])
+
+
+def _ws_url(gateway_url: str, model: str = "gpt-rt") -> str:
+    return gateway_url.replace("http://", "ws://") + f"/v1/realtime?model={model}"
+
+
+def test_browser_subprotocol_key_is_accepted_and_answered_with_realtime(
+        gateway_url, realtime_provider, make_key, ledger_rows):
+    key = make_key()
+
+    async def session():
+        async with websockets.connect(
+                _ws_url(gateway_url),
+                subprotocols=["realtime", f"openai-insecure-api-key.{key}"]) as ws:
+            first = orjson.loads(await asyncio.wait_for(ws.recv(), BOUND_S))
+            return ws.subprotocol, first["type"]
+
+    assert asyncio.run(session()) == ("realtime", "session.created")
+    rows = _rows(ledger_rows, 1)
+    assert rows["realtime.session"][0].status == "ok"
+
+
+def test_refused_handshakes_answer_in_openais_shape(gateway_url, realtime_provider, make_key,
+                                                    ledger_rows):
+    key = make_key(models="other-model")
+
+    async def status_of(url: str, headers: dict) -> tuple[int, dict]:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url, additional_headers=headers):
+                pass
+        response = refused.value.response
+        return response.status_code, orjson.loads(response.body)
+
+    async def handshakes():
+        return [
+            await status_of(_ws_url(gateway_url), {"authorization": "Bearer gw-not-a-key"}),
+            await status_of(_ws_url(gateway_url), {}),
+            await status_of(_ws_url(gateway_url), {"authorization": f"Bearer {key}"}),
+            await status_of(_ws_url(gateway_url, "nope"), {"authorization": f"Bearer {key}"}),
+        ]
+
+    (bad, bad_body), (missing, _), (forbidden, _), (unknown, _) = asyncio.run(handshakes())
+    assert (bad, missing, forbidden, unknown) == (401, 401, 403, 404)
+    assert bad_body["error"]["code"] == "invalid_api_key"
+    assert realtime_provider.handshakes == []
+    assert ledger_rows(0) == []
+
+
+def test_failover_before_the_socket_opens(gateway_url, realtime_provider, make_key, ledger_rows):
+    from providers.config_file import config_parse
+    from providers.services import config_apply
+
+    fake = realtime_provider
+    config_apply(spec=config_parse(f"""
+providers:
+  - name: rt-a
+    kind: openai
+    base_url: {fake.base_url("rt-a")}
+    api_key: sk-fake-realtime-upstream
+    models:
+      gpt-rt: up-rt
+  - name: rt-b
+    kind: openai
+    base_url: {fake.base_url("rt-b")}
+    api_key: sk-fake-realtime-upstream-b
+    priority: 1
+    models:
+      gpt-rt: up-rt
+"""))
+    fake.refuse["rt-a"] = 503
+    key = make_key()
+
+    async def session():
+        async with _client(gateway_url, key).realtime.connect(model="gpt-rt") as conn:
+            await _until(conn, "session.created")
+            await conn.send({"type": "response.create",
+                             "response": {"instructions": "scenario:text"}})
+            await _until(conn, "response.done")
+
+    asyncio.run(session())
+    assert [h["path"] for h in fake.handshakes] == ["/p/rt-a/v1/realtime", "/p/rt-b/v1/realtime"]
+    rows = _rows(ledger_rows, 2)
+    assert [r.provider_name for r in rows["realtime"]] == ["rt-b"]
+    assert rows["realtime.session"][0].provider_name == "rt-b"
+
+
+def test_client_leaving_mid_response_cancels_it_upstream_and_bills_what_was_reported(
+        gateway_url, realtime_provider, make_key, ledger_rows):
+    key = make_key()
+
+    async def session():
+        conn = await _client(gateway_url, key).realtime.connect(model="gpt-rt").enter()
+        await _until(conn, "session.created")
+        await conn.send({"type": "response.create", "response": {"instructions": "scenario:hang"}})
+        await _until(conn, "response.output_text.delta")
+        await conn.close()
+
+    asyncio.run(session())
+    fake = realtime_provider
+    assert fake.wait_closed(), "the upstream socket was not closed"
+    assert fake.received_types()[-1] == "response.cancel"
+    rows = _rows(ledger_rows, 2)
+    [row] = rows["realtime"]
+    assert (row.status, row.usage_source, row.input_tokens, row.output_tokens) == \
+        ("client_disconnected", "reported", 50, 8)
+    assert row.cost_usd == _expected_cost(USAGE["cancelled"])
+    assert rows["realtime.session"][0].status == "ok"
+
+
+def test_upstream_leaving_closes_the_client_and_bills_the_response_in_flight(
+        gateway_url, realtime_provider, make_key, ledger_rows):
+    key = make_key()
+
+    async def session():
+        async with _client(gateway_url, key).realtime.connect(model="gpt-rt") as conn:
+            await _until(conn, "session.created")
+            await conn.send({"type": "response.create",
+                             "response": {"instructions": "scenario:drop"}})
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await _until(conn, "response.done")
+            return closed.value.rcvd.code
+
+    assert asyncio.run(session()) == 1011
+    rows = _rows(ledger_rows, 2)
+    [row] = rows["realtime"]
+    assert (row.status, row.usage_source, row.error_type) == \
+        ("upstream_error", "estimated", "upstream_closed")
+    [session_row] = rows["realtime.session"]
+    assert (session_row.status, session_row.error_type) == ("upstream_error", "upstream_closed")
+
+
+def test_budget_refusal_mid_session_answers_an_error_event_and_keeps_the_session(
+        gateway_url, realtime_provider, make_key, ledger_rows):
+    # The first response fits (its worst case: 20 output tokens at 16 USD/M); what it reports
+    # (120 in, 40 out: 0.00089 USD) spends the budget, so the second is refused.
+    key = make_key(budget_usd="0.0005")
+    create = {"type": "response.create", "event_id": "evt_second",
+              "response": {"instructions": "scenario:text", "max_output_tokens": 20}}
+
+    def first_row_written() -> bool:
+        from django.db import connection
+
+        from usage.models import UsageRecord
+        try:
+            return UsageRecord.objects.filter(surface="realtime").exists()
+        finally:
+            connection.close()
+
+    async def session():
+        async with _client(gateway_url, key).realtime.connect(model="gpt-rt") as conn:
+            await _until(conn, "session.created")
+            await conn.send({**create, "event_id": "evt_first"})
+            await _until(conn, "response.done")
+            assert await asyncio.to_thread(wait_for, first_row_written)
+            await conn.send(create)
+            refusal = (await _until(conn, "error"))[-1]
+            item = ('{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+                    '"content":[{"type":"input_text","text":"still there?"}]}}')
+            await conn.send_raw(item)
+            await _until(conn, "conversation.item.created")
+            return refusal
+
+    refusal = asyncio.run(session())
+    assert (refusal.error.type, refusal.error.code, refusal.error.event_id) == \
+        ("rate_limit_error", "budget_exceeded", "evt_second")
+    assert realtime_provider.received_types() == ["response.create", "conversation.item.create"]
+    rows = _rows(ledger_rows, 3)
+    assert sorted(r.status for r in rows["realtime"]) == ["ok", "rejected"]
+    assert rows["realtime.session"][0].status == "ok"
+
+
+def test_upstream_error_event_for_a_response_bills_nothing(gateway_url, realtime_provider,
+                                                           make_key, ledger_rows):
+    key = make_key()
+
+    async def session():
+        async with _client(gateway_url, key).realtime.connect(model="gpt-rt") as conn:
+            await _until(conn, "session.created")
+            await conn.send({"type": "response.create", "event_id": "evt_bad",
+                             "response": {"instructions": "scenario:invalid"}})
+            return (await _until(conn, "error"))[-1]
+
+    assert asyncio.run(session()).error.event_id == "evt_bad"
+    rows = _rows(ledger_rows, 2)
+    [row] = rows["realtime"]
+    assert (row.status, row.error_type, row.input_tokens, row.cost_usd) == \
+        ("upstream_error", "invalid_value", 0, 0)
+
+
+def test_oversized_message_and_idle_session_are_closed(gateway_url, realtime_provider, make_key,
+                                                       ledger_rows, settings):
+    settings.GATEWAY_REALTIME_MAX_MESSAGE_BYTES = 1024
+    settings.GATEWAY_REALTIME_IDLE_TIMEOUT_S = 0.5
+    key = make_key()
+    headers = {"authorization": f"Bearer {key}"}
+
+    async def sessions():
+        codes = []
+        async with websockets.connect(_ws_url(gateway_url), additional_headers=headers) as ws:
+            await asyncio.wait_for(ws.recv(), BOUND_S)
+            await ws.send('{"type":"conversation.item.create","pad":"' + "x" * 2048 + '"}')
+            await asyncio.wait_for(ws.wait_closed(), BOUND_S)
+            codes.append(ws.close_code)
+        async with websockets.connect(_ws_url(gateway_url), additional_headers=headers) as ws:
+            await asyncio.wait_for(ws.recv(), BOUND_S)
+            await asyncio.wait_for(ws.wait_closed(), BOUND_S)
+            codes.append(ws.close_code)
+        return codes
+
+    assert asyncio.run(sessions()) == [1009, 4008]
+    assert "conversation.item.create" not in realtime_provider.received_types()
+    rows = _rows(ledger_rows, 2)
+    assert [r.status for r in rows["realtime.session"]] == ["ok", "ok"]
