@@ -416,3 +416,68 @@ def test_oversized_message_and_idle_session_are_closed(gateway_url, realtime_pro
     assert "conversation.item.create" not in realtime_provider.received_types()
     rows = _rows(ledger_rows, 2)
     assert [r.status for r in rows["realtime.session"]] == ["ok", "ok"]
+
+
+@pytest.fixture
+def daphne_url(gateway_url, realtime_provider):
+    """The same ASGI app under daphne (a subprocess on this test's database); skipped where
+    daphne is not installed (it comes with bench/requirements.txt)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from django.conf import settings
+    from django.db import connection
+
+    pytest.importorskip("daphne")
+    db = connection.settings_dict
+    if not db["ENGINE"].endswith("sqlite3"):
+        pytest.skip("the daphne check runs on the SQLite test database")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db['NAME']}", "DEBUG": "1",
+           "GATEWAY_CONFIG_POLL_S": "0", "REDIS_URL": settings.REDIS_URL or ""}
+    process = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                "gateway.asgi:application"], cwd=settings.BASE_DIR, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("daphne did not start")
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+def test_daphne_serves_the_same_realtime_sessions(daphne_url, make_key, ledger_rows):
+    key = make_key()
+
+    async def session():
+        async with _client(daphne_url, key).realtime.connect(model="gpt-rt") as conn:
+            await _until(conn, "session.created")
+            await conn.send({"type": "response.create",
+                             "response": {"instructions": "scenario:text"}})
+            events = await _until(conn, "response.done")
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(_ws_url(daphne_url),
+                                          additional_headers={"authorization": "Bearer nope"}):
+                pass
+        return events, refused.value.response.status_code
+
+    events, refused = asyncio.run(session())
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == \
+        "Hello world"
+    # daphne has no handshake-response extension: a refusal is a close before accepting
+    assert refused == 403
+    rows = _rows(ledger_rows, 2)
+    assert (rows["realtime"][0].input_tokens, rows["realtime"][0].output_tokens) == (120, 40)
+    assert rows["realtime.session"][0].status == "ok"
