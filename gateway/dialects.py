@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any
+from urllib.parse import quote
 
 from gateway.codecs import anthropic_messages, openai_chat, openai_responses
+from gateway.types import CodecOptions
 
 ANTHROPIC_VERSION = "2023-06-01"
 # The in-process kind the demo config uses (`make run`).
@@ -75,11 +77,40 @@ class Dialect:
     # lower-case names. `beta_header` is the one a provider's `anthropic_beta` add/remove edits.
     forward_headers: tuple[str, ...] = ()
     beta_header: str | None = None
+    # A kind whose URLs depend on the provider's settings (Azure's api-version) builds them
+    # with `url_for(dialect, base_url, operation, upstream_model=, stream=, options=)`;
+    # `paths` still names the operations it serves.
+    url_for: Callable[..., str] | None = None
+    # Where a whole answer keeps its usage (Gemini: `usageMetadata`).
+    usage_field: str = "usage"
+    # The `translation` settings only this kind takes (providers.translation checks them),
+    # whether a provider of this kind needs its API key (or secret), and the kind a provider
+    # marked `responses_api: true` speaks instead.
+    settings: tuple[str, ...] = ()
+    api_key_required: bool = False
+    responses_kind: str | None = None
+    # Cloud kinds (Bedrock, Vertex). `required_settings`: those of `settings` a provider must
+    # give. `default_base_url`: the endpoint when the provider gives no base URL (from its
+    # region); the paths may hold `{region}` and `{project}`. `credentials`: what is wrong with
+    # the provider's `api_key` for this kind, None when it is usable. `envelope`: the body as
+    # this kind's endpoint takes it, given the body in its wire format and the streaming mode.
+    # `route_kind`: the kind one route of such a provider speaks, from its upstream model and
+    # the provider's `translation`. A kind that is not `selectable` is only ever a route kind.
+    required_settings: tuple[str, ...] = ()
+    default_base_url: Callable[[CodecOptions], str] | None = None
+    credentials: Callable[[str], str | None] | None = None
+    envelope: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None
+    route_kind: Callable[[str, Mapping[str, Any]], str] | None = None
+    selectable: bool = True
 
     def serves(self, operation: str) -> bool:
         return operation in self.paths
 
-    def url(self, base_url: str, operation: str, *, upstream_model: str, stream: bool) -> str:
+    def url(self, base_url: str, operation: str, *, upstream_model: str, stream: bool,
+            options: CodecOptions | None = None) -> str:
+        if self.url_for is not None:
+            return self.url_for(self, base_url, operation, upstream_model=upstream_model,
+                                stream=stream, options=options or CodecOptions())
         path = self.paths[operation]
         if isinstance(path, tuple):
             path = path[1] if stream else path[0]
@@ -120,8 +151,42 @@ class Dialect:
 OPENAI_PATHS = MappingProxyType({"chat": "/chat/completions", "completions": "/completions",
                                  "embeddings": "/embeddings"})
 
+# Azure OpenAI: the latest GA data-plane version for the deployment URLs, used when a provider
+# names none; `api_version: v1` selects the v1 GA API (/openai/v1/...), which takes none.
+AZURE_API_VERSION = "2024-10-21"
+AZURE_V1 = "v1"
+AZURE_KIND = "azure_openai"
+AZURE_RESPONSES_KIND = "azure_openai_responses"
+AZURE_SETTINGS = ("api_version", "entra")
+AZURE_PATHS = MappingProxyType({"chat": "/chat/completions", "completions": "/completions",
+                                "embeddings": "/embeddings"})
+AZURE_RESPONSES_PATHS = MappingProxyType({"chat": "/responses", "responses": "/responses"})
+
+
+def _api_key_header(api_key: str) -> dict[str, str]:
+    return {"api-key": api_key}
+
+
+def _azure_url(dialect: Dialect, base_url: str, operation: str, *, upstream_model: str,
+               stream: bool, options: CodecOptions) -> str:
+    """Azure OpenAI's URL for `operation`. With `api_version: v1` (the default for the
+    Responses kind): `{base_url}/openai/v1/<path>`, the deployment named by the body's
+    `model`. Otherwise the dated API: `{base_url}/openai/deployments/{deployment}/<path>
+    ?api-version=…` (the deployment is the route's upstream model), and for Responses
+    `{base_url}/openai/responses?api-version=…` (a preview version)."""
+    path = dialect.paths[operation]
+    version = options.api_version or (AZURE_V1 if dialect.wire == "openai_responses"
+                                      else AZURE_API_VERSION)
+    if version == AZURE_V1:
+        return f"{base_url}/openai/v1{path}"
+    if dialect.wire == "openai_responses":
+        return f"{base_url}/openai{path}?api-version={quote(version)}"
+    return (f"{base_url}/openai/deployments/{quote(upstream_model, safe='')}{path}"
+            f"?api-version={quote(version)}")
+
 DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
     Dialect(kind="openai", label="OpenAI-compatible", wire="openai_chat", codec=openai_chat,
+            responses_kind=RESPONSES_KIND,
             paths=MappingProxyType({**OPENAI_PATHS, "realtime": "/realtime"})),
     Dialect(kind="anthropic", label="Anthropic", wire="anthropic_messages",
             codec=anthropic_messages,
@@ -137,6 +202,16 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
             probe=_responses_probe),
     Dialect(kind=MOCK_KIND, label="Mock (offline, deterministic)", wire="openai_chat",
             codec=openai_chat, paths=OPENAI_PATHS, transport="mock", base_url_required=False),
+    # Azure OpenAI: the OpenAI wire formats at Azure's URLs, authenticated by `api-key` or by
+    # Microsoft Entra ID tokens (translation `entra`, the transport in gateway.adapters.entra).
+    Dialect(kind=AZURE_KIND, label="Azure OpenAI", wire="openai_chat", codec=openai_chat,
+            paths=AZURE_PATHS, url_for=_azure_url, auth=_api_key_header, transport="entra",
+            settings=AZURE_SETTINGS, api_key_required=True,
+            responses_kind=AZURE_RESPONSES_KIND),
+    Dialect(kind=AZURE_RESPONSES_KIND, label="Azure OpenAI (Responses API)",
+            wire="openai_responses", codec=openai_responses, paths=AZURE_RESPONSES_PATHS,
+            url_for=_azure_url, auth=_api_key_header, transport="entra",
+            probe=_responses_probe, settings=AZURE_SETTINGS, api_key_required=True),
 )})
 
 

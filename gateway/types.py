@@ -353,6 +353,11 @@ class CodecOptions:
     max_output_tokens: int | None = None
     anthropic_beta_add: tuple[str, ...] = ()
     anthropic_beta_remove: tuple[str, ...] = ()
+    # Azure OpenAI (providers.translation): the data-plane `api-version` ("v1": the v1 GA
+    # API), and Microsoft Entra ID client credentials {tenant_id, client_id, token_url,
+    # scope} (the secret is the provider's API key), read by gateway.adapters.entra.
+    api_version: str | None = None
+    entra: Mapping[str, str] | None = None
 
     def clamp_max_tokens(self, max_tokens: int | None) -> int | None:
         """`max_tokens` within the route's output limit (None stays None)."""

@@ -35,7 +35,7 @@ from providers.models import (
     ApiKey, AuditAction, AuditLog, ModelRoute, Price, Provider, Team,
 )
 from providers.selectors import Deployment, routing_snapshot_load
-from providers.translation import translation_problem
+from providers.translation import codec_options, translation_problem, upstream_kind
 from providers.validation import base_url_problem
 from providers.services import api_key_revoke, audit_log_write, audit_state, config_version_bump
 from usage.models import UsageRecord
@@ -126,9 +126,14 @@ class ProviderForm(forms.ModelForm):
             if problem:
                 self.add_error("base_url", f"The URL {problem}.")
         data["translation"] = data.get("translation") or {}
-        problem = translation_problem(data["translation"])
+        problem = translation_problem(data["translation"], kind=data.get("kind"))
         if problem:
             self.add_error("translation", problem)
+        kept = bool(self.instance.api_key_encrypted) and not data.get("clear_api_key")
+        if dialect is not None and dialect.api_key_required and not (data.get("api_key")
+                                                                     or kept):
+            self.add_error("api_key", "Required for this kind of provider (with Entra ID "
+                                      "settings: the client secret).")
         return data
 
     def save(self, commit=True):
@@ -168,16 +173,20 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
         return ConnectionResult(False, f"{provider.name}: the stored API key cannot be decrypted "
                                        "with the configured encryption keys.")
     timeout_s = min(provider.timeout_s, CONNECTION_TEST_TIMEOUT_S)
+    translation = provider.translation or {}
+    kind = upstream_kind(kind=provider.kind, translation=translation)
     deployment = Deployment(
         route_id=route.id, provider_id=provider.id, provider_name=provider.name,
-        kind=provider.kind, base_url=provider.base_url.rstrip("/"),
+        kind=kind, base_url=provider.base_url.rstrip("/"),
         upstream_model=route.upstream_model, weight=route.effective_weight,
         priority=route.effective_priority, timeout_s=timeout_s, max_inflight=provider.max_inflight,
         candidate=Candidate(route_id=route.id, provider_id=provider.id, weight=1, priority=0,
                             max_inflight=provider.max_inflight),
+        codec_options=codec_options(kind=provider.kind, translation=translation),
         extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
         api_key=api_key)
-    body = dialect_for(provider.kind).probe(route.upstream_model)
+    dialect = dialect_for(kind)
+    body = dialect.probe(route.upstream_model)
 
     async def send() -> dict:
         try:
@@ -197,7 +206,8 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
     except TimeoutError:
         return ConnectionResult(False, f"{provider.name}: no answer within {timeout_s:g} s.")
     elapsed_ms = (time.monotonic() - started) * 1000
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage = data.get(dialect.usage_field)
+    usage = usage if isinstance(usage, dict) else {}
     tokens = ", ".join(f"{k} {v}" for k, v in usage.items() if isinstance(v, int))
     return ConnectionResult(True, f"{provider.name}: OK in {elapsed_ms:.0f} ms "
                                   f"({route.public_model} → {route.upstream_model}"

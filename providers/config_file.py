@@ -145,6 +145,16 @@ class ProviderSpec(ConfigModel):
             raise ValueError(problem)
         return value
 
+    @model_validator(mode="after")
+    def _per_kind(self) -> ProviderSpec:
+        """What this provider's kind needs: its own settings only, and its API key (or
+        secret) where it cannot work without one."""
+        if problem := translation_problem(self.translation, kind=self.kind):
+            raise ValueError(f"translation: {problem}")
+        if DIALECTS[self.kind].api_key_required and not self.api_key:
+            raise ValueError(f"api_key: required for kind {self.kind}")
+        return self
+
     @property
     def routes(self) -> tuple[RouteSpec, ...]:
         return tuple(RouteSpec(public_model=public, upstream_model=t.upstream, weight=t.weight,

@@ -3,22 +3,46 @@ routing file) and the codec options they make. One parser for both, so the admin
 the proxy agree on what is valid."""
 from __future__ import annotations
 
-from gateway.dialects import RESPONSES_KIND, dialect_for
+import re
+from types import MappingProxyType
+
+from gateway.dialects import DIALECTS, dialect_for
 from gateway.types import CodecOptions
+from providers.validation import base_url_problem
+
+# Settings only some kinds take (gateway.dialects `settings`), by name -> those kinds.
+KIND_KEYS: dict[str, tuple[str, ...]] = {}
+for _dialect in DIALECTS.values():
+    for _key in _dialect.settings:
+        KIND_KEYS.setdefault(_key, ())
+        KIND_KEYS[_key] += (_dialect.kind,)
 
 KEYS = {"allow_images", "allow_documents", "thinking_effort_map", "max_tokens_field",
         "replay_reasoning_content", "responses_api", "reasoning", "max_output_tokens",
-        "anthropic_beta"}
+        "anthropic_beta", *KIND_KEYS}
 EFFORTS = {"minimal", "low", "medium", "high"}
+# Azure OpenAI's `api-version`: a dated version (GA or preview), or "v1" for the v1 GA API.
+API_VERSION = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
+ENTRA_KEYS = {"tenant_id", "client_id", "token_url", "scope"}
 
 
-def translation_problem(value: object) -> str | None:
-    """None when `value` is valid translation settings, else what is wrong (naming the key)."""
+def translation_problem(value: object, *, kind: str | None = None) -> str | None:
+    """None when `value` is valid translation settings (for a provider of `kind`, when
+    given: the kind-only settings are checked against it), else what is wrong (naming the
+    key)."""
     if not isinstance(value, dict):
         return "must be a mapping"
     unknown = set(value) - KEYS
     if unknown:
         return f"{sorted(unknown)[0]}: unknown setting (known: {', '.join(sorted(KEYS))})"
+    for name in sorted(set(value) & set(KIND_KEYS)):
+        if kind is not None and kind in DIALECTS and kind not in KIND_KEYS[name]:
+            return f"{name}: only for kind {' or '.join(KIND_KEYS[name])}"
+    if "api_version" in value and not (isinstance(value["api_version"], str)
+                                       and API_VERSION.fullmatch(value["api_version"])):
+        return "api_version: must be v1 or a dated version such as 2024-10-21"
+    if "entra" in value and (problem := _entra_problem(value["entra"])):
+        return f"entra: {problem}"
     for name in ("allow_images", "allow_documents", "replay_reasoning_content", "reasoning",
                  "responses_api"):
         if name in value and not isinstance(value[name], bool):
@@ -52,11 +76,28 @@ def _beta_problem(value: object) -> str | None:
     return None
 
 
+def _entra_problem(value: object) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a mapping with tenant_id and client_id"
+    if unknown := set(value) - ENTRA_KEYS:
+        return f"{sorted(unknown)[0]}: unknown (known: {', '.join(sorted(ENTRA_KEYS))})"
+    for name in sorted(ENTRA_KEYS):
+        required = name in ("tenant_id", "client_id")
+        if (name in value or required) and not (isinstance(value.get(name), str)
+                                                and value[name].strip()):
+            return f"{name}: must be a non-empty string"
+    if "token_url" in value and (problem := base_url_problem(value["token_url"])):
+        return f"token_url: {problem}"
+    return None
+
+
 def upstream_kind(*, kind: str, translation: dict) -> str:
-    """The dialect a provider's deployments speak: an OpenAI-compatible provider marked
-    `responses_api: true` is reached through its `/responses` endpoint."""
-    if kind == "openai" and translation.get("responses_api"):
-        return RESPONSES_KIND
+    """The dialect a provider's deployments speak: a provider marked `responses_api: true`
+    whose kind has a Responses variant (OpenAI-compatible, Azure OpenAI) is reached through
+    its Responses endpoint."""
+    variant = DIALECTS[kind].responses_kind if kind in DIALECTS else None
+    if variant is not None and translation.get("responses_api"):
+        return variant
     return kind
 
 
@@ -81,4 +122,6 @@ def codec_options(*, kind: str, translation: dict) -> CodecOptions:
         max_output_tokens=translation.get("max_output_tokens"),
         anthropic_beta_add=tuple(betas.get("add") or ()),
         anthropic_beta_remove=tuple(betas.get("remove") or ()),
+        api_version=translation.get("api_version"),
+        entra=MappingProxyType(dict(translation["entra"])) if translation.get("entra") else None,
     )

@@ -1,5 +1,6 @@
 """One module per upstream transport, behind `gateway.adapters.base.Adapter`: `http` (every
-kind reached over HTTP: the URL and headers come from its gateway.dialects record) and `mock`
+kind reached over HTTP: the URL and headers come from its gateway.dialects record), `entra`
+(the same, with Microsoft Entra ID bearer tokens where configured: Azure OpenAI) and `mock`
 (answers in-process)."""
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gateway.adapters.base import Adapter, UpstreamResponse
+from gateway.adapters.entra import EntraAdapter
 from gateway.adapters.http import HttpAdapter
 from gateway.adapters.mock import MockAdapter
 from gateway.dialects import dialect_for
@@ -14,7 +16,8 @@ from gateway.dialects import dialect_for
 if TYPE_CHECKING:
     from providers.selectors import Deployment
 
-ADAPTERS: dict[str, Adapter] = {"http": HttpAdapter(), "mock": MockAdapter()}
+ADAPTERS: dict[str, Adapter] = {"http": HttpAdapter(), "entra": EntraAdapter(),
+                               "mock": MockAdapter()}
 
 
 async def upstream_send(deployment: Deployment, *, operation: str, body: dict, stream: bool,

@@ -102,7 +102,7 @@ def upstream_error_from(status: int, body: bytes, retry_after: str | None, *,
         data = orjson.loads(body)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict):
-            message = str(err.get("message") or "")
+            message = str(err.get("message") or "") + _content_filters(err)
         elif isinstance(err, str):
             message = err
         elif isinstance(data, dict) and isinstance(data.get("message"), str):
@@ -125,6 +125,19 @@ def upstream_error_from(status: int, body: bytes, retry_after: str | None, *,
     text = f"upstream HTTP {status}" + (f": {message}" if message else "")
     return UpstreamError(text, status=status, retryable=retryable, retry_after=delay,
                          error_class=f"http_{status}")
+
+
+def _content_filters(err: dict) -> str:
+    """Azure OpenAI's prompt filter (`code: content_filter`): the categories that fired, from
+    `innererror.content_filter_result`, so the client's 400 names the filter."""
+    if err.get("code") != "content_filter":
+        return ""
+    inner = err.get("innererror") if isinstance(err.get("innererror"), dict) else {}
+    results = inner.get("content_filter_result")
+    fired = [f"{name}" + (f" ({r['severity']})" if isinstance(r.get("severity"), str) else "")
+             for name, r in (results.items() if isinstance(results, dict) else ())
+             if isinstance(r, dict) and r.get("filtered")]
+    return f" [content filter: {', '.join(fired) if fired else 'content_filter'}]"
 
 
 async def post(*, deployment: Deployment, url: str, headers: dict[str, str], body: dict,
@@ -161,13 +174,19 @@ class HttpAdapter:
     async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str, body: dict,
                    stream: bool, request_id: str,
                    forwarded: Mapping[str, str] | None = None) -> HttpUpstreamResponse:
-        url = dialect.url(deployment.base_url, operation, upstream_model=deployment.upstream_model,
-                          stream=stream)
         options = deployment.codec_options
-        headers = dialect.request_headers(api_key=deployment.api_key, stream=stream,
+        url = dialect.url(deployment.base_url, operation, upstream_model=deployment.upstream_model,
+                          stream=stream, options=options)
+        headers = dialect.request_headers(api_key="", stream=stream,
                                           request_id=request_id, extra=deployment.extra_headers,
                                           forwarded=forwarded,
                                           beta_add=options.anthropic_beta_add,
                                           beta_remove=options.anthropic_beta_remove)
+        headers.update(await self.credentials(dialect, deployment))
         return await post(deployment=deployment, url=url, headers=headers, body=body,
                           dialect=dialect)
+
+    async def credentials(self, dialect: Dialect, deployment: Deployment) -> dict[str, str]:
+        """The headers that authenticate one request (they win over every other header): the
+        kind's own form of the provider's API key. Raises UpstreamError."""
+        return dialect.auth(deployment.api_key) if deployment.api_key else {}
