@@ -24,9 +24,10 @@
                 upstream leaves, they are `upstream_error` rows at their input estimate.
                 The session's own row (`realtime.session`) carries the session's duration
                 (`latency_ms`) and no tokens (they are on the response rows, so sums over
-                surfaces never count a token twice), status 101: `ok` when the client or the
-                gateway (gateway.asgi_guards: idle timeout, message too large) ended it, `upstream_error` when the upstream
-                closed or broke it (the route's breaker is charged unless it closed with 1000).
+                surfaces never count a token twice), status 101: `ok` when the client or
+                the gateway (gateway.asgi_guards: idle timeout, message too large) ended it,
+                `upstream_error` when the upstream closed with another code than 1000 or broke
+                (the route's breaker is then charged).
 """
 from __future__ import annotations
 
@@ -222,9 +223,9 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             broke = type(exc).__name__
         if not self.client_gone:
             code = upstream.close_code
-            await self._end_once(upstream_left=True,
-                                 broke=broke or (None if code in (1000, None) else "upstream_closed"),
-                                 code=code)
+            if broke is None and code not in (1000, None):
+                broke = "upstream_closed"
+            await self._end_once(upstream_left=True, broke=broke, code=code)
 
     async def _to_client(self, **frame) -> None:
         if self.client_gone:
@@ -292,7 +293,8 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         session, upstream = self.session, self.upstream
         if upstream_left:
             for call in self.pending:
-                call.failed(status=UsageStatus.UPSTREAM_ERROR, error_type=broke or "upstream_closed")
+                call.failed(status=UsageStatus.UPSTREAM_ERROR,
+                            error_type=broke or "upstream_closed")
             if broke:
                 session.failed(status=UsageStatus.UPSTREAM_ERROR, error_type=broke)
             await self.close(code=code if code in (1000, 1001) or (code or 0) >= 4000 else 1011)

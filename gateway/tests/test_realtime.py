@@ -109,7 +109,8 @@ def test_text_session_relays_both_ways_and_bills_each_response(gateway_url, real
         async with _client(gateway_url, key).realtime.connect(model="gpt-rt") as conn:
             created = await _until(conn, "session.created")
             assert created[-1].session.model == "up-rt"
-            update = '{"type":"session.update","session":{"type":"realtime","instructions":"be brief"}}'
+            update = ('{"type":"session.update","session":{"type":"realtime",'
+                      '"instructions":"be brief"}}')
             await conn.send_raw(update)
             await _until(conn, "session.updated")
             item = ('{"type":"conversation.item.create","item":{"type":"message","role":"user",'
@@ -249,6 +250,24 @@ def test_refused_handshakes_answer_in_openais_shape(gateway_url, realtime_provid
     assert bad_body["error"]["code"] == "invalid_api_key"
     assert realtime_provider.handshakes == []
     assert ledger_rows(0) == []
+
+
+def test_failed_keys_on_the_socket_count_towards_the_address_lockout(gateway_url,
+                                                                      realtime_provider):
+    from gateway.asgi_guards import AUTH_FAILURES_PER_MINUTE
+
+    async def statuses():
+        codes = []
+        for _ in range(AUTH_FAILURES_PER_MINUTE + 2):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with websockets.connect(
+                        _ws_url(gateway_url), additional_headers={"authorization": "Bearer x"}):
+                    pass
+            codes.append(refused.value.response.status_code)
+        return codes
+
+    codes = asyncio.run(statuses())
+    assert codes[0] == 401 and codes[-1] == 429
 
 
 def test_failover_before_the_socket_opens(gateway_url, realtime_provider, make_key, ledger_rows):
