@@ -500,3 +500,22 @@ def test_daphne_serves_the_same_realtime_sessions(daphne_url, make_key, ledger_r
     rows = _rows(ledger_rows, 2)
     assert (rows["realtime"][0].input_tokens, rows["realtime"][0].output_tokens) == (120, 40)
     assert rows["realtime.session"][0].status == "ok"
+
+
+def test_an_upstream_refusing_the_socket_is_a_502_and_a_session_row(gateway_url,
+                                                                    realtime_provider, make_key,
+                                                                    ledger_rows):
+    realtime_provider.refuse["rt-a"] = 401
+    key = make_key()
+
+    async def handshake():
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(_ws_url(gateway_url),
+                                          additional_headers={"authorization": f"Bearer {key}"}):
+                pass
+        return refused.value.response.status_code, orjson.loads(refused.value.response.body)
+
+    status, body = asyncio.run(handshake())
+    assert status == 502 and body["error"]["code"] == "upstream_error"
+    [row] = _rows(ledger_rows, 1)["realtime.session"]
+    assert (row.status, row.http_status, row.error_type) == ("upstream_error", 502, "http_401")
