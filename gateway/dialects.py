@@ -23,7 +23,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 from urllib.parse import quote
 
-from gateway.codecs import anthropic_messages, openai_chat, openai_responses
+from gateway.codecs import anthropic_messages, gemini, openai_chat, openai_responses
 from gateway.types import CodecOptions
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -184,6 +184,16 @@ def _azure_url(dialect: Dialect, base_url: str, operation: str, *, upstream_mode
     return (f"{base_url}/openai/deployments/{quote(upstream_model, safe='')}{path}"
             f"?api-version={quote(version)}")
 
+
+def _x_goog_api_key(api_key: str) -> dict[str, str]:
+    return {"x-goog-api-key": api_key}
+
+
+def _gemini_probe(upstream_model: str) -> dict[str, Any]:
+    return {"contents": [{"role": "user", "parts": [{"text": "ping"}]}],
+            "generationConfig": {"maxOutputTokens": 1}}
+
+
 DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
     Dialect(kind="openai", label="OpenAI-compatible", wire="openai_chat", codec=openai_chat,
             responses_kind=RESPONSES_KIND,
@@ -212,6 +222,12 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
             wire="openai_responses", codec=openai_responses, paths=AZURE_RESPONSES_PATHS,
             url_for=_azure_url, auth=_api_key_header, transport="entra",
             probe=_responses_probe, settings=AZURE_SETTINGS, api_key_required=True),
+    # Google's Gemini API (generativelanguage.googleapis.com/v1beta), natively.
+    Dialect(kind="gemini", label="Google Gemini API", wire="gemini", codec=gemini,
+            paths=MappingProxyType({"chat": ("/models/{model}:generateContent",
+                                             "/models/{model}:streamGenerateContent?alt=sse")}),
+            auth=_x_goog_api_key, probe=_gemini_probe, allow_documents=True, reasoning=True,
+            usage_field="usageMetadata", api_key_required=True),
 )})
 
 

@@ -362,7 +362,7 @@ async def read_answer(call: Call, upstream: UpstreamResponse, *,
         if codec.error_in_body(data):
             call.failed(status=UsageStatus.UPSTREAM_ERROR, http_status=502, error_type="error_body")
             raise UpstreamFailed("the upstream returned an error instead of a completion")
-        usage = data.get("usage")
+        usage = data.get(upstream.dialect.usage_field)
         resp = codec.parse_response(data) if parse else None
     except UpstreamError as exc:
         call.nothing_billed()

@@ -72,6 +72,9 @@ class ToolCallPart:
     name: str
     arguments: str = "{}"
     cache_control: Mapping[str, Any] | None = None
+    # Gemini's `thoughtSignature` on the call (also carried in `id`, gateway.codecs.gemini, so
+    # clients of any surface hand it back on the next turn).
+    signature: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

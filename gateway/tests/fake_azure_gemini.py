@@ -40,7 +40,7 @@ ENTRA_SECRET = "entra-fake-client-secret"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 GEMINI_KEY = "gemini-fake-api-key"
 REPLY = "Hello from the fake cloud."
-SIGNATURE = "CiQBcsjafFakeThoughtSignature+/w=="
+SIGNATURE = "CiQBZmFrZS10aG91Z2h0LXNpZ25hdHVyZfv/"
 FILTERS_OK = {name: {"filtered": False, "severity": "safe"}
               for name in ("hate", "self_harm", "sexual", "violence")}
 
@@ -279,8 +279,9 @@ class FakeAzureGemini:
         if self.behaviour.block == "prompt":
             return [{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
                      "usageMetadata": {"promptTokenCount": 11, "totalTokenCount": 11}, **meta}]
-        thinking = ((body.get("generationConfig") or {}).get("thinkingConfig") or {}) \
-            .get("includeThoughts")
+        # The API reads proto JSON: lowerCamelCase, and the snake_case google-genai sends.
+        config = (body.get("generationConfig") or {}).get("thinkingConfig") or {}
+        thinking = config.get("includeThoughts") or config.get("include_thoughts")
         answered = any("functionResponse" in p for c in body.get("contents") or []
                        for p in c.get("parts") or [])
         tools = [d for t in body.get("tools") or [] for d in t.get("functionDeclarations") or []]
