@@ -23,7 +23,8 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 from urllib.parse import quote
 
-from gateway.codecs import anthropic_messages, gemini, openai_chat, openai_responses
+from gateway.codecs import (anthropic_messages, bedrock_converse, gemini, openai_chat,
+                            openai_responses)
 from gateway.types import CodecOptions
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -102,6 +103,19 @@ class Dialect:
     envelope: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None
     route_kind: Callable[[str, Mapping[str, Any]], str] | None = None
     selectable: bool = True
+    # Cloud kinds (Bedrock, Vertex). `required_settings`: those of `settings` a provider must
+    # give. `default_base_url`: the endpoint when the provider gives no base URL (from its
+    # region); the paths may hold `{region}` and `{project}`. `credentials`: what is wrong with
+    # the provider's `api_key` for this kind, None when it is usable. `envelope`: the body as
+    # this kind's endpoint takes it, given the body in its wire format and the streaming mode.
+    # `route_kind`: the kind one route of such a provider speaks, from its upstream model and
+    # the provider's `translation`. A kind that is not `selectable` is only ever a route kind.
+    required_settings: tuple[str, ...] = ()
+    default_base_url: Callable[[CodecOptions], str] | None = None
+    credentials: Callable[[str], str | None] | None = None
+    envelope: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None
+    route_kind: Callable[[str, Mapping[str, Any]], str] | None = None
+    selectable: bool = True
 
     def serves(self, operation: str) -> bool:
         return operation in self.paths
@@ -114,7 +128,12 @@ class Dialect:
         path = self.paths[operation]
         if isinstance(path, tuple):
             path = path[1] if stream else path[0]
-        return base_url + path.replace("{model}", upstream_model)
+        if self.default_base_url is None:
+            return base_url + path.replace("{model}", upstream_model)
+        options = options or CodecOptions()
+        return (base_url or self.default_base_url(options)) + (
+            path.replace("{model}", upstream_model).replace("{region}", options.region or "")
+            .replace("{project}", options.project or ""))
 
     def request_headers(self, *, api_key: str, stream: bool, request_id: str,
                         extra: tuple[tuple[str, str], ...],
@@ -231,10 +250,73 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
 )})
 
 
+# Amazon Bedrock (gateway.adapters.bedrock: SigV4-signed requests, AWS event streams). A
+# route whose model is Anthropic's is reached through InvokeModel with the Messages body (so a
+# Messages client is passed through), unless the provider says `messages_api: false`; every
+# other model through Converse.
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+BEDROCK_SETTINGS = ("region", "aws_profile", "messages_api")
+
+
+def _bedrock_endpoint(options: CodecOptions) -> str:
+    return f"https://bedrock-runtime.{options.region}.amazonaws.com"
+
+
+def _bedrock_credentials(api_key: str) -> str | None:
+    if not api_key:
+        return None  # botocore's credential chain: environment, profile, instance or IRSA role
+    parts = api_key.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        return ("must be empty (botocore's credential chain) or "
+                "ACCESS_KEY_ID:SECRET_ACCESS_KEY[:SESSION_TOKEN]")
+    return None
+
+
+def _bedrock_route(upstream_model: str, translation: Mapping[str, Any]) -> str:
+    if "anthropic." in upstream_model and translation.get("messages_api", True):
+        return "bedrock_messages"
+    return "bedrock"
+
+
+def _bedrock_messages_envelope(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k not in ("model", "stream")}
+    out["anthropic_version"] = BEDROCK_ANTHROPIC_VERSION
+    return out
+
+
+def _converse_probe(upstream_model: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": [{"text": "ping"}]}],
+            "inferenceConfig": {"maxTokens": 1}}
+
+
+_CLOUD_DIALECTS = (
+    Dialect(kind="bedrock", label="Amazon Bedrock", wire="bedrock_converse",
+            codec=bedrock_converse,
+            paths=MappingProxyType({"chat": ("/model/{model}/converse",
+                                             "/model/{model}/converse-stream")}),
+            probe=_converse_probe, transport="bedrock", base_url_required=False,
+            allow_documents=True, settings=BEDROCK_SETTINGS, required_settings=("region",),
+            default_base_url=_bedrock_endpoint, credentials=_bedrock_credentials,
+            route_kind=_bedrock_route),
+    Dialect(kind="bedrock_messages", label="Amazon Bedrock (Anthropic Messages)",
+            wire="anthropic_messages", codec=anthropic_messages,
+            paths=MappingProxyType({"chat": ("/model/{model}/invoke",
+                                             "/model/{model}/invoke-with-response-stream")}),
+            probe=_messages_probe, transport="bedrock", base_url_required=False,
+            allow_documents=True, reasoning=True, forward_headers=("anthropic-beta",),
+            beta_header="anthropic-beta", settings=BEDROCK_SETTINGS,
+            required_settings=("region",), default_base_url=_bedrock_endpoint,
+            credentials=_bedrock_credentials, envelope=_bedrock_messages_envelope,
+            selectable=False),
+)
+DIALECTS = MappingProxyType({**DIALECTS, **{d.kind: d for d in _CLOUD_DIALECTS}})
+
+
 def dialect_for(kind: str) -> Dialect:
     return DIALECTS[kind]
 
 
 def kind_choices() -> list[tuple[str, str]]:
-    """The provider-kind choices (providers.models.Provider.kind)."""
-    return [(d.kind, d.label) for d in DIALECTS.values()]
+    """The provider-kind choices (providers.models.Provider.kind): the selectable kinds (a
+    route of a cloud kind may speak another, its `route_kind`)."""
+    return [(d.kind, d.label) for d in DIALECTS.values() if d.selectable]

@@ -344,6 +344,8 @@ class CodecOptions:
     - max_output_tokens: the route's output limit; a larger `max_tokens` is sent clamped.
     - anthropic_beta_add / anthropic_beta_remove: betas added to, or taken out of, the
       client's `anthropic-beta` header forwarded to an Anthropic upstream.
+    - region / project / aws_profile: not codec knobs but the deployment's place in its
+      cloud (bedrock, vertex), read by their transports and URL templates.
     """
     allow_images: bool = True
     allow_documents: bool = False
@@ -361,6 +363,11 @@ class CodecOptions:
     # scope} (the secret is the provider's API key), read by gateway.adapters.entra.
     api_version: str | None = None
     entra: Mapping[str, str] | None = None
+    # Where a cloud kind's endpoint lives (providers.translation): the AWS or Google Cloud
+    # region, the Google Cloud project, the AWS profile of botocore's credential chain.
+    region: str | None = None
+    project: str | None = None
+    aws_profile: str | None = None
 
     def clamp_max_tokens(self, max_tokens: int | None) -> int | None:
         """`max_tokens` within the route's output limit (None stays None)."""

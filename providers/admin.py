@@ -35,7 +35,8 @@ from providers.models import (
     ApiKey, AuditAction, AuditLog, ModelRoute, Price, Provider, Team,
 )
 from providers.selectors import Deployment, routing_snapshot_load
-from providers.translation import codec_options, translation_problem, upstream_kind
+from providers.translation import (codec_options, credentials_problem, translation_problem,
+                                   upstream_kind)
 from providers.validation import base_url_problem
 from providers.services import api_key_revoke, audit_log_write, audit_state, config_version_bump
 from usage.models import UsageRecord
@@ -134,6 +135,9 @@ class ProviderForm(forms.ModelForm):
                                                                      or kept):
             self.add_error("api_key", "Required for this kind of provider (with Entra ID "
                                       "settings: the client secret).")
+        if dialect is not None and data.get("api_key") and (
+                problem := credentials_problem(kind=dialect.kind, api_key=data["api_key"])):
+            self.add_error("api_key", f"For this kind of provider the key {problem}.")
         return data
 
     def save(self, commit=True):
@@ -174,7 +178,8 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
                                        "with the configured encryption keys.")
     timeout_s = min(provider.timeout_s, CONNECTION_TEST_TIMEOUT_S)
     translation = provider.translation or {}
-    kind = upstream_kind(kind=provider.kind, translation=translation)
+    kind = upstream_kind(kind=provider.kind, translation=translation,
+                         upstream_model=route.upstream_model)
     deployment = Deployment(
         route_id=route.id, provider_id=provider.id, provider_name=provider.name,
         kind=kind, base_url=provider.base_url.rstrip("/"),
@@ -182,7 +187,8 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
         priority=route.effective_priority, timeout_s=timeout_s, max_inflight=provider.max_inflight,
         candidate=Candidate(route_id=route.id, provider_id=provider.id, weight=1, priority=0,
                             max_inflight=provider.max_inflight),
-        codec_options=codec_options(kind=provider.kind, translation=translation),
+        codec_options=codec_options(kind=provider.kind, translation=translation,
+                                    upstream_model=route.upstream_model),
         extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
         api_key=api_key)
     dialect = dialect_for(kind)

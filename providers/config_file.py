@@ -35,7 +35,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from gateway.dialects import DIALECTS
-from providers.translation import translation_problem
+from providers.translation import credentials_problem, translation_problem
 from providers.validation import base_url_problem
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -129,8 +129,9 @@ class ProviderSpec(ConfigModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
-        if value not in DIALECTS:
-            raise ValueError(f"must be one of {', '.join(DIALECTS)}")
+        kinds = [kind for kind, dialect in DIALECTS.items() if dialect.selectable]
+        if value not in kinds:
+            raise ValueError(f"must be one of {', '.join(kinds)}")
         return value
 
     @field_validator("base_url", mode="before")
@@ -153,6 +154,8 @@ class ProviderSpec(ConfigModel):
             raise ValueError(f"translation: {problem}")
         if DIALECTS[self.kind].api_key_required and not self.api_key:
             raise ValueError(f"api_key: required for kind {self.kind}")
+        if problem := credentials_problem(kind=self.kind, api_key=self.api_key or ""):
+            raise ValueError(f"api_key: {problem}")
         return self
 
     @property

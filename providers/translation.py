@@ -13,7 +13,7 @@ from providers.validation import base_url_problem
 # Settings only some kinds take (gateway.dialects `settings`), by name -> those kinds.
 KIND_KEYS: dict[str, tuple[str, ...]] = {}
 for _dialect in DIALECTS.values():
-    for _key in _dialect.settings:
+    for _key in _dialect.settings if _dialect.selectable else ():
         KIND_KEYS.setdefault(_key, ())
         KIND_KEYS[_key] += (_dialect.kind,)
 
@@ -24,6 +24,10 @@ EFFORTS = {"minimal", "low", "medium", "high"}
 # Azure OpenAI's `api-version`: a dated version (GA or preview), or "v1" for the v1 GA API.
 API_VERSION = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
 ENTRA_KEYS = {"tenant_id", "client_id", "token_url", "scope"}
+# Cloud kinds' place (bedrock, vertex): these go into host names and URL paths.
+REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+AWS_PROFILE = re.compile(r"[\w.+@-]+")
 
 
 def translation_problem(value: object, *, kind: str | None = None) -> str | None:
@@ -43,6 +47,8 @@ def translation_problem(value: object, *, kind: str | None = None) -> str | None
         return "api_version: must be v1 or a dated version such as 2024-10-21"
     if "entra" in value and (problem := _entra_problem(value["entra"])):
         return f"entra: {problem}"
+    if problem := _cloud_problem(value, kind=kind):
+        return problem
     for name in ("allow_images", "allow_documents", "replay_reasoning_content", "reasoning",
                  "responses_api"):
         if name in value and not isinstance(value[name], bool):
@@ -76,6 +82,31 @@ def _beta_problem(value: object) -> str | None:
     return None
 
 
+def _cloud_problem(value: dict, *, kind: str | None) -> str | None:
+    """Bedrock's and Vertex's settings: where the provider is, and which API a route takes."""
+    if kind in DIALECTS:
+        for name in DIALECTS[kind].required_settings:
+            if name not in value:
+                return f"{name}: required for kind {kind}"
+    checks = (("region", REGION, "must be a region name such as us-east-1 or europe-west4"),
+              ("project", PROJECT, "must be a Google Cloud project id"),
+              ("aws_profile", AWS_PROFILE, "must be an AWS profile name"))
+    for name, pattern, problem in checks:
+        if name in value and not (isinstance(value[name], str) and len(value[name]) <= 64
+                                  and pattern.fullmatch(value[name])):
+            return f"{name}: {problem}"
+    if "messages_api" in value and not isinstance(value["messages_api"], bool):
+        return "messages_api: must be true or false"
+    return None
+
+
+def credentials_problem(*, kind: str, api_key: str) -> str | None:
+    """What is wrong with a provider's API key for its kind (gateway.dialects
+    `credentials`: Bedrock's access key, Vertex's service-account key), or None."""
+    check = DIALECTS[kind].credentials if kind in DIALECTS else None
+    return check(api_key) if check is not None else None
+
+
 def _entra_problem(value: object) -> str | None:
     if not isinstance(value, dict):
         return "must be a mapping with tenant_id and client_id"
@@ -91,22 +122,28 @@ def _entra_problem(value: object) -> str | None:
     return None
 
 
-def upstream_kind(*, kind: str, translation: dict) -> str:
+def upstream_kind(*, kind: str, translation: dict, upstream_model: str = "") -> str:
     """The dialect a provider's deployments speak: a provider marked `responses_api: true`
     whose kind has a Responses variant (OpenAI-compatible, Azure OpenAI) is reached through
-    its Responses endpoint."""
+    its Responses endpoint; a cloud kind's route speaks its `route_kind` for the route's
+    upstream model (Anthropic's models on Bedrock and Vertex: the Messages API)."""
     variant = DIALECTS[kind].responses_kind if kind in DIALECTS else None
     if variant is not None and translation.get("responses_api"):
         return variant
+    route_kind = DIALECTS[kind].route_kind if kind in DIALECTS else None
+    if route_kind is not None:
+        return route_kind(upstream_model, translation)
     return kind
 
 
-def codec_options(*, kind: str, translation: dict) -> CodecOptions:
-    """The codec options for a provider: its `translation` settings over its kind's defaults
-    (gateway.dialects: documents are allowed by default where the kind takes them; whether its
-    models reason is unknown for OpenAI-compatible kinds, true for Anthropic)."""
+def codec_options(*, kind: str, translation: dict, upstream_model: str = "") -> CodecOptions:
+    """The codec options for a provider's route: its `translation` settings over the
+    defaults of the kind the route speaks (gateway.dialects: documents are allowed by default
+    where the kind takes them; whether its models reason is unknown for OpenAI-compatible
+    kinds, true for Anthropic's Messages API wherever it is served)."""
     defaults = CodecOptions()
-    dialect = dialect_for(kind)
+    dialect = dialect_for(upstream_kind(kind=kind, translation=translation,
+                                        upstream_model=upstream_model))
     betas = translation.get("anthropic_beta") or {}
     effort_map = translation.get("thinking_effort_map")
     return CodecOptions(
@@ -124,4 +161,7 @@ def codec_options(*, kind: str, translation: dict) -> CodecOptions:
         anthropic_beta_remove=tuple(betas.get("remove") or ()),
         api_version=translation.get("api_version"),
         entra=MappingProxyType(dict(translation["entra"])) if translation.get("entra") else None,
+        region=translation.get("region"),
+        project=translation.get("project"),
+        aws_profile=translation.get("aws_profile"),
     )

@@ -1,6 +1,7 @@
 """One module per upstream transport, behind `gateway.adapters.base.Adapter`: `http` (every
 kind reached over HTTP: the URL and headers come from its gateway.dialects record), `entra`
-(the same, with Microsoft Entra ID bearer tokens where configured: Azure OpenAI) and `mock`
+(the same, with Microsoft Entra ID bearer tokens where configured: Azure OpenAI), `bedrock`
+(SigV4-signed, AWS event streams) and `mock`
 (answers in-process)."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from gateway.adapters.base import Adapter, UpstreamResponse
+from gateway.adapters.bedrock import BedrockAdapter
 from gateway.adapters.entra import EntraAdapter
 from gateway.adapters.http import HttpAdapter
 from gateway.adapters.mock import MockAdapter
@@ -17,7 +19,7 @@ if TYPE_CHECKING:
     from providers.selectors import Deployment
 
 ADAPTERS: dict[str, Adapter] = {"http": HttpAdapter(), "entra": EntraAdapter(),
-                               "mock": MockAdapter()}
+                               "mock": MockAdapter(), "bedrock": BedrockAdapter()}
 
 
 async def upstream_send(deployment: Deployment, *, operation: str, body: dict, stream: bool,

@@ -1,0 +1,381 @@
+"""Fake cloud upstreams on loopback, speaking the real wire: Amazon Bedrock and Google Vertex AI
+(with Google's OAuth 2.0 token endpoint). Real aiohttp servers, each in its own thread.
+
+Bedrock (`FakeBedrock`): Converse, ConverseStream, InvokeModel and
+InvokeModelWithResponseStream under `/model/{modelId}/…`. Every request's SigV4 signature is
+checked with botocore's signer against the credentials the fake knows (a request signed with
+other credentials, or altered after signing, is refused with 403 `InvalidSignatureException`,
+as AWS does). Streams are AWS event-stream messages, framed by `event_message` from the
+format's spec (prelude, headers, payload, CRC32s); the tests check that botocore's
+`EventStreamBuffer` and boto3's own client read them.
+
+Vertex (`FakeVertex`): `/token` is the token endpoint of the service-account key the tests
+make (it checks the JWT assertion's RS256 signature with the key's public half and issues
+tokens that last `token_lifetime_s`); `…/publishers/anthropic/models/{model}:rawPredict` and
+`:streamRawPredict` answer in Anthropic's Messages format, `…/publishers/google/models/
+{model}:generateContent` and `:streamGenerateContent?alt=sse` in Gemini's; each refuses a
+request without a live token it issued.
+
+Both answer one scenario: text (or a tool call when the request offers tools and carries no
+tool result yet), with usage of 6 uncached input tokens, 3 cache reads, 2 cache writes (11 in
+all) and 7 output tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+REPLY = "Hello from the fake cloud."
+TOOL_INPUT = {"city": "Zürich"}
+UNCACHED, CACHE_READ, CACHE_WRITE, OUTPUT = 6, 3, 2, 7
+
+
+def _header(name: str, value: str) -> bytes:
+    raw_name, raw_value = name.encode(), value.encode()
+    return (struct.pack("!B", len(raw_name)) + raw_name + b"\x07"
+            + struct.pack("!H", len(raw_value)) + raw_value)
+
+
+def event_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message: total length and headers length (big-endian uint32),
+    the prelude's CRC32, string headers (type 7), the payload, the message's CRC32."""
+    raw_headers = b"".join(_header(k, v) for k, v in headers.items())
+    total = 12 + len(raw_headers) + len(payload) + 4
+    prelude = struct.pack("!II", total, len(raw_headers))
+    prelude += struct.pack("!I", binascii.crc32(prelude))
+    body = prelude + raw_headers + payload
+    return body + struct.pack("!I", binascii.crc32(body))
+
+
+def aws_event(event_type: str, payload: dict) -> bytes:
+    return event_message({":event-type": event_type, ":content-type": "application/json",
+                          ":message-type": "event"}, orjson.dumps(payload))
+
+
+def aws_exception(exception_type: str, message: str) -> bytes:
+    return event_message({":exception-type": exception_type,
+                          ":content-type": "application/json",
+                          ":message-type": "exception"}, orjson.dumps({"message": message}))
+
+
+def _has_tool_result(messages: list) -> bool:
+    for message in messages or []:
+        for block in (message.get("content") or []) if isinstance(message, dict) else []:
+            if isinstance(block, dict) and ("toolResult" in block
+                                            or block.get("type") == "tool_result"):
+                return True
+    return False
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict
+
+
+@dataclass
+class _Server:
+    received: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    def _start(self, app: web.Application, name: str) -> None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.SockSite(runner, sock).start())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=serve, name=name, daemon=True).start()
+        ready.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def anthropic_message(model: str, body: dict) -> dict:
+    tools = bool(body.get("tools")) and not _has_tool_result(body.get("messages"))
+    content = [{"type": "tool_use", "id": "toolu_fake1", "name": body["tools"][0]["name"],
+                "input": TOOL_INPUT}] if tools else [{"type": "text", "text": REPLY}]
+    return {"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": content, "stop_reason": "tool_use" if tools else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": UNCACHED, "cache_read_input_tokens": CACHE_READ,
+                      "cache_creation_input_tokens": CACHE_WRITE, "output_tokens": OUTPUT}}
+
+
+def anthropic_events(model: str, body: dict) -> list[dict]:
+    """Anthropic's stream grammar for the scenario: message_start … message_stop."""
+    message = anthropic_message(model, body)
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {**message["usage"], "output_tokens": 1}}
+    events = [{"type": "message_start", "message": start}]
+    block = message["content"][0]
+    if block["type"] == "text":
+        events.append({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "text", "text": ""}})
+        for piece in ("Hello from ", "the fake cloud."):
+            events.append({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "text_delta", "text": piece}})
+    else:
+        events.append({"type": "content_block_start", "index": 0,
+                       "content_block": {**block, "input": {}}})
+        text = json.dumps(TOOL_INPUT, ensure_ascii=False)
+        for piece in (text[:5], text[5:]):
+            events.append({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "input_json_delta", "partial_json": piece}})
+    events += [{"type": "content_block_stop", "index": 0},
+               {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"],
+                                                   "stop_sequence": None},
+                "usage": {"output_tokens": OUTPUT}},
+               {"type": "message_stop"}]
+    return events
+
+
+class FakeBedrock(_Server):
+    """Bedrock Runtime, SigV4-checked against (`access_key`, `secret_key`) in `region`.
+    `exception`: the next stream ends with that event-stream exception after its first
+    events. `rejected` counts the requests refused for their signature."""
+
+    def __init__(self, *, access_key: str, secret_key: str, region: str) -> None:
+        super().__init__()
+        self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        self.exception: str | None = None
+        self.rejected = 0
+        app = web.Application()
+        app.router.add_post("/model/{model}/{operation}", self._handle)
+        self._start(app, "fake-bedrock")
+
+    def signature_problem(self, request: web.Request, body: bytes) -> str | None:
+        """None when the request carries a valid SigV4 signature by our credentials: the
+        canonical request is rebuilt from what arrived (path as sent, the signed headers, the
+        body) and signed again with botocore."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        auth = request.headers.get("authorization", "")
+        try:
+            scheme, rest = auth.split(" ", 1)
+            fields = dict(part.strip().split("=", 1) for part in rest.split(","))
+            access_key, _, region, service, _ = fields["Credential"].split("/")
+            signed = fields["SignedHeaders"].split(";")
+        except (ValueError, KeyError):
+            return "no SigV4 Authorization header"
+        if scheme != "AWS4-HMAC-SHA256" or access_key != self.access_key:
+            return "unknown access key"
+        if (region, service) != (self.region, "bedrock"):
+            return f"signed for {region}/{service}"
+        headers = {name: request.headers.get(name, "") for name in signed}
+        replay = AWSRequest(method=request.method, url=f"http://{request.host}{request.raw_path}",
+                            data=body, headers=headers)
+        replay.context["timestamp"] = request.headers.get("x-amz-date", "")
+        signer = SigV4Auth(Credentials(self.access_key, self.secret_key), service, region)
+        canonical = signer.canonical_request(replay)
+        expected = signer.signature(signer.string_to_sign(replay, canonical), replay)
+        return None if expected == fields.get("Signature") else "signature mismatch"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        if problem := self.signature_problem(request, raw):
+            self.rejected += 1
+            return web.json_response(
+                {"message": f"The request signature we calculated does not match the signature "
+                            f"you provided ({problem})."},
+                status=403, headers={"x-amzn-ErrorType": "InvalidSignatureException"})
+        body = orjson.loads(raw)
+        model = request.match_info["model"]
+        self.received.append(Seen(path=request.raw_path, headers=dict(request.headers),
+                                  body=body))
+        operation = request.match_info["operation"]
+        if operation == "converse":
+            return web.json_response(self.converse(body))
+        if operation == "invoke":
+            return web.json_response(anthropic_message(model, body))
+        response = web.StreamResponse(headers={
+            "content-type": "application/vnd.amazon.eventstream"})
+        await response.prepare(request)
+        if operation == "converse-stream":
+            frames = self.converse_events(body)
+        else:
+            frames = [aws_event("chunk", {"bytes": base64.b64encode(orjson.dumps(e)).decode()})
+                      for e in anthropic_events(model, body)]
+        if self.exception:
+            frames = frames[:3] + [aws_exception(self.exception, "Too many requests, please "
+                                                                 "wait before trying again.")]
+            self.exception = None
+        for frame in frames:
+            # Each frame in two writes: the reader must reassemble messages.
+            await response.write(frame[:7])
+            await response.write(frame[7:])
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def usage() -> dict:
+        return {"inputTokens": UNCACHED, "outputTokens": OUTPUT,
+                "totalTokens": UNCACHED + CACHE_READ + CACHE_WRITE + OUTPUT,
+                "cacheReadInputTokens": CACHE_READ, "cacheWriteInputTokens": CACHE_WRITE}
+
+    def converse(self, body: dict) -> dict:
+        tools = (body.get("toolConfig") or {}).get("tools")
+        if tools and not _has_tool_result(body.get("messages")):
+            name = next(t["toolSpec"]["name"] for t in tools if "toolSpec" in t)
+            content = [{"toolUse": {"toolUseId": "tooluse_fake1", "name": name,
+                                    "input": TOOL_INPUT}}]
+            stop = "tool_use"
+        else:
+            content, stop = [{"text": REPLY}], "end_turn"
+        return {"output": {"message": {"role": "assistant", "content": content}},
+                "stopReason": stop, "usage": self.usage(), "metrics": {"latencyMs": 12}}
+
+    def converse_events(self, body: dict) -> list[bytes]:
+        answer = self.converse(body)
+        block = answer["output"]["message"]["content"][0]
+        frames = [aws_event("messageStart", {"role": "assistant", "p": "abcd"})]
+        if "text" in block:
+            for piece in ("Hello from ", "the fake cloud."):
+                frames.append(aws_event("contentBlockDelta", {
+                    "contentBlockIndex": 0, "delta": {"text": piece}, "p": "ab"}))
+        else:
+            use = block["toolUse"]
+            frames.append(aws_event("contentBlockStart", {"contentBlockIndex": 0, "start": {
+                "toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}}))
+            text = json.dumps(TOOL_INPUT, ensure_ascii=False)
+            for piece in (text[:5], text[5:]):
+                frames.append(aws_event("contentBlockDelta", {
+                    "contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}}))
+        frames += [aws_event("contentBlockStop", {"contentBlockIndex": 0}),
+                   aws_event("messageStop", {"stopReason": answer["stopReason"]}),
+                   aws_event("metadata", {"usage": self.usage(),
+                                          "metrics": {"latencyMs": 12}})]
+        return frames
+
+
+def service_account_key(token_uri: str) -> tuple[dict, object]:
+    """(a service-account key's JSON, its RSA private key) whose token endpoint is
+    `token_uri`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    return ({"type": "service_account", "project_id": "fake-project",
+             "private_key_id": "fake-key-1", "private_key": pem,
+             "client_email": "gateway@fake-project.iam.gserviceaccount.com",
+             "client_id": "1234567890", "token_uri": token_uri}, key)
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class FakeVertex(_Server):
+    """Vertex AI and its token endpoint. `public_key` checks the JWT assertions; tokens last
+    `token_lifetime_s`; `token_requests` counts the grants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.public_key = None
+        self.token_lifetime_s = 3600
+        self.token_requests = 0
+        self._tokens: dict[str, float] = {}
+        app = web.Application()
+        app.router.add_post("/token", self._token)
+        app.router.add_post("/v1/{tail:.*}", self._predict)
+        self._start(app, "fake-vertex")
+
+    async def _token(self, request: web.Request) -> web.Response:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        form = await request.post()
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        try:
+            head, claims, signature = str(form["assertion"]).split(".")
+            self.public_key.verify(_b64url(signature), f"{head}.{claims}".encode(),
+                                   padding.PKCS1v15(), hashes.SHA256())
+            payload = json.loads(_b64url(claims))
+        except (KeyError, ValueError, InvalidSignature):
+            return web.json_response({"error": "invalid_grant",
+                                      "error_description": "Invalid JWT Signature."}, status=400)
+        if "cloud-platform" not in payload.get("scope", "") or payload["exp"] < time.time():
+            return web.json_response({"error": "invalid_scope"}, status=400)
+        self.token_requests += 1
+        token = f"ya29.fake-{uuid.uuid4().hex}"
+        self._tokens[token] = time.time() + self.token_lifetime_s
+        return web.json_response({"access_token": token, "token_type": "Bearer",
+                                  "expires_in": self.token_lifetime_s})
+
+    async def _predict(self, request: web.Request) -> web.StreamResponse:
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if self._tokens.get(token, 0) < time.time():
+            return web.json_response({"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                                "message": "Request had invalid authentication "
+                                                           "credentials."}}, status=401)
+        body = await request.json()
+        path = request.path
+        self.received.append(Seen(path=request.raw_path, headers=dict(request.headers),
+                                  body=body))
+        model = path.rsplit("/", 1)[1].split(":")[0]
+        if path.endswith(":rawPredict"):
+            return web.json_response(anthropic_message(model, body))
+        if path.endswith(":streamRawPredict"):
+            return await self._sse(request, [(e["type"], e)
+                                             for e in anthropic_events(model, body)])
+        if path.endswith(":generateContent"):
+            return web.json_response(self.gemini(model))
+        if path.endswith(":streamGenerateContent") and request.query.get("alt") == "sse":
+            whole = self.gemini(model)
+            first = {"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Hello from "}]}, "index": 0}], "modelVersion": model,
+                "responseId": "fake-response"}
+            last = {**whole, "candidates": [{"content": {"role": "model", "parts": [
+                {"text": "the fake cloud."}]}, "finishReason": "STOP", "index": 0}]}
+            return await self._sse(request, [(None, first), (None, last)])
+        return web.json_response({"error": {"code": 404, "message": "not found"}}, status=404)
+
+    @staticmethod
+    def gemini(model: str) -> dict:
+        return {"candidates": [{"content": {"role": "model", "parts": [{"text": REPLY}]},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {"promptTokenCount": UNCACHED + CACHE_READ + CACHE_WRITE,
+                                  "candidatesTokenCount": OUTPUT,
+                                  "cachedContentTokenCount": CACHE_READ,
+                                  "totalTokenCount": UNCACHED + CACHE_READ + CACHE_WRITE
+                                  + OUTPUT},
+                "modelVersion": model, "responseId": "fake-response"}
+
+    @staticmethod
+    async def _sse(request: web.Request, events: list[tuple[str | None, dict]]
+                   ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for name, data in events:
+            frame = (f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n"
+            await response.write(frame.encode())
+        await response.write_eof()
+        return response
