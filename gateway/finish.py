@@ -129,20 +129,24 @@ async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int) 
             else:
                 await limiter.adjust(**args)
     budgets = client_pool.budgets() if call.budget_shared else None
+    settle_queued = None
     if budgets is not None:
         args = {"request_id": call.request_id, "limits": list(call.budget_shared),
                 "at": call.created_at, "cost_units": cost_units}
         if pipe is not None and budgets.settle_queued(pipe, **args):
             fallbacks.append(functools.partial(budgets.settle, **args))
+            settle_queued = args
         else:
             await budgets.settle(**args)
     if fallbacks:
         try:
             await pipeline_execute(pipe, fallbacks, raise_on_error=False)
         except REDIS_UNREACHABLE as exc:
-            # Nothing is lost for good: the slot and the reservation expire with their TTLs,
-            # and the TPM correction only affects the next minute.
+            # The slot expires with its TTL and the TPM correction only affects the next
+            # minute; the budget settlement is made when Redis answers again.
             logger.warning("releasing shared state failed (%s)", type(exc).__name__)
+            if settle_queued is not None:
+                budgets.settle_missed(**settle_queued, error=exc)
 
 
 async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool,
