@@ -17,6 +17,7 @@ scheme swapped, gateway.realtime.upstream).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
@@ -90,19 +91,6 @@ class Dialect:
     settings: tuple[str, ...] = ()
     api_key_required: bool = False
     responses_kind: str | None = None
-    # Cloud kinds (Bedrock, Vertex). `required_settings`: those of `settings` a provider must
-    # give. `default_base_url`: the endpoint when the provider gives no base URL (from its
-    # region); the paths may hold `{region}` and `{project}`. `credentials`: what is wrong with
-    # the provider's `api_key` for this kind, None when it is usable. `envelope`: the body as
-    # this kind's endpoint takes it, given the body in its wire format and the streaming mode.
-    # `route_kind`: the kind one route of such a provider speaks, from its upstream model and
-    # the provider's `translation`. A kind that is not `selectable` is only ever a route kind.
-    required_settings: tuple[str, ...] = ()
-    default_base_url: Callable[[CodecOptions], str] | None = None
-    credentials: Callable[[str], str | None] | None = None
-    envelope: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None
-    route_kind: Callable[[str, Mapping[str, Any]], str] | None = None
-    selectable: bool = True
     # Cloud kinds (Bedrock, Vertex). `required_settings`: those of `settings` a provider must
     # give. `default_base_url`: the endpoint when the provider gives no base URL (from its
     # region); the paths may hold `{region}` and `{project}`. `credentials`: what is wrong with
@@ -253,9 +241,14 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
 # Amazon Bedrock (gateway.adapters.bedrock: SigV4-signed requests, AWS event streams). A
 # route whose model is Anthropic's is reached through InvokeModel with the Messages body (so a
 # Messages client is passed through), unless the provider says `messages_api: false`; every
-# other model through Converse.
+# other model through Converse. Vertex AI (gateway.adapters.vertex: service-account tokens
+# through google-auth): Gemini models with the Gemini codec, Anthropic's (`claude-…`) through
+# rawPredict with the Messages body.
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 BEDROCK_SETTINGS = ("region", "aws_profile", "messages_api")
+VERTEX_SETTINGS = ("region", "project")
+_VERTEX_MODELS = "/v1/projects/{project}/locations/{region}/publishers"
 
 
 def _bedrock_endpoint(options: CodecOptions) -> str:
@@ -289,6 +282,38 @@ def _converse_probe(upstream_model: str) -> dict[str, Any]:
             "inferenceConfig": {"maxTokens": 1}}
 
 
+def _vertex_endpoint(options: CodecOptions) -> str:
+    region = options.region or "global"
+    return "https://aiplatform.googleapis.com" if region == "global" \
+        else f"https://{region}-aiplatform.googleapis.com"
+
+
+def _vertex_credentials(api_key: str) -> str | None:
+    if not api_key:
+        return None  # Application Default Credentials (google.auth.default)
+    try:
+        info = json.loads(api_key)
+    except ValueError:
+        return ("must be a service-account key (its JSON), or empty for Application Default "
+                "Credentials")
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        return 'must be a service-account key: JSON with "type": "service_account"'
+    for name in ("client_email", "private_key", "token_uri"):
+        if not info.get(name):
+            return f"the service-account key has no {name}"
+    return None
+
+
+def _vertex_route(upstream_model: str, translation: Mapping[str, Any]) -> str:
+    return "vertex_messages" if upstream_model.startswith("claude") else "vertex"
+
+
+def _vertex_messages_envelope(body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    out = {k: v for k, v in body.items() if k != "model"}
+    out["anthropic_version"] = VERTEX_ANTHROPIC_VERSION
+    return out
+
+
 _CLOUD_DIALECTS = (
     Dialect(kind="bedrock", label="Amazon Bedrock", wire="bedrock_converse",
             codec=bedrock_converse,
@@ -307,6 +332,26 @@ _CLOUD_DIALECTS = (
             beta_header="anthropic-beta", settings=BEDROCK_SETTINGS,
             required_settings=("region",), default_base_url=_bedrock_endpoint,
             credentials=_bedrock_credentials, envelope=_bedrock_messages_envelope,
+            selectable=False),
+    Dialect(kind="vertex", label="Google Vertex AI", wire="gemini", codec=gemini,
+            paths=MappingProxyType({"chat": (
+                _VERTEX_MODELS + "/google/models/{model}:generateContent",
+                _VERTEX_MODELS + "/google/models/{model}:streamGenerateContent?alt=sse")}),
+            probe=_gemini_probe, transport="vertex", base_url_required=False,
+            allow_documents=True, reasoning=True, usage_field="usageMetadata",
+            settings=VERTEX_SETTINGS, required_settings=VERTEX_SETTINGS,
+            default_base_url=_vertex_endpoint, credentials=_vertex_credentials,
+            route_kind=_vertex_route),
+    Dialect(kind="vertex_messages", label="Google Vertex AI (Anthropic Messages)",
+            wire="anthropic_messages", codec=anthropic_messages,
+            paths=MappingProxyType({"chat": (
+                _VERTEX_MODELS + "/anthropic/models/{model}:rawPredict",
+                _VERTEX_MODELS + "/anthropic/models/{model}:streamRawPredict")}),
+            probe=_messages_probe, transport="vertex", base_url_required=False,
+            allow_documents=True, reasoning=True, forward_headers=("anthropic-beta",),
+            beta_header="anthropic-beta", settings=VERTEX_SETTINGS,
+            required_settings=VERTEX_SETTINGS, default_base_url=_vertex_endpoint,
+            credentials=_vertex_credentials, envelope=_vertex_messages_envelope,
             selectable=False),
 )
 DIALECTS = MappingProxyType({**DIALECTS, **{d.kind: d for d in _CLOUD_DIALECTS}})

@@ -1,8 +1,8 @@
 """One module per upstream transport, behind `gateway.adapters.base.Adapter`: `http` (every
 kind reached over HTTP: the URL and headers come from its gateway.dialects record), `entra`
 (the same, with Microsoft Entra ID bearer tokens where configured: Azure OpenAI), `bedrock`
-(SigV4-signed, AWS event streams) and `mock`
-(answers in-process)."""
+(SigV4-signed, AWS event streams), `vertex` (Google access tokens) and `mock` (answers
+in-process)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,13 +13,15 @@ from gateway.adapters.bedrock import BedrockAdapter
 from gateway.adapters.entra import EntraAdapter
 from gateway.adapters.http import HttpAdapter
 from gateway.adapters.mock import MockAdapter
+from gateway.adapters.vertex import VertexAdapter
 from gateway.dialects import dialect_for
 
 if TYPE_CHECKING:
     from providers.selectors import Deployment
 
 ADAPTERS: dict[str, Adapter] = {"http": HttpAdapter(), "entra": EntraAdapter(),
-                               "mock": MockAdapter(), "bedrock": BedrockAdapter()}
+                               "mock": MockAdapter(), "bedrock": BedrockAdapter(),
+                               "vertex": VertexAdapter()}
 
 
 async def upstream_send(deployment: Deployment, *, operation: str, body: dict, stream: bool,
