@@ -81,6 +81,21 @@ MAX_TAG_CHARS = 64
 MAX_END_USER_CHARS = 256
 
 
+def same_wire_body(body: dict, upstream_model: str, **changes: object) -> dict:
+    """The client's body for an upstream of its own wire format: its model swapped (and any
+    `changes`), without the gateway's own `metadata.tags` (see `attribution`), which neither
+    OpenAI's nor Anthropic's `metadata` accepts."""
+    out = {**body, "model": upstream_model, **changes}
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and "tags" in metadata:
+        rest = {k: v for k, v in metadata.items() if k != "tags"}
+        if rest:
+            out["metadata"] = rest
+        else:
+            out.pop("metadata")
+    return out
+
+
 def attribution(request: HttpRequest, body: dict) -> dict[str, object]:
     """The request's tags and end user, for its ledger row (`Call.attributed`). Tags come from
     the `x-gateway-tags` header (comma-separated) and then the body's `metadata.tags` (a list

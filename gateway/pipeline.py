@@ -42,7 +42,7 @@ from gateway.dialects import DIALECTS, Dialect, dialect_for
 from gateway.errors import (GatewayError, InvalidRequest, RateLimited, ServiceUnavailable,
                             UpstreamFailed, UpstreamTimeout)
 from gateway.finish import call_finish
-from gateway.intake import attribution, authenticate, read_json, resolve
+from gateway.intake import attribution, authenticate, read_json, resolve, same_wire_body
 from gateway.metrics import ACTIVE, PROVIDER_LATENCY
 from gateway.relay import StreamRelay, relay_stream
 from gateway.responses import replayed, sse_response
@@ -164,7 +164,7 @@ def ir_prepare(parse: Callable[[dict[str, Any]], ChatRequest], *, operation: str
             req = replace(req, max_tokens=key.max_tokens_default)
         bodies, dropped = translated_bodies(
             req, deployments, stream=req.stream, native_wire=native_wire,
-            native_body=lambda d: {**body, "model": d.upstream_model})
+            native_body=lambda d: same_wire_body(body, d.upstream_model))
         return Job(snapshot=snapshot, deployments=deployments, operation=operation,
                    bodies=bodies, prompt_tokens=request_input_tokens(req),
                    max_tokens=req.max_tokens, stream=req.stream, req=req, dropped=dropped)

@@ -23,7 +23,7 @@ from gateway.adapters.base import UpstreamError
 from gateway.codecs import anthropic_messages as codec
 from gateway.dialects import dialect_for
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.intake import authenticate, read_json, resolve
+from gateway.intake import authenticate, read_json, resolve, same_wire_body
 from gateway.pipeline import Surface, forwarded_headers, ir_prepare, serve
 from gateway.responses import anthropic_error, json_response
 from gateway.surfaces.output import ApiOutput
@@ -85,7 +85,7 @@ async def _upstream_count(deployment: Deployment, body: dict[str, Any], *, reque
     upstream = None
     try:
         upstream = await upstream_send(deployment, operation="count_tokens",
-                                       body={**body, "model": deployment.upstream_model},
+                                       body=same_wire_body(body, deployment.upstream_model),
                                        stream=False, request_id=request_id,
                                        forwarded=forwarded)
         data = await upstream.json()

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_POST
 from gateway.codecs import openai_chat as codec
 from gateway.dialects import dialect_for
 from gateway.errors import InvalidRequest
+from gateway.intake import same_wire_body
 from gateway.pipeline import Job, Surface, serve, translated_bodies
 from gateway.responses import openai_error
 from gateway.surfaces.output import ApiOutput
@@ -52,8 +53,7 @@ def validate_stream_fields(body: dict) -> None:
 
 def passthrough_body(body: dict, deployment: Deployment, *, stream: bool) -> dict:
     """The client's body for an OpenAI-compatible upstream: its model, and usage asked for."""
-    out = dict(body)
-    out["model"] = deployment.upstream_model
+    out = same_wire_body(body, deployment.upstream_model)
     if stream:
         out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return out

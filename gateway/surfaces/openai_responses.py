@@ -35,7 +35,7 @@ from gateway.codecs import openai_responses as codec
 from gateway.database import db
 from gateway.dialects import Dialect
 from gateway.errors import GatewayError, InvalidRequest, NotFound
-from gateway.intake import authenticate
+from gateway.intake import authenticate, same_wire_body
 from gateway.pipeline import Job, Surface, serve, translated_bodies
 from gateway.relay import StreamRelay
 from gateway.responses import json_response, openai_error
@@ -125,11 +125,11 @@ async def prepare(body: dict[str, Any], key: KeyInfo, snapshot: RoutingSnapshot,
 
     def native_body(d: Deployment) -> dict[str, Any]:
         if stored is not None and stored.upstream_id and stored.provider_id == d.provider_id:
-            return {**body, "model": d.upstream_model, "previous_response_id": stored.upstream_id}
+            return same_wire_body(body, d.upstream_model, previous_response_id=stored.upstream_id)
         if stored is not None and stored.provider_id != d.provider_id:
-            return {**expanded, "model": d.upstream_model,
-                    "input": _without_foreign_reasoning(history) + new_items}
-        return {**expanded, "model": d.upstream_model}
+            return same_wire_body(expanded, d.upstream_model,
+                               input=_without_foreign_reasoning(history) + new_items)
+        return same_wire_body(expanded, d.upstream_model)
 
     if stored is not None:
         deployments = _chain_first(deployments, stored.provider_id)

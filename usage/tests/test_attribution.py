@@ -67,6 +67,26 @@ def test_a_live_anthropic_request_records_metadata_user_id(gateway_url, fake_ant
     assert row.end_user == "user-42"
 
 
+def test_body_tags_are_read_by_the_gateway_and_never_sent_upstream(
+        gateway_url, fake_upstream, fake_provider, fake_anthropic_provider, ledger_rows):
+    """`metadata.tags` is the gateway's own: an upstream of the client's wire format gets the
+    rest of `metadata` (Anthropic's refuses unknown keys), and the row gets the tags."""
+    _, secret = api_key_create(name="tagger")
+    anthropic.Anthropic(base_url=gateway_url, api_key=secret, max_retries=0).messages.create(
+        model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "hi"}],
+        metadata={"user_id": "user-7", "tags": ["nightly"]})
+    openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=secret, max_retries=0) \
+        .chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "hi"}],
+                                 extra_body={"metadata": {"tags": "eval"}})
+    [anthropic_call] = fake_upstream.calls("fake-anth")
+    [openai_call] = fake_upstream.calls("fake-a")
+    assert anthropic_call.body["metadata"] == {"user_id": "user-7"}
+    assert "metadata" not in openai_call.body
+    rows = sorted(ledger_rows(2), key=lambda r: r.surface)
+    assert [(r.surface, r.tags) for r in rows] == [("anthropic.messages", "nightly"),
+                                                   ("openai.chat", "eval")]
+
+
 def _write(n: int, *, key: ApiKey, at: datetime, tags: str = "", end_user: str = "",
            cost: str = "0.5") -> None:
     usage_record_write(entry=LedgerEntry(
