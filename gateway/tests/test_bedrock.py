@@ -181,7 +181,8 @@ def test_converse_serves_every_surface_with_usage_and_cost(
     assert _ask(surface, gateway_url, api_key, "nova", stream) == REPLY
     _billed_row(ledger_rows, surface=surface, stream=stream, model=NOVA)
     [seen] = bedrock.received
-    assert seen.path == f"/model/amazon.nova-lite-v1%3A0/{'converse-stream' if stream else 'converse'}"
+    operation = "converse-stream" if stream else "converse"
+    assert seen.path == f"/model/amazon.nova-lite-v1%3A0/{operation}"
     assert seen.body["messages"] == [{"role": "user", "content": [{"text": "hi"}]}]
     assert "model" not in seen.body
 

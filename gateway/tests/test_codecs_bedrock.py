@@ -174,7 +174,8 @@ def test_a_converse_answer_is_read_into_the_ir():
     assert bedrock_converse.stop_reason("content_filtered") == "refusal"
 
 
-IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+IMAGE = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5E"
+         "rkJggg==")
 
 
 def test_a_chat_completions_tool_loop_becomes_the_converse_body_the_reference_documents():
@@ -210,8 +211,8 @@ def test_a_chat_completions_tool_loop_becomes_the_converse_body_the_reference_do
                 "toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "name": "top_song",
                 "input": {"sign": "WZPZ"}}}]},
             {"role": "user", "content": [{"toolResult": {
-                "toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q",
-                "content": [{"text": '{"song": "Elemental Hotel", "artist": "8 Storey Hike"}'}]}}]}],
+                "toolUseId": "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "content": [
+                    {"text": '{"song": "Elemental Hotel", "artist": "8 Storey Hike"}'}]}}]}],
         "system": [{"text": "You are a radio DJ."}],
         "inferenceConfig": {"maxTokens": 512, "temperature": 0.5, "topP": 0.9,
                             "stopSequences": ["END"]},

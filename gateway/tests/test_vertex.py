@@ -170,3 +170,23 @@ def test_the_admin_connection_test_reaches_vertex(vertex):
     result = provider_connection_test(Provider.objects.get(name="gcp"))
     assert result.ok, result.text
     assert vertex.received[-1].path.endswith(":rawPredict")
+
+
+def test_the_messages_envelopes_are_the_bodies_the_clouds_document():
+    """Vertex's streamRawPredict example and Bedrock's InvokeModel example for Claude, built
+    from a Messages request."""
+    from gateway.codecs import anthropic_messages
+    from gateway.dialects import dialect_for
+    from gateway.types import CodecOptions
+
+    req = anthropic_messages.parse_request({
+        "model": "claude", "max_tokens": 100, "stream": True,
+        "messages": [{"role": "user", "content": "Hey Claude!"}]})
+    body = anthropic_messages.build_request(req, upstream_model=CLAUDE, stream=True,
+                                            options=CodecOptions())
+    assert dialect_for("vertex_messages").envelope(body, True) == {
+        "anthropic_version": "vertex-2023-10-16", "max_tokens": 100, "stream": True,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hey Claude!"}]}]}
+    assert dialect_for("bedrock_messages").envelope(body, True) == {
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hey Claude!"}]}]}

@@ -9,9 +9,10 @@ import pytest
 
 from providers.config_file import ConfigError, config_parse
 
-SERVICE_KEY = json.dumps({"type": "service_account", "client_email": "a@b.iam.gserviceaccount.com",
-                          "private_key": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
-                          "token_uri": "https://oauth2.googleapis.com/token"})
+SERVICE_KEY = json.dumps({
+    "type": "service_account", "client_email": "a@b.iam.gserviceaccount.com",
+    "private_key": "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+    "token_uri": "https://oauth2.googleapis.com/token"})
 
 
 def _provider(kind: str, translation: str, api_key: str | None = None) -> str:
