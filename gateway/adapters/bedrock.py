@@ -148,7 +148,12 @@ def _event(message: EventStreamMessage, *, anthropic: bool) -> tuple[str | None,
         except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error):
             raise UpstreamError("the upstream sent a chunk that is not a base64 Anthropic event",
                                 error_class="bad_stream") from None
-        return (event.get("type") if isinstance(event, dict) else None), inner.decode()
+        if not isinstance(event, dict):
+            return None, inner.decode()
+        if event.pop("amazon-bedrock-invocationMetrics", None) is not None:
+            # Bedrock's own counts on `message_stop`; the Anthropic event is relayed without them.
+            inner = orjson.dumps(event)
+        return event.get("type"), inner.decode()
     if kind == "exception":
         name = str(headers.get(":exception-type") or "exception")
         try:

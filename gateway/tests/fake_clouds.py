@@ -218,8 +218,12 @@ class FakeBedrock(_Server):
         if operation == "converse-stream":
             frames = self.converse_events(body)
         else:
+            events = anthropic_events(model, body)
+            events[-1]["amazon-bedrock-invocationMetrics"] = {
+                "inputTokenCount": UNCACHED, "outputTokenCount": OUTPUT,
+                "invocationLatency": 12, "firstByteLatency": 5}
             frames = [aws_event("chunk", {"bytes": base64.b64encode(orjson.dumps(e)).decode()})
-                      for e in anthropic_events(model, body)]
+                      for e in events]
         if self.exception:
             frames = frames[:3] + [aws_exception(self.exception, "Too many requests, please "
                                                                  "wait before trying again.")]

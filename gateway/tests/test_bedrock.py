@@ -199,6 +199,19 @@ def test_claude_on_bedrock_is_served_through_invoke_model(
     assert "model" not in seen.body and "stream" not in seen.body
 
 
+def test_a_passed_through_stream_is_anthropics_without_bedrocks_metrics(
+        gateway_url, bedrock, api_key):
+    import httpx
+
+    with httpx.stream("POST", f"{gateway_url}/v1/messages", timeout=20, json={
+            "model": "claude", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-api-key": api_key, "anthropic-version": "2023-06-01"}) as response:
+        body = response.read().decode()
+    assert body.rstrip().endswith('data: {"type":"message_stop"}')
+    assert "invocationMetrics" not in body and '"model":"claude"' in body
+
+
 def test_a_messages_client_is_passed_through_with_its_betas_in_the_body(
         gateway_url, bedrock, api_key):
     message = _anthropic(gateway_url, api_key).messages.create(
