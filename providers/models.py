@@ -21,7 +21,7 @@ class ProviderQuerySet(models.QuerySet):
 
 class Provider(models.Model):
     name = models.SlugField(max_length=64, unique=True)
-    kind = models.CharField(max_length=16, choices=kind_choices)
+    kind = models.CharField(max_length=32, choices=kind_choices)
     base_url = models.URLField(max_length=500, blank=True)
     # Fernet token (providers.crypto); never shown after saving.
     api_key_encrypted = models.TextField(blank=True, default="")
