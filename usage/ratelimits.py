@@ -7,7 +7,10 @@ enforces them on its own (documented).
 While Redis is unreachable (`gateway.shared_state`) each process enforces its share: the limit
 divided by the replicas that were live when it last reached Redis. Replicas announce themselves
 there (`lua/replicas_beat.lua`: a sorted set of ids by expiry, beaten every HEARTBEAT_S, live
-for REPLICA_TTL_S). Each process also keeps, for every key it checked in Redis, the backlog
+for REPLICA_TTL_S). A process younger than REPLICA_TTL_S counts every STARTUP_HEARTBEAT_S
+instead: a replica that started a moment before the others would otherwise count itself alone
+for a whole heartbeat, and an outage then would let it admit the whole limit (seen: 1.19x over
+two replicas in an empty-restart run that began within 5 s of their start). Each process also keeps, for every key it checked in Redis, the backlog
 Redis answered, so its share starts as full as the shared bucket was, not as a fresh burst.
 When Redis answers again, before its first shared call, each process writes its backlogs back
 (`lua/gcra_seed.lua`: the later of Redis's state and the process's), so a Redis that restarted
@@ -37,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 PERIOD_MS = 60_000
 HEARTBEAT_S = 5.0
+STARTUP_HEARTBEAT_S = 0.25
 REPLICA_TTL_S = 15.0
 SEED_BATCH = 200
 
@@ -148,7 +152,8 @@ class RedisRateLimiter:
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:rl:",
                  retry_interval_s: float = 1.0, heartbeat_s: float = HEARTBEAT_S,
-                 replica_ttl_s: float = REPLICA_TTL_S) -> None:
+                 replica_ttl_s: float = REPLICA_TTL_S,
+                 startup_heartbeat_s: float = STARTUP_HEARTBEAT_S) -> None:
         self._shared = SharedState(redis, name="rate limits",
                                    fallback="each process enforces its share of them",
                                    logger=logger, retry_interval_s=retry_interval_s,
@@ -157,6 +162,8 @@ class RedisRateLimiter:
         self._local = LocalRateLimiter()
         self._id = uuid.uuid4().hex
         self._heartbeat_s = heartbeat_s
+        self._startup_heartbeat_s = min(heartbeat_s, startup_heartbeat_s)
+        self._young_until = time.monotonic() + replica_ttl_s
         self._replica_ttl_ms = int(replica_ttl_s * 1000)
         self._next_beat = 0.0
         self._replicas = 1
@@ -172,7 +179,9 @@ class RedisRateLimiter:
         self._replicas = max(1, int(await _REPLICAS_BEAT(
             self._shared.redis, keys=[self._prefix + "replicas"],
             args=[self._id, self._replica_ttl_ms])))
-        self._next_beat = time.monotonic() + self._heartbeat_s
+        now = time.monotonic()
+        self._next_beat = now + (self._startup_heartbeat_s if now < self._young_until
+                                 else self._heartbeat_s)
 
     async def _seed_from_local(self) -> None:
         """Write this process's backlogs back to Redis (see the module docstring). Raises one of

@@ -103,3 +103,25 @@ def test_a_fresh_key_during_an_outage_gets_a_share_of_the_limit(redis_server):
             await c.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_started_just_before_another_counts_it_within_the_startup_heartbeat(
+        redis_server):
+    """With the production heartbeat (5 s), a process younger than the replica TTL recounts
+    every startup heartbeat: the first of two replicas learns of the second at its next
+    recount, not a whole heartbeat later (during which an outage would let it admit the whole
+    limit). Here the startup heartbeat is 0.1 s."""
+    async def scenario() -> None:
+        clients = [_client(redis_server.url), _client(redis_server.url)]
+        first, second = (RedisRateLimiter(c, prefix="gw:rl:young:", startup_heartbeat_s=0.1)
+                         for c in clients)
+        await first.acquire("young", per_minute=10**6, cost=1)
+        await second.acquire("young", per_minute=10**6, cost=1)
+        assert (first.replicas, second.replicas) == (1, 2)
+        await asyncio.sleep(0.15)  # let the first one's startup heartbeat come due
+        await first.acquire("young", per_minute=10**6, cost=1)
+        assert first.replicas == 2
+        for client in clients:
+            await client.aclose()
+
+    asyncio.run(scenario())
