@@ -5,12 +5,14 @@ from django.urls import include
 from usage import urls as usage_urls
 
 from gateway.health import health, health_detailed
+from gateway import home
 from gateway.metrics import metrics_view
 from gateway.surfaces import openai_chat, openai_completions, openai_embeddings
 from gateway.surfaces import anthropic_messages, models, openai_responses
 from tasks import views as tasks
 
 urlpatterns = [
+    path("", home.home, name="home"),
     path("v1/chat/completions", openai_chat.chat_completions),
     path("v1/completions", openai_completions.completions),
     path("v1/embeddings", openai_embeddings.embeddings),
@@ -35,5 +37,6 @@ urlpatterns = [
 # API paths answer errors Django raises itself (bad Host header, unknown path, a crash) in the
 # surface's JSON shape; other paths keep Django's pages.
 handler400 = "gateway.responses.bad_request"
+handler403 = "gateway.home.permission_denied"
 handler404 = "gateway.responses.not_found"
 handler500 = "gateway.responses.server_error"

@@ -18,6 +18,7 @@ from django.contrib.admin.utils import unquote
 from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path
 from django.urls import reverse
 from django.utils import timezone
@@ -30,18 +31,30 @@ from gateway.dialects import DIALECTS, dialect_for
 from gateway.routing import Candidate
 from gateway.routing_state import BreakerView, RedisRoutingState
 from providers.crypto import SecretUnreadable, secret_decrypt, secret_encrypt
+from providers.forms import ApiKeyForm, KeyRotateForm
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
 from providers.models import (
     ApiKey, AuditAction, AuditLog, ModelRoute, Price, Provider, Team,
 )
-from providers.selectors import Deployment, routing_snapshot_load
+from providers.selectors import (Deployment, budget_spent_units, route_shares_annotate,
+                                 routing_snapshot_load)
 from providers.translation import (codec_options, credentials_problem, translation_problem,
                                    upstream_kind)
 from providers.validation import base_url_problem
-from providers.services import api_key_revoke, audit_log_write, audit_state, config_version_bump
+from providers.services import (api_key_revoke, api_key_rotate, audit_log_write, audit_state,
+                                config_version_bump)
+from usage.budgets import units_to_usd
 from usage.models import UsageRecord
 
 CONNECTION_TEST_TIMEOUT_S = 15.0
+
+admin.site.site_header = "LLM Gateway"
+admin.site.site_title = "LLM Gateway admin"
+admin.site.index_title = "Configuration and ledger"
+# The lists (ledger, providers, routes, keys) need the width at 1366 px more than a second
+# copy of the index: the 275 px sidebar left the ledger table 760 px. The breadcrumbs and the
+# header links navigate instead.
+admin.site.enable_nav_sidebar = False
 
 
 class BumpsConfigVersion:
@@ -105,11 +118,14 @@ class Audited:
 
 
 class ProviderForm(forms.ModelForm):
-    base_url = forms.URLField(required=False, max_length=500, assume_scheme="https")
+    base_url = forms.URLField(
+        label="Base URL", required=False, max_length=500, assume_scheme="https",
+        help_text="The API root, e.g. https://api.openai.com/v1. Empty where the kind has a "
+                  "default.")
     api_key = forms.CharField(
-        required=False, widget=forms.PasswordInput(render_value=False),
+        label="API key", required=False, widget=forms.PasswordInput(render_value=False),
         help_text="Write-only. Leave empty to keep the stored key.")
-    clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored key.")
+    clear_api_key = forms.BooleanField(label="Remove the stored API key", required=False)
 
     class Meta:
         model = Provider
@@ -120,7 +136,9 @@ class ProviderForm(forms.ModelForm):
     def clean(self):
         data = super().clean()
         dialect = DIALECTS.get(data.get("kind"))
-        if dialect is not None and dialect.base_url_required and not data.get("base_url"):
+        if "base_url" in self.errors:
+            pass  # the field's own error ("Enter a valid URL.") is the one to show
+        elif dialect is not None and dialect.base_url_required and not data.get("base_url"):
             self.add_error("base_url", "Required for this kind of provider.")
         elif data.get("base_url"):
             problem = base_url_problem(data["base_url"])
@@ -151,10 +169,21 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
+ROUTE_LABELS = {"weight": "Weight", "priority": "Priority", "enabled": "Route enabled"}
+ROUTE_HELP = {"weight": "Empty: the provider's weight.",
+              "priority": "Empty: the provider's priority. Lower is tried first."}
+
+
 class ModelRouteInline(admin.TabularInline):
     model = ModelRoute
     extra = 0
     fields = ["public_model", "upstream_model", "weight", "priority", "enabled"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and db_field.name in ROUTE_HELP:
+            field.help_text = ROUTE_HELP[db_field.name]
+        return field
 
 
 @dataclass(frozen=True)
@@ -251,7 +280,7 @@ def circuit_views(provider: Provider) -> tuple[list[tuple[str, BreakerView]] | N
 class ProviderAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     form = ProviderForm
     inlines = [ModelRouteInline]
-    list_display = ["name", "kind", "base_url", "weight", "priority", "enabled", "key_set"]
+    list_display = ["name", "kind", "base_url_short", "weight", "priority", "enabled", "key_set"]
     list_editable = ["weight", "priority", "enabled"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "base_url"]
@@ -261,6 +290,12 @@ class ProviderAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     @admin.display(boolean=True, description="API key set")
     def key_set(self, obj):
         return obj.has_api_key
+
+    @admin.display(description="Base URL", ordering="base_url")
+    def base_url_short(self, obj):
+        # Cut by CSS (templates/admin/base_site.html) so the list fits 1366 px; whole on hover.
+        return format_html('<span class="cut" title="{}">{}</span>', obj.base_url,
+                           obj.base_url) if obj.base_url else "default"
 
     def get_changelist_form(self, request, **kwargs):
         # Only the editable columns: a form of every field would build a URLField for base_url
@@ -291,12 +326,78 @@ class ProviderAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
             "<tbody>{}</tbody></table><p>{}</p>", body, note)
 
 
+class ServedFilter(admin.SimpleListFilter):
+    title = "served"
+    parameter_name = "served"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Served"), ("no", "Not served")]
+
+    def queryset(self, request, queryset):
+        served = ModelRoute.objects.enabled().values("pk")
+        if self.value() == "yes":
+            return queryset.filter(pk__in=served)
+        if self.value() == "no":
+            return queryset.exclude(pk__in=served)
+        return queryset
+
+
 @admin.register(ModelRoute)
 class ModelRouteAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
-    list_display = ["public_model", "provider", "upstream_model", "weight", "priority", "enabled"]
+    """Routes with whether they serve traffic (route and provider enabled), their effective
+    weight and priority (a blank one inherits the provider's) and their share of the public
+    model's requests within their priority tier (providers.selectors.traffic_shares)."""
+
+    list_display = ["public_model", "provider", "upstream_model", "weight", "priority", "enabled",
+                    "served", "share"]
     list_editable = ["weight", "priority", "enabled"]
-    list_filter = ["provider", "enabled"]
+    list_filter = [ServedFilter, "provider", "enabled"]
     search_fields = ["public_model", "upstream_model"]
+    list_select_related = ["provider"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and db_field.name in ROUTE_LABELS:
+            field.label = ROUTE_LABELS[db_field.name]
+            field.help_text = ROUTE_HELP.get(db_field.name, field.help_text)
+        return field
+
+    def get_queryset(self, request):
+        return route_shares_annotate(super().get_queryset(request))
+
+    def get_changelist_form(self, request, **kwargs):
+        class RouteRowForm(super().get_changelist_form(request, **kwargs)):
+            """A blank weight or priority shows the provider's, which it inherits."""
+
+            def __init__(self, *args, **kw):
+                super().__init__(*args, **kw)
+                route = self.instance
+                if route.pk:
+                    for name, value in (("weight", route.effective_weight),
+                                        ("priority", route.effective_priority)):
+                        self.fields[name].widget.attrs["placeholder"] = value
+                        self.fields[name].widget.attrs["title"] = (
+                            f"Empty: the provider's {name} ({value})")
+
+        return RouteRowForm
+
+    @admin.display(description="Served")
+    def served(self, obj):
+        if not obj.provider.enabled:
+            return format_html('<span class="state off" title="Provider {} is disabled">{}</span>',
+                               obj.provider.name, "No: provider disabled")
+        if not obj.enabled:
+            return format_html('<span class="state off">{}</span>', "No: route disabled")
+        return format_html('<span class="state on">{}</span>', "Served")
+
+    @admin.display(description="Traffic share")
+    def share(self, obj):
+        if not (obj.enabled and obj.provider.enabled) or not obj.tier_weight:
+            return "—"
+        return format_html(
+            '<span class="nowrap" title="Weight {} of {} at priority {}">{}</span>',
+            obj.effective_weight, obj.tier_weight, obj.effective_priority,
+            f"{obj.effective_weight / obj.tier_weight:.0%} at priority {obj.effective_priority}")
 
 
 def _price_in_force_pk(price: Price) -> int | None:
@@ -454,6 +555,38 @@ class KeepsUsageHistory:
         return actions
 
 
+def spend_against_budget(obj: ApiKey | Team) -> str:
+    """`$1.23 of $10.00 (12 %)` for a key or team annotated with `spent_units`
+    (providers.selectors.budget_spent_units); without a budget, the spend alone."""
+    spent = units_to_usd(obj.spent_units or 0)
+    text = f"${spent:,.2f}" if spent >= 1 or not spent else f"${spent:.4f}"
+    if obj.budget_usd is None:
+        return format_html('<span class="spend">{} <small>no budget</small></span>', text)
+    pct = spent / obj.budget_usd * 100 if obj.budget_usd else (100 if spent else 0)
+    level = "over" if pct >= 100 else "near" if pct >= 80 else "ok"
+    return format_html('<span class="spend {}">{} of ${} ({} %)'
+                       '<meter min="0" max="100" value="{}"></meter></span>', level, text,
+                       f"{obj.budget_usd:,.2f}", f"{pct:.0f}", f"{min(pct, 100):.0f}")
+
+
+class KeyStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(revoked=False).exclude(expires_at__lte=now)
+        if self.value() == "expired":
+            return queryset.filter(revoked=False, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked=True)
+        return queryset
+
+
 @admin.register(Team)
 class TeamAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin):
     usage_field = "team"
@@ -461,8 +594,16 @@ class TeamAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     instead = ("Revoke its keys instead (API keys filtered by this team, action “Revoke "
                "selected keys”) and clear its budget; the team stays for the history.")
-    list_display = ["name", "budget_usd", "budget_period"]
+    list_display = ["name", "spend", "budget_period"]
     search_fields = ["name"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            spent_units=budget_spent_units(scope="team", now=timezone.now()))
+
+    @admin.display(description="Spend this period / budget")
+    def spend(self, obj):
+        return spend_against_budget(obj)
 
 
 @admin.register(ApiKey)
@@ -471,36 +612,89 @@ class ApiKeyAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdm
     noun = "key"
     instead = ("Revoke it instead: the “Revoke selected keys” action, or tick “Revoked” on the "
                "key's page.")
-    list_display = ["name", "prefix", "team", "budget_usd", "budget_period", "revoked", "created_at",
-                    "last_used"]
-    list_filter = ["revoked", "team"]
+    form = ApiKeyForm
+    list_display = ["name", "prefix", "team", "spend", "status", "expires_at", "last_used"]
+    list_filter = [KeyStatusFilter, "team"]
+    list_select_related = ["team"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["prefix", "created_at", "last_used"]
-    exclude = ["key_hash"]
-    actions = ["revoke"]
+    readonly_fields = ["prefix", "created_at", "last_used", "previous_key_expires_at"]
+    exclude = ["key_hash", "previous_key_hash"]
+    actions = ["revoke", "rotate"]
 
     def get_queryset(self, request):
-        # One index seek per key on (api_key, created_at), never a scan of the ledger.
+        # One index seek per key on (api_key, created_at), never a scan of the ledger; the
+        # period's spend from its budget counter, in the same query.
         last = (UsageRecord.objects.filter(api_key=OuterRef("pk")).order_by("-created_at")
                 .values("created_at")[:1])
-        return super().get_queryset(request).annotate(last_used_at=Subquery(last))
+        return super().get_queryset(request).annotate(
+            last_used_at=Subquery(last),
+            spent_units=budget_spent_units(scope="key", now=timezone.now()))
 
     @admin.display(description="Last used", ordering="last_used_at")
     def last_used(self, obj):
         return getattr(obj, "last_used_at", None) or "never"
 
+    @admin.display(description="Status", ordering="revoked")
+    def status(self, obj):
+        if obj.revoked:
+            return format_html('<span class="state off">{}</span>', "Revoked")
+        if obj.expires_at is not None and obj.expires_at <= timezone.now():
+            return format_html('<span class="state off">{}</span>', "Expired")
+        return format_html('<span class="state on">{}</span>', "Active")
+
+    @admin.display(description="Spend this period / budget")
+    def spend(self, obj):
+        return spend_against_budget(obj)
+
     def save_model(self, request, obj, form, change):
         if not change:
             raw = api_key_generate()
             obj.prefix, obj.key_hash = api_key_prefix(raw), api_key_hash(raw)
-            messages.warning(request, f"New API key (shown once, store it now): {raw}")
+            request.new_api_key_secret = raw
         super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The new secret, once, on the page that answers the POST (never stored, not even in
+        a message cookie), with a copy button."""
+        raw = getattr(request, "new_api_key_secret", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        return self._secrets_page(request, [(obj, raw)], title="New API key", note=None)
+
+    def _secrets_page(self, request, secrets: list[tuple[ApiKey, str]], *, title: str,
+                      note: str | None) -> TemplateResponse:
+        return TemplateResponse(request, "admin/providers/apikey/secrets.html", {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": title,
+            "secrets": secrets, "note": note,
+            "changelist_url": reverse("admin:providers_apikey_changelist")})
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
         for key in queryset:
             api_key_revoke(key=key, user=request.user)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+    @admin.action(description="Rotate selected keys (new secret, old one valid for a grace "
+                              "period)")
+    def rotate(self, request, queryset):
+        """First a page asking for the grace period; on its POST, a new secret per key, shown
+        once. Revoked keys are skipped."""
+        keys = list(queryset.filter(revoked=False))
+        form = KeyRotateForm(request.POST if "grace_hours" in request.POST else None)
+        if not keys:
+            self.message_user(request, "Only active keys can be rotated.", messages.ERROR)
+            return None
+        if form.is_bound and form.is_valid():
+            secrets = [(key, api_key_rotate(key=key, grace=form.grace, user=request.user))
+                       for key in keys]
+            until = timezone.localtime(timezone.now() + form.grace)
+            note = (f"The previous secrets keep working until {until:%Y-%m-%d %H:%M:%S %Z}, "
+                    "then stop." if form.grace else "The previous secrets stopped working now.")
+            return self._secrets_page(request, secrets, title="Rotated API keys", note=note)
+        return TemplateResponse(request, "admin/providers/apikey/rotate.html", {
+            **self.admin_site.each_context(request), "opts": self.opts,
+            "title": "Rotate API keys", "keys": keys, "form": form,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME})
 
 
 @admin.register(AuditLog)

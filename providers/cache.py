@@ -7,6 +7,8 @@ reload runs at a time; concurrent requests keep using the previous snapshot mean
 A key created since the last reload is not in the snapshot yet: `key_find` looks such a digest
 up in the database (`KeyLookup`) before the request is refused, so a new key works on its
 first request on every process, and a revoked one still stops within the poll interval.
+An expired key, or a rotated-out secret past its grace period, is refused from the moment it
+expires, whichever snapshot or lookup holds it (`KeyInfo.expired`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -110,13 +113,17 @@ class SnapshotCache:
         self._checked_at = 0.0
 
     async def key_find(self, digest: str, *, snapshot: RoutingSnapshot) -> KeyInfo | None:
-        """The unrevoked key with `digest`: from `snapshot`, else from the database (see
-        KeyLookup). A key found there makes the next request check the config version, so
-        the snapshot catches up. Raises DatabaseError."""
+        """The unrevoked, unexpired key with `digest`: from `snapshot`, else from the
+        database (see KeyLookup). A key found there makes the next request check the config
+        version, so the snapshot catches up. An expired key is None, as a revoked one (the
+        snapshot's copy is not looked up again: an extended expiry reloads the snapshot).
+        Raises DatabaseError."""
         key = snapshot.keys.get(digest)
-        if key is not None:
-            return key
-        return await self._keys.find(digest, version=snapshot.version)
+        if key is None:
+            key = await self._keys.find(digest, version=snapshot.version)
+        if key is not None and key.expired(datetime.now(UTC)):
+            return None
+        return key
 
     async def get(self) -> RoutingSnapshot:
         snapshot = self._snapshot

@@ -22,21 +22,27 @@ class ProviderQuerySet(models.QuerySet):
 class Provider(models.Model):
     name = models.SlugField(max_length=64, unique=True)
     kind = models.CharField(max_length=32, choices=kind_choices)
-    base_url = models.URLField(max_length=500, blank=True)
+    base_url = models.URLField("base URL", max_length=500, blank=True)
     # Fernet token (providers.crypto); never shown after saving.
     api_key_encrypted = models.TextField(blank=True, default="")
     weight = models.PositiveIntegerField(default=1)
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
     enabled = models.BooleanField(default=True)
-    timeout_s = models.FloatField(default=600, validators=[MinValueValidator(0.1)])
-    max_inflight = models.PositiveIntegerField(default=512)
+    timeout_s = models.FloatField("timeout (s)", default=600, validators=[MinValueValidator(0.1)],
+                                  help_text="Seconds to wait for the upstream's answer.")
+    max_inflight = models.PositiveIntegerField(
+        "max. requests in flight", default=512,
+        help_text="Concurrent upstream requests; beyond it, the next deployment is tried.")
     breaker_failures = models.PositiveIntegerField(
-        default=5, validators=[MinValueValidator(1)],
+        "circuit breaker: failures", default=5, validators=[MinValueValidator(1)],
         help_text="Consecutive failures that open a route's circuit.")
     breaker_cooldown_s = models.FloatField(
-        default=30, validators=[MinValueValidator(0.1)],
+        "circuit breaker: cool-down (s)", default=30, validators=[MinValueValidator(0.1)],
         help_text="Seconds an open circuit waits before one probe; doubles after a failed probe.")
-    extra_headers = models.JSONField(default=dict, blank=True)
+    extra_headers = models.JSONField(
+        default=dict, blank=True,
+        help_text='Headers sent with every upstream request, as JSON: {"OpenAI-Organization": '
+                  '"org-…"}. Values are secrets: masked in the audit log and exports.')
     translation = models.JSONField(
         default=dict, blank=True,
         help_text='How requests translated for this provider are built: {"allow_images": true, '
@@ -191,12 +197,12 @@ def _budget_checks(prefix: str) -> list[models.CheckConstraint]:
 
 class Team(models.Model):
     name = models.SlugField(max_length=64, unique=True)
-    budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True,
-                                     validators=[MinValueValidator(Decimal("0"))])
+    budget_usd = models.DecimalField("budget (USD)", max_digits=14, decimal_places=6, null=True,
+                                     blank=True, validators=[MinValueValidator(Decimal("0"))])
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
                                      default=BudgetPeriod.MONTH)
     budget_alert_pct = models.PositiveSmallIntegerField(
-        null=True, blank=True, validators=_alert_pct_validators(),
+        "budget alert (%)", null=True, blank=True, validators=_alert_pct_validators(),
         help_text="Send an alert when this % of the budget is spent (1-100).")
     alert_webhook_url = models.URLField(max_length=500, blank=True,
                                         validators=[webhook_url_validate],
@@ -226,15 +232,27 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     # Empty list: every public model.
     allowed_models = models.JSONField(default=list, blank=True)
-    budget_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True,
-                                     validators=[MinValueValidator(Decimal("0"))])
+    expires_at = models.DateTimeField(
+        "expires", null=True, blank=True,
+        help_text="From this time on the key is refused (401). Empty: it never expires.")
+    # After a rotation, the previous secret's digest, accepted until `previous_key_expires_at`.
+    previous_key_hash = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    previous_key_expires_at = models.DateTimeField(
+        "previous secret valid until", null=True, blank=True)
+    budget_usd = models.DecimalField("budget (USD)", max_digits=14, decimal_places=6, null=True,
+                                     blank=True, validators=[MinValueValidator(Decimal("0"))])
     budget_period = models.CharField(max_length=8, choices=BudgetPeriod.choices,
                                      default=BudgetPeriod.MONTH)
-    budget_alert_pct = models.PositiveSmallIntegerField(null=True, blank=True,
-                                                        validators=_alert_pct_validators())
-    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
-    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
-    max_tokens_default = models.PositiveIntegerField(null=True, blank=True)
+    budget_alert_pct = models.PositiveSmallIntegerField(
+        "budget alert (%)", null=True, blank=True, validators=_alert_pct_validators(),
+        help_text="Send an alert when this % of the budget is spent (1-100).")
+    rpm_limit = models.PositiveIntegerField("requests per minute", null=True, blank=True,
+                                            help_text="Empty: no limit.")
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True,
+                                            help_text="Empty: no limit.")
+    max_tokens_default = models.PositiveIntegerField(
+        "default max. tokens", null=True, blank=True,
+        help_text="Output cap for requests that send none (also what the budget reserves).")
     revoked = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -8,15 +8,22 @@ hold yet.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+
+from django.db.models import Case, OuterRef, Q, QuerySet, Subquery, Sum, Value, When
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from gateway.routing import Candidate
 from gateway.types import CodecOptions
 from providers.crypto import SecretUnreadable, secret_decrypt
-from providers.models import PRICE_OPTIONAL_FIELDS, ApiKey, ConfigVersion, ModelRoute, Price
+from providers.models import (PRICE_OPTIONAL_FIELDS, ApiKey, BudgetPeriod, ConfigVersion,
+                              ModelRoute, Price)
 from providers.translation import codec_options, upstream_kind
+from usage.budgets import period_bounds
+from usage.models import BudgetCounter
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +63,15 @@ class KeyInfo:
     rpm_limit: int | None
     tpm_limit: int | None
     max_tokens_default: int | None
+    # When this secret stops working: the key's expiry or, for a rotated-out secret, the end
+    # of its grace period, whichever comes first. None: never.
+    expires_at: datetime | None = None
 
     def may_use(self, public_model: str) -> bool:
         return not self.allowed_models or public_model in self.allowed_models
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +124,60 @@ class RoutingSnapshot:
         return sorted(self.deployments)
 
 
+def public_models_served() -> list[str]:
+    """The public model names an enabled route of an enabled provider serves now, sorted."""
+    return sorted(set(ModelRoute.objects.enabled().values_list("public_model", flat=True)))
+
+
+def route_shares_annotate(routes: QuerySet) -> QuerySet:
+    """Routes annotated with `tier_weight`: the sum of the effective weights of the served
+    routes (route and provider enabled) of the same public model at the same effective
+    priority, in the same query. Weighted round-robin gives a served route weight /
+    tier_weight of its tier's requests; a higher priority is a fallback tier, used only when
+    the lower ones fail."""
+    tier = (ModelRoute.objects.enabled()
+            .annotate(w=Coalesce("weight", "provider__weight"),
+                      p=Coalesce("priority", "provider__priority"))
+            .filter(public_model=OuterRef("public_model"), p=OuterRef("tier_priority"))
+            .order_by().values("public_model").annotate(total=Sum("w")).values("total"))
+    return (routes.annotate(tier_priority=Coalesce("priority", "provider__priority"))
+            .annotate(tier_weight=Subquery(tier[:1])))
+
+
+def budget_spent_units(*, scope: str, now: datetime) -> Subquery:
+    """For a queryset of keys (`scope` "key") or teams ("team"): the units spent in the current
+    period of each row's own `budget_period`, from the budget counters (one correlated index
+    seek per row, in the same query; null when the period has no counter yet)."""
+    start = Case(*(When(period=period, then=Value(period_bounds(period, now)[0]))
+                   for period in BudgetPeriod.values))
+    counters = BudgetCounter.objects.filter(scope=scope, scope_id=OuterRef("pk"),
+                                            period=OuterRef("budget_period"), period_start=start)
+    return Subquery(counters.values("spent_units")[:1])
+
+
 def config_version_get() -> str | None:
     return ConfigVersion.objects.values_list("token", flat=True).first()
 
 
 def api_key_active_get(*, key_hash: str) -> KeyInfo | None:
-    """The unrevoked key with this digest, read now (one query on the unique `key_hash`), for a
-    key created after the snapshot was loaded; None when there is none."""
-    key = ApiKey.objects.active().select_related("team").filter(key_hash=key_hash).first()
-    return _key_info(key) if key is not None else None
+    """The unrevoked, unexpired key with this digest, read now (one query on the indexed
+    `key_hash` and `previous_key_hash`), for a key created or rotated after the snapshot was
+    loaded; None when there is none. A rotated-out secret is found until its grace ends."""
+    now = timezone.now()
+    key = (ApiKey.objects.active().select_related("team")
+           .filter(Q(key_hash=key_hash)
+                   | Q(previous_key_hash=key_hash, previous_key_expires_at__gt=now))
+           .exclude(expires_at__lte=now).first())
+    if key is None:
+        return None
+    return _key_info(key) if key.key_hash == key_hash else _previous_key_info(key)
+
+
+def _previous_key_info(key: ApiKey) -> KeyInfo:
+    """The key as its rotated-out secret sees it: valid until the grace ends (or the key
+    expires, if sooner)."""
+    ends = [t for t in (key.expires_at, key.previous_key_expires_at) if t is not None]
+    return replace(_key_info(key), expires_at=min(ends))
 
 
 def _key_info(key: ApiKey) -> KeyInfo:
@@ -137,6 +195,7 @@ def _key_info(key: ApiKey) -> KeyInfo:
         rpm_limit=key.rpm_limit,
         tpm_limit=key.tpm_limit,
         max_tokens_default=key.max_tokens_default,
+        expires_at=key.expires_at,
     )
 
 
@@ -177,7 +236,13 @@ def routing_snapshot_load() -> RoutingSnapshot:
             api_key=api_key,
         ))
 
-    keys = {key.key_hash: _key_info(key) for key in ApiKey.objects.active().select_related("team")}
+    keys: dict[str, KeyInfo] = {}
+    # Expired keys stay in the snapshot: expiry is checked per request (providers.cache), as a
+    # key expires between reloads too.
+    for key in ApiKey.objects.active().select_related("team"):
+        keys[key.key_hash] = _key_info(key)
+        if key.previous_key_hash and key.previous_key_expires_at is not None:
+            keys[key.previous_key_hash] = _previous_key_info(key)
 
     prices: dict[tuple[int | None, str], list[PriceInfo]] = {}
     for price in Price.objects.order_by("-effective_from", "-id"):

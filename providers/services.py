@@ -6,7 +6,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -239,10 +239,11 @@ def provider_secrets_rotate() -> int:
 def api_key_create(*, name: str, team: str | None = None, models: list[str] | None = None,
                    budget_usd: Decimal | None = None, budget_period: str = "month",
                    rpm: int | None = None, tpm: int | None = None,
-                   max_tokens_default: int | None = None,
+                   max_tokens_default: int | None = None, expires_at: datetime | None = None,
                    actor: str = "create_api_key") -> tuple[ApiKey, str]:
     """Create a key; returns it with the raw secret, which is never stored or shown again.
-    The key (and a team it creates) is written to the audit log under `actor`."""
+    The key (and a team it creates) is written to the audit log under `actor`. From
+    `expires_at` on, the key is refused (None: never)."""
     team_obj = None
     if team:
         team_obj, team_created = Team.objects.get_or_create(name=team)
@@ -254,11 +255,34 @@ def api_key_create(*, name: str, team: str | None = None, models: list[str] | No
         name=name, team=team_obj, prefix=api_key_prefix(raw), key_hash=api_key_hash(raw),
         allowed_models=sorted(set(models or [])), budget_usd=budget_usd,
         budget_period=budget_period, rpm_limit=rpm, tpm_limit=tpm,
-        max_tokens_default=max_tokens_default,
+        max_tokens_default=max_tokens_default, expires_at=expires_at,
     )
     audit_log_write(obj=key, action=AuditAction.ADD, before=None, after=audit_state(key), actor=actor)
     config_version_bump()
     return key, raw
+
+
+@transaction.atomic
+def api_key_rotate(*, key: ApiKey, grace: timedelta, user=None, actor: str = "") -> str:
+    """Give the key a new secret and return it (never stored or shown again). The current
+    secret keeps working for `grace` (none when zero), then stops; a secret rotated out
+    earlier stops now: only the newest two are ever valid. Spend, limits and the ledger stay
+    with the key. Logged under `user`, else `actor`. Raises ValueError for a negative grace."""
+    if grace < timedelta(0):
+        raise ValueError("the grace period cannot be negative")
+    before = audit_state(key)
+    raw = api_key_generate()
+    if grace:
+        key.previous_key_hash = key.key_hash
+        key.previous_key_expires_at = timezone.now() + grace
+    else:
+        key.previous_key_hash, key.previous_key_expires_at = "", None
+    key.key_hash, key.prefix = api_key_hash(raw), api_key_prefix(raw)
+    key.save(update_fields=["key_hash", "prefix", "previous_key_hash", "previous_key_expires_at"])
+    audit_log_write(obj=key, action=AuditAction.CHANGE, before=before, after=audit_state(key),
+                    user=user, actor=actor)
+    config_version_bump()
+    return raw
 
 
 @transaction.atomic
@@ -308,7 +332,7 @@ def demo_config_load() -> DemoSetup | None:
 AUDITED_TYPES = {Provider: "provider", ModelRoute: "route", Price: "price", ApiKey: "api_key",
                  Team: "team"}
 # Never logged, not even masked: a key's hash identifies the secret.
-_UNLOGGED_FIELDS = {"id", "key_hash", "created_at", "updated_at"}
+_UNLOGGED_FIELDS = {"id", "key_hash", "previous_key_hash", "created_at", "updated_at"}
 _SECRET = "•••"
 
 

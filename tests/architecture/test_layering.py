@@ -6,7 +6,8 @@
 1 domain    providers, usage, tasks, response_store: models, services, selectors, pricing,
             budgets, ledger
 2 proxy     the rest of gateway/: adapters, pipeline, relay, surfaces, ASGI, health, metrics
-3 apps      chat, the task endpoint, the Django admin modules, the finance reports
+3 apps      chat, the task endpoint, the Django admin modules, the finance reports, the
+            landing page and 403 page (gateway.home)
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ PACKAGES = ("gateway", "providers", "usage", "tasks", "chat", "response_store")
 CORE = ("gateway.types", "gateway.errors", "gateway.codecs", "gateway.dialects", "gateway.tokens",
         "gateway.database", "gateway.cancellation", "gateway.shared_state", "gateway.streaming",
         "gateway.logs", "gateway.settings", "gateway.routing")
-APPS = ("chat", "tasks.views", "usage.views", "usage.api", "usage.forms", "usage.permissions",
-        "usage.urls", "tasks.urls")
+APPS = ("chat", "gateway.home", "tasks.views", "usage.views", "usage.api", "usage.forms",
+        "usage.permissions", "usage.urls", "tasks.urls")
 
 
 def _within(module: str, prefixes: tuple[str, ...]) -> bool:
