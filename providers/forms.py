@@ -65,7 +65,8 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = "__all__"
+        # The secret's digests and prefix are set by the services, never typed.
+        exclude = ["prefix", "key_hash", "previous_key_hash", "previous_key_expires_at"]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
