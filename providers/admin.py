@@ -30,6 +30,7 @@ from gateway.clients import client_pool
 from gateway.dialects import DIALECTS, dialect_for
 from gateway.routing import Candidate
 from gateway.routing_state import BreakerView, RedisRoutingState
+from providers.catalog import CatalogMissing, CatalogPrice, catalog_price
 from providers.crypto import SecretUnreadable, secret_decrypt, secret_encrypt
 from providers.forms import ApiKeyForm, KeyRotateForm
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
@@ -41,8 +42,8 @@ from providers.selectors import (Deployment, budget_spent_units, route_shares_an
 from providers.translation import (codec_options, credentials_problem, translation_problem,
                                    upstream_kind)
 from providers.validation import base_url_problem
-from providers.services import (api_key_revoke, api_key_rotate, audit_log_write, audit_state,
-                                config_version_bump)
+from providers.services import (PriceSyncOutcome, api_key_revoke, api_key_rotate,
+                                audit_log_write, audit_state, config_version_bump, prices_sync)
 from usage.budgets import units_to_usd
 from usage.models import UsageRecord
 
@@ -415,16 +416,61 @@ class PriceSupersedeForm(forms.ModelForm):
                   if isinstance(f, models.DecimalField) or f.name.startswith("long_context")]
 
 
+# Short names of the rates, in PRICE_RATE_FIELDS order, for the catalog comparison.
+_RATE_LABELS = {
+    "input_per_mtok": "input", "output_per_mtok": "output", "cached_input_per_mtok": "cache read",
+    "cache_write_5m_per_mtok": "cache write 5m", "cache_write_1h_per_mtok": "cache write 1h",
+    "reasoning_per_mtok": "reasoning", "audio_input_per_mtok": "audio in",
+    "audio_output_per_mtok": "audio out", "image_input_per_mtok": "image in",
+    "image_output_per_mtok": "image out", "long_context_threshold": "long context above",
+}
+
+
+def _rate_label(name: str) -> str:
+    if name in _RATE_LABELS:
+        return _RATE_LABELS[name]
+    return "long context " + _RATE_LABELS[name.replace("long_context_", "")]
+
+
+def _rate_text(value) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int):
+        return f"{value:,} tokens"
+    return f"${value.normalize():f}"
+
+
+def price_catalog_lookup(price: Price) -> CatalogPrice | str:
+    """The catalog's price for this row's model at its provider (a generic row: at the first
+    provider, by name, with an enabled route to the model), or why there is none."""
+    providers = ([price.provider] if price.provider_id else
+                 [r.provider for r in ModelRoute.objects.filter(
+                     upstream_model=price.upstream_model, enabled=True)
+                  .select_related("provider").order_by("provider__name")])
+    reason = "no route serves this model"
+    for provider in providers:
+        try:
+            return catalog_price(kind=provider.kind, base_url=provider.base_url,
+                                 upstream_model=price.upstream_model, at=timezone.now())
+        except CatalogMissing as exc:
+            reason = str(exc)
+    return reason
+
+
 @admin.register(Price)
 class PriceAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     """Prices are versioned: add a new row; existing rows are read-only. A version is in force
-    from its `effective_from` until a newer version of the same (model, provider) starts."""
+    from its `effective_from` until a newer version of the same (model, provider) starts.
+    Each row shows the catalog's price (genai-prices, offline) beside its own and flags the
+    rates that differ; the action "Sync from the catalog" runs prices_sync."""
 
     list_display = ["upstream_model", "provider", "input_per_mtok", "output_per_mtok",
-                    "cached_input_per_mtok", "effective_from", "in_force"]
-    list_filter = ["provider"]
+                    "cached_input_per_mtok", "effective_from", "in_force", "source", "catalog"]
+    list_filter = ["provider", "source"]
     search_fields = ["upstream_model"]
-    readonly_fields = ["in_force", "new_version"]
+    readonly_fields = ["in_force", "new_version", "source", "catalog_version", "catalog_date",
+                       "catalog_price"]
+    actions = ["catalog_sync"]
 
     change_form_template = "admin/providers/price/change_form.html"
 
@@ -482,6 +528,62 @@ class PriceAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     @admin.display(boolean=True)
     def in_force(self, obj):
         return _price_in_force_pk(obj) == obj.pk
+
+    @admin.display(description="Catalog (genai-prices)")
+    def catalog(self, obj):
+        """The catalog's input / output rates, and whether this row's rates match it."""
+        found = price_catalog_lookup(obj)
+        if isinstance(found, str):
+            return format_html('<span title="{}">not in catalog</span>', found)
+        differs = found.differs_from(obj)
+        flag = (format_html('<span class="state off" title="{}">differs</span>',
+                            ", ".join(_rate_label(f) for f in differs)) if differs
+                else format_html('<span class="state on">{}</span>', "same"))
+        return format_html('<span class="nowrap">{} / {}</span> {}',
+                           _rate_text(found.rates["input_per_mtok"]),
+                           _rate_text(found.rates["output_per_mtok"]), flag)
+
+    @admin.display(description="Catalog's price")
+    def catalog_price(self, obj):
+        """Every rate the catalog gives beside this version's, the differing ones flagged."""
+        found = price_catalog_lookup(obj)
+        if isinstance(found, str):
+            return f"Not in the catalog: {found}."
+        rows = [(_rate_label(name), _rate_text(getattr(obj, name)), _rate_text(found.rates[name]),
+                 "differs" if getattr(obj, name) != found.rates[name] else "")
+                for name in found.rates
+                if getattr(obj, name) is not None or found.rates[name] is not None]
+        when = f", dated {found.date:%Y-%m-%d}" if found.date else ""
+        return format_html(
+            '<table class="catalog-price"><caption>{} {} in genai-prices {}{}</caption>'
+            '<tr><th>rate</th><th>this version</th><th>catalog</th><th></th></tr>{}</table>',
+            found.catalog_provider, found.catalog_model, found.version, when,
+            format_html_join("", '<tr><td>{}</td><td>{}</td><td>{}</td>'
+                                 '<td><span class="state off">{}</span></td></tr>', rows))
+
+    def changelist_view(self, request, extra_context=None):
+        # The catalog sync acts on the models in use, not on a selection: it runs with none
+        # (Django refuses an action without a selected row, even on an empty list).
+        if (request.method == "POST" and request.POST.get("action") == "catalog_sync"
+                and not request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME)):
+            post = request.POST.copy()
+            post.setlist(admin.helpers.ACTION_CHECKBOX_NAME, ["0"])
+            post["select_across"] = "1"
+            request.POST = post
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Sync from the catalog (genai-prices): every model in use, "
+                              "whatever is selected", permissions=["add"])
+    def catalog_sync(self, request, queryset):
+        """prices_sync for every enabled route, as this admin; lists what it added."""
+        items = prices_sync(actor=request.user.get_username(), user=request.user)
+        added = [i for i in items if i.outcome == PriceSyncOutcome.ADDED]
+        counts = ", ".join(f"{n} {outcome}" for outcome in PriceSyncOutcome
+                           if (n := sum(i.outcome == outcome for i in items)))
+        self.message_user(request, f"Catalog sync: {counts or 'no upstream models in use'}.",
+                          messages.SUCCESS if added else messages.INFO)
+        for item in added:
+            self.message_user(request, f"Added {item.added} ({item.detail}).", messages.SUCCESS)
 
     @admin.display(description="New version")
     def new_version(self, obj):

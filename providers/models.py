@@ -101,6 +101,12 @@ class ModelRoute(models.Model):
         return self.provider.priority if self.priority is None else self.priority
 
 
+class PriceSource(models.TextChoices):
+    ADMIN = "admin", "admin"
+    CONFIG = "config", "routing file"
+    CATALOG = "genai-prices", "catalog (genai-prices)"
+
+
 def _rate(help_text: str, *, required: bool = False) -> models.DecimalField:
     return models.DecimalField(max_digits=14, decimal_places=6, null=not required,
                                blank=not required, help_text=help_text,
@@ -147,6 +153,18 @@ class Price(models.Model):
         "Long context: 1-hour cache writes. Empty: the long-context input rate.")
     effective_from = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Provenance, set by whoever writes the row (providers.services), never by a form.
+    source = models.CharField(
+        max_length=32, choices=PriceSource.choices, default=PriceSource.ADMIN, editable=False,
+        help_text="Who entered this version: an admin (the admin or the routing file) or the "
+                  "price catalog. A price an admin entered is never replaced by the catalog.")
+    catalog_version = models.CharField(
+        max_length=32, blank=True, default="", editable=False,
+        help_text="The catalog's version (the genai-prices package) this version came from.")
+    catalog_date = models.DateField(
+        null=True, blank=True, editable=False,
+        help_text="The catalog's own date for these rates: the day from which it lists them. "
+                  "Empty: the catalog lists them without a date.")
 
     class Meta:
         ordering = ["upstream_model", "-effective_from"]

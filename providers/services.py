@@ -2,26 +2,30 @@
 running servers pick it up within ~1 s (providers.cache)."""
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from gateway.dialects import MOCK_KIND
+from providers.catalog import CatalogMissing, CatalogPrice, catalog_price
 from providers.config_file import (ConfigError, ConfigSpec, PriceSpec, ProviderSpec,
                                    SectionResult, config_sections)
 from providers.crypto import secret_encrypt, secret_rotate
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
 from providers.models import (
-    ApiKey, AuditAction, AuditLog, ConfigVersion, ModelRoute, Price, Provider, Team,
+    ApiKey, AuditAction, AuditLog, ConfigVersion, ModelRoute, Price, PriceSource, Provider, Team,
 )
 
 
@@ -142,10 +146,104 @@ def _price_add_if_changed(p: PriceSpec, *, actor: str) -> int:
     if current and all(getattr(current, name) == value for name, value in rates.items()):
         return 0
     price = Price.objects.create(upstream_model=p.upstream_model, provider=provider,
-                                 effective_from=p.effective_from or now, **rates)
+                                 effective_from=p.effective_from or now,
+                                 source=PriceSource.CONFIG, **rates)
     audit_log_write(obj=price, action=AuditAction.ADD, before=None, after=audit_state(price),
                     actor=actor)
     return 1
+
+
+# --- Price catalog ------------------------------------------------------------------------------
+
+class PriceSyncOutcome(StrEnum):
+    ADDED = "added"
+    WOULD_ADD = "would add"  # --dry-run
+    UNCHANGED = "unchanged"
+    ADMIN_PRICE = "admin price kept"
+    MISSING = "not in catalog"
+
+
+@dataclass(frozen=True)
+class PriceSyncItem:
+    """What prices_sync did (or would do) for one upstream model of one provider."""
+
+    provider: str
+    upstream_model: str
+    outcome: PriceSyncOutcome
+    # The fields that differ, why the catalog has no price, or which admin price was kept.
+    detail: str = ""
+    catalog: CatalogPrice | None = None
+    added: Price | None = None
+
+
+def price_in_force(*, provider: Provider, upstream_model: str, at: datetime) -> Price | None:
+    """The version billing uses for `upstream_model` at `provider` on `at` (as
+    RoutingSnapshot.price_for): the provider's own, else the generic one."""
+    rows = (Price.objects.filter(upstream_model=upstream_model, effective_from__lte=at)
+            .filter(Q(provider=provider) | Q(provider__isnull=True))
+            .order_by("-effective_from", "-id"))
+    own = generic = None
+    for row in rows:
+        if row.provider_id == provider.pk and own is None:
+            own = row
+        elif row.provider_id is None and generic is None:
+            generic = row
+    return own or generic
+
+
+def _price_sync_one(*, provider: Provider, upstream_model: str, now: datetime, dry_run: bool,
+                    actor: str, user) -> PriceSyncItem:
+    item = functools.partial(PriceSyncItem, provider=provider.name, upstream_model=upstream_model)
+    try:
+        catalog = catalog_price(kind=provider.kind, base_url=provider.base_url,
+                                upstream_model=upstream_model, at=now)
+    except CatalogMissing as exc:
+        return item(outcome=PriceSyncOutcome.MISSING, detail=str(exc))
+    current = price_in_force(provider=provider, upstream_model=upstream_model, at=now)
+    if current is not None and current.source != PriceSource.CATALOG:
+        return item(outcome=PriceSyncOutcome.ADMIN_PRICE, catalog=catalog,
+                    detail=f"{current} ({current.get_source_display()})")
+    differs = catalog.differs_from(current) if current is not None else ["no price"]
+    if not differs:
+        return item(outcome=PriceSyncOutcome.UNCHANGED, catalog=catalog)
+    detail = ", ".join(differs)
+    if dry_run:
+        return item(outcome=PriceSyncOutcome.WOULD_ADD, catalog=catalog, detail=detail)
+    price = Price.objects.create(
+        upstream_model=upstream_model, provider=provider, effective_from=now,
+        source=PriceSource.CATALOG, catalog_version=catalog.version,
+        catalog_date=catalog.date, **catalog.rates)
+    audit_log_write(obj=price, action=AuditAction.ADD, before=None, after=audit_state(price),
+                    actor=actor, user=user)
+    return item(outcome=PriceSyncOutcome.ADDED, catalog=catalog, detail=detail, added=price)
+
+
+@transaction.atomic
+def prices_sync(*, provider: Provider | None = None, dry_run: bool = False,
+                actor: str = "prices_sync", user=None,
+                now: datetime | None = None) -> list[PriceSyncItem]:
+    """Bring the prices of the upstream models in use up to the catalog (providers.catalog).
+
+    In use: served by an enabled route of an enabled provider, or, with `provider`, by an
+    enabled route of that provider. For each (provider, upstream model), the catalog's price is
+    compared with the version in force (`price_in_force`): when that version was entered by an
+    admin (the admin or the routing file), it is kept, whatever the catalog says; when there is
+    none, or it came from the catalog and its rates differ, a new version of the provider's own
+    is added, in force from `now`, with its provenance (source genai-prices, the catalog's
+    version and date) and an audit log entry under `actor`/`user`. So a second run adds
+    nothing. `dry_run`: the same answer, nothing written. Returns one item per (provider,
+    upstream model), sorted by both."""
+    now = now or timezone.now()
+    routes = (ModelRoute.objects.enabled() if provider is None
+              else ModelRoute.objects.filter(provider=provider, enabled=True))
+    pairs = {(r.provider.name, r.upstream_model): r.provider
+             for r in routes.select_related("provider")}
+    items = [_price_sync_one(provider=pairs[key], upstream_model=key[1], now=now,
+                             dry_run=dry_run, actor=actor, user=user)
+             for key in sorted(pairs)]
+    if any(i.outcome == PriceSyncOutcome.ADDED for i in items):
+        config_version_bump()
+    return items
 
 
 def _env_placeholder(provider_name: str) -> str:
@@ -377,7 +475,7 @@ def audit_state(obj) -> dict[str, object]:
             state[f.name] = _url_masked(value or "")
         elif isinstance(value, Decimal):
             state[f.attname] = format(value.normalize(), "f")
-        elif isinstance(value, datetime):
+        elif isinstance(value, date):  # a datetime or a date
             state[f.attname] = value.isoformat()
         else:
             state[f.attname] = value
