@@ -368,6 +368,11 @@ class CodecOptions:
     region: str | None = None
     project: str | None = None
     aws_profile: str | None = None
+    # Anthropic Messages (providers.translation `auto_cache`): a request translated from
+    # another dialect that carries no `cache_control` of its own gets ephemeral breakpoints
+    # (last tool, last system block, last two user turns), so an agent loop's growing prefix
+    # is read from Anthropic's cache instead of billed again on every turn.
+    auto_cache: bool = True
 
     def clamp_max_tokens(self, max_tokens: int | None) -> int | None:
         """`max_tokens` within the route's output limit (None stays None)."""

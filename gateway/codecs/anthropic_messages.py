@@ -13,6 +13,11 @@ Rules of the Anthropic API that `build_request` enforces on requests from other 
 - `temperature` tops out at 1 (OpenAI's goes to 2); higher values are sent as 1.
 - Structured output: a JSON schema goes to `output_config.format`; plain JSON mode has no
   Anthropic form and is not sent.
+- Prompt caching (CodecOptions.auto_cache): a request from another dialect that carries no
+  `cache_control` of its own gets ephemeral breakpoints on the last tool, the last system
+  block and the last block of each of the last two user turns (at most 4, Anthropic's limit).
+  Anthropic caches only the prefix up to a breakpoint, so without them an agent loop pays full
+  price for its whole history on every turn; with them, turn N reads what turn N-1 wrote.
 """
 from __future__ import annotations
 
@@ -356,7 +361,41 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
         body["output_config"] = output_config
     if req.surface == "anthropic_messages":
         body.update({k: v for k, v in req.extra.items() if k not in body})
+    elif options.auto_cache and not _has_cache_control(body):
+        _add_breakpoints(body)
     return body
+
+
+_EPHEMERAL = {"type": "ephemeral"}
+_USER_BREAKPOINTS = 2
+
+
+def _has_cache_control(body: dict[str, Any]) -> bool:
+    system = body.get("system")
+    blocks = [*body.get("tools", ()), *(system if isinstance(system, list) else ())]
+    for message in body["messages"]:
+        for block in message["content"]:
+            blocks.append(block)
+            if isinstance(block.get("content"), list):  # a tool result's own blocks
+                blocks.extend(block["content"])
+    return any("cache_control" in b for b in blocks)
+
+
+def _add_breakpoints(body: dict[str, Any]) -> None:
+    """Marks the cache breakpoints of a translated request (see the module docstring): the
+    tools, the system prompt, and the last two user turns (the newest one writes the prefix
+    the next request reads; the one before reads what the previous request wrote, should the
+    newest turn add more blocks than Anthropic looks back over, 20). Below Anthropic's minimum
+    cacheable prefix (1024 to 4096 tokens, by model) a breakpoint is ignored, not refused."""
+    if body.get("tools"):
+        body["tools"][-1]["cache_control"] = dict(_EPHEMERAL)
+    if isinstance(body.get("system"), str):
+        body["system"] = [{"type": "text", "text": body["system"]}]
+    if body.get("system"):
+        body["system"][-1]["cache_control"] = dict(_EPHEMERAL)
+    user_turns = [m for m in body["messages"] if m["role"] == "user"]
+    for message in user_turns[-_USER_BREAKPOINTS:]:
+        message["content"][-1]["cache_control"] = dict(_EPHEMERAL)
 
 
 def _with_cache(block: dict[str, Any], cache_control: Any) -> dict[str, Any]:

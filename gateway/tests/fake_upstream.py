@@ -13,10 +13,13 @@ event grammar (message_start, content blocks with their deltas, ping, message_de
 usage, message_stop), with tool input JSON split across `input_json_delta` events. An agent
 loop is scripted with `until_tool_result` (tool calls until a tool result comes back, then the
 reply); `stream_as_json` answers a streamed request with one JSON body, as some servers do.
+`prefix_cache` makes `/messages` account for Anthropic's prompt cache (`_PrefixCache`) instead
+of reporting the fixed 11 input tokens.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import socket
 import struct
 import threading
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+
+from gateway.tokens import text_tokens
 
 
 class Gate:
@@ -79,6 +84,9 @@ class Behaviour:
     system_turns: bool = True
     # An agent loop: call the tools only until a tool result comes back, then answer `reply`.
     until_tool_result: bool = False
+    # Messages: usage from Anthropic's prefix-cache accounting over the requests this provider
+    # received since the last reset (`_PrefixCache`), instead of the fixed 11 input tokens.
+    prefix_cache: bool = False
 
     def calls(self) -> list[dict]:
         return self.tool_calls if self.tool_calls is not None else \
@@ -123,9 +131,60 @@ def _split(text: str, parts: int) -> list[str]:
     return [text[i:i + size] for i in range(0, len(text), size)]
 
 
-def _anthropic_usage(b: Behaviour) -> dict:
+class _PrefixCache:
+    """Anthropic's prompt-cache accounting, as its docs describe it, for one provider. A
+    request is a sequence of blocks: tools, system blocks, then each message's content blocks
+    (a string content is one block). A block marked `cache_control` is a breakpoint: the prefix
+    up to it is written to the cache. A later request reads the longest prefix written before,
+    found at a breakpoint or up to 20 blocks before one. Usage: `cache_read_input_tokens` is
+    that prefix, `cache_creation_input_tokens` what follows it up to the last breakpoint,
+    `input_tokens` the rest. Tokens are gateway.tokens.text_tokens of each block's canonical
+    JSON (without its cache_control); prefixes are keyed by the model and those JSONs."""
+
+    LOOKBACK = 20
+
+    def __init__(self) -> None:
+        self._written: set[bytes] = set()
+
+    def usage(self, body: dict) -> dict[str, int]:
+        blocks = _prefix_blocks(body)
+        tokens = [text_tokens(json.decode()) for _, json, _ in blocks]
+        prefixes, running = [], hashlib.sha256(orjson.dumps(body.get("model")))
+        for where, json, _ in blocks:
+            running.update(orjson.dumps(where) + json)
+            prefixes.append(running.digest())
+        breakpoints = [i for i, (_, _, marked) in enumerate(blocks) if marked]
+        read_to = max((j for bp in breakpoints for j in range(bp, max(bp - self.LOOKBACK, -1), -1)
+                       if prefixes[j] in self._written), default=-1)
+        write_to = max(breakpoints, default=-1)
+        self._written.update(prefixes[i] for i in breakpoints)
+        read = sum(tokens[:read_to + 1])
+        written = sum(tokens[read_to + 1:write_to + 1])
+        return {"input_tokens": sum(tokens) - read - written,
+                "cache_creation_input_tokens": written, "cache_read_input_tokens": read}
+
+
+def _prefix_blocks(body: dict) -> list[tuple[str, bytes, bool]]:
+    """A Messages body's blocks in cache order: where each is (tool, system or the message's
+    role), its canonical JSON without `cache_control`, and whether it is marked."""
+    system = body.get("system") or []
+    items: list[tuple[str, dict]] = [("tool", t) for t in body.get("tools") or []]
+    items += [("system", b) for b in ([{"type": "text", "text": system}]
+                                      if isinstance(system, str) else system)]
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        items += [(message.get("role"), b) for b in ([{"type": "text", "text": content}]
+                                                     if isinstance(content, str) else content)]
+    return [(where, orjson.dumps({k: v for k, v in b.items() if k != "cache_control"},
+                                 option=orjson.OPT_SORT_KEYS), "cache_control" in b)
+            for where, b in items]
+
+
+def _anthropic_usage(b: Behaviour, cache: dict[str, int] | None = None) -> dict:
     usage = {"input_tokens": 11 - b.cached_tokens, "cache_creation_input_tokens": 0,
              "cache_read_input_tokens": b.cached_tokens, "output_tokens": 7}
+    if cache is not None:
+        usage.update(cache)
     if b.reasoning_tokens:
         usage["output_tokens_details"] = {"thinking_tokens": b.reasoning_tokens}
     return usage
@@ -200,6 +259,7 @@ class FakeUpstream:
     answered: int = 0                   # requests whose handler has finished, however it ended
     port: int = 0
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _prefix_caches: dict[str, _PrefixCache] = field(default_factory=dict, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     def behave(self, provider: str, **knobs) -> Behaviour:
@@ -219,6 +279,7 @@ class FakeUpstream:
         with self._changed:
             self.behaviours.clear()
             self.received.clear()
+            self._prefix_caches.clear()
             self.answered = 0
 
     def wait_for_calls(self, count: int, provider: str | None = None,
@@ -430,8 +491,10 @@ class FakeUpstream:
         message = {"id": "msg_fake", "type": "message", "role": "assistant",
                    "model": body.get("model"), "content": blocks, "stop_reason": stop,
                    "stop_sequence": None}
+        cache = self._prefix_caches.setdefault(request.match_info["provider"], _PrefixCache()
+                                               ).usage(body) if b.prefix_cache else None
         if b.send_usage:
-            message["usage"] = _anthropic_usage(b)
+            message["usage"] = _anthropic_usage(b, cache)
         if not body.get("stream") or b.stream_as_json:
             return web.json_response(message)
 
@@ -447,7 +510,7 @@ class FakeUpstream:
 
         start = {**message, "content": [], "stop_reason": None}
         if b.send_usage:
-            start["usage"] = {**_anthropic_usage(b), "output_tokens": 1}
+            start["usage"] = {**_anthropic_usage(b, cache), "output_tokens": 1}
         await send("message_start", {"type": "message_start", "message": start})
         # (event, data, counts as content) in order; content events are what cut_after counts.
         events: list[tuple[str, dict, bool]] = []

@@ -166,11 +166,16 @@ def test_build_request_from_an_openai_client_follows_anthropic_rules() -> None:
     body = anthropic_messages.build_request(req, upstream_model="claude-up", stream=True,
                                             options=OPTIONS)
     assert sdk_valid(body) == body
+    # Cache breakpoints (no cache_control of the client's own): the last tool, the last
+    # system block, the last block of each of the last two user turns.
+    cache = {"type": "ephemeral"}
+    assert body["tools"][-1]["cache_control"] == cache
     assert body["system"] == [{"type": "text", "text": "Be brief."},
-                              {"type": "text", "text": "Use tools."}]
+                              {"type": "text", "text": "Use tools.", "cache_control": cache}]
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
     assert body["messages"][0]["content"][1] == {
-        "type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+        "type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG},
+        "cache_control": cache}
     assert body["messages"][1]["content"] == [
         {"type": "tool_use", "id": "functions_get_weather_0", "name": "get_weather",
          "input": {"city": "Bern"}},
@@ -179,7 +184,7 @@ def test_build_request_from_an_openai_client_follows_anthropic_rules() -> None:
     assert body["messages"][2]["content"] == [
         {"type": "tool_result", "tool_use_id": "functions_get_weather_0", "content": "12°C"},
         {"type": "tool_result", "tool_use_id": "functions_get_weather_1", "content": "14°C"},
-        {"type": "text", "text": "Thanks, and tomorrow?"}]
+        {"type": "text", "text": "Thanks, and tomorrow?", "cache_control": cache}]
     assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
     assert (body["max_tokens"], body["stop_sequences"], body["metadata"], body["stream"]) \
         == (20000, ["END"], {"user_id": "u-7"}, True)

@@ -33,6 +33,8 @@ TARGETS: dict[str, tuple[Any, CodecOptions]] = {
                                                         max_output_tokens=16384)),
     "openai_chat_no_reasoning": (openai_chat, CodecOptions(reasoning=False)),
     "anthropic_messages": (anthropic_messages, CodecOptions(reasoning=True)),
+    "anthropic_messages_no_cache": (anthropic_messages, CodecOptions(reasoning=True,
+                                                                     auto_cache=False)),
     "openai_responses": (openai_responses, CodecOptions()),
 }
 CACHE_1H = {"type": "ephemeral", "ttl": "1h"}
@@ -148,6 +150,30 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
         "text": {"verbosity": "low"}, "service_tier": "auto", "truncation": "auto",
         "client_metadata": {"turn_id": "t1"},
     }, ("openai_chat", "anthropic_messages")),
+    # An OpenAI agent loop reaching Anthropic: cache breakpoints on the last tool, the system
+    # prompt and the last two user turns (the parallel results share the last one), unless the
+    # route turns auto_cache off.
+    "chat_agent_loop_to_anthropic": ("openai_chat", {
+        "model": "m", "max_tokens": 500,
+        "messages": [
+            {"role": "system", "content": "You are an agent."},
+            {"role": "user", "content": "List, then read."},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "ls", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "a.txt b.txt"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_2", "type": "function",
+                 "function": {"name": "cat", "arguments": "{\"path\":\"a.txt\"}"}},
+                {"id": "call_3", "type": "function",
+                 "function": {"name": "cat", "arguments": "{\"path\":\"b.txt\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_2", "content": "A"},
+            {"role": "tool", "tool_call_id": "call_3", "content": "B"}],
+        "tools": [{"type": "function", "function": {"name": "ls", "parameters": {
+                      "type": "object", "properties": {}}}},
+                  {"type": "function", "function": {"name": "cat", "parameters": {
+                      "type": "object", "properties": {"path": {"type": "string"}}}}}],
+    }, ("anthropic_messages", "anthropic_messages_no_cache")),
     # A Chat Completions client reaching a Responses-only model.
     "chat_to_responses": ("openai_chat", {
         "model": "m", "max_completion_tokens": 300, "reasoning_effort": "high",

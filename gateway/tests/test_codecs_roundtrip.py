@@ -78,11 +78,13 @@ def test_anthropic_sdk_gets_parallel_tool_calls_from_an_openai_upstream() -> Non
 
 def test_openai_sdk_gets_thinking_and_text_from_an_anthropic_upstream() -> None:
     def upstream(body: dict[str, Any]) -> dict[str, Any]:
-        assert body["system"] == "Be exact."
+        assert body["system"] == [{"type": "text", "text": "Be exact.",
+                                   "cache_control": {"type": "ephemeral"}}]
         assert body["thinking"] == {"type": "enabled", "budget_tokens": 4000}
         assert body["messages"] == [{"role": "user", "content": [
             {"type": "text", "text": "Describe"},
-            {"type": "image", "source": {"type": "url", "url": "https://x.test/c.png"}}]}]
+            {"type": "image", "source": {"type": "url", "url": "https://x.test/c.png"},
+             "cache_control": {"type": "ephemeral"}}]}]
         return {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-x",
                 "content": [{"type": "thinking", "thinking": "A cat.", "signature": "s"},
                             {"type": "text", "text": "A cat on a mat."}],

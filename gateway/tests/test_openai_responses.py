@@ -65,9 +65,11 @@ def test_create_is_translated_to_messages_for_an_anthropic_upstream(
     assert response.output_text == "Hello from the fake upstream, here is your answer."
     [call] = fake_anthropic_provider.calls()
     assert call.path.endswith("/v1/messages")
-    assert call.body == {"model": "up-claude", "max_tokens": 4096, "system": "Be brief.",
-                         "messages": [{"role": "user", "content": [
-                             {"type": "text", "text": "Hi there"}]}]}
+    cache = {"type": "ephemeral"}  # the breakpoints of automatic prompt caching
+    assert call.body == {"model": "up-claude", "max_tokens": 4096, "system": [
+        {"type": "text", "text": "Be brief.", "cache_control": cache}],
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Hi there", "cache_control": cache}]}]}
     row = UsageRecord.objects.get()
     assert (row.input_tokens, row.output_tokens, row.provider_name) == (11, 7, "fake-anth")
 
@@ -114,7 +116,8 @@ def test_function_calls_arrive_whole(gateway_url, fake_provider, fake_anthropic_
     sent = fake_provider.calls()[0].body
     if provider == "fake-anth":
         assert sent["tools"] == [{"name": "get_weather", "description": "Weather at a place",
-                                  "input_schema": TOOLS[0]["parameters"]}]
+                                  "input_schema": TOOLS[0]["parameters"],
+                                  "cache_control": {"type": "ephemeral"}}]
     else:
         assert sent["tools"][0]["function"]["name"] == "get_weather"
 
@@ -130,7 +133,8 @@ def test_function_call_output_goes_back_as_a_tool_result(gateway_url, fake_anthr
     assert messages[1] == {"role": "assistant", "content": [
         {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": json.loads(ARGS)}]}
     assert messages[2] == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "call_1", "content": "18 C, sunny"}]}
+        {"type": "tool_result", "tool_use_id": "call_1", "content": "18 C, sunny",
+         "cache_control": {"type": "ephemeral"}}]}
 
 
 def test_mock_upstream_serves_responses(gateway_url, mock_provider, api_key, ledger_rows):
