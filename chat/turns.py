@@ -34,7 +34,8 @@ from gateway.call import Call, call_begin
 from gateway.finish import call_cost
 from gateway.intake import read_json, resolve
 from gateway.pipeline import Job, call_open, disconnect_guard, upstream_bodies
-from gateway.relay import relay_stream
+from gateway.relay import StreamRelay, relay_stream
+from gateway.streaming import DRAIN_SECONDS
 from gateway.surfaces.events import DONE, event, event_relay, provider_event, refusal_payload
 from gateway.tokens import request_input_tokens
 from gateway.responses import json_response, openai_error, sse_response
@@ -130,9 +131,10 @@ def _answer(base: AnswerRecord, call: Call, snapshot: RoutingSnapshot, *, conten
 async def _answer_stream(call: Call, snapshot: RoutingSnapshot,
                          deployments: tuple[Deployment, ...], req: ChatRequest,
                          base: AnswerRecord):
-    """The answer's events; the answer is stored before `done` (or, when the client goes
-    away, in the background with what it had been sent)."""
-    encoder = None
+    """The answer's events; the answer is stored before `done`, or, when the client goes away,
+    in the background with what it had been sent, once the ledger row is written: its tokens
+    and cost are then the row's own."""
+    encoder = relay = stream = None
     stored = False
     try:
         try:
@@ -150,8 +152,9 @@ async def _answer_stream(call: Call, snapshot: RoutingSnapshot,
             yield DONE
             return
         relay, encoder = event_relay(call, snapshot, upstream.dialect.codec, closing=False)
-        async for chunk in relay_stream(call, snapshot, upstream, relay, headers={},
-                                        opening=(provider_event(call),)):
+        stream = relay_stream(call, snapshot, upstream, relay, headers={},
+                              opening=(provider_event(call),))
+        async for chunk in stream:
             yield chunk
         stored = True
         failed = encoder.error_message
@@ -161,11 +164,25 @@ async def _answer_stream(call: Call, snapshot: RoutingSnapshot,
         yield DONE
     except (asyncio.CancelledError, GeneratorExit):
         if not stored:
-            # What the user saw when they pressed stop (a drain may add more upstream text,
-            # and settles the ledger row again with the upstream's final usage).
-            if encoder is not None:
-                relay.settle()
-            detached_writes.start(db.run(chat_answer_store, answer=_answer(
-                base, call, snapshot, content=encoder.text if encoder else "",
-                status=MessageStatus.STOPPED)))
+            # What the user saw when they pressed stop (a drain may add more upstream text).
+            shown = encoder.text if encoder is not None else ""
+            if stream is not None:
+                # Left at our own `yield`, the relay is still open: its disconnect branch
+                # closes the upstream and writes the row now.
+                await stream.aclose()
+            detached_writes.start(_stopped_store(base, call, snapshot, relay, content=shown))
         raise
+
+
+async def _stopped_store(base: AnswerRecord, call: Call, snapshot: RoutingSnapshot,
+                         relay: StreamRelay | None, *, content: str) -> None:
+    """Store a stopped answer once its call's ledger row is written (a drain writes it later),
+    with the tokens and cost the row billed."""
+    if relay is not None:
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS + 10):
+                await relay.recorded.wait()
+        except TimeoutError:
+            pass  # stored with the call's tokens as they are; the row is the reference
+    await db.run(chat_answer_store, answer=_answer(base, call, snapshot, content=content,
+                                                   status=MessageStatus.STOPPED))

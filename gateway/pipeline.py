@@ -449,13 +449,16 @@ class disconnect_guard:
 
 
 async def stream_abandoned(call: Call, stream) -> None:
-    """Run a relay generator whose client left before its first byte: drive it to its end
-    (bounded by DRAIN_SECONDS) with the output discarded, so the upstream's usage is billed and
-    the call finished as `client_disconnected` by the relay's own code path."""
+    """Close a relay generator whose client left before its first byte, so that the relay's
+    own disconnect branch decides what happens (gateway.relay: the upstream closed at once and
+    what was streamed billed, or, with `drain_on_disconnect`, drained for its usage) and
+    finishes the call as `client_disconnected`. It is started first, since an unstarted
+    generator closes without running: that may read the upstream's first event (bounded by
+    DRAIN_SECONDS)."""
     call.disconnected()
     try:
         async with asyncio.timeout(DRAIN_SECONDS):
-            async for _ in stream:
-                pass
-    except TimeoutError:
-        await stream.aclose()
+            await anext(stream)
+    except (StopAsyncIteration, TimeoutError):
+        pass
+    await stream.aclose()

@@ -12,8 +12,10 @@ pair because they are written only here:
   stream the upstream closed or reset early is an `upstream_error` row (`stream_cut`), its
   breaker charged, never a `[DONE]`;
 - exactly one ledger row: on completion, in-band error, transport failure or timeout, and when
-  the client leaves (the upstream is then drained in the background, gateway.streaming.drainer,
-  so the row gets the upstream's final usage).
+  the client leaves. Then the upstream is closed at once (the provider stops generating and
+  bills what it generated) and the row bills what was streamed so far, counted and marked
+  estimated; a provider whose translation settings say `drain_on_disconnect: true` is drained
+  in the background instead (gateway.streaming.drainer), so the row gets its final usage.
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ from providers.selectors import RoutingSnapshot
 from usage.models import UsageStatus
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+def drains_on_disconnect(call: Call) -> bool:
+    """Whether a stream whose client left is read to its end for the upstream's own usage (the
+    deployment's `drain_on_disconnect`), rather than closed at once and billed as streamed."""
+    return call.deployment is not None and call.deployment.codec_options.drain_on_disconnect
 
 
 def encode_sse(event: SSEEvent) -> bytes:
@@ -63,6 +71,9 @@ class StreamRelay:
         self.streamed: list[str] = []
         self._start_usage: Usage | None = None
         self._usage: Usage | None = None
+        self._left = False
+        # Set once the call's ledger row is written (by relay_stream, or its drain).
+        self.recorded = asyncio.Event()
 
     def feed(self, event: str | None, data: str) -> list[bytes]:
         """One upstream SSE event in; the bytes to send the client. Raises UpstreamError for
@@ -131,9 +142,17 @@ class StreamRelay:
             elif isinstance(ev, StreamError):
                 self.failed = ev
 
+    def client_left(self) -> None:
+        """The client went away: from now on, usage the upstream reported counts only if its
+        stream had finished (a running count, such as Gemini's, is not what it bills)."""
+        self._left = True
+
     def settle(self) -> None:
-        """The call's tokens: the upstream's final usage, else an estimate of the output."""
-        if self._usage is not None:
+        """The call's tokens: the upstream's final usage, else an estimate: the prompt as the
+        upstream reported it when its stream began (else the gateway's estimate, already on the
+        call) and the output counted from the text streamed (gateway.tokens)."""
+        complete = self.done or self.stopped
+        if self._usage is not None and (complete or not self._left):
             self.call.usage_reported(self._usage)
         else:
             self.call.output_estimated(text_tokens("".join(self.streamed)),
@@ -167,6 +186,9 @@ async def relay_stream(call: Call, snapshot: RoutingSnapshot, upstream: Upstream
             # The client left while the row was being written: the row comes first.
             await finish
             raise
+        finally:
+            if finish.done():
+                relay.recorded.set()
 
     async def drain() -> None:
         read = 0
@@ -216,8 +238,12 @@ async def relay_stream(call: Call, snapshot: RoutingSnapshot, upstream: Upstream
         # was the one cancelled: either way the client is gone.
         if not recorded:
             call.disconnected()
-            draining = drainer.start(drain)
+            relay.client_left()
+            if drains_on_disconnect(call):
+                draining = drainer.start(drain)
             if not draining:
+                # Closed before the row is written: the provider stops generating now.
+                await upstream.close()
                 await record()
         raise
     except UpstreamError as exc:

@@ -1,5 +1,5 @@
 """Server-sent events: an incremental, bounded parser, the formatter, and the drainer that
-finishes reading an upstream stream after its client went away."""
+finishes reading an upstream stream after its client went away (where the provider says so)."""
 from __future__ import annotations
 
 import asyncio
@@ -101,8 +101,9 @@ def sse_format(data: bytes | str, event: str | None = None) -> bytes:
 
 
 class Drainer:
-    """Keeps reading upstream streams whose client disconnected, so the ledger gets the usage
-    the upstream reports at the end (and bills what was actually produced).
+    """Keeps reading upstream streams whose client disconnected, for providers set to
+    `drain_on_disconnect` (gateway.relay; by default such a stream is closed at once), so the
+    ledger gets the usage the upstream reports at the end.
 
     Bounded: at most `max_streams` drains at once (beyond that the caller records its estimate
     at once); the drain coroutine itself bounds time and bytes. Strong references are kept so a

@@ -368,6 +368,9 @@ class CodecOptions:
     region: str | None = None
     project: str | None = None
     aws_profile: str | None = None
+    # Not a codec knob either: whether a stream whose client left is read to its end for the
+    # upstream's own usage (gateway.relay), instead of closed at once and billed as streamed.
+    drain_on_disconnect: bool = False
     # Anthropic Messages (providers.translation `auto_cache`): a request translated from
     # another dialect that carries no `cache_control` of its own gets ephemeral breakpoints
     # (last tool, last system block, last two user turns), so an agent loop's growing prefix

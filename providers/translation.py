@@ -19,7 +19,7 @@ for _dialect in DIALECTS.values():
 
 KEYS = {"allow_images", "allow_documents", "thinking_effort_map", "max_tokens_field",
         "replay_reasoning_content", "responses_api", "reasoning", "max_output_tokens",
-        "anthropic_beta", "auto_cache", *KIND_KEYS}
+        "anthropic_beta", "auto_cache", "drain_on_disconnect", *KIND_KEYS}
 EFFORTS = {"minimal", "low", "medium", "high"}
 # Azure OpenAI's `api-version`: a dated version (GA or preview), or "v1" for the v1 GA API.
 API_VERSION = re.compile(r"v1|\d{4}-\d{2}-\d{2}(-preview)?")
@@ -50,7 +50,7 @@ def translation_problem(value: object, *, kind: str | None = None) -> str | None
     if problem := _cloud_problem(value, kind=kind):
         return problem
     for name in ("allow_images", "allow_documents", "replay_reasoning_content", "reasoning",
-                 "responses_api", "auto_cache"):
+                 "responses_api", "auto_cache", "drain_on_disconnect"):
         if name in value and not isinstance(value[name], bool):
             return f"{name}: must be true or false"
     limit = value.get("max_output_tokens", 1)
@@ -165,4 +165,5 @@ def codec_options(*, kind: str, translation: dict, upstream_model: str = "") -> 
         project=translation.get("project"),
         aws_profile=translation.get("aws_profile"),
         auto_cache=translation.get("auto_cache", True),
+        drain_on_disconnect=translation.get("drain_on_disconnect", False),
     )

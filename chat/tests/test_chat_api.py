@@ -217,6 +217,59 @@ def test_leaving_before_the_first_byte_still_writes_one_row(chat_client, fake_pr
     assert row.output_tokens == 0
 
 
+def _stop_after(client, session_id: int, shown: str) -> None:
+    """Ask, read the answer's deltas until they make `shown`, then hang up (the page's Stop)."""
+    import json
+
+    text = ""
+    with client.stream("POST", f"/chat/api/sessions/{session_id}/messages",
+                       json={"content": "Write a long essay", "model": "gpt-test"}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:") and (data := json.loads(line[5:]))["type"] == "delta":
+                text += data["content"]
+                if text == shown:
+                    return
+    pytest.fail(f"the answer ended before {shown!r}: {text!r}")
+
+
+def _stopped_answer(timeout: float = 5.0) -> ChatMessage:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not ChatMessage.objects.filter(role="assistant").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ChatMessage.objects.get(role="assistant")
+
+
+@pytest.mark.parametrize("drain", [False, True])
+def test_stop_stores_the_answer_with_the_tokens_and_cost_the_ledger_billed(
+        chat_client, fake_provider, ledger_rows, drain):
+    from gateway.tests.provider_settings import provider_translation_set
+    from gateway.tokens import text_tokens
+
+    if drain:
+        provider_translation_set("fake-a", drain_on_disconnect=True)
+        fake_provider.behave("fake-a", chunk_delay_s=0.1)
+    else:
+        fake_provider.behave("fake-a", hang_after=3)  # three words, then open until closed
+    _stop_after(chat_client, _new_session(chat_client), "Hello from the")
+    [row] = ledger_rows(1, timeout=10)
+    stored = _stopped_answer()
+    assert (row.surface, row.status) == ("chat", "client_disconnected")
+    assert stored.status == "stopped" and stored.request_id == row.request_id
+    assert stored.content.startswith("Hello from the") and REPLY.startswith(stored.content)
+    # What chat shows is what the ledger billed, to the last digit.
+    assert (stored.input_tokens, stored.output_tokens, stored.cost_usd) == \
+        (row.input_tokens, row.output_tokens, row.cost_usd)
+    assert row.cost_usd > 0
+    if drain:
+        assert (row.output_tokens, row.usage_source) == (7, "reported")
+    else:
+        assert fake_provider.wait_for_hangups(1) == 1
+        assert (row.output_tokens, row.usage_source) == (text_tokens("Hello from the"),
+                                                         "estimated")
+
+
 @pytest.mark.parametrize("model, provider, expected", [
     ("mock-test", "mock-m", "Mock reply: first words"),
     ("claude-test", "fake-anth", REPLY),

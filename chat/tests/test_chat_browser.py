@@ -85,7 +85,7 @@ def test_stop_keeps_the_partial_answer_and_the_ledger_row_is_client_disconnected
     shown = answer.locator(".content").inner_text().strip()
     assert shown and shown != REPLY
 
-    # The upstream is drained for its usage before the row is written.
+    # The upstream is closed at once; the row bills what was streamed.
     [row] = ledger_rows(1, timeout=15)
     assert (row.surface, row.status, row.error_type) == \
         ("chat", "client_disconnected", "client_disconnected")
@@ -95,10 +95,15 @@ def test_stop_keeps_the_partial_answer_and_the_ledger_row_is_client_disconnected
     stored = ChatMessage.objects.get(role="assistant")
     assert stored.status == "stopped" and stored.content and REPLY.startswith(stored.content)
     assert stored.output_tokens > 0 and stored.request_id == row.request_id
+    # The answer's tokens and cost are the ledger row's own.
+    assert (stored.input_tokens, stored.output_tokens, stored.cost_usd) == \
+        (row.input_tokens, row.output_tokens, row.cost_usd)
+    assert row.usage_source == "estimated" and stored.cost_usd > 0
 
     page.reload()
     kept = page.locator(".message.assistant")
     expect(kept.locator(".meta")).to_contain_text("stopped")
+    expect(kept.locator(".meta")).to_contain_text(f"{row.input_tokens} in / {row.output_tokens} out")
     expect(kept.locator(".content")).to_have_text(stored.content)
     _shot(page, "stopped")
 

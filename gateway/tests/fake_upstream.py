@@ -47,6 +47,9 @@ class Gate:
         await self._event.wait()
 
 
+_HUNG_UP = web.RequestKey("hung_up", bool)
+
+
 @dataclass
 class Behaviour:
     status: int = 200
@@ -61,6 +64,9 @@ class Behaviour:
     # "reset": TCP RST (SO_LINGER 0, then abort), the unsent bytes thrown away.
     cut_mode: str = "close"
     cut_gate: Gate | None = None        # before cutting, wait for the test to open this gate
+    # After N content chunks, keep the stream open with SSE comments only (every 50 ms, 30 s at
+    # most) until the gateway closes it: what the gateway streamed is then exactly N chunks.
+    hang_after: int | None = None
     usage_shape: str = "openai"         # "deepseek": prompt_cache_hit/miss_tokens, no details
     send_usage: bool = True
     usage_in_finish_chunk: bool = False
@@ -257,6 +263,7 @@ class FakeUpstream:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     answered: int = 0                   # requests whose handler has finished, however it ended
+    hangups: int = 0                    # streams the gateway closed while this fake was sending
     port: int = 0
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _prefix_caches: dict[str, _PrefixCache] = field(default_factory=dict, repr=False)
@@ -279,6 +286,7 @@ class FakeUpstream:
         with self._changed:
             self.behaviours.clear()
             self.received.clear()
+            self.hangups = 0
             self._prefix_caches.clear()
             self.answered = 0
 
@@ -296,6 +304,32 @@ class FakeUpstream:
         with self._changed:
             self._changed.wait_for(lambda: self.answered >= count, timeout)
             return self.answered
+
+    def wait_for_hangups(self, count: int, timeout: float = 10.0) -> int:
+        """How many streams the gateway closed before this fake had sent all of them (seen at
+        the next write after the close), once at least `count`, or after `timeout` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.hangups >= count, timeout)
+            return self.hangups
+
+    def _hung_up(self, request: web.Request) -> None:
+        if request.get(_HUNG_UP):
+            return
+        request[_HUNG_UP] = True
+        with self._changed:
+            self.hangups += 1
+            self._changed.notify_all()
+
+    async def _hang(self, request: web.Request, response: web.StreamResponse
+                    ) -> web.StreamResponse:
+        for _ in range(600):
+            try:
+                await response.write(b": keep-alive\n\n")
+            except ConnectionError:
+                self._hung_up(request)
+                break
+            await asyncio.sleep(0.05)
+        return response
 
     def _record(self, received: Received) -> Behaviour:
         with self._changed:
@@ -364,7 +398,7 @@ class FakeUpstream:
             try:
                 await response.write(f"data: {payload}\n\n".encode())
             except ConnectionError:
-                pass  # the gateway hung up (client disconnect tests); nothing to do
+                self._hung_up(request)  # the gateway hung up (client disconnect tests)
 
         def chunk(delta: dict, finish: str | None = None) -> dict:
             return {**base, "object": "chat.completion.chunk",
@@ -390,6 +424,8 @@ class FakeUpstream:
                 await send("{this is not json")
             if b.cut_after is not None and n >= b.cut_after:
                 return await _cut(b, request, response)
+            if b.hang_after is not None and n >= b.hang_after:
+                return await self._hang(request, response)
             if b.error_event_after is not None and n >= b.error_event_after:
                 await send({"error": {"message": b.error_message, "type": "server_error"}})
                 await response.write_eof()
@@ -506,7 +542,7 @@ class FakeUpstream:
                 await response.write(f"event: {event}\ndata: {orjson.dumps(data).decode()}\n\n"
                                      .encode())
             except ConnectionError:
-                pass  # the gateway hung up (client disconnect tests); nothing to do
+                self._hung_up(request)  # the gateway hung up (client disconnect tests)
 
         start = {**message, "content": [], "stop_reason": None}
         if b.send_usage:
@@ -542,6 +578,8 @@ class FakeUpstream:
         for event, data, content in events:
             if content and b.cut_after is not None and sent >= b.cut_after:
                 return await _cut(b, request, response)
+            if content and b.hang_after is not None and sent >= b.hang_after:
+                return await self._hang(request, response)
             if content and b.error_event_after is not None and sent >= b.error_event_after:
                 await send("error", {"type": "error", "error": {"type": "overloaded_error",
                                                                 "message": b.error_message}})

@@ -10,6 +10,7 @@ import anthropic
 import httpx
 import pytest
 
+from gateway.tests.provider_settings import provider_translation_set
 from usage.models import UsageRecord
 
 WEATHER_TOOL = {"name": "get_weather", "description": "Weather at a place",
@@ -242,8 +243,10 @@ def test_in_band_error_event_is_relayed(gateway_url, fake_anthropic_provider, ap
     assert ledger_rows(1)[0].status == "upstream_error"
 
 
-def test_client_disconnect_gets_one_row_with_the_upstreams_usage(
+def test_client_disconnect_with_drain_on_disconnect_gets_one_row_with_the_upstreams_usage(
         gateway_url, fake_anthropic_provider, api_key, ledger_rows):
+    # By default the upstream is closed at once (gateway/tests/test_disconnects.py).
+    provider_translation_set("fake-anth", drain_on_disconnect=True)
     fake_anthropic_provider.behave("fake-anth", chunk_delay_s=0.2,
                                    reply="one two three four five six seven eight")
     with httpx.stream("POST", f"{gateway_url}/v1/messages", headers={"x-api-key": api_key},

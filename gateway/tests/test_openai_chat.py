@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.tests.provider_settings import provider_translation_set
 from usage.models import UsageRecord
 
 
@@ -222,7 +223,10 @@ def test_stream_cut_mid_way_ends_with_error_event_and_a_row(gateway_url, fake_pr
     assert row.output_tokens > 0
 
 
-def test_client_disconnect_mid_stream_bills_what_the_upstream_produced(gateway_url, fake_provider, api_key):
+def test_client_disconnect_mid_stream_with_drain_on_disconnect_bills_what_the_upstream_produced(
+        gateway_url, fake_provider, api_key):
+    # By default the upstream is closed at once (gateway/tests/test_disconnects.py).
+    provider_translation_set("fake-a", drain_on_disconnect=True)
     fake_provider.behave("fake-a", chunk_delay_s=0.2, reply="one two three four five six seven eight")
     with httpx.stream("POST", f"{gateway_url}/v1/chat/completions",
                       headers={"authorization": f"Bearer {api_key}"}, timeout=20,
@@ -237,6 +241,7 @@ def test_client_disconnect_mid_stream_bills_what_the_upstream_produced(gateway_u
     # The gateway drained the upstream after the client left, so usage is the upstream's own.
     assert (rows[0].input_tokens, rows[0].output_tokens, rows[0].usage_source) == (11, 7, "reported")
     assert rows[0].cost_usd > 0
+    assert fake_provider.hangups == 0
 
 
 def test_provider_extra_headers_and_request_id_reach_the_upstream(gateway_url, fake_provider, api_key):

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.tests.provider_settings import provider_translation_set
 from usage.models import UsageRecord
 
 ARGS = json.dumps({"location": "Paris, France", "unit": "celsius"})
@@ -183,7 +184,9 @@ def test_stream_cut_ends_with_error_and_response_failed(gateway_url, fake_provid
     assert row.output_tokens > 0
 
 
-def test_client_disconnect_gets_one_row(gateway_url, fake_provider, api_key, ledger_rows):
+def test_client_disconnect_with_drain_on_disconnect_gets_one_row_with_the_upstreams_usage(
+        gateway_url, fake_provider, api_key, ledger_rows):
+    provider_translation_set("fake-a", drain_on_disconnect=True)
     fake_provider.behave("fake-a", chunk_delay_s=0.2, reply="one two three four five six")
     with httpx.stream("POST", f"{gateway_url}/v1/responses", timeout=20,
                       headers={"authorization": f"Bearer {api_key}"},

@@ -5,7 +5,10 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
+from gateway.tests.provider_settings import provider_translation_set
+from gateway.tokens import text_tokens
 from usage.models import UsageRecord
 
 
@@ -29,9 +32,14 @@ async def _cancel_streams(url: str, key: str, n: int) -> int:
     return cancelled
 
 
-def test_cancelled_streams_each_get_a_row_with_the_tokens_produced(gateway_url, fake_provider, api_key):
+@pytest.mark.parametrize("drain", [False, True])
+def test_cancelled_streams_each_get_a_row_with_the_tokens_produced(gateway_url, fake_provider,
+                                                                   api_key, drain):
+    if drain:
+        provider_translation_set("fake-a", drain_on_disconnect=True)
     # The rest of each stream lasts ~2 s after the client hangs up on "one".
-    fake_provider.behave("fake-a", reply="one " + "word " * 40, chunk_delay_s=0.05)
+    reply = "one " + "word " * 40
+    fake_provider.behave("fake-a", reply=reply, chunk_delay_s=0.05)
     assert asyncio.run(_cancel_streams(gateway_url, api_key, 200)) == 200
     deadline = time.monotonic() + 30
     while UsageRecord.objects.count() < 200 and time.monotonic() < deadline:
@@ -39,8 +47,16 @@ def test_cancelled_streams_each_get_a_row_with_the_tokens_produced(gateway_url, 
     rows = list(UsageRecord.objects.all())
     assert len(rows) == 200
     assert {r.status for r in rows} == {"client_disconnected"}
-    # Drained to the end: the upstream's reported usage, not a guess from the first chunk.
-    assert {(r.input_tokens, r.output_tokens, r.usage_source) for r in rows} == {(11, 7, "reported")}
+    if drain:
+        # Drained to the end: the upstream's reported usage, not a guess from the first chunk.
+        assert {(r.input_tokens, r.output_tokens, r.usage_source) for r in rows} == \
+            {(11, 7, "reported")}
+    else:
+        # Closed at once: what each had streamed ("one", and the words relayed before the
+        # gateway saw its client go), counted, out of a reply of 41 words.
+        assert {r.usage_source for r in rows} == {"estimated"}
+        assert all(text_tokens("one") <= r.output_tokens < text_tokens(reply) // 2 for r in rows)
+        assert fake_provider.wait_for_hangups(200) == 200
     assert len({r.request_id for r in rows}) == 200
 
 
