@@ -12,8 +12,8 @@ kind is a record here plus its adapter and codec (docs/architecture.md).
 Operations: `chat` (the wire format's own chat endpoint: Chat Completions, Messages or
 Responses), `responses` (the Responses endpoint, for kinds that speak it), `completions` and
 `embeddings` (OpenAI only), `count_tokens` (Anthropic only), `realtime` (the Realtime API's
-WebSocket, OpenAI-compatible only: its ws(s) URL is this path under the base URL with the
-scheme swapped, gateway.realtime.upstream).
+WebSocket, OpenAI-compatible and Azure OpenAI: its ws(s) URL is the operation's URL, query
+included, with the scheme swapped, gateway.realtime.upstream).
 """
 from __future__ import annotations
 
@@ -161,13 +161,17 @@ OPENAI_PATHS = MappingProxyType({"chat": "/chat/completions", "completions": "/c
 # Azure OpenAI: the latest GA data-plane version for the deployment URLs, used when a provider
 # names none; `api_version: v1` selects the v1 GA API (/openai/v1/...), which takes none.
 AZURE_API_VERSION = "2024-10-21"
+# The dated version the realtime URL takes when a provider names none (the dated GA versions
+# do not serve /openai/realtime; Azure's realtime reference names this preview).
+AZURE_REALTIME_API_VERSION = "2025-04-01-preview"
 AZURE_V1 = "v1"
 AZURE_KIND = "azure_openai"
 AZURE_RESPONSES_KIND = "azure_openai_responses"
 AZURE_SETTINGS = ("api_version", "entra")
 AZURE_PATHS = MappingProxyType({"chat": "/chat/completions", "completions": "/completions",
-                                "embeddings": "/embeddings"})
-AZURE_RESPONSES_PATHS = MappingProxyType({"chat": "/responses", "responses": "/responses"})
+                                "embeddings": "/embeddings", "realtime": "/realtime"})
+AZURE_RESPONSES_PATHS = MappingProxyType({"chat": "/responses", "responses": "/responses",
+                                          "realtime": "/realtime"})
 
 
 def _api_key_header(api_key: str) -> dict[str, str]:
@@ -180,16 +184,27 @@ def _azure_url(dialect: Dialect, base_url: str, operation: str, *, upstream_mode
     Responses kind): `{base_url}/openai/v1/<path>`, the deployment named by the body's
     `model`. Otherwise the dated API: `{base_url}/openai/deployments/{deployment}/<path>
     ?api-version=…` (the deployment is the route's upstream model), and for Responses
-    `{base_url}/openai/responses?api-version=…` (a preview version)."""
+    `{base_url}/openai/responses?api-version=…` (a preview version).
+
+    Realtime (a WebSocket, gateway.realtime.upstream): `{base_url}/openai/realtime
+    ?api-version=…&deployment={deployment}` (AZURE_REALTIME_API_VERSION when the provider
+    names no version), or with `api_version: v1` `{base_url}/openai/v1/realtime
+    ?model={deployment}`."""
     path = dialect.paths[operation]
-    version = options.api_version or (AZURE_V1 if dialect.wire == "openai_responses"
-                                      else AZURE_API_VERSION)
+    default = AZURE_V1 if dialect.wire == "openai_responses" else AZURE_API_VERSION
+    if operation == "realtime":
+        default = AZURE_V1 if default == AZURE_V1 else AZURE_REALTIME_API_VERSION
+    version = options.api_version or default
+    deployment = quote(upstream_model, safe="")
+    if operation == "realtime":
+        if version == AZURE_V1:
+            return f"{base_url}/openai/v1{path}?model={deployment}"
+        return f"{base_url}/openai{path}?api-version={quote(version)}&deployment={deployment}"
     if version == AZURE_V1:
         return f"{base_url}/openai/v1{path}"
     if dialect.wire == "openai_responses":
         return f"{base_url}/openai{path}?api-version={quote(version)}"
-    return (f"{base_url}/openai/deployments/{quote(upstream_model, safe='')}{path}"
-            f"?api-version={quote(version)}")
+    return f"{base_url}/openai/deployments/{deployment}{path}?api-version={quote(version)}"
 
 
 def _x_goog_api_key(api_key: str) -> dict[str, str]:
@@ -204,7 +219,8 @@ def _gemini_probe(upstream_model: str) -> dict[str, Any]:
 DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
     Dialect(kind="openai", label="OpenAI-compatible", wire="openai_chat", codec=openai_chat,
             responses_kind=RESPONSES_KIND,
-            paths=MappingProxyType({**OPENAI_PATHS, "realtime": "/realtime"})),
+            paths=MappingProxyType({**OPENAI_PATHS,
+                                    "realtime": "/realtime?model={model}"})),
     Dialect(kind="anthropic", label="Anthropic", wire="anthropic_messages",
             codec=anthropic_messages,
             paths=MappingProxyType({"chat": "/messages", "count_tokens": "/messages/count_tokens"}),

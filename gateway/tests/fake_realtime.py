@@ -1,7 +1,9 @@
 """A fake OpenAI Realtime upstream: a real aiohttp WebSocket server on loopback, in its own
 thread, speaking the Realtime API's event names.
 
-`GET /p/<provider>/v1/realtime?model=…` answers `session.created`, then: `session.update` ->
+`GET /p/<provider>/v1/realtime?model=…` (OpenAI's path), or Azure OpenAI's
+`/p/<provider>/openai/realtime?api-version=…&deployment=…` and `/p/<provider>/openai/v1/realtime
+?model=…`, answers `session.created` (naming the model or deployment), then: `session.update` ->
 `session.updated`; `conversation.item.create` -> `conversation.item.created`;
 `response.create` -> the scenario named by `response.instructions` (`scenario:<name>`):
 
@@ -18,7 +20,8 @@ thread, speaking the Realtime API's event names.
 
 Every frame received and sent is kept as the raw text (`received`, `sent`), so tests can
 compare bytes; `closed` is set when the client's socket is gone; `refuse[provider]` refuses
-that provider's handshakes with an HTTP status.
+that provider's handshakes with an HTTP status; `admit[provider]`, a predicate on the
+handshake's request, refuses it with 401 when false (Azure's `api-key` / bearer check).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -70,10 +74,16 @@ class FakeRealtime:
         self.closed = threading.Event()
         # provider -> the HTTP status its handshake is refused with
         self.refuse: dict[str, int] = {}
+        # provider -> whether a handshake's request is authorised (else 401)
+        self.admit: dict[str, Callable[[web.Request], bool]] = {}
         self._counter = 0
 
     def base_url(self, provider: str) -> str:
         return f"http://127.0.0.1:{self.port}/p/{provider}/v1"
+
+    def azure_base_url(self, provider: str) -> str:
+        """An Azure OpenAI resource's endpoint (the gateway appends `/openai/...`)."""
+        return f"http://127.0.0.1:{self.port}/p/{provider}"
 
     def wait_closed(self, timeout: float = 5.0) -> bool:
         return self.closed.wait(timeout)
@@ -90,6 +100,10 @@ class FakeRealtime:
                                 "headers": dict(request.headers)})
         if (status := self.refuse.get(request.match_info["provider"])) is not None:
             return web.json_response({"error": {"message": "refused"}}, status=status)
+        admit = self.admit.get(request.match_info["provider"])
+        if admit is not None and not admit(request):
+            return web.json_response({"error": {"code": "401", "message": "Access denied"}},
+                                     status=401)
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
 
@@ -100,7 +114,8 @@ class FakeRealtime:
             await ws.send_str(frame)
 
         await send({"type": "session.created",
-                    "session": {"id": self._id("sess"), "model": request.query.get("model")}})
+                    "session": {"id": self._id("sess"), "model": request.query.get("model")
+                                or request.query.get("deployment")}})
         waiting: dict | None = None
         try:
             async for msg in ws:
@@ -167,6 +182,8 @@ class FakeRealtime:
     def start(self) -> None:
         app = web.Application()
         app.router.add_get("/p/{provider}/v1/realtime", self._realtime)
+        app.router.add_get("/p/{provider}/openai/realtime", self._realtime)
+        app.router.add_get("/p/{provider}/openai/v1/realtime", self._realtime)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
