@@ -100,10 +100,21 @@ def test_stop_keeps_the_partial_answer_and_the_ledger_row_is_client_disconnected
         (row.input_tokens, row.output_tokens, row.cost_usd)
     assert row.usage_source == "estimated" and stored.cost_usd > 0
 
+    # The live page, without a reload, shows the same tokens and cost once the answer is stored.
+    billed = f"{row.input_tokens} in / {row.output_tokens} out"
+    cost = "$" + page.evaluate("(c) => Number(c).toPrecision(3)", str(row.cost_usd))
+    expect(answer).to_have_attribute("data-billed", "1", timeout=10000)
+    expect(answer.locator(".meta")).to_contain_text(billed)
+    expect(answer.locator(".meta")).to_contain_text(cost)
+    expect(answer.locator(".meta")).to_contain_text("stopped")
+    live_meta = answer.locator(".meta").inner_text()
+
     page.reload()
     kept = page.locator(".message.assistant")
     expect(kept.locator(".meta")).to_contain_text("stopped")
-    expect(kept.locator(".meta")).to_contain_text(f"{row.input_tokens} in / {row.output_tokens} out")
+    expect(kept.locator(".meta")).to_contain_text(billed)
+    expect(kept.locator(".meta")).to_contain_text(cost)
+    assert kept.locator(".meta").inner_text() == live_meta
     expect(kept.locator(".content")).to_have_text(stored.content)
     _shot(page, "stopped")
 

@@ -351,6 +351,7 @@
         const data = await response.json().catch(() => null);
         return showError(answer, errorMessage(data, response.status));
       }
+      info.request_id = response.headers.get("x-request-id") || "";
       const trimmed = Number(response.headers.get("x-chat-context-trimmed") || 0);
       if (trimmed) showTrimmed(answer, trimmed);
       // The message is stored by now: show the chat (and its title) in the history at once.
@@ -379,6 +380,9 @@
     } catch (error) {
       if (error.name === "AbortError") {
         answer.dataset.status = "stopped";
+        // No usage event follows a Stop: the server stores the answer with the ledger row's
+        // tokens and cost once that row is written; fetch them from the stored session.
+        if (state.sessionId) storedUsage(answer, info, state.sessionId);
       } else {
         showError(answer, `Connection lost: ${error.message}`);
       }
@@ -387,6 +391,36 @@
       showMeta(answer, info);
       state.controller = null;
       setBusy(false);
+    }
+  }
+
+  // After Stop: poll the session (the API that loads it) with a short bounded backoff until
+  // the stopped answer is stored, then show the tokens and cost it was billed.
+  const STOPPED_POLL_MS = [150, 250, 400, 600, 900, 1300, 1800, 2500, 3000, 3000];
+
+  async function storedUsage(answer, info, sessionId) {
+    for (const delay of STOPPED_POLL_MS) {
+      await new Promise((resolve) => window.setTimeout(resolve, delay));
+      if (!answer.isConnected || state.sessionId !== sessionId) return;
+      let session;
+      try {
+        session = await api("GET", `${config.sessions_url}/${sessionId}`);
+      } catch (error) {
+        continue;
+      }
+      const stored = session.messages.filter((m) => m.role === "assistant" &&
+        (info.request_id ? m.request_id === info.request_id : m.status === "stopped")).pop();
+      if (!stored) continue;
+      if (!answer.isConnected) return;
+      Object.assign(info, {
+        provider: stored.provider || info.provider, model: stored.model || info.model,
+        input_tokens: stored.input_tokens, output_tokens: stored.output_tokens,
+        cost_usd: stored.cost_usd, estimated: false,
+      });
+      answer.dataset.messageId = stored.id;
+      showMeta(answer, info);
+      answer.dataset.billed = "1";
+      return;
     }
   }
 
