@@ -62,3 +62,23 @@ class UsageFilterForm(forms.Form):
 def _listed(text: str | None, *, lower: bool = False) -> tuple[str, ...]:
     items = [item.strip() for item in (text or "").split(",")]
     return tuple(dict.fromkeys(item.lower() if lower else item for item in items if item))
+
+
+# The report page's optional groupings beside its fixed tables (by day, team, key, provider and
+# model): only the ledger has tags and end users, so a page that groups by one reads its whole
+# range from the ledger, as the CSV export and the API do.
+REPORT_GROUP_BY = (("tag", "Tag"), ("end_user", "End user"))
+
+
+class ReportForm(UsageFilterForm):
+    """The report page's filter plus `?group_by=tag&group_by=end_user`: a table for each."""
+
+    def __init__(self, data=None, **kwargs):
+        super().__init__(data, **kwargs)
+        self.fields["group_by"] = forms.MultipleChoiceField(
+            required=False, label="Also group by", choices=REPORT_GROUP_BY,
+            widget=forms.CheckboxSelectMultiple)
+
+    def group_by(self) -> tuple[str, ...]:
+        chosen = set(self.cleaned_data.get("group_by") or ())
+        return tuple(name for name, _ in REPORT_GROUP_BY if name in chosen)

@@ -1,5 +1,5 @@
 """Finance pages under /reports/: spend and tokens by day (a chart), team, key, provider and
-model; CSV exports of each; the raw ledger streamed as CSV; budget status.
+model, and by tag and end user when `?group_by=` asks; CSV exports of each; the raw ledger streamed as CSV; budget status.
 
 Every page is for the finance group (usage.permissions). Figures come from usage.selectors:
 the tables show cents apportioned so that each column adds up to the shown total; the CSV
@@ -20,7 +20,7 @@ from django.http import (
 from django.shortcuts import render
 from django.urls import reverse
 
-from usage.forms import UsageFilterForm
+from usage.forms import ReportForm, UsageFilterForm
 from usage.permissions import finance_required, finance_required_async
 from usage.selectors import (
     DIMENSIONS, LEDGER_FIELDS, UsageFilter, UsageReport, UsageRow, UsageTotals, budget_statuses,
@@ -29,6 +29,9 @@ from usage.selectors import (
 
 TABLES = (("day", "By day"), ("team", "By team"), ("key", "By key"),
           ("provider", "By provider"), ("model", "By model"))
+# Tables the page adds when `?group_by=` asks (ReportForm): the same groupings as the CSV
+# export's and the API's `tag` and `end_user`.
+OPTIONAL_TABLES = {"tag": "By tag", "end_user": "By end user"}
 SORTS = {
     "label": None, "requests": lambda t: t.requests, "errors": lambda t: t.errors,
     "input_tokens": lambda t: t.input_tokens, "output_tokens": lambda t: t.output_tokens,
@@ -119,17 +122,19 @@ def _chart(report: UsageReport, flt: UsageFilter) -> dict:
 
 @finance_required
 def report(request: HttpRequest) -> HttpResponse:
-    form = UsageFilterForm(request.GET)
+    form = ReportForm(request.GET)
     if not form.is_valid():
         return render(request, "usage/report.html", {"nav": "spend", "form": form}, status=400)
     flt = form.usage_filter()
-    report = usage_report(flt=flt, groupings=[(dimension,) for dimension, _ in TABLES])
+    shown = (*TABLES, *((d, OPTIONAL_TABLES[d]) for d in form.group_by()))
+    report = usage_report(flt=flt, groupings=[(dimension,) for dimension, _ in shown])
     grand = report.total
-    tables = [_table(report, dimension, title, request.GET, grand) for dimension, title in TABLES]
+    tables = [_table(report, dimension, title, request.GET, grand) for dimension, title in shown]
     return render(request, "usage/report.html", {
         "nav": "spend", "form": form, "flt": flt, "grand_fmt": _formatted(grand),
         "grand_cost": tables[0]["total_cost"], "tables": tables, "chart": _chart(report, flt),
         "ledger_days": [d.isoformat() for d in report.ledger_days], "query": request.GET.urlencode(),
+        "group_by": form.group_by(),
     })
 
 

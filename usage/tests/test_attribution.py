@@ -158,6 +158,45 @@ def test_csv_and_api_filter_and_group_by_tag_and_end_user(tagged_ledger):
     assert {tuple(r["tags"]) for r in records} == {("batch", "eval"), ("batch",)}
 
 
+def _page_table(html: str, dimension: str) -> dict[str, str]:
+    """{label: requests} of one table of the report page."""
+    import re
+    section = html.split(f'id="by-{dimension}"', 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return {label: requests for label, requests in re.findall(
+        r"<tr>\s*<td>(.*?)</td>\s*<td class=\"num\">(.*?)</td>", body)}
+
+
+def test_the_report_page_groups_by_tag_and_end_user_when_asked(tagged_ledger):
+    span = {"from": tagged_ledger["start"], "to": tagged_ledger["end"]}
+    client = signed_in(make_user("fin", finance=True))
+    plain = client.get("/reports/", span)
+    assert plain.status_code == 200
+    html = plain.content.decode()
+    assert 'name="group_by"' in html
+    assert 'id="by-tag"' not in html and 'id="by-end_user"' not in html
+
+    page = client.get("/reports/", {**span, "group_by": ["tag", "end_user"]})
+    assert page.status_code == 200
+    html = page.content.decode()
+    # The same groups as the selector's (and so the CSV's and the API's).
+    report = usage_report(flt=UsageFilter(start=span["from"], end=span["to"]),
+                          groupings=[("tag",), ("end_user",)])
+    for dimension in ("tag", "end_user"):
+        assert _page_table(html, dimension) == {
+            r.labels[dimension]: f"{r.totals.requests:,}" for r in report.group([dimension])}
+    assert _page_table(html, "tag") == {"batch": "2", "eval": "2", "(no tag)": "1"}
+    assert _page_table(html, "end_user") == {"alice": "2", "bob": "1", "(none)": "1"}
+    assert 'id="by-tag-note"' in html
+
+    # Grouping combines with the filters; only end users asked: no tag table.
+    page = client.get("/reports/", {**span, "group_by": "end_user", "tag": "batch"})
+    html = page.content.decode()
+    assert _page_table(html, "end_user") == {"alice": "1", "bob": "1"}
+    assert 'id="by-tag"' not in html
+    assert client.get("/reports/", {**span, "group_by": "colour"}).status_code == 400
+
+
 def test_a_key_team_or_price_with_usage_cannot_be_deleted(tagged_ledger):
     key = tagged_ledger["key"]
     with pytest.raises(ProtectedError):
