@@ -36,9 +36,7 @@ from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserEr
 from yarl import URL
 
 from gateway.adapters.base import UpstreamError
-from gateway.adapters.http import (MAX_ERROR_BODY, HttpUpstreamResponse, transport_error,
-                                   upstream_error_from)
-from gateway.clients import client_pool, timeout_for, upstream_proxy
+from gateway.adapters.http import HttpUpstreamResponse, send_checked, transport_error
 
 if TYPE_CHECKING:
     from gateway.dialects import Dialect
@@ -205,29 +203,7 @@ class BedrockAdapter:
 
 async def _post(*, deployment: Deployment, url: str, headers: dict[str, str], payload: bytes,
                 dialect: Dialect, secret: str) -> BedrockResponse:
-    session = client_pool.session()
-    try:
-        # encoded=True: the bytes signed are the bytes sent (yarl would unescape '%3A').
-        response = await session.post(URL(url, encoded=True), data=payload, headers=headers,
-                                      allow_redirects=False, proxy=upstream_proxy(url),
-                                      timeout=timeout_for(deployment.timeout_s))
-    except asyncio.TimeoutError:
-        raise UpstreamError("upstream timed out before responding", retryable=True,
-                            error_class="timeout", timeout=True) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(f"could not reach upstream ({type(exc).__name__})", retryable=True,
-                            error_class="connect_error") from None
-    if response.status >= 300:
-        try:
-            error_body = await response.content.read(MAX_ERROR_BODY)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            error_body = b""
-        finally:
-            response.close()
-        if response.status < 400:
-            raise UpstreamError(f"upstream answered with a redirect (HTTP {response.status}); "
-                                "redirects are not followed", status=response.status,
-                                error_class="redirect")
-        raise upstream_error_from(response.status, error_body,
-                                  response.headers.get("retry-after"), secret=secret)
+    # encoded=True: the bytes signed are the bytes sent (yarl would unescape '%3A').
+    response = await send_checked(deployment=deployment, url=URL(url, encoded=True),
+                                  headers=headers, data=payload, secret=secret)
     return BedrockResponse(response, dialect)

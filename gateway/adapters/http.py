@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool, timeout_for, upstream_proxy
@@ -143,10 +144,21 @@ def _content_filters(err: dict) -> str:
 async def post(*, deployment: Deployment, url: str, headers: dict[str, str], body: dict,
                dialect: Dialect) -> HttpUpstreamResponse:
     """POST a JSON body; errors become UpstreamError (retryable where failover makes sense)."""
+    response = await send_checked(deployment=deployment, url=url, headers=headers,
+                                  data=orjson.dumps(body), secret=deployment.api_key)
+    return HttpUpstreamResponse(response, dialect)
+
+
+async def send_checked(*, deployment: Deployment, url: str | URL, headers: dict[str, str],
+                       data: bytes, secret: str) -> aiohttp.ClientResponse:
+    """POST `data` on the shared pool and return a successful (< 300) response. Connect errors
+    and timeouts before the first byte are retryable UpstreamErrors; redirects are refused; an
+    error status is classified by `upstream_error_from` (with `secret` masked). Every
+    transport of this package sends through here."""
     session = client_pool.session()
     try:
-        response = await session.post(url, data=orjson.dumps(body), headers=headers,
-                                      allow_redirects=False, proxy=upstream_proxy(url),
+        response = await session.post(url, data=data, headers=headers,
+                                      allow_redirects=False, proxy=upstream_proxy(str(url)),
                                       timeout=timeout_for(deployment.timeout_s))
     except asyncio.TimeoutError:
         raise UpstreamError("upstream timed out before responding", retryable=True,
@@ -166,8 +178,8 @@ async def post(*, deployment: Deployment, url: str, headers: dict[str, str], bod
                                 "redirects are not followed", status=response.status,
                                 error_class="redirect")
         raise upstream_error_from(response.status, body_bytes, response.headers.get("retry-after"),
-                                  secret=deployment.api_key)
-    return HttpUpstreamResponse(response, dialect)
+                                  secret=secret)
+    return response
 
 
 class HttpAdapter:
