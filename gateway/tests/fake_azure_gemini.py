@@ -23,15 +23,14 @@ Every request is kept (`requests`) with its path, query, headers and JSON body.
 """
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+
+from gateway.tests.loopback import serve_in_thread
 
 AZURE_KEY = "azure-fake-api-key"
 AZURE_VERSIONS = {"2024-10-21", "2025-04-01-preview", "2024-12-01-preview"}
@@ -311,21 +310,7 @@ class FakeAzureGemini:
         app.router.add_post("/entra/{tenant}/oauth2/v2.0/token", self._token)
         app.router.add_post("/azure/openai/{tail:.+}", self._azure)
         app.router.add_post("/gemini/v1beta/models/{tail:.+}", self._gemini)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, name="fake-azure-gemini", daemon=True).start()
-        ready.wait(10)
+        self.port, _ = serve_in_thread(app, name="fake-azure-gemini")
 
 
 def _not_found() -> web.Response:

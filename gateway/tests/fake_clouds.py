@@ -26,15 +26,15 @@ import asyncio
 import base64
 import binascii
 import json
-import socket
 import struct
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
+
+from gateway.tests.loopback import serve_in_thread
 
 REPLY = "Hello from the fake cloud."
 TOOL_INPUT = {"city": "Zürich"}
@@ -92,21 +92,7 @@ class _Server:
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     def _start(self, app: web.Application, name: str) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, name=name, daemon=True).start()
-        ready.wait(10)
+        self.port, self._loop = serve_in_thread(app, name=name)
 
     @property
     def url(self) -> str:

@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 
 import orjson
 from aiohttp import WSMsgType, web
+
+from gateway.tests.loopback import serve_in_thread
 
 AUDIO_CHUNKS = 3
 
@@ -184,21 +185,7 @@ class FakeRealtime:
         app.router.add_get("/p/{provider}/v1/realtime", self._realtime)
         app.router.add_get("/p/{provider}/openai/realtime", self._realtime)
         app.router.add_get("/p/{provider}/openai/v1/realtime", self._realtime)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, name="fake-realtime", daemon=True).start()
-        ready.wait(10)
+        self.port, self._loop = serve_in_thread(app, name="fake-realtime")
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:

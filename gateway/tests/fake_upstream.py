@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
+from gateway.tests.loopback import serve_in_thread
 from gateway.tokens import text_tokens
 
 
@@ -606,18 +607,4 @@ class FakeUpstream:
         app.router.add_post("/p/{provider}/v1/embeddings", self._embeddings)
         app.router.add_post("/p/{provider}/v1/messages", self._messages)
         app.router.add_post("/p/{provider}/v1/messages/count_tokens", self._count_tokens)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, name="fake-upstream", daemon=True).start()
-        ready.wait(10)
+        self.port, self._loop = serve_in_thread(app, name="fake-upstream")
