@@ -209,3 +209,28 @@ class DailyUsage(models.Model):
                     "provider_name", "public_model"],
             name="uniq_daily_usage")]
         indexes = [models.Index(fields=["day"])]
+
+
+class HourlyOperations(models.Model):
+    """Ledger rolled up by UTC hour, provider and model for the operations page (usage.rollups
+    operations_rollup, run by the same task as DailyUsage). Latency and time to first token are
+    kept as counts per fixed bucket (usage.rollups.LATENCY_EDGES_MS: bucket i counts values
+    below edge i and at or above edge i-1; the last counts the rest), so percentiles are
+    interpolated from the buckets, never read from the rows."""
+
+    hour = models.DateTimeField()
+    provider_name = models.CharField(max_length=64)
+    public_model = models.CharField(max_length=200)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    latency_sum_ms = models.BigIntegerField(default=0)
+    latency_buckets = models.JSONField(default=list)
+    # Rows with a time to first token (streams that sent one).
+    ttft_count = models.PositiveIntegerField(default=0)
+    ttft_sum_ms = models.BigIntegerField(default=0)
+    ttft_buckets = models.JSONField(default=list)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "provider_name", "public_model"],
+                                               name="uniq_hourly_operations")]
+        indexes = [models.Index(fields=["hour"])]
