@@ -80,6 +80,22 @@ class ModelRoute(models.Model):
     weight = models.PositiveIntegerField(null=True, blank=True)
     priority = models.IntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
+    # None: the provider's translation setting, else what is known of the upstream model, else
+    # the default (providers.capabilities resolves them once per snapshot).
+    reasoning = models.BooleanField(
+        "reasons", null=True, blank=True,
+        help_text="Whether the upstream model takes reasoning effort (thinking budgets map to "
+                  "reasoning_effort). Unknown: the provider's setting, else what is known of the "
+                  "upstream model, else the kind's default.")
+    max_output_tokens = models.PositiveIntegerField(
+        "output limit (tokens)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="The most output tokens the upstream model returns; a larger max_tokens is "
+                  "lowered to it. Empty: the provider's setting, else what is known of the "
+                  "upstream model, else no limit.")
+    responses_api = models.BooleanField(
+        "Responses API", null=True, blank=True,
+        help_text="Reach this OpenAI-compatible route through /v1/responses (yes) or Chat "
+                  "Completions (no). Unknown: as its provider does.")
 
     objects = ModelRouteQuerySet.as_manager()
 
