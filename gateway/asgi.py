@@ -1,6 +1,7 @@
 """ASGI entry point: `uvicorn gateway.asgi:application` (production and `make run`), or
 `daphne gateway.asgi:application`. One app serves HTTP and WebSocket: `websocket` scopes go to
-the Channels URLRouter of gateway.realtime (`/v1/realtime`), behind the same guards.
+the Channels URLRouter of gateway.realtime (`/v1/realtime`), or, under /reports/, to the
+reports' live updates (usage.live, session-authenticated), behind the same guards.
 
 Static files (the admin's CSS/JS) are served by Django's ASGI static handler, which only
 intercepts paths under STATIC_URL; a reverse proxy may serve `collectstatic` output instead.
@@ -33,6 +34,8 @@ from gateway.ledger import ledger_writer  # noqa: E402
 from gateway.realtime.routing import websocket_application  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
 from usage.intents import intents_reaper  # noqa: E402
+from usage.live import websocket_application as reports_websocket_application  # noqa: E402
+from usage.operations import process_view_announcer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 30.0
@@ -114,6 +117,8 @@ site_application = ASGIStaticFilesHandler(django_application)
 
 async def _route(scope, receive, send):
     if scope["type"] == "websocket":
+        if scope.get("path", "").startswith("/reports/"):
+            return await reports_websocket_application(scope, receive, send)
         return await websocket_application(scope, receive, send)
     if scope["type"] == "http" and scope.get("path", "").startswith(API_PATHS):
         return await api_application(scope, receive, send)
@@ -138,14 +143,18 @@ async def application(scope, receive, send):
     if scope["type"] != "lifespan":
         return await http_application(scope, receive, send)
     reaper: asyncio.Task | None = None
+    announcer: asyncio.Task | None = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             reaper = asyncio.create_task(intents_reaper())
+            # This process's circuit view for the operations page (nothing without Redis).
+            announcer = asyncio.create_task(process_view_announcer())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            if reaper is not None:
-                reaper.cancel()
+            for task in (reaper, announcer):
+                if task is not None:
+                    task.cancel()
             await _finish_background_work()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -1,11 +1,15 @@
 """The report filter: one form parses `?from=&to=&team=&key=&provider=&model=&tag=&end_user=`
-for the pages, the CSV exports and the JSON API alike."""
+for the pages, the CSV exports and the JSON API alike; the operations page's filter
+(`?hours=&provider=&model=`)."""
 from __future__ import annotations
 
 from datetime import timedelta
 
+from django.utils import timezone
+
 from django import forms
 
+from usage.operations import operations_choices
 from usage.selectors import UsageFilter, date_range_default, filter_choices
 
 MAX_RANGE_DAYS = 3660
@@ -30,7 +34,9 @@ class UsageFilterForm(forms.Form):
             self.fields[name] = forms.TypedMultipleChoiceField(
                 required=False, label=label, choices=choices[name],
                 coerce=int if name in ("team", "key") else str,
-                widget=forms.SelectMultiple(attrs={"size": 4}))
+                # A checkbox list (reports.js adds a type-to-filter box above it): no
+                # ctrl-click, and every box is reachable with the keyboard.
+                widget=forms.CheckboxSelectMultiple(attrs={"class": "pick"}))
         for name, label in (("tag", "Tags"), ("end_user", "End users")):
             self.fields[name] = forms.CharField(
                 required=False, label=label, max_length=2000,
@@ -82,3 +88,29 @@ class ReportForm(UsageFilterForm):
     def group_by(self) -> tuple[str, ...]:
         chosen = set(self.cleaned_data.get("group_by") or ())
         return tuple(name for name, _ in REPORT_GROUP_BY if name in chosen)
+
+
+OPERATIONS_HOURS = ((6, "6 hours"), (24, "24 hours"), (72, "3 days"), (168, "7 days"))
+
+
+class OperationsForm(forms.Form):
+    """`?hours=6|24|72|168` (default 24: the hours up to the current one) and `provider` /
+    `model` names, each may repeat."""
+
+    def __init__(self, data=None, **kwargs):
+        super().__init__(data, **kwargs)
+        choices = operations_choices()
+        self.fields["hours"] = forms.TypedChoiceField(
+            required=False, label="Last", coerce=int, empty_value=24, initial=24,
+            choices=[(str(h), label) for h, label in OPERATIONS_HOURS])
+        for name, label in (("provider", "Provider"), ("model", "Model")):
+            self.fields[name] = forms.MultipleChoiceField(
+                required=False, label=label, choices=choices[name],
+                widget=forms.CheckboxSelectMultiple(attrs={"class": "pick"}))
+
+    def operations_filter(self) -> dict:
+        data = self.cleaned_data
+        end = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        return {"start": end - timedelta(hours=data.get("hours") or 24), "end": end,
+                "providers": tuple(data.get("provider") or ()),
+                "models": tuple(data.get("model") or ())}

@@ -1,9 +1,14 @@
-"""Daily aggregates of the ledger (what reports read) and counter reconciliation."""
+"""Daily aggregates of the ledger (what reports read), hourly operations aggregates (latency,
+time to first token and errors per provider and model, what the operations page reads) and
+counter reconciliation."""
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import defaultdict
-from datetime import date, datetime, time, timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
 from django.db import transaction
@@ -11,7 +16,9 @@ from django.utils import timezone
 
 from usage.budgets import period_bounds, usd_to_units
 from usage.budgets_redis import shared_spend_forget
-from usage.models import BudgetCounter, BudgetScope, DailyUsage, UsageRecord, UsageStatus
+from usage.models import (
+    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, UsageRecord, UsageStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +28,12 @@ GROUP_FIELDS = ("api_key_id", "key_prefix", "key_name", "team_id", "team_name", 
 TOKEN_SUMS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_5m_tokens",
               "cache_write_1h_tokens", "reasoning_tokens", "audio_input_tokens",
               "audio_output_tokens", "image_input_tokens", "image_output_tokens")
+# Upper edges (ms, exclusive) of the latency and time-to-first-token buckets of HourlyOperations:
+# bucket i counts values in [edge i-1, edge i), bucket 0 starts at 0 and the last one (past the
+# last edge) is open. Fixed, so buckets of any hours and models add up; roughly 1.5-2x apart, so
+# a percentile interpolated inside a bucket is off by at most the bucket's width.
+LATENCY_EDGES_MS = (10, 25, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000,
+                    7500, 10000, 15000, 20000, 30000, 60000, 120000, 300000)
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -49,6 +62,99 @@ def usage_rollup(*, day: date) -> int:
         DailyUsage(day=day, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
                    **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
         for k, t in totals.items()])
+    operations_rollup(day=day)
+    return len(totals)
+
+
+def bucket_index(value_ms: int) -> int:
+    """The LATENCY_EDGES_MS bucket of a value: the first edge above it."""
+    return bisect.bisect_right(LATENCY_EDGES_MS, value_ms)
+
+
+def percentile_from_buckets(buckets: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0 < q <= 1) of values counted in LATENCY_EDGES_MS buckets, interpolated
+    linearly inside the bucket that holds it: with n values the rank is q * n, and a bucket
+    [lo, hi) holding c values from rank r0 gives lo + (rank - r0) / c * (hi - lo). A rank in
+    the open last bucket gives its lower edge (the value is at least that). None without
+    values."""
+    n = sum(buckets)
+    if not n:
+        return None
+    rank = q * n
+    seen = 0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            if i >= len(LATENCY_EDGES_MS):
+                return float(LATENCY_EDGES_MS[-1])
+            lo = LATENCY_EDGES_MS[i - 1] if i else 0
+            return lo + (rank - seen) / count * (LATENCY_EDGES_MS[i] - lo)
+        seen += count
+    return float(LATENCY_EDGES_MS[-1])
+
+
+@dataclass(slots=True)
+class OperationsTotals:
+    """One hour, provider and model of the ledger: what HourlyOperations stores."""
+
+    requests: int = 0
+    errors: int = 0
+    latency_sum_ms: int = 0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+    ttft_count: int = 0
+    ttft_sum_ms: int = 0
+    ttft_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_EDGES_MS) + 1))
+
+    def count(self, *, status: str, latency_ms: int, ttft_ms: int | None) -> None:
+        self.requests += 1
+        self.errors += status != UsageStatus.OK
+        self.latency_sum_ms += latency_ms
+        self.latency_buckets[bucket_index(latency_ms)] += 1
+        if ttft_ms is not None:
+            self.ttft_count += 1
+            self.ttft_sum_ms += ttft_ms
+            self.ttft_buckets[bucket_index(ttft_ms)] += 1
+
+    def add(self, other: OperationsTotals) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_sum_ms += other.latency_sum_ms
+        self.ttft_count += other.ttft_count
+        self.ttft_sum_ms += other.ttft_sum_ms
+        for mine, theirs in ((self.latency_buckets, other.latency_buckets),
+                             (self.ttft_buckets, other.ttft_buckets)):
+            for i, value in enumerate(theirs):
+                mine[i] += value
+
+
+def _hour(at: datetime) -> datetime:
+    return timezone.localtime(at, dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+def operations_hours(start: datetime, end: datetime) -> dict[tuple, OperationsTotals]:
+    """The ledger rows created in [start, end), counted by (UTC hour, provider, model)."""
+    totals: dict[tuple, OperationsTotals] = defaultdict(OperationsTotals)
+    rows = (UsageRecord.objects.between(start, end)
+            .values_list("created_at", "provider_name", "public_model", "status", "latency_ms",
+                         "ttft_ms").order_by())
+    for at, provider, model, status, latency_ms, ttft_ms in rows.iterator(chunk_size=5000):
+        totals[(_hour(at), provider, model)].count(status=status, latency_ms=latency_ms,
+                                                   ttft_ms=ttft_ms)
+    return totals
+
+
+@transaction.atomic
+def operations_rollup(*, day: date) -> int:
+    """Recompute the HourlyOperations rows of one UTC day from the ledger (called by
+    usage_rollup, so the Celery beat task and `manage.py usage_rollup` fill both). Idempotent.
+    Returns the number of groups."""
+    totals = operations_hours(*day_bounds(day))
+    HourlyOperations.objects.filter(hour__gte=day_bounds(day)[0], hour__lt=day_bounds(day)[1]).delete()
+    HourlyOperations.objects.bulk_create([
+        HourlyOperations(hour=hour, provider_name=provider, public_model=model,
+                         requests=t.requests, errors=t.errors, latency_sum_ms=t.latency_sum_ms,
+                         latency_buckets=t.latency_buckets, ttft_count=t.ttft_count,
+                         ttft_sum_ms=t.ttft_sum_ms, ttft_buckets=t.ttft_buckets)
+        for (hour, provider, model), t in totals.items()])
     return len(totals)
 
 

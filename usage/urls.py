@@ -12,6 +12,7 @@ urlpatterns = [
     path("ledger.csv", views.ledger_csv, name="ledger_csv"),
     path("budgets/", views.budgets, name="budgets"),
     path("budgets.csv", views.budgets_csv, name="budgets_csv"),
+    path("operations/", views.operations, name="operations"),
 ]
 
 api_urlpatterns = [

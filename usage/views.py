@@ -1,8 +1,13 @@
-"""Finance pages under /reports/: spend and tokens by day (a chart), team, key, provider and
-model, and by tag and end user when `?group_by=` asks; CSV exports of each; the raw ledger streamed as CSV; budget status.
+"""Finance pages under /reports/: spend and tokens by day (a chart), stacked spend over time by
+team, model, key and provider, tables by day, team, key, provider and model, and by tag and end
+user when `?group_by=` asks; CSV exports of each; the raw ledger streamed as CSV; budget status
+with a burn-down forecast; the operations page (usage.operations). Today's view of the spend
+page and the operations page update live over a WebSocket (usage.live), which renders the
+same fragments as these views.
 
 Every page is for the finance group (usage.permissions). Figures come from usage.selectors:
-the tables show cents apportioned so that each column adds up to the shown total; the CSV
+the tables show cents apportioned so that each column adds up to the shown total (amounts
+under a cent with sub-cent precision: usage.amounts is the one formatting rule); the CSV
 exports carry exact amounts (10 decimal places) that add up to the ledger's sum.
 """
 from __future__ import annotations
@@ -18,9 +23,14 @@ from django.http import (
     HttpRequest, HttpResponse, HttpResponseBadRequest, QueryDict, StreamingHttpResponse,
 )
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.urls import reverse
 
-from usage.forms import ReportForm, UsageFilterForm
+from usage.amounts import usd_display, usd_shown
+from usage.burndown import budget_burndown
+from usage.charts import OTHER_COLOUR, PALETTE, Series, stacked_bars
+from usage.forms import OperationsForm, ReportForm, UsageFilterForm
+from usage.operations import operations_report
 from usage.permissions import finance_required, finance_required_async
 from usage.selectors import (
     DIMENSIONS, LEDGER_FIELDS, UsageFilter, UsageReport, UsageRow, UsageTotals, budget_statuses,
@@ -46,6 +56,9 @@ TOTAL_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cached_
                  "audio_input_tokens", "audio_output_tokens", "image_input_tokens",
                  "image_output_tokens")
 LEDGER_PAGE_ROWS = 2000
+# The stacked chart's group-by switch; each shows its largest groups, the rest as "Other".
+STACKS = (("team", "Team"), ("model", "Model"), ("key", "Key"), ("provider", "Provider"))
+STACK_SERIES = 8
 
 
 def _sorted_rows(rows: list[UsageRow], sort: str, dimension: str) -> list[UsageRow]:
@@ -58,10 +71,6 @@ def _sorted_rows(rows: list[UsageRow], sort: str, dimension: str) -> list[UsageR
     elif sort.startswith("-"):
         rows = list(reversed(rows))
     return rows
-
-
-def _usd(amount: Decimal) -> str:
-    return f"-${-amount:,.2f}" if amount < 0 else f"${amount:,.2f}"
 
 
 def _formatted(t: UsageTotals) -> dict:
@@ -97,11 +106,12 @@ def _table(report: UsageReport, dimension: str, title: str, query: QueryDict,
     return {
         "dimension": dimension, "title": title, "headers": headers,
         "csv_href": reverse("usage:report_csv") + _href(query, group=dimension),
-        "rows": [{"label": r.labels[dimension], "cost": _usd(c),
+        "rows": [{"label": r.labels[dimension], "cost": usd_shown(r.totals.cost_usd, c),
+                  "usd": str(r.totals.cost_usd),
                   "share": f"{r.totals.cost_usd * 100 / grand.cost_usd:.1f}%" if grand.cost_usd else "",
                   **_formatted(r.totals)}
                  for r, c in zip(rows, cents)],
-        "total_cost": _usd(sum(cents, Decimal(0))),
+        "total_cost": usd_shown(grand.cost_usd, sum(cents, Decimal(0))),
     }
 
 
@@ -109,33 +119,72 @@ def _chart(report: UsageReport, flt: UsageFilter) -> dict:
     """Daily series for the chart, every day of the range up to today (zeros included)."""
     by_day = {r.values["day"]: r.totals for r in report.group(["day"])}
     today = date_range_default()[1]
-    days, cost, tokens = [], [], []
+    days, cost, tokens, cost_text = [], [], [], []
     for day in flt.days():
         if day > today:
             break
         totals = by_day.get(day, UsageTotals())
         days.append(int(datetime.combine(day, time.min, tzinfo=dt_timezone.utc).timestamp()))
         cost.append(float(totals.cost_usd))
+        cost_text.append(usd_display(totals.cost_usd))
         tokens.append(totals.total_tokens)
-    return {"days": days, "cost": cost, "tokens": tokens}
+    return {"days": days, "cost": cost, "tokens": tokens,
+            "cost_text": cost_text}
+
+
+def _stacked(report: UsageReport, flt: UsageFilter, dimension: str) -> dict:
+    """Spend per day stacked by `dimension`: the largest STACK_SERIES groups of the range (by
+    spend) as series, the others summed as "Other"; every day of the range up to today. The
+    segments are the report's exact amounts, so they add up to the by-day table and each
+    series to its row of the by-`dimension` table."""
+    today = date_range_default()[1]
+    days = [d for d in flt.days() if d <= today]
+    per_group: dict[tuple, dict] = {}
+    for row in report.group(["day", dimension]):
+        key = (row.values[dimension], row.labels[dimension])
+        per_group.setdefault(key, {})[row.values["day"]] = row.totals.cost_usd
+    ranked = sorted(per_group.items(), key=lambda kv: -sum(kv[1].values(), Decimal(0)))
+    series = [Series(label, [by_day.get(d, Decimal(0)) for d in days],
+                     colour=PALETTE[i % len(PALETTE)])
+              for i, ((_, label), by_day) in enumerate(ranked[:STACK_SERIES])]
+    if len(ranked) > STACK_SERIES:
+        other = [sum((by_day.get(d, Decimal(0)) for _, by_day in ranked[STACK_SERIES:]), Decimal(0))
+                 for d in days]
+        series.append(Series(f"Other ({len(ranked) - STACK_SERIES})", other, colour=OTHER_COLOUR))
+    return stacked_bars(labels=[d.isoformat() for d in days], series=series)
+
+
+def report_context(query: QueryDict) -> tuple[int, dict]:
+    """The spend page's status and context for `query` (the view and the live updates)."""
+    form = ReportForm(query)
+    if not form.is_valid():
+        return 400, {"nav": "spend", "form": form}
+    flt = form.usage_filter()
+    shown = (*TABLES, *((d, OPTIONAL_TABLES[d]) for d in form.group_by()))
+    report = usage_report(flt=flt, groupings=[*((dimension,) for dimension, _ in shown),
+                                              *(("day", d) for d, _ in STACKS)])
+    grand = report.total
+    tables = [_table(report, dimension, title, query, grand) for dimension, title in shown]
+    return 200, {
+        "nav": "spend", "form": form, "flt": flt, "grand_fmt": _formatted(grand),
+        "grand_cost": tables[0]["total_cost"], "tables": tables, "chart": _chart(report, flt),
+        "stacks": [{"dimension": d, "title": title, "chart": _stacked(report, flt, d)}
+                   for d, title in STACKS],
+        "ledger_days": [d.isoformat() for d in report.ledger_days], "query": query.urlencode(),
+        "group_by": form.group_by(), "live": flt.end >= date_range_default()[1],
+    }
+
+
+def report_fragment(query: QueryDict) -> str:
+    """The part of the spend page a live update replaces (templates/usage/_report_body.html)."""
+    status, context = report_context(query)
+    return render_to_string("usage/_report_body.html", context) if status == 200 else ""
 
 
 @finance_required
 def report(request: HttpRequest) -> HttpResponse:
-    form = ReportForm(request.GET)
-    if not form.is_valid():
-        return render(request, "usage/report.html", {"nav": "spend", "form": form}, status=400)
-    flt = form.usage_filter()
-    shown = (*TABLES, *((d, OPTIONAL_TABLES[d]) for d in form.group_by()))
-    report = usage_report(flt=flt, groupings=[(dimension,) for dimension, _ in shown])
-    grand = report.total
-    tables = [_table(report, dimension, title, request.GET, grand) for dimension, title in shown]
-    return render(request, "usage/report.html", {
-        "nav": "spend", "form": form, "flt": flt, "grand_fmt": _formatted(grand),
-        "grand_cost": tables[0]["total_cost"], "tables": tables, "chart": _chart(report, flt),
-        "ledger_days": [d.isoformat() for d in report.ledger_days], "query": request.GET.urlencode(),
-        "group_by": form.group_by(),
-    })
+    status, context = report_context(request.GET)
+    return render(request, "usage/report.html", context, status=status)
 
 
 def _csv_text(value) -> object:
@@ -260,7 +309,37 @@ async def ledger_csv(request: HttpRequest) -> HttpResponse:
 
 @finance_required
 def budgets(request: HttpRequest) -> HttpResponse:
-    return render(request, "usage/budgets.html", {"nav": "budgets", "budgets": budget_statuses()})
+    statuses = budget_statuses()
+    return render(request, "usage/budgets.html", {
+        "nav": "budgets", "budgets": statuses,
+        "burndowns": [budget_burndown(status=b) for b in statuses]})
+
+
+def operations_context(query: QueryDict, circuits: dict) -> tuple[int, dict]:
+    """The operations page's status and context (the view and the live updates); `circuits`
+    comes from usage.operations.circuits_view (async: it may read Redis)."""
+    form = OperationsForm(query)
+    if not form.is_valid():
+        return 400, {"nav": "operations", "form": form, "circuits": circuits}
+    return 200, {"nav": "operations", "form": form, "circuits": circuits,
+                 "ops": operations_report(**form.operations_filter()), "live": True,
+                 "query": query.urlencode()}
+
+
+def operations_fragment(query: QueryDict, circuits: dict) -> str:
+    status, context = operations_context(query, circuits)
+    return render_to_string("usage/_operations_body.html", context) if status == 200 else ""
+
+
+@finance_required_async
+async def operations(request: HttpRequest) -> HttpResponse:
+    """Latency, time to first token and errors per provider and model by hour (the hourly
+    rollup plus the last hours' ledger), and each process's circuit breakers."""
+    from usage.operations import circuits_view
+
+    circuits = await circuits_view()
+    status, context = await sync_to_async(operations_context)(request.GET, circuits)
+    return await sync_to_async(render)(request, "usage/operations.html", context, status=status)
 
 
 @finance_required
