@@ -28,6 +28,10 @@ class UsageRecordQuerySet(models.QuerySet):
 
 
 class UsageRecord(models.Model):
+    # On MySQL, MariaDB and TiDB the table is partitioned by month of created_at (migration
+    # 0006, usage.partitions): there the database enforces (request_id, created_at) unique and
+    # (id, created_at) as primary key, and holds no foreign keys; every writer of a request's
+    # row carries the created_at of its admission, so a request still has one row.
     request_id = models.CharField(max_length=64, unique=True)
     # The client's own x-request-id, when it sent one (not unique: clients reuse them).
     client_request_id = models.CharField(max_length=128, blank=True)
@@ -96,6 +100,30 @@ class UsageRecord(models.Model):
     @property
     def tag_list(self) -> list[str]:
         return self.tags.split(",") if self.tags else []
+
+
+class LedgerArchive(models.Model):
+    """One file of ledger rows exported by `manage.py ledger_archive` (usage.archive): a month's
+    rows (`part` > 1: rows of that month that arrived after an earlier part), their count and
+    the SHA-256 of the file's uncompressed JSON lines. `dropped`: the rows have left the
+    ledger (DROP PARTITION or a chunked delete); until then a re-run finishes the drop."""
+
+    month = models.DateField()
+    part = models.PositiveSmallIntegerField(default=1)
+    path = models.CharField(max_length=1000)
+    rows = models.PositiveBigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    first_created_at = models.DateTimeField(null=True)
+    last_created_at = models.DateTimeField(null=True)
+    dropped = models.BooleanField(default=False)
+    archived_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["month", "part"],
+                                               name="uniq_ledger_archive_part")]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} part {self.part}: {self.rows} rows"
 
 
 class BudgetScope(models.TextChoices):

@@ -8,9 +8,11 @@ from celery import shared_task
 from django.utils import timezone
 
 from usage.alerts import budget_alerts_send
+from usage.archive import day_archived
 from usage.budgets import reservations_expire
 from usage.idempotency import idempotency_purge
 from usage.intents import intents_reap_late
+from usage.partitions import ledger_partitions_ensure
 from usage.rollups import budget_counters_reconcile, usage_rollup
 from usage.spool import ledger_spool_flush
 
@@ -20,7 +22,8 @@ def usage_rollup_task(day: str | None = None) -> int:
     """Roll up `day` (ISO date), or today and yesterday (late rows land in both)."""
     days = [date.fromisoformat(day)] if day else [timezone.now().date() - timedelta(days=1),
                                                    timezone.now().date()]
-    return sum(usage_rollup(day=d) for d in days)
+    # An archived month's rows left the ledger: its rollups are final and stay.
+    return sum(usage_rollup(day=d) for d in days if not day_archived(d))
 
 
 @shared_task(name="usage.reconcile_budgets")
@@ -53,3 +56,10 @@ def intents_reap_task() -> int:
     """`lost` rows for the requests of dead processes that no serving process reaped (they
     all died, say): a backstop for the serving processes' own reapers (usage.intents)."""
     return intents_reap_late()
+
+
+@shared_task(name="usage.ledger_partitions")
+def ledger_partitions_task() -> int:
+    """The ledger's monthly partitions for the next months, ahead of time (MySQL, MariaDB,
+    TiDB; a no-op elsewhere): rows never wait in the pmax catch-all."""
+    return len(ledger_partitions_ensure())

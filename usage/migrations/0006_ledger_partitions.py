@@ -1,0 +1,67 @@
+"""Monthly range partitions of the ledger on MySQL, MariaDB and TiDB; nothing elsewhere (SQLite).
+
+MySQL-family servers require every unique key of a partitioned table, the primary key
+included, to contain the partitioning column. The choice (docs/ledger.md, "A ledger that lasts
+for years"): partition by RANGE COLUMNS(created_at), primary key (id, created_at), and the
+request id unique together with created_at. `created_at` is fixed when the gateway admits the
+request and every writer of that request's row carries the same value (the group-commit
+writer, a retried write, a spool replay, the reaper's `lost` row from the intent), so the
+database still refuses a second row of the same request, and usage.services' idempotent writes
+keep working unchanged. Rejected: a separate unpartitioned dedupe table (a second insert per
+row on the hot path, a table that grows for ever, one more write to keep in one transaction),
+and a month derived from the request id (ids are random today, and old rows would not fit).
+
+Partitioned InnoDB tables hold no foreign keys: the key, team and price constraints are
+dropped on these backends; Django's on_delete=PROTECT (checked by Django) still refuses to
+delete a key, team or price that billed a row. Django's migration state keeps describing the
+table as before (unique request_id, id primary key, foreign keys): a later migration that alters
+those columns on MySQL must use RunSQL.
+
+On TiDB the id also becomes AUTO_RANDOM (no write hotspot); TiDB cannot change a clustered
+primary key in place, so there the table is rebuilt and swapped (usage.partitions). On a large
+existing table this copies every row: run it in a maintenance window.
+"""
+from django.db import migrations, models
+
+
+def partition(apps, schema_editor):
+    from usage.partitions import ledger_partition_apply
+
+    ledger_partition_apply(connection=schema_editor.connection)
+
+
+def unpartition(apps, schema_editor):
+    from usage.partitions import ledger_partition_revert
+
+    ledger_partition_revert(connection=schema_editor.connection)
+
+
+class Migration(migrations.Migration):
+    # ALTER TABLE commits implicitly on MySQL; the TiDB rebuild is a sequence of statements.
+    atomic = False
+
+    dependencies = [
+        ('usage', '0005_operations_rollup'),
+    ]
+
+    operations = [
+        migrations.CreateModel(
+            name='LedgerArchive',
+            fields=[
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('month', models.DateField()),
+                ('part', models.PositiveSmallIntegerField(default=1)),
+                ('path', models.CharField(max_length=1000)),
+                ('rows', models.PositiveBigIntegerField()),
+                ('sha256', models.CharField(max_length=64)),
+                ('first_created_at', models.DateTimeField(null=True)),
+                ('last_created_at', models.DateTimeField(null=True)),
+                ('dropped', models.BooleanField(default=False)),
+                ('archived_at', models.DateTimeField()),
+            ],
+            options={
+                'constraints': [models.UniqueConstraint(fields=('month', 'part'), name='uniq_ledger_archive_part')],
+            },
+        ),
+        migrations.RunPython(partition, unpartition, elidable=False),
+    ]
