@@ -35,6 +35,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, ValidationInfo, field_validator, model_validator)
 
 from gateway.dialects import DIALECTS
+from providers.capabilities import route_capabilities_problem
 from providers.translation import credentials_problem, translation_problem
 from providers.validation import base_url_problem
 
@@ -66,13 +67,21 @@ class RouteSpec:
     upstream_model: str
     weight: int | None = None
     priority: int | None = None
+    reasoning: bool | None = None
+    max_output_tokens: int | None = None
+    responses_api: bool | None = None
 
 
 class RouteTarget(ConfigModel):
-    """A provider's `models` value: an upstream name, or {upstream, weight, priority}."""
+    """A provider's `models` value: an upstream name, or {upstream, weight, priority,
+    reasoning, max_output_tokens, responses_api} (absent: the provider's, see
+    providers.capabilities)."""
     upstream: str = Field(min_length=1)
     weight: int | None = Field(None, ge=0)
     priority: int | None = None
+    reasoning: bool | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    responses_api: bool | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -156,12 +165,19 @@ class ProviderSpec(ConfigModel):
             raise ValueError(f"api_key: required for kind {self.kind}")
         if problem := credentials_problem(kind=self.kind, api_key=self.api_key or ""):
             raise ValueError(f"api_key: {problem}")
+        for public, target in self.models.items():
+            if problem := route_capabilities_problem(kind=self.kind,
+                                                     responses_api=target.responses_api):
+                raise ValueError(f"models.{public}.{problem}")
         return self
 
     @property
     def routes(self) -> tuple[RouteSpec, ...]:
         return tuple(RouteSpec(public_model=public, upstream_model=t.upstream, weight=t.weight,
-                               priority=t.priority) for public, t in self.models.items())
+                               priority=t.priority, reasoning=t.reasoning,
+                               max_output_tokens=t.max_output_tokens,
+                               responses_api=t.responses_api)
+                     for public, t in self.models.items())
 
 
 def _price(value: object) -> Decimal | None:

@@ -21,7 +21,7 @@ from gateway.types import CodecOptions
 from providers.crypto import SecretUnreadable, secret_decrypt
 from providers.models import (PRICE_OPTIONAL_FIELDS, ApiKey, BudgetPeriod, ConfigVersion,
                               ModelRoute, Price)
-from providers.translation import codec_options, upstream_kind
+from providers.capabilities import route_capabilities
 from usage.budgets import period_bounds
 from usage.models import BudgetCounter
 
@@ -213,12 +213,14 @@ def routing_snapshot_load() -> RoutingSnapshot:
             logger.error("provider %s: secret unreadable with the configured keys; route skipped",
                          provider.name)
             continue
+        # The route's kind and codec options, its capabilities resolved (route, provider,
+        # catalog, default) once per snapshot: codecs read only CodecOptions.
+        capabilities = route_capabilities(route)
         deployments.setdefault(route.public_model, []).append(Deployment(
             route_id=route.id,
             provider_id=provider.id,
             provider_name=provider.name,
-            kind=upstream_kind(kind=provider.kind, translation=provider.translation or {},
-                               upstream_model=route.upstream_model),
+            kind=capabilities.kind,
             base_url=provider.base_url.rstrip("/"),
             upstream_model=route.upstream_model,
             weight=route.effective_weight,
@@ -230,8 +232,7 @@ def routing_snapshot_load() -> RoutingSnapshot:
                 priority=route.effective_priority, max_inflight=provider.max_inflight,
                 failure_threshold=provider.breaker_failures, cooldown_s=provider.breaker_cooldown_s,
                 max_cooldown_s=max(300.0, provider.breaker_cooldown_s * 8)),
-            codec_options=codec_options(kind=provider.kind, translation=provider.translation or {},
-                                        upstream_model=route.upstream_model),
+            codec_options=capabilities.codec_options,
             extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
             api_key=api_key,
         ))

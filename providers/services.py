@@ -71,7 +71,9 @@ def config_apply(*, spec: ConfigSpec, prune: bool = False, actor: str = "gateway
             route, route_created = ModelRoute.objects.update_or_create(
                 provider=provider, public_model=r.public_model,
                 defaults={"upstream_model": r.upstream_model, "weight": r.weight,
-                          "priority": r.priority, "enabled": True},
+                          "priority": r.priority, "reasoning": r.reasoning,
+                          "max_output_tokens": r.max_output_tokens,
+                          "responses_api": r.responses_api, "enabled": True},
             )
             audit_log_write(obj=route, action=AuditAction.ADD if route_created else AuditAction.CHANGE,
                             before=existing.get(r.public_model), after=audit_state(route), actor=actor)
@@ -250,6 +252,10 @@ def _env_placeholder(provider_name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", provider_name.upper()) + "_API_KEY"
 
 
+# A route's own settings in the file, where set (None: inherited from the provider).
+ROUTE_EXPORTED = ("weight", "priority", "reasoning", "max_output_tokens", "responses_api")
+
+
 def config_export() -> str:
     """The current config as the YAML `config_apply` reads; secrets as `${ENV}` placeholders.
     Prices: the version in force now for each (model, provider)."""
@@ -257,15 +263,11 @@ def config_export() -> str:
     for provider in Provider.objects.prefetch_related("routes").order_by("name"):
         models = {}
         for route in sorted(provider.routes.all(), key=lambda r: r.public_model):
-            if route.weight is None and route.priority is None:
-                models[route.public_model] = route.upstream_model
-            else:
-                entry = {"upstream": route.upstream_model}
-                if route.weight is not None:
-                    entry["weight"] = route.weight
-                if route.priority is not None:
-                    entry["priority"] = route.priority
-                models[route.public_model] = entry
+            entry = {"upstream": route.upstream_model}
+            for name in ROUTE_EXPORTED:
+                if getattr(route, name) is not None:
+                    entry[name] = getattr(route, name)
+            models[route.public_model] = entry if len(entry) > 1 else route.upstream_model
         item = {"name": provider.name, "kind": provider.kind}
         if provider.base_url:
             item["base_url"] = provider.base_url

@@ -344,8 +344,10 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
             body["tool_choice"] = choice
     if thinking := _wire_thinking(req, max_tokens, messages, options):
         body["thinking"] = thinking
-    elif req.reasoning is not None and req.surface != "anthropic_messages" \
-            and req.reasoning.effort != "none":
+    elif req.surface == "anthropic_messages":
+        if req.reasoning is not None and (req.reasoning.budget_tokens or req.reasoning.adaptive):
+            dropped.append("thinking")  # the route does not reason, or no budget fits
+    elif req.reasoning is not None and req.reasoning.effort != "none":
         dropped.append("reasoning.effort" if req.surface == "openai_responses"
                        else "reasoning_effort")
     if req.user:
@@ -495,7 +497,12 @@ def _wire_thinking(req: ChatRequest, max_tokens: int, messages: list[dict[str, A
     if r is None or options.reasoning is False:
         return None
     if r.budget_tokens is not None:
-        thinking: dict[str, Any] = {"type": "enabled", "budget_tokens": r.budget_tokens}
+        # Within a max_tokens the route's output limit lowered: Anthropic refuses a budget of
+        # max_tokens or more, and one under 1024.
+        budget = min(r.budget_tokens, max_tokens - 1)
+        if budget < _MIN_THINKING_BUDGET:
+            return None
+        thinking: dict[str, Any] = {"type": "enabled", "budget_tokens": budget}
     elif r.adaptive:
         thinking = {"type": "adaptive"}
     elif r.effort and r.effort != "none" and req.surface != "anthropic_messages":

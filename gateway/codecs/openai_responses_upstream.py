@@ -59,8 +59,8 @@ def build_request(req: ChatRequest, *, upstream_model: str, stream: bool,
             body["tool_choice"] = tool_choice_to_openai(req.tool_choice, nested=False)
         if req.parallel_tool_calls is not None:
             body["parallel_tool_calls"] = req.parallel_tool_calls
-    if req.max_tokens is not None:
-        body["max_output_tokens"] = req.max_tokens
+    if (max_tokens := options.clamp_max_tokens(req.max_tokens)) is not None:
+        body["max_output_tokens"] = max_tokens
     for key in ("temperature", "top_p", "user"):
         if getattr(req, key) is not None:
             body[key] = getattr(req, key)

@@ -1,0 +1,102 @@
+"""A route's capabilities in the routing file (issue 16): the keys a model mapping entry may
+carry, their errors naming the key, the round trip apply -> export -> apply, and the snapshot's
+deployments built from them."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from providers.config_file import ConfigError, config_parse
+from providers.models import ModelRoute
+from providers.selectors import routing_snapshot_load
+from providers.services import config_apply, config_export
+
+FILE = """
+providers:
+  - name: compat
+    kind: openai
+    base_url: http://10.0.0.7:8000/v1
+    translation: {reasoning: true}
+    models:
+      plain: up-plain
+      claude-sonnet: {upstream: kimi-k2.5, weight: 3, reasoning: false, max_output_tokens: 64000,
+                      responses_api: true}
+  - name: anth
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    models:
+      claude: {upstream: claude-sonnet-4-5, max_output_tokens: 32000}
+"""
+
+
+@pytest.mark.django_db
+def test_the_keys_round_trip_through_apply_and_export():
+    config_apply(spec=config_parse(FILE))
+    route = ModelRoute.objects.get(public_model="claude-sonnet")
+    assert (route.weight, route.reasoning, route.max_output_tokens, route.responses_api) == \
+        (3, False, 64000, True)
+    exported = config_export()
+    models = {p["name"]: p["models"] for p in yaml.safe_load(exported)["providers"]}
+    assert models == {
+        "anth": {"claude": {"upstream": "claude-sonnet-4-5", "max_output_tokens": 32000}},
+        "compat": {"claude-sonnet": {"upstream": "kimi-k2.5", "weight": 3, "reasoning": False,
+                                     "max_output_tokens": 64000, "responses_api": True},
+                   "plain": "up-plain"},
+    }
+    before = list(ModelRoute.objects.order_by("id").values())
+    config_apply(spec=config_parse(exported))
+    assert list(ModelRoute.objects.order_by("id").values()) == before
+
+
+@pytest.mark.django_db
+def test_the_snapshot_deployments_carry_the_resolved_capabilities():
+    config_apply(spec=config_parse(FILE))
+    deployments = {name: d for name, (d,) in routing_snapshot_load().deployments.items()}
+    sonnet, plain, claude = deployments["claude-sonnet"], deployments["plain"], deployments["claude"]
+    assert sonnet.kind == "openai_responses"
+    assert (sonnet.codec_options.reasoning, sonnet.codec_options.max_output_tokens) == \
+        (False, 64000)
+    assert plain.kind == "openai"
+    assert (plain.codec_options.reasoning, plain.codec_options.max_output_tokens) == (True, None)
+    assert claude.kind == "anthropic"
+    assert (claude.codec_options.reasoning, claude.codec_options.max_output_tokens) == \
+        (True, 32000)
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ("{upstream: x, reasoning: 'yes'}",
+     "line 7: providers[0].models.m.reasoning: must be true or false"),
+    ("{upstream: x, max_output_tokens: 0}",
+     "line 7: providers[0].models.m.max_output_tokens: must be >= 1"),
+    ("{upstream: x, max_output_tokens: many}",
+     "line 7: providers[0].models.m.max_output_tokens: must be an integer"),
+    ("{upstream: x, responses_api: 1}",
+     "line 7: providers[0].models.m.responses_api: must be true or false"),
+    ("{upstream: x, reasons: true}",
+     "line 7: providers[0].models.m.reasons: unknown field"),
+])
+def test_a_bad_key_is_an_error_naming_it(entry, problem):
+    with pytest.raises(ConfigError) as info:
+        config_parse(f"""
+providers:
+  - name: p
+    kind: openai
+    base_url: http://10.0.0.7:8000/v1
+    models:
+      m: {entry}
+""")
+    assert str(info.value) == problem
+
+
+def test_responses_api_on_a_kind_without_the_responses_wire_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        config_parse("""
+providers:
+  - name: anth
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    models:
+      m: {upstream: x, responses_api: true}
+""")
+    assert str(info.value) == \
+        "line 3: providers[0]: models.m.responses_api: only for kind openai or azure_openai"
