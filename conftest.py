@@ -70,7 +70,7 @@ def gateway_url(_live_gateway: str, transactional_db) -> str:
     from django.conf import settings
 
     from gateway.clients import client_pool
-    from providers.cache import snapshot_cache
+    from providers.cache import key_cache, snapshot_cache
 
     # Test databases reuse ids, so routing state (breakers, WRR) from an earlier test must go.
     if settings.REDIS_URL:
@@ -83,6 +83,7 @@ def gateway_url(_live_gateway: str, transactional_db) -> str:
         client.close()
     client_pool.reset_routing_state()
     snapshot_cache.invalidate()
+    key_cache.clear()
     from gateway.asgi import http_application
 
     http_application.reset()

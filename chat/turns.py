@@ -40,7 +40,7 @@ from gateway.surfaces.events import DONE, event, event_relay, provider_event, re
 from gateway.tokens import request_input_tokens
 from gateway.responses import json_response, openai_error, sse_response
 from gateway.types import ChatRequest
-from providers.cache import snapshot_cache
+from providers.cache import key_cache, snapshot_cache
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 
 SURFACE = "chat"
@@ -56,7 +56,7 @@ async def _chat_key(request: HttpRequest) -> tuple[KeyInfo, RoutingSnapshot, int
     key_hash = await db.run(chat_account_key_hash, user_id=user.pk, username=user.get_username())
     snapshot = await snapshot_cache.get()
     # A key created just now (the user's first visit) is read from the database.
-    key = await snapshot_cache.key_find(key_hash, snapshot=snapshot)
+    key = await key_cache.find(key_hash)
     if key is None:
         raise PermissionDenied("chat is turned off for your account (its API key is revoked)",
                                code="chat_disabled")

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 
 from gateway.errors import (AuthenticationFailed, InvalidRequest, NotFound, PayloadTooLarge,
                             PermissionDenied, ServiceUnavailable)
-from providers.cache import snapshot_cache
+from providers.cache import key_cache
 from providers.keys import api_key_hash
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
 
@@ -38,12 +38,14 @@ def read_json(request: HttpRequest) -> dict:
     return body
 
 
-async def authenticate(request: HttpRequest, snapshot: RoutingSnapshot) -> KeyInfo:
-    """The key from `Authorization: Bearer` or `x-api-key`: from the snapshot, or, for a key
-    created since it was loaded, from the database (one query per digest, confirmed-unknown
-    digests remembered briefly: providers.cache.KeyLookup). Raises AuthenticationFailed for a
-    missing key or one the database confirms unknown or revoked (the only 401s, which the
-    per-address lockout counts), ServiceUnavailable when the database cannot be asked."""
+async def authenticate(request: HttpRequest, _snapshot: RoutingSnapshot | None = None) -> KeyInfo:
+    """The key from `Authorization: Bearer` or `x-api-key`, by its digest, from the process's
+    key cache or the database (one query per digest, confirmed-unknown digests remembered
+    briefly: providers.cache.KeyCache). Keys are not part of the routing snapshot (issue 18);
+    the second argument is accepted so that callers may pass the one they serve from. Raises
+    AuthenticationFailed for a missing key or one the database confirms unknown, revoked or
+    expired (the only 401s, which the per-address lockout counts), ServiceUnavailable when the
+    database cannot be asked."""
     raw = ""
     auth = request.headers.get("authorization", "")
     if auth[:7].lower() == "bearer ":
@@ -53,7 +55,7 @@ async def authenticate(request: HttpRequest, snapshot: RoutingSnapshot) -> KeyIn
     if not raw:
         raise AuthenticationFailed("missing API key: send `Authorization: Bearer <key>` or `x-api-key`")
     try:
-        key = await snapshot_cache.key_find(api_key_hash(raw), snapshot=snapshot)
+        key = await key_cache.find(api_key_hash(raw))
     except DatabaseError:
         raise ServiceUnavailable("the API key could not be checked: the database is unreachable",
                                  code="key_check_unavailable", headers={"retry-after": "1"}) from None

@@ -173,6 +173,14 @@ GATEWAY_CONNECT_TIMEOUT_S = env.float("GATEWAY_CONNECT_TIMEOUT_S", default=10.0)
 GATEWAY_READ_TIMEOUT_S = env.float("GATEWAY_READ_TIMEOUT_S", default=600.0)
 # How often a process checks whether the routing config changed (admin, gateway_apply).
 GATEWAY_CONFIG_POLL_S = env.float("GATEWAY_CONFIG_POLL_S", default=1.0)
+# API keys are looked up by digest and cached per process (providers.cache.KeyCache): at most
+# this many, each for at most this long (a safety net: key changes evict through Redis pub/sub
+# and the key change feed). Feed rows are kept this long.
+GATEWAY_KEY_CACHE_SIZE = env.int("GATEWAY_KEY_CACHE_SIZE", default=20_000)
+GATEWAY_KEY_CACHE_TTL_S = env.float("GATEWAY_KEY_CACHE_TTL_S", default=300.0)
+GATEWAY_KEY_FEED_RETENTION_S = env.float("GATEWAY_KEY_FEED_RETENTION_S", default=3600.0)
+if GATEWAY_KEY_CACHE_SIZE < 1:
+    raise ImproperlyConfigured("GATEWAY_KEY_CACHE_SIZE must be >= 1")
 # Paths answered whatever their Host header (every other path needs a Host in ALLOWED_HOSTS):
 # kubelet and load-balancer probes send the pod's IP. Exact paths; /health reveals nothing.
 GATEWAY_ANY_HOST_PATHS = tuple(env.list("GATEWAY_ANY_HOST_PATHS", default=["/health"]))

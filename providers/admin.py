@@ -27,7 +27,7 @@ from django.utils.html import format_html, format_html_join
 from gateway.adapters import upstream_send
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool
-from gateway.dialects import DIALECTS, dialect_for
+from gateway.dialects import AZURE_RESPONSES_KIND, DIALECTS, RESPONSES_KIND, dialect_for
 from gateway.routing import Candidate
 from gateway.routing_state import BreakerView, RedisRoutingState
 from providers.catalog import CatalogMissing, CatalogPrice, catalog_price
@@ -39,8 +39,8 @@ from providers.models import (
 )
 from providers.selectors import (Deployment, budget_spent_units, route_shares_annotate,
                                  routing_snapshot_load)
-from providers.translation import (codec_options, credentials_problem, translation_problem,
-                                   upstream_kind)
+from providers.capabilities import route_capabilities, route_capabilities_problem
+from providers.translation import credentials_problem, translation_problem
 from providers.validation import base_url_problem
 from providers.services import (PriceSyncOutcome, api_key_revoke, api_key_rotate,
                                 audit_log_write, audit_state, config_version_bump, prices_sync)
@@ -48,6 +48,7 @@ from usage.budgets import units_to_usd
 from usage.models import UsageRecord
 
 CONNECTION_TEST_TIMEOUT_S = 15.0
+RESPONSES_KINDS = {RESPONSES_KIND, AZURE_RESPONSES_KIND}
 
 admin.site.site_header = "LLM Gateway"
 admin.site.site_title = "LLM Gateway admin"
@@ -170,21 +171,99 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
-ROUTE_LABELS = {"weight": "Weight", "priority": "Priority", "enabled": "Route enabled"}
+ROUTE_LABELS = {"weight": "Weight", "priority": "Priority", "enabled": "Route enabled",
+                "reasoning": "Reasons", "max_output_tokens": "Output limit (tokens)",
+                "responses_api": "Responses API"}
 ROUTE_HELP = {"weight": "Empty: the provider's weight.",
-              "priority": "Empty: the provider's priority. Lower is tried first."}
+              "priority": "Empty: the provider's priority. Lower is tried first.",
+              "reasoning": "Whether the model takes a reasoning effort (thinking budgets and "
+                           "efforts become reasoning_effort; elsewhere they are dropped). "
+                           "Inherit: the provider's setting, else the price catalog or the "
+                           "known model families, else the kind's default.",
+              "max_output_tokens": "A larger max_tokens is lowered to this. Empty: the "
+                                   "provider's setting, else the catalog's context window.",
+              "responses_api": "OpenAI-compatible and Azure OpenAI only: reach this route "
+                               "through /v1/responses (Yes) or Chat Completions (No). "
+                               "Inherit: as its provider does."}
+# Where a resolved capability came from (providers.capabilities), in the admin's words.
+CAPABILITY_SOURCES = {"route": "this route", "provider": "provider", "catalog": "catalog",
+                      "model family": "known model family", "default": "default"}
+
+
+class InheritSelect(forms.NullBooleanSelect):
+    """A route's nullable yes/no: empty inherits (the provider's, the catalog's ...)."""
+
+    def __init__(self, attrs=None):
+        super().__init__(attrs)
+        self.choices = [("unknown", "Inherit"), ("true", "Yes"), ("false", "No")]
+
+
+def route_capabilities_html(route: ModelRoute | None):
+    """The route's effective capabilities, each with where it came from."""
+    if route is None or route.pk is None or route.provider_id is None:
+        return "—"
+    caps = route_capabilities(route)
+    reasons = {True: "yes", False: "no", None: "unknown"}[caps.reasoning.value]
+    limit = caps.max_output_tokens.value
+    rows = (("Reasons", reasons, caps.reasoning.source),
+            ("Output limit", f"{limit:,} tokens" if limit else "none",
+             caps.max_output_tokens.source),
+            ("Wire", "Responses API" if caps.kind in RESPONSES_KINDS else caps.kind,
+             caps.responses_api.source))
+    return format_html_join(
+        "", '<span class="nowrap">{}: {} <small>({})</small></span><br>',
+        ((label, value, CAPABILITY_SOURCES[source]) for label, value, source in rows))
+
+
+def _responses_api_problem(kind: str | None, value: bool | None) -> str | None:
+    problem = route_capabilities_problem(kind=kind or "", responses_api=value)
+    return problem.replace("responses_api: only for kind", "Only for providers of kind") \
+        if problem else None
+
+
+class ModelRouteFormSet(forms.BaseInlineFormSet):
+    """A provider's routes; responses_api only where the provider's kind has that wire."""
+
+    def clean(self):
+        super().clean()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            if data.get("DELETE"):
+                continue
+            if problem := _responses_api_problem(self.instance.kind, data.get("responses_api")):
+                form.add_error("responses_api", problem)
+
+
+class ModelRouteForm(forms.ModelForm):
+    def clean(self):
+        data = super().clean()
+        provider = data.get("provider")
+        if provider is not None and (problem := _responses_api_problem(
+                provider.kind, data.get("responses_api"))):
+            self.add_error("responses_api", problem)
+        return data
 
 
 class ModelRouteInline(admin.TabularInline):
     model = ModelRoute
+    formset = ModelRouteFormSet
     extra = 0
-    fields = ["public_model", "upstream_model", "weight", "priority", "enabled"]
+    fields = ["public_model", "upstream_model", "weight", "priority", "enabled", "reasoning",
+              "max_output_tokens", "responses_api", "capabilities"]
+    readonly_fields = ["capabilities"]
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name in ("reasoning", "responses_api"):
+            kwargs["widget"] = InheritSelect
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if field is not None and db_field.name in ROUTE_HELP:
+            field.label = ROUTE_LABELS.get(db_field.name, field.label)
             field.help_text = ROUTE_HELP[db_field.name]
         return field
+
+    @admin.display(description="In effect")
+    def capabilities(self, obj):
+        return route_capabilities_html(obj)
 
 
 @dataclass(frozen=True)
@@ -207,9 +286,8 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
         return ConnectionResult(False, f"{provider.name}: the stored API key cannot be decrypted "
                                        "with the configured encryption keys.")
     timeout_s = min(provider.timeout_s, CONNECTION_TEST_TIMEOUT_S)
-    translation = provider.translation or {}
-    kind = upstream_kind(kind=provider.kind, translation=translation,
-                         upstream_model=route.upstream_model)
+    capabilities = route_capabilities(route)
+    kind = capabilities.kind
     deployment = Deployment(
         route_id=route.id, provider_id=provider.id, provider_name=provider.name,
         kind=kind, base_url=provider.base_url.rstrip("/"),
@@ -217,8 +295,7 @@ def provider_connection_test(provider: Provider) -> ConnectionResult:
         priority=route.effective_priority, timeout_s=timeout_s, max_inflight=provider.max_inflight,
         candidate=Candidate(route_id=route.id, provider_id=provider.id, weight=1, priority=0,
                             max_inflight=provider.max_inflight),
-        codec_options=codec_options(kind=provider.kind, translation=translation,
-                                    upstream_model=route.upstream_model),
+        codec_options=capabilities.codec_options,
         extra_headers=tuple((str(k), str(v)) for k, v in (provider.extra_headers or {}).items()),
         api_key=api_key)
     dialect = dialect_for(kind)
@@ -355,8 +432,18 @@ class ModelRouteAdmin(Audited, BumpsConfigVersion, admin.ModelAdmin):
     list_filter = [ServedFilter, "provider", "enabled"]
     search_fields = ["public_model", "upstream_model"]
     list_select_related = ["provider"]
+    form = ModelRouteForm
+    fields = ["public_model", "provider", "upstream_model", "weight", "priority", "enabled",
+              "reasoning", "max_output_tokens", "responses_api", "capabilities"]
+    readonly_fields = ["capabilities"]
+
+    @admin.display(description="In effect")
+    def capabilities(self, obj):
+        return route_capabilities_html(obj)
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name in ("reasoning", "responses_api"):
+            kwargs["widget"] = InheritSelect
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if field is not None and db_field.name in ROUTE_LABELS:
             field.label = ROUTE_LABELS[db_field.name]

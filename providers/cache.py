@@ -1,21 +1,23 @@
-"""The per-process routing snapshot, reloaded when the config version changes.
+"""What each serving process caches of the configuration: the routing snapshot and API keys.
 
-The version is polled at most every GATEWAY_CONFIG_POLL_S seconds (one small query), so admin
-and `gateway_apply` edits reach running servers within about a second, with no restart. One
-reload runs at a time; concurrent requests keep using the previous snapshot meanwhile.
+The snapshot (deployments and prices, a few hundred rows) is reloaded when the config version
+changes. The version is polled at most every GATEWAY_CONFIG_POLL_S seconds (one small query),
+so admin and `gateway_apply` edits of routes reach running servers within about a second, with
+no restart. One reload runs at a time; concurrent requests keep using the previous snapshot.
 
-A key created since the last reload is not in the snapshot yet: `key_find` looks such a digest
-up in the database (`KeyLookup`) before the request is refused, so a new key works on its
-first request on every process, and a revoked one still stops within the poll interval.
-An expired key, or a rotated-out secret past its grace period, is refused from the moment it
-expires, whichever snapshot or lookup holds it (`KeyInfo.expired`).
+Keys are not in the snapshot (issue 18: at 100,000 keys every key change made every process
+reload them all, 2.3-2.6 s of CPU and 130 MB each). `KeyCache` looks a digest up when a request
+brings it and keeps it in a bounded LRU; a key change evicts the digests it names, through
+Redis pub/sub at once and through the key change feed within the poll interval
+(providers.key_events), so a new key works on its first request on every process and a revoked
+one stops within a second. A key change never reloads the snapshot.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -23,107 +25,196 @@ from django.db import DatabaseError
 
 from gateway.database import db
 from gateway.errors import ServiceUnavailable
-from providers.selectors import (KeyInfo, RoutingSnapshot, api_key_active_get,
-                                 config_version_get, routing_snapshot_load)
+from providers.key_events import KeyChangeListener
+from providers.selectors import (KeyChangeInfo, KeyInfo, RoutingSnapshot, api_key_active_get,
+                                 config_version_get, key_changes_since, routing_snapshot_load)
 
 logger = logging.getLogger(__name__)
 
 # A digest the database did not know is refused without asking again for this long: a burst
 # of guesses costs one query per distinct digest, while a key cannot be created under a digest
-# someone already sent (the digest is of a random secret).
+# someone already sent (the digest is of a random secret); a creation evicts it anyway.
 UNKNOWN_TTL_S = 2.0
 MAX_UNKNOWN = 10_000
-MAX_FOUND = 1_000
+# Feed rows are read from this many ids below the last one seen: a change whose transaction
+# took its id before a later one committed is still read (each change is applied once).
+FEED_OVERLAP = 64
+MAX_APPLIED = 10_000
+NEVER = float("-inf")  # a monotonic clock may start near zero
 
 
-class KeyLookup:
-    """Keys looked up by digest, one query per digest at a time (concurrent requests for the
-    same digest await the same query), bounded caches both ways:
+class KeyCache:
+    """API keys by digest, for every request's authentication.
 
-    - found keys, each kept only while the snapshot it was looked up beside is the current
-      one (a reload, which a revocation forces within the poll interval, retires it: the
-      reloaded snapshot holds the key, or it was revoked and the next lookup, which reads
-      unrevoked keys only, finds nothing);
-    - confirmed-unknown digests, for UNKNOWN_TTL_S.
-    A database error is raised to every waiter and nothing is cached. `on_found` is called
-    when the database knew a key the snapshot did not."""
+    - A digest not cached is read from the database (`api_key_active_get`, one indexed query
+      on a database thread); concurrent requests for the same digest await the same query.
+    - Found keys are kept in an LRU of GATEWAY_KEY_CACHE_SIZE entries, each for at most
+      GATEWAY_KEY_CACHE_TTL_S (then read again; while the database is unreachable the last
+      copy keeps serving). Confirmed-unknown digests are remembered for UNKNOWN_TTL_S.
+    - `apply` evicts what a key change names (the listener's messages and the feed's rows,
+      each change once); a lookup that a change overtook is answered but not cached.
+    - The feed is read at most every GATEWAY_CONFIG_POLL_S, from the request that finds it
+      due. A process that could not read it for longer than the feed keeps rows
+      (GATEWAY_KEY_FEED_RETENTION_S), or finds it behind the last row it saw, drops every
+      cached key.
+    `lookups` counts the database lookups. Expiry is checked per request (`KeyInfo.expired`)."""
 
-    def __init__(self, *, on_found: Callable[[], None]) -> None:
-        self._on_found = on_found
-        self._found: dict[str, tuple[str | None, KeyInfo]] = {}
+    def __init__(self) -> None:
+        self._found: OrderedDict[str, tuple[KeyInfo, float]] = OrderedDict()
         self._unknown: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Future] = {}
+        self._overtaken: set[str] = set()
+        self._feed_seen: int | None = None
+        self._feed_checked_at = NEVER
+        self._feed_read_at = 0.0
+        self._feed_lock: asyncio.Lock | None = None
+        self._applied: set[int] = set()
+        # Changes up to this id came before what is cached: never applied.
+        self._feed_floor = 0
+        self._listener = KeyChangeListener(on_change=self.apply, on_subscribed=self._poll_soon)
+        self.lookups = 0
+
+    def __len__(self) -> int:
+        return len(self._found)
 
     def clear(self) -> None:
+        """Forget every key and the feed position (tests: a fresh database)."""
         self._found.clear()
         self._unknown.clear()
+        self._overtaken.update(self._inflight)
+        self._feed_seen = None
+        self._feed_checked_at = NEVER
+        self._applied.clear()
+        self._feed_floor = 0
 
-    async def find(self, digest: str, *, version: str | None) -> KeyInfo | None:
-        """The key with `digest` for a request served from the snapshot of `version`, or None
-        when the database confirms there is none (unrevoked). Raises DatabaseError."""
-        found = self._found.get(digest)
-        if found is not None and found[0] == version:
-            return found[1]
-        until = self._unknown.get(digest)
-        if until is not None:
-            if until > time.monotonic():
-                return None
-            del self._unknown[digest]
+    async def find(self, digest: str) -> KeyInfo | None:
+        """The unrevoked, unexpired key with `digest`, or None when the database confirms there
+        is none. Raises DatabaseError when it must be asked and cannot be."""
+        if settings.REDIS_URL:
+            self._listener.ensure_started()
+        if time.monotonic() - self._feed_checked_at >= settings.GATEWAY_CONFIG_POLL_S:
+            await self._feed_poll()
+        now = time.monotonic()
+        entry = self._found.get(digest)
+        if entry is not None and entry[1] > now:
+            self._found.move_to_end(digest)
+            key = entry[0]
+        else:
+            until = self._unknown.get(digest)
+            if until is not None:
+                if until > now:
+                    return None
+                del self._unknown[digest]
+            try:
+                key = await self._lookup(digest)
+            except DatabaseError:
+                if entry is None:
+                    raise
+                key = entry[0]  # stale, but no change evicted it: keep serving it
+        if key is not None and key.expired(datetime.now(UTC)):
+            return None
+        return key
+
+    def apply(self, change: KeyChangeInfo) -> None:
+        """Evict what `change` names: its digests, and every key of its team. Idempotent."""
+        if change.id <= self._feed_floor or change.id in self._applied:
+            return
+        if len(self._applied) >= MAX_APPLIED:
+            self._applied = set(sorted(self._applied)[MAX_APPLIED // 2:])
+        self._applied.add(change.id)
+        for digest in change.digests:
+            self._found.pop(digest, None)
+            self._unknown.pop(digest, None)
+            if digest in self._inflight:
+                self._overtaken.add(digest)
+        if change.team_id is not None:
+            for digest in [d for d, (key, _) in self._found.items() if key.team_id == change.team_id]:
+                del self._found[digest]
+            self._overtaken.update(self._inflight)
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+
+    def _poll_soon(self) -> None:
+        """(Re)subscribed: what was published meanwhile is in the feed; read it next request."""
+        self._feed_checked_at = NEVER
+
+    async def _lookup(self, digest: str) -> KeyInfo | None:
         lookup = self._inflight.get(digest)
         if lookup is None:
-            lookup = asyncio.ensure_future(self._lookup(digest, version))
+            lookup = asyncio.ensure_future(self._query(digest))
             self._inflight[digest] = lookup
             lookup.add_done_callback(lambda _: self._inflight.pop(digest, None))
         # Shielded: a waiter whose client left does not cancel the others' query.
         return await asyncio.shield(lookup)
 
-    async def _lookup(self, digest: str, version: str | None) -> KeyInfo | None:
-        key = await db.run(api_key_active_get, key_hash=digest)
+    async def _query(self, digest: str) -> KeyInfo | None:
+        self.lookups += 1
+        try:
+            key = await db.run(api_key_active_get, key_hash=digest)
+        finally:
+            overtaken = digest in self._overtaken
+            self._overtaken.discard(digest)
+        if overtaken or self._feed_seen is None:
+            return key
+        now = time.monotonic()
         if key is None:
             if len(self._unknown) >= MAX_UNKNOWN:
-                now = time.monotonic()
                 self._unknown = {d: t for d, t in self._unknown.items() if t > now}
                 if len(self._unknown) >= MAX_UNKNOWN:
                     self._unknown = {}
-            self._unknown[digest] = time.monotonic() + UNKNOWN_TTL_S
+            self._unknown[digest] = now + UNKNOWN_TTL_S
         else:
-            if len(self._found) >= MAX_FOUND:
-                self._found = {}
-            self._found[digest] = (version, key)
-            self._on_found()
+            self._found[digest] = (key, now + settings.GATEWAY_KEY_CACHE_TTL_S)
+            self._found.move_to_end(digest)
+            while len(self._found) > settings.GATEWAY_KEY_CACHE_SIZE:
+                self._found.popitem(last=False)
         return key
+
+    async def _feed_poll(self) -> None:
+        if self._feed_lock is None:
+            self._feed_lock = asyncio.Lock()
+        if self._feed_seen is not None and self._feed_lock.locked():
+            return  # another request is reading it; this one goes on with what is cached
+        async with self._feed_lock:
+            if time.monotonic() - self._feed_checked_at < settings.GATEWAY_CONFIG_POLL_S:
+                return
+            try:
+                head, changes = await db.run(key_changes_since, after=self._feed_seen,
+                                             overlap=FEED_OVERLAP)
+            except DatabaseError:
+                self._feed_checked_at = time.monotonic()
+                logger.warning("the key change feed cannot be read; serving the cached keys")
+                return
+            now = time.monotonic()
+            if (self._feed_seen is None or head < self._feed_seen
+                    or now - self._feed_read_at > settings.GATEWAY_KEY_FEED_RETENTION_S):
+                # Nothing tells what changed before this point (first read, a feed emptied or
+                # restored, rows pruned before this process read them): re-read every key.
+                self._found.clear()
+                self._unknown.clear()
+                self._overtaken.update(self._inflight)
+                self._applied.clear()
+                self._feed_floor = head
+            for change in changes:
+                self.apply(change)
+            self._feed_seen = head
+            self._applied = {i for i in self._applied if i > head - FEED_OVERLAP}
+            self._feed_read_at = self._feed_checked_at = now
 
 
 class SnapshotCache:
-    """Bounded by construction: it holds exactly one snapshot (and a bounded KeyLookup)."""
+    """Bounded by construction: it holds exactly one snapshot. `loads` counts the reloads."""
 
     def __init__(self) -> None:
         self._snapshot: RoutingSnapshot | None = None
         self._checked_at = 0.0
         self._lock: asyncio.Lock | None = None
-        self._keys = KeyLookup(on_found=self._recheck)
+        self.loads = 0
 
     def invalidate(self) -> None:
         self._checked_at = 0.0
         self._snapshot = None
-        self._keys.clear()
-
-    def _recheck(self) -> None:
-        """The next request checks the config version (the snapshot is kept meanwhile)."""
-        self._checked_at = 0.0
-
-    async def key_find(self, digest: str, *, snapshot: RoutingSnapshot) -> KeyInfo | None:
-        """The unrevoked, unexpired key with `digest`: from `snapshot`, else from the
-        database (see KeyLookup). A key found there makes the next request check the config
-        version, so the snapshot catches up. An expired key is None, as a revoked one (the
-        snapshot's copy is not looked up again: an extended expiry reloads the snapshot).
-        Raises DatabaseError."""
-        key = snapshot.keys.get(digest)
-        if key is None:
-            key = await self._keys.find(digest, version=snapshot.version)
-        if key is not None and key.expired(datetime.now(UTC)):
-            return None
-        return key
 
     async def get(self) -> RoutingSnapshot:
         snapshot = self._snapshot
@@ -137,14 +228,18 @@ class SnapshotCache:
             if self._snapshot is not None and time.monotonic() - self._checked_at < settings.GATEWAY_CONFIG_POLL_S:
                 return self._snapshot
             try:
-                self._snapshot = await db.run(_fresh_snapshot, previous=self._snapshot)
+                fresh = await db.run(_fresh_snapshot, previous=self._snapshot)
             except DatabaseError:
                 if self._snapshot is None:
                     raise ServiceUnavailable(
                         "the routing configuration cannot be loaded: the database is unreachable",
                         code="config_unavailable", headers={"retry-after": "5"}) from None
-                # Keep serving known keys and routes while the database is unreachable.
+                # Keep serving known routes while the database is unreachable.
                 logger.warning("config reload failed; serving the previous snapshot")
+            else:
+                if fresh is not self._snapshot:
+                    self.loads += 1
+                self._snapshot = fresh
             self._checked_at = time.monotonic()
             return self._snapshot
 
@@ -156,3 +251,4 @@ def _fresh_snapshot(previous: RoutingSnapshot | None) -> RoutingSnapshot:
 
 
 snapshot_cache = SnapshotCache()
+key_cache = KeyCache()

@@ -337,3 +337,20 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_repr}"
+
+
+class KeyChange(models.Model):
+    """One change of API keys, for the processes that cache keys by digest (providers.cache):
+    the digests whose cached copy is stale (a key created, edited, revoked or rotated: its
+    secrets' digests before and after), or every key of `team_id` (a team's budget changed).
+    Servers read the rows after the last one they saw on every config poll, the fallback for
+    Redis pub/sub (providers.key_events); rows older than GATEWAY_KEY_FEED_RETENTION_S are
+    pruned as new ones are written."""
+
+    digests = models.JSONField(default=list, blank=True)
+    # No foreign key: the row outlives nothing it names and must not block a team's deletion.
+    team_id = models.BigIntegerField(null=True, blank=True)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"key change {self.pk} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -1,5 +1,8 @@
-"""Writes to the routing configuration. Every write bumps the config version on commit, so
-running servers pick it up within ~1 s (providers.cache)."""
+"""Writes to the routing configuration. A write of routes, providers, prices or tasks bumps the
+config version on commit, so running servers reload their routing snapshot within ~1 s; a key
+change (a key created, edited, revoked or rotated, a team's limits) is published for those keys
+only (`api_key_changes_publish`), which costs each server a few dictionary operations
+(providers.cache)."""
 from __future__ import annotations
 
 import functools
@@ -13,6 +16,7 @@ from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Q
@@ -23,10 +27,16 @@ from providers.catalog import CatalogMissing, CatalogPrice, catalog_price
 from providers.config_file import (ConfigError, ConfigSpec, PriceSpec, ProviderSpec,
                                    SectionResult, config_sections)
 from providers.crypto import secret_encrypt, secret_rotate
+from providers.key_events import key_change_broadcast
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
 from providers.models import (
-    ApiKey, AuditAction, AuditLog, ConfigVersion, ModelRoute, Price, PriceSource, Provider, Team,
+    ApiKey, AuditAction, AuditLog, ConfigVersion, KeyChange, ModelRoute, Price, PriceSource,
+    Provider, Team,
 )
+from providers.selectors import KeyChangeInfo
+
+# Every this many feed rows, the writer also deletes the rows past their retention.
+KEY_FEED_PRUNE_EVERY = 100
 
 
 def config_version_bump() -> None:
@@ -335,6 +345,30 @@ def provider_secrets_rotate() -> int:
     return count
 
 
+def api_key_digests(key: ApiKey) -> set[str]:
+    """The digests a key answers to now: its secret's and a rotated-out one's."""
+    return {d for d in (key.key_hash, key.previous_key_hash) if d}
+
+
+def api_key_changes_publish(*, digests: set[str] | frozenset[str] = frozenset(),
+                            team: Team | None = None) -> None:
+    """Tell every serving process that the keys answering to `digests` (a key's digests before
+    and after the change), or every key of `team`, changed, so that each drops its cached copy
+    and reads the key again on its next request (providers.cache.KeyCache). One row of the key
+    change feed, in the caller's transaction, and a Redis message once it commits
+    (providers.key_events). The routing snapshot is not touched. Every KEY_FEED_PRUNE_EVERY-th
+    row also deletes the rows older than GATEWAY_KEY_FEED_RETENTION_S."""
+    digests = sorted(d for d in digests if d)
+    if not digests and team is None:
+        return
+    row = KeyChange.objects.create(digests=digests, team_id=team.pk if team is not None else None)
+    change = KeyChangeInfo(id=row.pk, digests=tuple(digests), team_id=row.team_id)
+    transaction.on_commit(lambda: key_change_broadcast(change))
+    if row.pk % KEY_FEED_PRUNE_EVERY == 0:
+        retention = timedelta(seconds=settings.GATEWAY_KEY_FEED_RETENTION_S)
+        KeyChange.objects.filter(at__lt=timezone.now() - retention).delete()
+
+
 @transaction.atomic
 def api_key_create(*, name: str, team: str | None = None, models: list[str] | None = None,
                    budget_usd: Decimal | None = None, budget_period: str = "month",
@@ -358,7 +392,8 @@ def api_key_create(*, name: str, team: str | None = None, models: list[str] | No
         max_tokens_default=max_tokens_default, expires_at=expires_at,
     )
     audit_log_write(obj=key, action=AuditAction.ADD, before=None, after=audit_state(key), actor=actor)
-    config_version_bump()
+    # A new digest is in no cache, but may be among a process's confirmed-unknown ones.
+    api_key_changes_publish(digests=api_key_digests(key))
     return key, raw
 
 
@@ -371,6 +406,7 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta, user=None, actor: str = "")
     if grace < timedelta(0):
         raise ValueError("the grace period cannot be negative")
     before = audit_state(key)
+    retired = api_key_digests(key)
     raw = api_key_generate()
     if grace:
         key.previous_key_hash = key.key_hash
@@ -381,19 +417,20 @@ def api_key_rotate(*, key: ApiKey, grace: timedelta, user=None, actor: str = "")
     key.save(update_fields=["key_hash", "prefix", "previous_key_hash", "previous_key_expires_at"])
     audit_log_write(obj=key, action=AuditAction.CHANGE, before=before, after=audit_state(key),
                     user=user, actor=actor)
-    config_version_bump()
+    api_key_changes_publish(digests=retired | api_key_digests(key))
     return raw
 
 
 @transaction.atomic
 def api_key_revoke(*, key: ApiKey, user=None, actor: str = "") -> None:
-    """Revoke a key (takes effect within ~1 s); logged under `user`, else `actor`."""
+    """Revoke a key (refused within ~1 s on every server); logged under `user`, else
+    `actor`."""
     before = audit_state(key)
     key.revoked = True
     key.save(update_fields=["revoked"])
     audit_log_write(obj=key, action=AuditAction.CHANGE, before=before, after=audit_state(key),
                     user=user, actor=actor)
-    config_version_bump()
+    api_key_changes_publish(digests=api_key_digests(key))
 
 
 @dataclass(frozen=True)

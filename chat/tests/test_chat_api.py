@@ -11,7 +11,7 @@ from chat.models import ChatAccount, ChatMessage
 from chat.services import chat_account_key_hash
 from chat.tests.conftest import sign_in, sse_events
 from providers.models import ApiKey
-from providers.services import api_key_revoke, config_version_bump
+from providers.services import api_key_changes_publish, api_key_revoke, config_version_bump
 from usage.models import UsageRecord
 
 REPLY = "Hello from the fake upstream, here is your answer."
@@ -100,7 +100,7 @@ def test_budget_of_the_users_key_applies_to_chat(chat_client, fake_provider, led
     key = _chat_key()
     key.budget_usd = Decimal("0.000001")
     key.save()
-    config_version_bump()
+    api_key_changes_publish(digests={key.key_hash})
     session_id = _new_session(chat_client)
     events = sse_events(_say(chat_client, session_id, "hi"))
     assert events[0]["type"] == "error" and "budget" in events[0]["message"]
@@ -117,7 +117,7 @@ def test_rate_limit_is_a_rate_limited_event(chat_client, fake_provider):
     key = _chat_key()
     key.rpm_limit = 1
     key.save()
-    config_version_bump()
+    api_key_changes_publish(digests={key.key_hash})
     session_id = _new_session(chat_client)
     assert sse_events(_say(chat_client, session_id, "one"))[-1] == {"type": "done"}
     events = sse_events(_say(chat_client, session_id, "two"))
@@ -144,7 +144,7 @@ def test_models_are_those_the_users_key_may_use(chat_client, fake_provider, mock
     key = _chat_key()
     key.allowed_models = ["mock-test"]
     key.save()
-    config_version_bump()
+    api_key_changes_publish(digests={key.key_hash})
     assert chat_client.get("/chat/api/models").json() == {"models": ["mock-test"]}
     session_id = _new_session(chat_client)
     refused = _say(chat_client, session_id, "hi")

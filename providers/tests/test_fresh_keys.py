@@ -1,6 +1,6 @@
-"""A key created while the gateway runs works on its first request, before any snapshot reload;
+"""A key created while the gateway runs works on its first request, without any snapshot reload;
 only keys the database confirms unknown count towards the per-address lockout; a revoked key
-still stops within the poll interval."""
+stops within the poll interval through the key change feed (no Redis here)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +10,7 @@ import httpx
 import openai
 import pytest
 
-from providers import cache
-from providers.cache import KeyLookup, snapshot_cache
+from providers.cache import KeyCache, key_cache, snapshot_cache
 from providers.keys import api_key_hash
 from providers.models import ApiKey
 from providers.services import api_key_create, api_key_revoke
@@ -42,19 +41,22 @@ def _burst(url: str, key: str, count: int) -> list[str]:
 
 @pytest.fixture
 def long_poll(gateway_url, mock_provider, api_key, settings) -> str:
-    """A live gateway whose snapshot is loaded and will not be reloaded by polling during the
-    test (an hour's poll interval), so only the database lookup can serve a new key."""
+    """A live gateway whose snapshot is loaded and whose config is not polled during the test
+    (an hour's poll interval), so only the lookup by digest can serve a new key."""
     assert _chat(gateway_url, api_key) == 200
     settings.GATEWAY_CONFIG_POLL_S = 3600
     return gateway_url
 
 
 def test_a_key_created_while_the_gateway_runs_serves_its_first_burst(long_poll, ledger_rows):
+    snapshot, loads, lookups = snapshot_cache._snapshot, snapshot_cache.loads, key_cache.lookups
     key, raw = api_key_create(name="fresh", models=["mock-test"])
-    assert api_key_hash(raw) not in snapshot_cache._snapshot.keys  # the reload cannot serve it
     assert _burst(long_poll, raw, 20) == ["ok"] * 20
     rows = [row for row in ledger_rows(21) if row.api_key_id == key.id]
     assert len(rows) == 20 and {row.status for row in rows} == {"ok"}
+    # Served without reloading the routing snapshot, by one lookup for the 20 requests.
+    assert snapshot_cache._snapshot is snapshot and snapshot_cache.loads == loads
+    assert key_cache.lookups == lookups + 1
 
 
 def test_a_key_created_through_the_command_works_on_its_first_request(long_poll):
@@ -80,58 +82,46 @@ def test_only_confirmed_unknown_keys_count_towards_the_lockout(long_poll):
     assert set(guesses[:first_refusal]) == {401}
 
 
-@pytest.mark.parametrize("known_to_snapshot", [True, False], ids=["in-snapshot", "looked-up"])
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "looked-up-after"])
 def test_a_revoked_key_stops_within_the_poll_interval(gateway_url, mock_provider, api_key,
-                                                      settings, known_to_snapshot):
+                                                      settings, cached):
     poll = 1.0
-    if known_to_snapshot:
-        key, raw = api_key_create(name="soon-revoked")
-        assert _chat(gateway_url, raw) == 200  # loads the snapshot holding it
-        settings.GATEWAY_CONFIG_POLL_S = poll
-    else:
-        assert _chat(gateway_url, api_key) == 200
-        settings.GATEWAY_CONFIG_POLL_S = poll
-        key, raw = api_key_create(name="soon-revoked")
-        assert _chat(gateway_url, raw) == 200  # served by the lookup
+    assert _chat(gateway_url, api_key) == 200
+    settings.GATEWAY_CONFIG_POLL_S = poll
+    key, raw = api_key_create(name="soon-revoked")
+    if cached:
+        assert _chat(gateway_url, raw) == 200
+    snapshot = snapshot_cache._snapshot
     api_key_revoke(key=ApiKey.objects.get(pk=key.pk), actor="tests")
     revoked_at = time.monotonic()
     while _chat(gateway_url, raw) == 200:
         assert time.monotonic() - revoked_at < poll + 0.5, "the revoked key is still served"
         time.sleep(0.05)
-    # Once refused, the lookup never brings it back.
+    # Once refused, it never comes back; the routing snapshot was never reloaded.
     assert {_chat(gateway_url, raw) for _ in range(10)} == {401}
     time.sleep(poll)
     assert _chat(gateway_url, raw) == 401
+    assert snapshot_cache._snapshot is snapshot
 
 
 def test_concurrent_lookups_of_one_digest_are_one_query_and_unknowns_are_remembered(
         transactional_db, monkeypatch):
-    queries = []
-    real = cache.api_key_active_get
+    from providers import cache
 
-    def counted(*, key_hash):
-        queries.append(key_hash)
-        return real(key_hash=key_hash)
-
-    monkeypatch.setattr(cache, "api_key_active_get", counted)
     monkeypatch.setattr(cache, "UNKNOWN_TTL_S", 0.3)
-    found = []
-    lookup = KeyLookup(on_found=lambda: found.append(True))
+    keys = KeyCache()
     _, raw = api_key_create(name="looked-up")
 
     async def scenario() -> None:
-        unknown = await asyncio.gather(*(lookup.find("0" * 64, version="v1") for _ in range(20)))
-        assert unknown == [None] * 20 and len(queries) == 1
-        assert await lookup.find("0" * 64, version="v1") is None and len(queries) == 1
+        unknown = await asyncio.gather(*(keys.find("0" * 64) for _ in range(20)))
+        assert unknown == [None] * 20 and keys.lookups == 1
+        assert await keys.find("0" * 64) is None and keys.lookups == 1
         await asyncio.sleep(0.35)
-        assert await lookup.find("0" * 64, version="v1") is None and len(queries) == 2
+        assert await keys.find("0" * 64) is None and keys.lookups == 2
 
-        keys = await asyncio.gather(*(lookup.find(api_key_hash(raw), version="v1") for _ in range(20)))
-        assert {k.name for k in keys} == {"looked-up"} and len(queries) == 3 and found == [True]
-        assert (await lookup.find(api_key_hash(raw), version="v1")).name == "looked-up"
-        assert len(queries) == 3
-        # Another snapshot: asked again (a revocation is seen).
-        await cache.db.run(lambda: ApiKey.objects.filter(name="looked-up").update(revoked=True))
-        assert await lookup.find(api_key_hash(raw), version="v2") is None and len(queries) == 4
+        found = await asyncio.gather(*(keys.find(api_key_hash(raw)) for _ in range(20)))
+        assert {k.name for k in found} == {"looked-up"} and keys.lookups == 3
+        assert (await keys.find(api_key_hash(raw))).name == "looked-up"
+        assert keys.lookups == 3
 
     asyncio.run(scenario())

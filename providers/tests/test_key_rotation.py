@@ -1,5 +1,5 @@
-"""Key expiry and rotation, read the ways a request finds a key: the snapshot and the lookup of
-a digest the snapshot does not hold yet (providers.selectors, providers.cache)."""
+"""Key expiry and rotation, read the ways a request finds a key: the lookup by digest
+(providers.selectors.api_key_active_get) and the process's key cache (providers.cache)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from providers.cache import SnapshotCache
+from providers.cache import KeyCache
 from providers.keys import api_key_hash
 from providers.models import AuditLog
-from providers.selectors import api_key_active_get, routing_snapshot_load
+from providers.selectors import api_key_active_get
 from providers.services import api_key_create, api_key_rotate
 
 pytestmark = pytest.mark.django_db
@@ -24,11 +24,9 @@ def test_a_rotated_key_accepts_both_secrets_until_the_grace_ends():
     ends = key.previous_key_expires_at
     assert ends is not None
     assert abs(ends - timezone.now() - timedelta(hours=2)) < timedelta(seconds=5)
-    snapshot = routing_snapshot_load()
     for secret, expires_at in ((old, ends), (new, None)):
-        digest = api_key_hash(secret)
-        for found in (snapshot.keys[digest], api_key_active_get(key_hash=digest)):
-            assert found.id == key.id and found.expires_at == expires_at
+        found = api_key_active_get(key_hash=api_key_hash(secret))
+        assert found.id == key.id and found.expires_at == expires_at
     assert key.prefix == new[:10]
 
 
@@ -38,7 +36,6 @@ def test_a_rotated_out_secret_past_its_grace_is_not_found():
     key.__class__.objects.filter(pk=key.pk).update(
         previous_key_expires_at=timezone.now() - timedelta(seconds=1))
     assert api_key_active_get(key_hash=api_key_hash(old)) is None
-    assert routing_snapshot_load().keys[api_key_hash(old)].expired(timezone.now())
 
 
 def test_rotating_twice_or_without_grace_retires_the_older_secrets_now():
@@ -55,21 +52,16 @@ def test_rotating_twice_or_without_grace_retires_the_older_secrets_now():
 
 
 @pytest.mark.django_db(transaction=True)  # the lookup reads from the database's own threads
-def test_an_expired_key_is_refused_from_the_snapshot_and_the_lookup():
+def test_an_expired_key_is_refused_by_the_cache_that_holds_it():
     _, raw = api_key_create(name="soon", expires_at=timezone.now() + timedelta(seconds=0.3))
     digest = api_key_hash(raw)
-    cache = SnapshotCache()
-    snapshot = routing_snapshot_load()
-    empty = type(snapshot)(version=snapshot.version, deployments={}, keys={}, prices={})
+    cache = KeyCache()
 
-    async def find(s):
-        return await cache.key_find(digest, snapshot=s)
-
-    assert asyncio.run(find(snapshot)) is not None
-    assert asyncio.run(find(empty)) is not None  # looked up: the snapshot does not hold it
+    assert asyncio.run(cache.find(digest)) is not None
+    assert len(cache) == 1 and cache.lookups == 1
     time.sleep(0.35)
-    assert asyncio.run(find(snapshot)) is None
-    assert asyncio.run(find(empty)) is None  # the lookup's cached copy expires too
+    assert asyncio.run(cache.find(digest)) is None  # the cached copy expires, unasked
+    assert cache.lookups == 1
     assert api_key_active_get(key_hash=digest) is None
 
 

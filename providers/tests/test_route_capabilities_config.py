@@ -100,3 +100,66 @@ providers:
 """)
     assert str(info.value) == \
         "line 3: providers[0]: models.m.responses_api: only for kind openai or azure_openai"
+
+
+@pytest.fixture
+def admin_client(transactional_db):
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com",
+                                                                  "pw-root-1234"))
+    return client
+
+
+def _route_post(route: ModelRoute, **changes) -> dict:
+    data = {"public_model": route.public_model, "provider": route.provider_id,
+            "upstream_model": route.upstream_model, "weight": "", "priority": "",
+            "enabled": "on", "reasoning": "unknown", "max_output_tokens": "",
+            "responses_api": "unknown"}
+    return {**data, **changes}
+
+
+def test_the_route_page_shows_each_capability_in_effect_and_where_it_came_from(admin_client):
+    config_apply(spec=config_parse(FILE))
+    sonnet = ModelRoute.objects.get(public_model="claude-sonnet")
+    claude = ModelRoute.objects.get(public_model="claude")
+    plain = ModelRoute.objects.get(public_model="plain")
+    page = admin_client.get(f"/admin/providers/modelroute/{sonnet.pk}/change/").content.decode()
+    assert "Reasons" in page and "Output limit (tokens)" in page and "Responses API" in page
+    assert '<option value="unknown">Inherit</option>' in page
+    assert "Reasons: no <small>(this route)</small>" in page
+    assert "Output limit: 64,000 tokens <small>(this route)</small>" in page
+    assert "Wire: Responses API <small>(this route)</small>" in page
+    page = admin_client.get(f"/admin/providers/modelroute/{plain.pk}/change/").content.decode()
+    assert "Reasons: yes <small>(provider)</small>" in page
+    assert "Output limit: none <small>(default)</small>" in page
+    assert "Wire: openai <small>(default)</small>" in page
+    page = admin_client.get(f"/admin/providers/modelroute/{claude.pk}/change/").content.decode()
+    # claude-sonnet-4-5: the family table; its limit is the route's, over the catalog's window.
+    assert "Reasons: yes <small>(known model family)</small>" in page
+    assert "Output limit: 32,000 tokens <small>(this route)</small>" in page
+    # The provider's page lists its routes with the same column.
+    page = admin_client.get(
+        f"/admin/providers/provider/{sonnet.provider_id}/change/").content.decode()
+    assert "Reasons: no <small>(this route)</small>" in page
+
+
+def test_the_route_form_saves_the_capabilities_and_refuses_responses_api_for_anthropic(
+        admin_client):
+    config_apply(spec=config_parse(FILE))
+    plain = ModelRoute.objects.get(public_model="plain")
+    response = admin_client.post(f"/admin/providers/modelroute/{plain.pk}/change/", _route_post(
+        plain, reasoning="false", max_output_tokens="16384", responses_api="true"))
+    assert response.status_code == 302
+    plain.refresh_from_db()
+    assert (plain.reasoning, plain.max_output_tokens, plain.responses_api) == \
+        (False, 16384, True)
+    claude = ModelRoute.objects.get(public_model="claude")
+    response = admin_client.post(f"/admin/providers/modelroute/{claude.pk}/change/",
+                                 _route_post(claude, responses_api="true"))
+    assert response.status_code == 200
+    assert "Only for providers of kind openai or azure_openai" in response.content.decode()
+    claude.refresh_from_db()
+    assert claude.responses_api is None

@@ -83,10 +83,10 @@ def test_budget_raised_by_an_admin_applies_to_the_next_request(gateway_url, fake
     assert _post(gateway_url, raw).status_code == 429
     from django.db import transaction
 
-    from providers.services import config_version_bump
+    from providers.services import api_key_changes_publish
     ApiKey.objects.filter(name="tests").update(budget_usd=Decimal("10"))
     with transaction.atomic():
-        config_version_bump()
+        api_key_changes_publish(digests={ApiKey.objects.get(name="tests").key_hash})
     deadline = timezone.now() + timedelta(seconds=5)
     while (status := _post(gateway_url, raw).status_code) == 429 and timezone.now() < deadline:
         asyncio.run(asyncio.sleep(0.2))

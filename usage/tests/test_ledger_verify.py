@@ -16,7 +16,7 @@ from gateway.call import Call
 from gateway.finish import call_entry, call_price
 from gateway.types import Usage
 from providers.models import ModelRoute, Price, Provider
-from providers.selectors import routing_snapshot_load
+from providers.selectors import api_key_active_get, routing_snapshot_load
 from providers.services import api_key_create
 from usage.budgets import BudgetLimit
 from usage.models import BudgetCounter, DailyUsage, UsageRecord, UsageStatus
@@ -88,7 +88,7 @@ def _month_of_traffic(rng: random.Random) -> None:
     _configure()
     keys = [api_key_create(name=f"key-{i}", team=f"team-{i % 2}")[0] for i in range(4)]
     snapshot = routing_snapshot_load()
-    infos = {info.id: info for info in snapshot.keys.values()}
+    infos = {key.id: api_key_active_get(key_hash=key.key_hash) for key in keys}
     writes: list[LedgerWrite] = []
     for n in range(ROWS):
         key = infos[rng.choice(keys).id]
