@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from usage.amounts import usd_display
 from usage.budgets import UNITS_PER_USD, units_to_usd
-from usage.charts import Series, lines
+from usage.charts import Series, lines, nice_ceiling
 from usage.models import BudgetScope, UsageRecord
 from usage.selectors import BudgetStatus, UsageFilter, usage_report
 
@@ -127,9 +127,9 @@ def budget_burndown(*, status: BudgetStatus, now: datetime | None = None) -> dic
                    *(float(v) for v in projected if v is not None)])
         chart = lines(labels=labels, series=[
             Series("Spent", actual, colour="#0072B2"),
-            Series("Forecast", projected, colour="#E69F00", dashed=True),
-            Series("Limit", [status.limit_usd] * len(labels), colour="#D55E00")],
-            fmt=lambda v: usd_display(Decimal(repr(v))), top=top * 1.05 or 1.0)
+            Series("Forecast", projected, colour="#E69F00", dashed=True, markers="last"),
+            Series("Limit", [status.limit_usd] * len(labels), colour="#D55E00", markers="last")],
+            fmt=lambda v: usd_display(Decimal(repr(v))), top=nice_ceiling(top * 1.05))
     return {"status": status, "forecast": forecast, "chart": chart,
             "spent": usd_display(status.spent_usd), "limit": usd_display(status.limit_usd),
             "reserved": usd_display(status.reserved_usd),

@@ -22,7 +22,7 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
            "#000000")
 OTHER_COLOUR = "#9aa3b2"
 WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 10, 28
+LEFT, RIGHT, TOP, BOTTOM = 84, 12, 10, 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +31,17 @@ class Series:
     values: Sequence[Decimal | float | None]
     colour: str = ""
     dashed: bool = False
+    # Which points get a marker (and its tooltip): "all", "last" or "none".
+    markers: str = "all"
 
 
 def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 x 10^n at or above `value` (an axis top)."""
+    """The smallest 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 x 10^n at or above `value` (an axis
+    top: each divides into four round ticks)."""
     if value <= 0:
         return 1.0
     magnitude = 10 ** _floor_log10(value)
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
         if step * magnitude >= value * (1 - 1e-12):
             return step * magnitude
     return 10 * magnitude
@@ -60,9 +63,18 @@ def _ticks(top: float, fmt: Callable[[float], str]) -> list[dict]:
     return [{"y": round(TOP + plot_h * (1 - i / 4), 2), "text": fmt(top * i / 4)} for i in range(5)]
 
 
-def _x_labels(labels: Sequence[str], x_of: Callable[[int], float], every: int) -> list[dict]:
-    return [{"x": round(x_of(i), 2), "text": text} for i, text in enumerate(labels)
-            if i % every == 0 or i == len(labels) - 1]
+def _x_labels(labels: Sequence[str], x_of: Callable[[int], float]) -> list[dict]:
+    """At most about 8 labels, the last one always; ISO days shortened to MM-DD."""
+    every = max(1, -(-len(labels) // 8))
+    shown = [i for i in range(len(labels)) if i % every == 0]
+    if labels and shown[-1] != len(labels) - 1:
+        if len(shown) > 1:
+            shown.pop()  # too close to the last label, which is always shown
+        shown.append(len(labels) - 1)
+    return [{"x": round(x_of(i), 2),
+             "anchor": "end" if x_of(i) > WIDTH - RIGHT - 24 else "middle",
+             "text": labels[i][5:] if len(labels[i]) == 10 and labels[i][4] == "-" else labels[i]}
+            for i in shown]
 
 
 def stacked_bars(*, labels: Sequence[str], series: Sequence[Series], unit: str = "usd") -> dict:
@@ -97,7 +109,7 @@ def stacked_bars(*, labels: Sequence[str], series: Sequence[Series], unit: str =
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT,
             "top": TOP, "bottom": HEIGHT - BOTTOM, "rects": rects,
             "ticks": _ticks(top, lambda v: usd_display(Decimal(repr(v)))),
-            "x_labels": _x_labels(labels, x_of, max(1, n // 8)),
+            "x_labels": _x_labels(labels, x_of),
             "legend": [{"label": s.label, "colour": s.colour or PALETTE[k % len(PALETTE)],
                         "total": usd_display(sum((Decimal(v or 0) for v in s.values), Decimal(0)))}
                        for k, s in enumerate(series)],
@@ -132,9 +144,13 @@ def lines(*, labels: Sequence[str], series: Sequence[Series], fmt: Callable[[flo
             runs[-1].append(f"{x},{y}")
             points.append({"x": x, "y": y, "value": str(v),
                            "title": f"{s.label} · {labels[i]}: {fmt(float(v))}"})
+        if s.markers == "none":
+            points = []
+        elif s.markers == "last":
+            points = points[-1:]
         drawn.append({"label": s.label, "colour": s.colour or PALETTE[k % len(PALETTE)],
                       "dashed": s.dashed, "paths": [" ".join(r) for r in runs if r],
                       "points": points})
     return {"width": WIDTH, "height": HEIGHT, "left": LEFT, "right": WIDTH - RIGHT,
             "top": TOP, "bottom": HEIGHT - BOTTOM, "series": drawn,
-            "ticks": _ticks(top, fmt), "x_labels": _x_labels(labels, x_of, max(1, n // 8))}
+            "ticks": _ticks(top, fmt), "x_labels": _x_labels(labels, x_of)}

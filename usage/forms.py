@@ -98,6 +98,9 @@ class OperationsForm(forms.Form):
     `model` names, each may repeat."""
 
     def __init__(self, data=None, **kwargs):
+        if data is not None and not data.get("hours"):
+            data = data.copy()
+            data["hours"] = "24"
         super().__init__(data, **kwargs)
         choices = operations_choices()
         self.fields["hours"] = forms.TypedChoiceField(

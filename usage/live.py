@@ -46,18 +46,20 @@ def _newest_id() -> int:
 
 class LedgerWatcher:
     """Reads the newest ledger id every `interval_s` while at least one socket listens and
-    puts it in each listener's queue when it changes (a queue of one: a slow socket gets the
-    latest change once, never a backlog). One task per process and event loop."""
+    puts it in each listener's queue when it differs from the last one that listener got (a
+    new listener gets the first reading: the socket compares it with the id it read when it
+    connected, so a row written between the two is not missed). A queue holds one id: a slow
+    socket gets the latest change once, never a backlog. One task per process and loop."""
 
     def __init__(self, *, interval_s: float = POLL_INTERVAL_S) -> None:
         self._interval_s = interval_s
-        self._listeners: set[asyncio.Queue] = set()
+        self._listeners: dict[asyncio.Queue, int | None] = {}
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def subscribe(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._listeners.add(queue)
+        self._listeners[queue] = None
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._loop is not loop:
             self._loop = loop
@@ -65,7 +67,7 @@ class LedgerWatcher:
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue) -> None:
-        self._listeners.discard(queue)
+        self._listeners.pop(queue, None)
         if not self._listeners and self._task is not None:
             self._task.cancel()
             self._task = None
@@ -75,19 +77,19 @@ class LedgerWatcher:
         return len(self._listeners)
 
     async def _run(self) -> None:
-        newest = None
         while self._listeners:
             try:
                 current = await db.run(_newest_id)
             except Exception as exc:  # a database hiccup must not end the live updates
                 logger.warning("live updates: reading the ledger failed: %s", exc)
-                current = newest
-            if newest is not None and current != newest:
-                for queue in list(self._listeners):
-                    if queue.full():
-                        queue.get_nowait()
-                    queue.put_nowait(current)
-            newest = current
+                current = None
+            if current is not None:
+                for queue, last in list(self._listeners.items()):
+                    if last != current and queue in self._listeners:
+                        if queue.full():
+                            queue.get_nowait()
+                        queue.put_nowait(current)
+                        self._listeners[queue] = current
             await asyncio.sleep(self._interval_s)
 
 
@@ -109,6 +111,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
                                      keep_blank_values=True):
             query.appendlist(name, value)
         self.query = query
+        self.seen = await db.run(_newest_id)
         await self.accept()
         self.queue = watcher.subscribe()
         self.sender = asyncio.create_task(self._send_updates())
@@ -137,6 +140,9 @@ class LiveConsumer(AsyncWebsocketConsumer):
         while True:
             try:
                 newest = await asyncio.wait_for(self.queue.get(), timeout)
+                if newest == self.seen:
+                    continue
+                self.seen = newest
             except TimeoutError:
                 newest = None
             try:

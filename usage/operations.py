@@ -60,7 +60,9 @@ class OperationsGroup:
 def _ms(value: float | None) -> str:
     if value is None:
         return "–"
-    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+    if value >= 1000:
+        return f"{value / 1000:.2f} s"
+    return f"{value:.1f} ms" if value < 10 else f"{value:.0f} ms"
 
 
 def _rate(errors: int, requests: int) -> float | None:
