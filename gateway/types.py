@@ -342,6 +342,8 @@ class CodecOptions:
       named). None (unknown): only an effort the client named in OpenAI's own vocabulary is
       sent; Anthropic thinking and `output_config.effort` are dropped.
     - max_output_tokens: the route's output limit; a larger `max_tokens` is sent clamped.
+      Both `reasoning` and `max_output_tokens` are the route's, resolved once per snapshot
+      (providers.capabilities: the route, its provider, the catalog, the default).
     - anthropic_beta_add / anthropic_beta_remove: betas added to, or taken out of, the
       client's `anthropic-beta` header forwarded to an Anthropic upstream.
     - region / project / aws_profile: not codec knobs but the deployment's place in its

@@ -163,3 +163,32 @@ def test_the_route_form_saves_the_capabilities_and_refuses_responses_api_for_ant
     assert "Only for providers of kind openai or azure_openai" in response.content.decode()
     claude.refresh_from_db()
     assert claude.responses_api is None
+
+
+def test_the_provider_page_edits_its_routes_capabilities_and_checks_them_against_its_kind(
+        admin_client):
+    config_apply(spec=config_parse(FILE))
+    anth = ModelRoute.objects.get(public_model="claude")
+    provider = anth.provider
+
+    def post(**route):
+        data = {"name": provider.name, "kind": provider.kind, "base_url": provider.base_url,
+                "weight": "1", "priority": "0", "enabled": "on", "timeout_s": "600",
+                "max_inflight": "512", "breaker_failures": "5", "breaker_cooldown_s": "30",
+                "extra_headers": "{}", "translation": "{}",
+                "routes-TOTAL_FORMS": "1", "routes-INITIAL_FORMS": "1",
+                "routes-MIN_NUM_FORMS": "0", "routes-MAX_NUM_FORMS": "1000",
+                "routes-0-id": str(anth.pk), "routes-0-provider": str(provider.pk),
+                "routes-0-public_model": "claude", "routes-0-upstream_model": anth.upstream_model,
+                "routes-0-enabled": "on", "routes-0-reasoning": "unknown",
+                "routes-0-max_output_tokens": "", "routes-0-responses_api": "unknown"}
+        data.update({f"routes-0-{k}": v for k, v in route.items()})
+        return admin_client.post(f"/admin/providers/provider/{provider.pk}/change/", data)
+
+    refused = post(responses_api="true")
+    assert refused.status_code == 200
+    assert "Only for providers of kind openai or azure_openai" in refused.content.decode()
+    saved = post(reasoning="false", max_output_tokens="12000")
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    anth.refresh_from_db()
+    assert (anth.reasoning, anth.max_output_tokens, anth.responses_api) == (False, 12000, None)
