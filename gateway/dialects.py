@@ -10,13 +10,17 @@ admin form, the routing file's validation and the proxy all read this registry, 
 kind is a record here plus its adapter and codec (docs/architecture.md).
 
 Operations: `chat` (the wire format's own chat endpoint: Chat Completions, Messages or
-Responses), `responses` (the Responses endpoint, for kinds that speak it), `completions` and
-`embeddings` (OpenAI only), `count_tokens` (Anthropic only), `realtime` (the Realtime API's
+Responses), `responses` (the Responses endpoint, for kinds that speak it), `completions`
+(OpenAI only), `embeddings` (OpenAI's body passed through; Gemini, Vertex and Bedrock through
+their record's `embeddings` codec, gateway.codecs.embeddings_native), `count_tokens`
+(Anthropic's own; Bedrock's CountTokens and Vertex's countTokens / Claude count-tokens through
+the record's `count_body`), `realtime` (the Realtime API's
 WebSocket, OpenAI-compatible and Azure OpenAI: its ws(s) URL is the operation's URL, query
 included, with the scheme swapped, gateway.realtime.upstream).
 """
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,14 +28,17 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 from urllib.parse import quote
 
-from gateway.codecs import (anthropic_messages, bedrock_converse, gemini, openai_chat,
-                            openai_responses)
-from gateway.types import CodecOptions
+from gateway.codecs import (anthropic_messages, bedrock_converse, embeddings_native, gemini,
+                            openai_chat, openai_responses)
+from gateway.codecs.embeddings_native import EmbeddingsCodec
+from gateway.types import ChatRequest, CodecOptions
 
 ANTHROPIC_VERSION = "2023-06-01"
 # The in-process kind the demo config uses (`make run`).
 MOCK_KIND = "mock"
 RESPONSES_KIND = "openai_responses"
+# The kind whose wire format a translated embeddings answer is in (OpenAI's).
+EMBEDDINGS_ANSWER_KIND = "openai"
 
 
 def _bearer(api_key: str) -> dict[str, str]:
@@ -104,6 +111,16 @@ class Dialect:
     envelope: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None
     route_kind: Callable[[str, Mapping[str, Any]], str] | None = None
     selectable: bool = True
+    # A kind that embeds in its own wire format: the codec pair its `embeddings` path takes
+    # (gateway.adapters.embeddings sends it); None: OpenAI's body is passed through.
+    embeddings: EmbeddingsCodec | None = None
+    # POST /v1/messages/count_tokens: the body this kind's `count_tokens` URL takes, from the
+    # client's Messages body, its IR, the upstream model and the codec options (None: the
+    # Messages body with the model swapped, as Anthropic counts it), and the answer's field
+    # holding the count.
+    count_body: Callable[[dict[str, Any], ChatRequest, str, CodecOptions],
+                         dict[str, Any]] | None = None
+    count_field: str = "input_tokens"
 
     def serves(self, operation: str) -> bool:
         return operation in self.paths
@@ -248,9 +265,11 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
     # Google's Gemini API (generativelanguage.googleapis.com/v1beta), natively.
     Dialect(kind="gemini", label="Google Gemini API", wire="gemini", codec=gemini,
             paths=MappingProxyType({"chat": ("/models/{model}:generateContent",
-                                             "/models/{model}:streamGenerateContent?alt=sse")}),
+                                             "/models/{model}:streamGenerateContent?alt=sse"),
+                                    "embeddings": "/models/{model}:batchEmbedContents"}),
             auth=_x_goog_api_key, probe=_gemini_probe, allow_documents=True, reasoning=True,
-            usage_field="usageMetadata", api_key_required=True),
+            usage_field="usageMetadata", api_key_required=True,
+            embeddings=embeddings_native.GEMINI),
 )})
 
 
@@ -293,6 +312,28 @@ def _bedrock_messages_envelope(body: dict[str, Any], stream: bool) -> dict[str, 
     return out
 
 
+def _bedrock_converse_count(body: dict[str, Any], req: ChatRequest, upstream_model: str,
+                            options: CodecOptions) -> dict[str, Any]:
+    """CountTokens for a Converse route: `{"input": {"converse": {"messages", "system"}}}`
+    (the ConverseTokensRequest takes no tools: they are not counted)."""
+    converse = bedrock_converse.build_request(req, upstream_model=upstream_model, stream=False,
+                                              options=options)
+    return {"input": {"converse": {k: v for k, v in converse.items()
+                                   if k in ("messages", "system")}}}
+
+
+def _bedrock_messages_count(body: dict[str, Any], req: ChatRequest, upstream_model: str,
+                            options: CodecOptions) -> dict[str, Any]:
+    """CountTokens for a Claude route: the InvokeModel body (the Messages body in Bedrock's
+    envelope; `max_tokens`, which InvokeModel requires and a count request lacks, set to 1:
+    it does not change the input count), base64-encoded, as `{"input": {"invokeModel":
+    {"body"}}}`."""
+    invoke = _bedrock_messages_envelope({"max_tokens": 1, **body}, False)
+    invoke.pop("metadata", None)
+    return {"input": {"invokeModel": {"body": base64.b64encode(
+        json.dumps(invoke, ensure_ascii=False).encode()).decode()}}}
+
+
 def _converse_probe(upstream_model: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": [{"text": "ping"}]}],
             "inferenceConfig": {"maxTokens": 1}}
@@ -330,19 +371,41 @@ def _vertex_messages_envelope(body: dict[str, Any], stream: bool) -> dict[str, A
     return out
 
 
+def _vertex_gemini_count(body: dict[str, Any], req: ChatRequest, upstream_model: str,
+                         options: CodecOptions) -> dict[str, Any]:
+    """`:countTokens` (Vertex's CountTokensRequest): the request's contents, system
+    instruction and tools, as generateContent would send them."""
+    generate = gemini.build_request(req, upstream_model=upstream_model, stream=False,
+                                    options=options)
+    return {k: v for k, v in generate.items()
+            if k in ("contents", "systemInstruction", "tools")}
+
+
+def _vertex_messages_count(body: dict[str, Any], req: ChatRequest, upstream_model: str,
+                           options: CodecOptions) -> dict[str, Any]:
+    """`publishers/anthropic/models/count-tokens:rawPredict`: the Messages body naming the
+    model, as Vertex's documented count-tokens request does."""
+    return {**body, "model": upstream_model}
+
+
 _CLOUD_DIALECTS = (
     Dialect(kind="bedrock", label="Amazon Bedrock", wire="bedrock_converse",
             codec=bedrock_converse,
             paths=MappingProxyType({"chat": ("/model/{model}/converse",
-                                             "/model/{model}/converse-stream")}),
+                                             "/model/{model}/converse-stream"),
+                                    "embeddings": "/model/{model}/invoke",
+                                    "count_tokens": "/model/{model}/count-tokens"}),
+            count_body=_bedrock_converse_count, count_field="inputTokens",
             probe=_converse_probe, transport="bedrock", base_url_required=False,
             allow_documents=True, settings=BEDROCK_SETTINGS, required_settings=("region",),
             default_base_url=_bedrock_endpoint, credentials=_bedrock_credentials,
-            route_kind=_bedrock_route),
+            route_kind=_bedrock_route, embeddings=embeddings_native.BEDROCK),
     Dialect(kind="bedrock_messages", label="Amazon Bedrock (Anthropic Messages)",
             wire="anthropic_messages", codec=anthropic_messages,
             paths=MappingProxyType({"chat": ("/model/{model}/invoke",
-                                             "/model/{model}/invoke-with-response-stream")}),
+                                             "/model/{model}/invoke-with-response-stream"),
+                                    "count_tokens": "/model/{model}/count-tokens"}),
+            count_body=_bedrock_messages_count, count_field="inputTokens",
             probe=_messages_probe, transport="bedrock", base_url_required=False,
             allow_documents=True, reasoning=True, forward_headers=("anthropic-beta",),
             beta_header="anthropic-beta", settings=BEDROCK_SETTINGS,
@@ -352,17 +415,22 @@ _CLOUD_DIALECTS = (
     Dialect(kind="vertex", label="Google Vertex AI", wire="gemini", codec=gemini,
             paths=MappingProxyType({"chat": (
                 _VERTEX_MODELS + "/google/models/{model}:generateContent",
-                _VERTEX_MODELS + "/google/models/{model}:streamGenerateContent?alt=sse")}),
+                _VERTEX_MODELS + "/google/models/{model}:streamGenerateContent?alt=sse"),
+                "embeddings": _VERTEX_MODELS + "/google/models/{model}:predict",
+                "count_tokens": _VERTEX_MODELS + "/google/models/{model}:countTokens"}),
+            count_body=_vertex_gemini_count, count_field="totalTokens",
             probe=_gemini_probe, transport="vertex", base_url_required=False,
             allow_documents=True, reasoning=True, usage_field="usageMetadata",
             settings=VERTEX_SETTINGS, required_settings=VERTEX_SETTINGS,
             default_base_url=_vertex_endpoint, credentials=_vertex_credentials,
-            route_kind=_vertex_route),
+            route_kind=_vertex_route, embeddings=embeddings_native.VERTEX),
     Dialect(kind="vertex_messages", label="Google Vertex AI (Anthropic Messages)",
             wire="anthropic_messages", codec=anthropic_messages,
             paths=MappingProxyType({"chat": (
                 _VERTEX_MODELS + "/anthropic/models/{model}:rawPredict",
-                _VERTEX_MODELS + "/anthropic/models/{model}:streamRawPredict")}),
+                _VERTEX_MODELS + "/anthropic/models/{model}:streamRawPredict"),
+                "count_tokens": _VERTEX_MODELS + "/anthropic/models/count-tokens:rawPredict"}),
+            count_body=_vertex_messages_count,
             probe=_messages_probe, transport="vertex", base_url_required=False,
             allow_documents=True, reasoning=True, forward_headers=("anthropic-beta",),
             beta_header="anthropic-beta", settings=VERTEX_SETTINGS,

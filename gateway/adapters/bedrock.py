@@ -187,11 +187,14 @@ class BedrockAdapter:
                                           beta_remove=options.anthropic_beta_remove)
         headers["accept"] = "application/vnd.amazon.eventstream" if stream \
             else "application/json"
-        if dialect.envelope is not None:
-            body = dialect.envelope(body, stream)
-        if dialect.beta_header and (betas := headers.pop(dialect.beta_header, None)):
-            # InvokeModel takes Anthropic's betas in the body.
-            body = {**body, "anthropic_beta": [b for b in betas.split(",") if b]}
+        betas = headers.pop(dialect.beta_header, None) if dialect.beta_header else None
+        if operation == "chat":
+            # The other operations' bodies (embeddings, count_tokens) are built whole.
+            if dialect.envelope is not None:
+                body = dialect.envelope(body, stream)
+            if betas:
+                # InvokeModel takes Anthropic's betas in the body.
+                body = {**body, "anthropic_beta": [b for b in betas.split(",") if b]}
         payload = orjson.dumps(body)
         credentials = await credential_cache.frozen(api_key=deployment.api_key,
                                                     profile=options.aws_profile)

@@ -114,7 +114,8 @@ class VertexAdapter(HttpAdapter):
     async def send(self, *, dialect: Dialect, deployment: Deployment, operation: str, body: dict,
                    stream: bool, request_id: str,
                    forwarded: Mapping[str, str] | None = None) -> HttpUpstreamResponse:
-        if dialect.envelope is not None:
+        if dialect.envelope is not None and operation == "chat":
+            # The other operations' bodies (embeddings, count_tokens) are built whole.
             body = dialect.envelope(body, stream)
         return await super().send(dialect=dialect, deployment=deployment, operation=operation,
                                   body=body, stream=stream, request_id=request_id,

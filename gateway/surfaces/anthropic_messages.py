@@ -28,6 +28,7 @@ from gateway.pipeline import Surface, forwarded_headers, ir_prepare, serve
 from gateway.responses import anthropic_error, json_response
 from gateway.surfaces.output import ApiOutput
 from gateway.tokens import request_input_tokens
+from gateway.types import ChatRequest
 from providers.cache import snapshot_cache
 from providers.selectors import Deployment
 
@@ -54,10 +55,12 @@ async def messages(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @require_POST
 async def count_tokens(request: HttpRequest) -> HttpResponse:
-    """`{"input_tokens": N}`: the count of the first Anthropic deployment (in priority order)
-    that answers, else the gateway's estimate. An upstream's 4xx about the body is the
-    client's answer (400); other failures move on. No upstream charges for counting, so no
-    ledger row is written."""
+    """`{"input_tokens": N}`: the count of the first deployment (in priority order) whose
+    kind counts (its record's `count_tokens` URL: Anthropic; Bedrock's CountTokens; Vertex's
+    countTokens for Gemini and count-tokens for Claude) and answers, else the gateway's
+    estimate. Anthropic's 4xx about the body is the client's answer (400); a translated
+    kind's 4xx (a model that does not count, say) and other failures move on. No upstream
+    charges for counting, so no ledger row is written."""
     try:
         body = read_json(request)
         snapshot = await snapshot_cache.get()
@@ -69,7 +72,7 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     for deployment in sorted(deployments, key=lambda d: d.priority):
         if not dialect_for(deployment.kind).serves("count_tokens"):
             continue
-        count = await _upstream_count(deployment, body, request_id=request.request_id,
+        count = await _upstream_count(deployment, body, req, request_id=request.request_id,
                                       forwarded=forwarded_headers(request, WIRE))
         if isinstance(count, GatewayError):
             return anthropic_error(count)
@@ -79,23 +82,30 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
     return json_response({"input_tokens": request_input_tokens(req)})
 
 
-async def _upstream_count(deployment: Deployment, body: dict[str, Any], *, request_id: str,
-                          forwarded: dict[str, str]) -> int | GatewayError | None:
+async def _upstream_count(deployment: Deployment, body: dict[str, Any], req: ChatRequest, *,
+                          request_id: str, forwarded: dict[str, str]
+                          ) -> int | GatewayError | None:
     """The upstream's count; a GatewayError to relay; None when this upstream cannot say."""
+    dialect = dialect_for(deployment.kind)
     upstream = None
     try:
+        upstream_body = same_wire_body(body, deployment.upstream_model)
+        if dialect.count_body is not None:
+            upstream_body = dialect.count_body(upstream_body, req, deployment.upstream_model,
+                                               deployment.codec_options)
         upstream = await upstream_send(deployment, operation="count_tokens",
-                                       body=same_wire_body(body, deployment.upstream_model),
-                                       stream=False, request_id=request_id,
-                                       forwarded=forwarded)
+                                       body=upstream_body, stream=False,
+                                       request_id=request_id, forwarded=forwarded)
         data = await upstream.json()
+    except GatewayError:
+        return None  # content this kind's codec does not take: the estimate answers
     except UpstreamError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 \
-                and exc.status not in (401, 403, 404, 408, 429):
+        if dialect.count_body is None and exc.status is not None \
+                and 400 <= exc.status < 500 and exc.status not in (401, 403, 404, 408, 429):
             return InvalidRequest(exc.message)
         return None
     finally:
         if upstream is not None:
             await upstream.close()
-    count = data.get("input_tokens")
+    count = data.get(dialect.count_field)
     return count if isinstance(count, int) and not isinstance(count, bool) else None

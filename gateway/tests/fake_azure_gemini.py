@@ -14,8 +14,11 @@ against the official SDKs: `openai.AzureOpenAI` and `google-genai`, gateway/test
   ENTRA_CLIENT / ENTRA_SECRET; `token_requests` counts them, `token_lifetime_s` sets
   `expires_in`.
 - Gemini under `/gemini/v1beta/models/{model}:generateContent` and
-  `:streamGenerateContent?alt=sse`, with `x-goog-api-key` GEMINI_KEY. The answer: thought
-  summaries when `thinkingConfig.includeThoughts`, then a function call (with a
+  `:streamGenerateContent?alt=sse`, with `x-goog-api-key` GEMINI_KEY; `:batchEmbedContents`
+  answers `{"embeddings": [{"values"}]}` (fake_clouds.fake_vector, `outputDimensionality`
+  long), without a token count, as the Gemini API documents it; each request must name the
+  URL's model (`models/{model}`) and carry one text part, else 400 INVALID_ARGUMENT. The
+  answer: thought summaries when `thinkingConfig.includeThoughts`, then a function call (with a
   thoughtSignature) when tools are declared and no functionResponse came back yet, else
   text; `block="safety"` ends with finishReason SAFETY, `block="prompt"` answers
   promptFeedback.blockReason. Usage: 11 prompt tokens (4 cached), 5 candidates, 2 thoughts.
@@ -251,6 +254,8 @@ class FakeAzureGemini:
                                                 "Please pass a valid API key.",
                                                 "status": "INVALID_ARGUMENT"}}, status=400)
         model, _, action = request.match_info["tail"].partition(":")
+        if action == "batchEmbedContents":
+            return _gemini_embed(model, seen.body)
         if action not in ("generateContent", "streamGenerateContent"):
             return web.json_response({"error": {"code": 404, "message": "not found",
                                                 "status": "NOT_FOUND"}}, status=404)
@@ -311,6 +316,24 @@ class FakeAzureGemini:
         app.router.add_post("/azure/openai/{tail:.+}", self._azure)
         app.router.add_post("/gemini/v1beta/models/{tail:.+}", self._gemini)
         self.port, _ = serve_in_thread(app, name="fake-azure-gemini")
+
+
+def _gemini_embed(model: str, body: dict) -> web.Response:
+    from gateway.tests.fake_clouds import fake_vector
+
+    requests = body.get("requests")
+    vectors = []
+    for one in requests if isinstance(requests, list) and not set(body) - {"requests"} else [{}]:
+        parts = (one.get("content") or {}).get("parts") or []
+        if one.get("model") != f"models/{model}" or len(parts) != 1 or \
+                not isinstance(parts[0].get("text"), str) or \
+                set(one) - {"model", "content", "taskType", "title", "outputDimensionality"}:
+            return web.json_response({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                                "message": "Invalid JSON payload received."}},
+                                     status=400)
+        vectors.append({"values": fake_vector(parts[0]["text"],
+                                              one.get("outputDimensionality"))})
+    return web.json_response({"embeddings": vectors})
 
 
 def _not_found() -> web.Response:

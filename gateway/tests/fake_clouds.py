@@ -16,6 +16,24 @@ tokens that last `token_lifetime_s`); `…/publishers/anthropic/models/{model}:r
 {model}:generateContent` and `:streamGenerateContent?alt=sse` in Gemini's; each refuses a
 request without a live token it issued.
 
+Embeddings: Bedrock's InvokeModel for `amazon.titan-embed-text-*` (one `inputText` per request,
+`dimensions`, `normalize`; `embedding` and `inputTextTokenCount` back) and `cohere.embed-*`
+(`texts` and the required `input_type`; `embeddings` back, no count); Vertex's
+`…/publishers/google/models/{model}:predict` (`instances[].content`,
+`parameters.outputDimensionality`; `predictions[].embeddings.values` and
+`.statistics.token_count`). A body with another field, or without a required one, is a 400
+`ValidationException` / `INVALID_ARGUMENT`, as the clouds answer. Vectors are `fake_vector`
+(multiples of 1/8: exact in float32); a text's token count is `fake_token_count`.
+
+Token counting: Bedrock's `/model/{modelId}/count-tokens` takes `{"input": {"converse":
+{"messages", "system"}}}` or `{"input": {"invokeModel": {"body": <base64 InvokeModel body>}}}`
+(a Claude body: `anthropic_version` bedrock-2023-05-31, `max_tokens`, no `model`) and
+answers `{"inputTokens"}`: COUNT_CONVERSE or COUNT_INVOKE; a model in `no_count` answers
+Bedrock's 400 ValidationException. Vertex's `…/google/models/{model}:countTokens`
+(`contents`, `systemInstruction`, `tools`) answers `{"totalTokens": COUNT_GEMINI}`, and
+`…/anthropic/models/count-tokens:rawPredict` (the Messages body with `model`) answers
+`{"input_tokens": COUNT_CLAUDE}`.
+
 Both answer one scenario: text (or a tool call when the request offers tools and carries no
 tool result yet), with usage of 6 uncached input tokens, 3 cache reads, 2 cache writes (11 in
 all) and 7 output tokens.
@@ -39,6 +57,18 @@ from gateway.tests.loopback import serve_in_thread
 REPLY = "Hello from the fake cloud."
 TOOL_INPUT = {"city": "Zürich"}
 UNCACHED, CACHE_READ, CACHE_WRITE, OUTPUT = 6, 3, 2, 7
+EMBED_DIMENSIONS = 8
+COUNT_CONVERSE, COUNT_INVOKE, COUNT_GEMINI, COUNT_CLAUDE = 21, 23, 17, 19
+
+
+def fake_vector(text: str, dimensions: int | None = None) -> list[float]:
+    """The fakes' embedding of `text`: `dimensions` (default EMBED_DIMENSIONS) multiples of
+    1/8, exact in float32 (so base64 vectors compare equal)."""
+    return [((len(text) + i) % 8) / 8 for i in range(dimensions or EMBED_DIMENSIONS)]
+
+
+def fake_token_count(text: str) -> int:
+    return len(text.split()) + 1
 
 
 def _header(name: str, value: str) -> bytes:
@@ -148,6 +178,7 @@ class FakeBedrock(_Server):
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
         self.exception: str | None = None
         self.rejected = 0
+        self.no_count: set[str] = set()
         app = web.Application()
         app.router.add_post("/model/{model}/{operation}", self._handle)
         self._start(app, "fake-bedrock")
@@ -196,6 +227,10 @@ class FakeBedrock(_Server):
         operation = request.match_info["operation"]
         if operation == "converse":
             return web.json_response(self.converse(body))
+        if operation == "count-tokens":
+            return self.count_tokens(model, body)
+        if operation == "invoke" and "embed" in model:
+            return self.embed(model, body)
         if operation == "invoke":
             return web.json_response(anthropic_message(model, body))
         response = web.StreamResponse(headers={
@@ -220,6 +255,54 @@ class FakeBedrock(_Server):
             await response.write(frame[7:])
         await response.write_eof()
         return response
+
+    def count_tokens(self, model: str, body: dict) -> web.Response:
+        def invalid(message: str) -> web.Response:
+            return web.json_response({"message": message}, status=400,
+                                     headers={"x-amzn-ErrorType": "ValidationException"})
+
+        if model in self.no_count:
+            return invalid("The provided model doesn't support counting tokens.")
+        given = body.get("input") if set(body) == {"input"} else None
+        if not isinstance(given, dict) or len(given) != 1:
+            return invalid("input must hold exactly one of converse, invokeModel")
+        if "converse" in given:
+            converse = given["converse"]
+            if set(converse) - {"messages", "system"} or not converse.get("messages"):
+                return invalid("Malformed converse input")
+            return web.json_response({"inputTokens": COUNT_CONVERSE})
+        try:
+            invoke = orjson.loads(base64.b64decode(given["invokeModel"]["body"]))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            return invalid("invokeModel.body must be a base64 request body")
+        if invoke.get("anthropic_version") != "bedrock-2023-05-31" or "model" in invoke \
+                or not isinstance(invoke.get("max_tokens"), int) or not invoke.get("messages"):
+            return invalid("Malformed InvokeModel body for an Anthropic model")
+        return web.json_response({"inputTokens": COUNT_INVOKE})
+
+    @staticmethod
+    def embed(model: str, body: dict) -> web.Response:
+        def invalid(message: str) -> web.Response:
+            return web.json_response({"message": message}, status=400,
+                                     headers={"x-amzn-ErrorType": "ValidationException"})
+
+        if "amazon.titan-embed" in model:
+            if set(body) - {"inputText", "dimensions", "normalize"} or \
+                    not isinstance(body.get("inputText"), str):
+                return invalid("Malformed input request: extraneous key or inputText missing")
+            text = body["inputText"]
+            return web.json_response({"embedding": fake_vector(text, body.get("dimensions")),
+                                      "inputTextTokenCount": fake_token_count(text)})
+        # Only Embed v4 has sizes to choose from (`output_dimension`).
+        known = {"texts", "input_type", "truncate", "embedding_types"} | (
+            {"output_dimension"} if "embed-v4" in model else set())
+        if set(body) - known or not isinstance(body.get("texts"), list) \
+                or body.get("input_type") not in ("search_document", "search_query",
+                                                  "classification", "clustering"):
+            return invalid("Malformed input request: texts and input_type are required")
+        return web.json_response({
+            "id": "fake-embed-1", "response_type": "embeddings_floats", "texts": body["texts"],
+            "embeddings": [fake_vector(t, body.get("output_dimension")) for t in body["texts"]]})
 
     @staticmethod
     def usage() -> dict:
@@ -331,11 +414,26 @@ class FakeVertex(_Server):
         self.received.append(Seen(path=request.raw_path, headers=dict(request.headers),
                                   body=body))
         model = path.rsplit("/", 1)[1].split(":")[0]
-        if path.endswith(":rawPredict"):
-            return web.json_response(anthropic_message(model, body))
         if path.endswith(":streamRawPredict"):
             return await self._sse(request, [(e["type"], e)
                                              for e in anthropic_events(model, body)])
+        if path.endswith("/anthropic/models/count-tokens:rawPredict"):
+            if not body.get("model") or not body.get("messages") or "anthropic_version" in body:
+                return web.json_response({"error": {"code": 400, "message": "bad request"}},
+                                         status=400)
+            return web.json_response({"input_tokens": COUNT_CLAUDE})
+        if path.endswith(":rawPredict"):
+            return web.json_response(anthropic_message(model, body))
+        if path.endswith(":countTokens"):
+            if set(body) - {"contents", "systemInstruction", "tools", "generationConfig"} \
+                    or not body.get("contents"):
+                return web.json_response({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                                    "message": "Invalid JSON payload."}},
+                                         status=400)
+            return web.json_response({"totalTokens": COUNT_GEMINI,
+                                      "totalBillableCharacters": 40})
+        if path.endswith(":predict"):
+            return self.predict(body)
         if path.endswith(":generateContent"):
             return web.json_response(self.gemini(model))
         if path.endswith(":streamGenerateContent") and request.query.get("alt") == "sse":
@@ -347,6 +445,25 @@ class FakeVertex(_Server):
                 {"text": "the fake cloud."}]}, "finishReason": "STOP", "index": 0}]}
             return await self._sse(request, [(None, first), (None, last)])
         return web.json_response({"error": {"code": 404, "message": "not found"}}, status=404)
+
+    @staticmethod
+    def predict(body: dict) -> web.Response:
+        instances = body.get("instances")
+        parameters = body.get("parameters") or {}
+        if set(body) - {"instances", "parameters"} or not isinstance(instances, list) or \
+                not all(isinstance(i, dict) and isinstance(i.get("content"), str)
+                        and not set(i) - {"content", "task_type", "title"} for i in instances) \
+                or set(parameters) - {"outputDimensionality", "autoTruncate"}:
+            return web.json_response({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                                "message": "Invalid JSON payload received."}},
+                                     status=400)
+        size = parameters.get("outputDimensionality")
+        return web.json_response({
+            "predictions": [{"embeddings": {
+                "values": fake_vector(i["content"], size),
+                "statistics": {"token_count": fake_token_count(i["content"]),
+                               "truncated": False}}} for i in instances],
+            "metadata": {"billableCharacterCount": sum(len(i["content"]) for i in instances)}})
 
     @staticmethod
     def gemini(model: str) -> dict:
