@@ -176,9 +176,10 @@ class KeyCache:
             self._feed_lock = asyncio.Lock()
         if self._feed_seen is not None and self._feed_lock.locked():
             return  # another request is reading it; this one goes on with what is cached
+        checked_at = self._feed_checked_at
         async with self._feed_lock:
-            if time.monotonic() - self._feed_checked_at < settings.GATEWAY_CONFIG_POLL_S:
-                return
+            if self._feed_checked_at != checked_at:
+                return  # read while this request waited
             try:
                 head, changes = await db.run(key_changes_since, after=self._feed_seen,
                                              overlap=FEED_OVERLAP)
