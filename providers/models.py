@@ -1,7 +1,9 @@
 """Routing configuration: providers, the public model map, prices, teams and API keys.
 
 The admin and `gateway_apply` edit these same tables; every write goes through
-`providers.services`, which bumps `ConfigVersion` so running servers reload within ~1 s.
+`providers.services`, which bumps `ConfigVersion` (routes, providers, prices: running servers
+reload their routing snapshot within ~1 s) or writes a `KeyChange` (keys and teams: servers drop
+those keys from their caches).
 """
 from decimal import Decimal
 
