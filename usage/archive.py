@@ -32,7 +32,7 @@ from pathlib import Path
 from django.db import transaction
 from django.utils import timezone
 
-from usage.models import LedgerArchive, UsageRecord
+from usage.models import LedgerArchive, LedgerRequest, UsageRecord
 from usage.partitions import (
     add_months, ledger_partition_count, ledger_partition_drop, month_start,
 )
@@ -117,12 +117,13 @@ class FileSummary:
     rows: int
     sha256: str
     ids: list[int]
+    request_ids: list[str]
     first_created_at: str | None
     last_created_at: str | None
 
 
 def _write(path: Path, rows: Iterator[dict]) -> FileSummary:
-    digest, count, ids, first, last = hashlib.sha256(), 0, [], None, None
+    digest, count, ids, request_ids, first, last = hashlib.sha256(), 0, [], [], None, None
     # mtime=0: the same rows give the same bytes (a re-run's file compares equal).
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
         for row in rows:
@@ -132,12 +133,13 @@ def _write(path: Path, rows: Iterator[dict]) -> FileSummary:
             digest.update(line)
             count += 1
             ids.append(row["id"])
+            request_ids.append(row["request_id"])
             first = first or row["created_at"]
             last = row["created_at"]
         raw.flush()
     with open(path, "rb") as written:
         os.fsync(written.fileno())
-    return FileSummary(rows=count, sha256=digest.hexdigest(), ids=ids,
+    return FileSummary(rows=count, sha256=digest.hexdigest(), ids=ids, request_ids=request_ids,
                        first_created_at=_encode(first) if first else None,
                        last_created_at=_encode(last) if last else None)
 
@@ -145,19 +147,20 @@ def _write(path: Path, rows: Iterator[dict]) -> FileSummary:
 def file_read(path: Path) -> FileSummary:
     """Re-read an archive file: its line count, SHA-256 of the uncompressed lines, and ids.
     Raises ArchiveCorrupt when it is unreadable or a line is not a ledger row."""
-    digest, count, ids, first, last = hashlib.sha256(), 0, [], None, None
+    digest, count, ids, request_ids, first, last = hashlib.sha256(), 0, [], [], None, None
     try:
         with gzip.open(path, "rb") as lines:
             for line in lines:
                 digest.update(line)
                 row = json.loads(line)
                 ids.append(int(row["id"]))
+                request_ids.append(str(row["request_id"]))
                 first = first or row["created_at"]
                 last = row["created_at"]
                 count += 1
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise ArchiveCorrupt(f"{path}: {exc}") from exc
-    return FileSummary(rows=count, sha256=digest.hexdigest(), ids=ids,
+    return FileSummary(rows=count, sha256=digest.hexdigest(), ids=ids, request_ids=request_ids,
                        first_created_at=first, last_created_at=last)
 
 
@@ -228,10 +231,15 @@ def _drop(record: LedgerArchive, result: MonthResult) -> None:
         ledger_partition_drop(month=record.month)
         result.method = "drop_partition"
         result.dropped += summary.rows
+        for i in range(0, len(summary.ids), DELETE_CHUNK):
+            LedgerRequest.objects.filter(
+                request_id__in=summary.request_ids[i:i + DELETE_CHUNK]).delete()
     else:
         for i in range(0, len(summary.ids), DELETE_CHUNK):
             with transaction.atomic():
                 deleted, _ = in_month.filter(pk__in=summary.ids[i:i + DELETE_CHUNK]).delete()
+                LedgerRequest.objects.filter(
+                    request_id__in=summary.request_ids[i:i + DELETE_CHUNK]).delete()
             result.dropped += deleted
         result.method = result.method or "delete"
     LedgerArchive.objects.filter(pk=record.pk).update(dropped=True)

@@ -29,9 +29,8 @@ class UsageRecordQuerySet(models.QuerySet):
 
 class UsageRecord(models.Model):
     # On MySQL, MariaDB and TiDB the table is partitioned by month of created_at (migration
-    # 0006, usage.partitions): there the database enforces (request_id, created_at) unique and
-    # (id, created_at) as primary key, and holds no foreign keys; every writer of a request's
-    # row carries the created_at of its admission, so a request still has one row.
+    # 0006, usage.partitions): there its keys are (id, created_at) and (request_id,
+    # created_at), it holds no foreign keys, and LedgerRequest keeps request_id unique.
     request_id = models.CharField(max_length=64, unique=True)
     # The client's own x-request-id, when it sent one (not unique: clients reuse them).
     client_request_id = models.CharField(max_length=128, blank=True)
@@ -100,6 +99,17 @@ class UsageRecord(models.Model):
     @property
     def tag_list(self) -> list[str]:
         return self.tags.split(",") if self.tags else []
+
+
+class LedgerRequest(models.Model):
+    """The request ids of the ledger's rows where the ledger is partitioned (MySQL, MariaDB,
+    TiDB): a partitioned table's unique keys must contain its partitioning column, so this
+    small unpartitioned table is what makes a request id unique there. Inserted in the rows'
+    transaction (usage.services), deleted with them by usage.archive. Unused on SQLite, where
+    the ledger's own unique request_id does it."""
+
+    request_id = models.CharField(max_length=64, primary_key=True)
+    created_at = models.DateTimeField(db_index=True)
 
 
 class LedgerArchive(models.Model):

@@ -7,16 +7,17 @@ The table is partitioned by `RANGE COLUMNS(created_at)`, one partition per UTC m
 `ledger_partitions_ensure` (Celery beat `usage.ledger_partitions`, `manage.py ledger_partitions`)
 splits months out of `pmax` ahead of time; `manage.py ledger_archive` drops old ones.
 
-MySQL and MariaDB (and TiDB) require every unique key of a partitioned table to contain the
-partitioning column, so the primary key becomes (id, created_at) and the request id's unique
-key (request_id, created_at). That still makes a request's row unique because every writer of
-a request's row takes `created_at` from the same place: the request's admission
-(gateway.call.Call.created_at), carried unchanged in its spooled entry (usage.spool) and in its
-intent (usage.intents, the reaper's `lost` row). A retry, a spool replay and the reaper therefore
-all hit the same (request_id, created_at) and get the IntegrityError usage.services relies on.
-Partitioned InnoDB tables cannot hold foreign keys, so the ledger's three (key, team, price)
-are dropped there; Django's on_delete=PROTECT still refuses to delete a key, team or price
-with usage (it is checked by Django, not by the database).
+MySQL, MariaDB and TiDB require every unique key of a partitioned table to contain the
+partitioning column, so the ledger's primary key becomes (id, created_at) and its request id key
+(request_id, created_at). That alone would make a request's row unique only while every writer
+of it carries the same created_at (they do: the admission's, in the spooled entry and in the
+intent the reaper turns into a `lost` row), and a replay with another created_at would get a
+second row. So the request id stays unique in the database through a small unpartitioned table,
+usage.models.LedgerRequest (request_id primary key), into which usage.services inserts the
+batch's ids in the rows' transaction: a second row of a request fails there with the
+IntegrityError the idempotent writers already handle. Partitioned InnoDB tables cannot hold
+foreign keys, so the ledger's three (key, team, price) are dropped there; Django's
+on_delete=PROTECT still refuses to delete a key, team or price with usage (Django checks it).
 
 TiDB: an AUTO_INCREMENT primary key sends every insert to the region at the end of the key
 range (one TiKV node), so there the id becomes `AUTO_RANDOM` (random high shard bits) in a
@@ -160,6 +161,15 @@ def tidb_create_statement(*, show_create: str, new_table: str, months: list[date
     return f"CREATE TABLE `{new_table}` (\n  {inner}\n{tail}\n{partition_clause(months)}"
 
 
+def tidb_claims_statements(*, show_create: str, table: str) -> list[str]:
+    """TiDB: the claims table's request_id primary key spreads its inserts (ids are random)
+    when it is the clustered key; a NONCLUSTERED one keeps rows by a hidden sequential row id,
+    which SHARD_ROW_ID_BITS scatters over 2^4 ranges."""
+    if "NONCLUSTERED" in show_create.upper():
+        return [f"ALTER TABLE `{table}` SHARD_ROW_ID_BITS = 4"]
+    return []
+
+
 def tidb_swap_statements(*, table: str, new_table: str, old_table: str) -> list[str]:
     """One atomic RENAME: writers see the partitioned table from the next statement on."""
     return [f"RENAME TABLE `{table}` TO `{old_table}`, `{new_table}` TO `{table}`"]
@@ -169,6 +179,14 @@ def reorganize_statement(*, table: str, months: list[date]) -> str:
     """Split `months` out of pmax (rows already in pmax move to their month)."""
     return (f"ALTER TABLE `{table}` REORGANIZE PARTITION {CATCH_ALL} INTO "
             f"({partition_definitions(months)})")
+
+
+def split_first_statement(*, table: str, first: date, months: list[date]) -> str:
+    """Split `months` (all before `first`) out of the first partition, `p<first>`: it holds
+    every row before its upper bound, so older rows (imported, or loaded before the table was
+    partitioned from an empty one) move to their months."""
+    return (f"ALTER TABLE `{table}` REORGANIZE PARTITION {partition_name(first)} INTO "
+            f"({partition_definitions([*months, first], catch_all=False)})")
 
 
 def drop_partition_statement(*, table: str, month: date) -> str:
@@ -186,6 +204,12 @@ def _table() -> str:
     from usage.models import UsageRecord
 
     return UsageRecord._meta.db_table
+
+
+def _claims_table() -> str:
+    from usage.models import LedgerRequest
+
+    return LedgerRequest._meta.db_table
 
 
 def _connection(using: str | None):
@@ -253,16 +277,47 @@ def ledger_partition_apply(*, connection, now: datetime | None = None) -> list[s
     now = now or datetime.now(dt_timezone.utc)
     table = _table()
     with connection.cursor() as cursor:
+        claims_backfill(cursor, table=table)
         months = _months_to_create(cursor, table, now)
         if flavour == "tidb":
-            return ledger_rebuild(cursor, table=table, months=months, now=now,
-                                  session=TIDB_SESSION)
-        statements = mysql_partition_statements(
-            table=table, foreign_keys=_foreign_keys(cursor, table),
-            unique_index=_request_id_unique_index(cursor, table), months=months)
-        for sql in statements:
-            cursor.execute(sql)
+            statements = ledger_rebuild(cursor, table=table, months=months, now=now,
+                                        session=TIDB_SESSION)
+            cursor.execute(f"SHOW CREATE TABLE `{_claims_table()}`")
+            for sql in tidb_claims_statements(show_create=cursor.fetchone()[1],
+                                              table=_claims_table()):
+                cursor.execute(sql)
+                statements.append(sql)
+        else:
+            statements = mysql_partition_statements(
+                table=table, foreign_keys=_foreign_keys(cursor, table),
+                unique_index=_request_id_unique_index(cursor, table), months=months)
+            for sql in statements:
+                cursor.execute(sql)
+        # Rows that processes still running the previous code wrote meanwhile.
+        claims_backfill(cursor, table=table, since=now - CATCH_UP)
     return statements
+
+
+def claims_backfill(cursor, *, table: str, since: datetime | None = None) -> None:
+    """Claim (usage.models.LedgerRequest) the request ids of the ledger's rows, all of them in
+    id chunks or those created from `since`; ids already claimed are skipped."""
+    claims = _claims_table()
+    if since is not None:
+        cursor.execute(f"INSERT IGNORE INTO `{claims}` (request_id, created_at) "
+                       f"SELECT request_id, created_at FROM `{table}` WHERE created_at >= %s",
+                       [since.replace(tzinfo=None)])
+        return
+    last_id = -1
+    while True:
+        cursor.execute(f"SELECT MAX(id) FROM (SELECT id FROM `{table}` WHERE id > %s "
+                       f"ORDER BY id LIMIT {COPY_CHUNK}) chunk", [last_id])
+        upper = cursor.fetchone()[0]
+        if upper is None:
+            return
+        cursor.execute(f"INSERT IGNORE INTO `{claims}` (request_id, created_at) "
+                       f"SELECT request_id, created_at FROM `{table}` WHERE id > %s AND id <= %s",
+                       [last_id, upper])
+        last_id = upper
 
 
 # Copied rows keep their ids: TiDB refuses explicit values for an AUTO_RANDOM column unless
@@ -354,6 +409,21 @@ def ledger_partitions_ensure(*, ahead: int = AHEAD_MONTHS, now: datetime | None 
     added = [partition_name(m) for m in months]
     logger.info("ledger partitions added: %s", ", ".join(added))
     return added
+
+
+def ledger_partitions_extend_back(*, since: date, using: str | None = None) -> list[str]:
+    """Give each month from `since` up to the first partition's its own partition (rows move
+    out of the first one). Idempotent; a no-op where the ledger is not partitioned. Returns
+    the names of the partitions added."""
+    connection = _connection(using)
+    partitions = ledger_partitions(using=connection.alias)
+    if not partitions or partitions[0].month is None or month_start(since) >= partitions[0].month:
+        return []
+    months = month_range(month_start(since), add_months(partitions[0].month, -1))
+    with connection.cursor() as cursor:
+        cursor.execute(split_first_statement(table=_table(), first=partitions[0].month,
+                                             months=months))
+    return [partition_name(m) for m in months]
 
 
 def ledger_partition_drop(*, month: date, using: str | None = None) -> None:

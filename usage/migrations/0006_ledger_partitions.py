@@ -2,20 +2,24 @@
 
 MySQL-family servers require every unique key of a partitioned table, the primary key
 included, to contain the partitioning column. The choice (docs/ledger.md, "A ledger that lasts
-for years"): partition by RANGE COLUMNS(created_at), primary key (id, created_at), and the
-request id unique together with created_at. `created_at` is fixed when the gateway admits the
-request and every writer of that request's row carries the same value (the group-commit
-writer, a retried write, a spool replay, the reaper's `lost` row from the intent), so the
-database still refuses a second row of the same request, and usage.services' idempotent writes
-keep working unchanged. Rejected: a separate unpartitioned dedupe table (a second insert per
-row on the hot path, a table that grows for ever, one more write to keep in one transaction),
-and a month derived from the request id (ids are random today, and old rows would not fit).
+for years"): partition by RANGE COLUMNS(created_at), primary key (id, created_at), the request
+id's index (request_id, created_at), and the request id kept unique by the database in a small
+unpartitioned table, LedgerRequest (request_id primary key), that usage.services fills in the
+rows' own transaction and usage.archive empties with them. A second row of a request (a retried
+batch, a spool replay, the reaper, even one carrying another created_at) fails on that key with
+the IntegrityError the idempotent writers already handle. Weighed and rejected: relying on
+(request_id, created_at) alone (a replay with another created_at would be a second row; the
+fault suite replays intents so), and a month derived from the request id (ids are random
+uuid4 today, and old rows would not fit). The cost: one more multi-row INSERT per ledger batch,
+into a table of about 100 bytes a row that the archive trims with the ledger.
 
 Partitioned InnoDB tables hold no foreign keys: the key, team and price constraints are
 dropped on these backends; Django's on_delete=PROTECT (checked by Django) still refuses to
 delete a key, team or price that billed a row. Django's migration state keeps describing the
-table as before (unique request_id, id primary key, foreign keys): a later migration that alters
-those columns on MySQL must use RunSQL.
+ledger table as before (unique request_id, id primary key, foreign keys): a later migration
+that alters those columns on MySQL must use RunSQL. Existing rows' request ids are claimed
+before the table is partitioned, and those written meanwhile by processes still running the
+previous code after it.
 
 On TiDB the id also becomes AUTO_RANDOM (no write hotspot); TiDB cannot change a clustered
 primary key in place, so there the table is rebuilt and swapped (usage.partitions). On a large
@@ -62,6 +66,13 @@ class Migration(migrations.Migration):
             options={
                 'constraints': [models.UniqueConstraint(fields=('month', 'part'), name='uniq_ledger_archive_part')],
             },
+        ),
+        migrations.CreateModel(
+            name='LedgerRequest',
+            fields=[
+                ('request_id', models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ('created_at', models.DateTimeField(db_index=True)),
+            ],
         ),
         migrations.RunPython(partition, unpartition, elidable=False),
     ]

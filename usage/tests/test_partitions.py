@@ -7,18 +7,20 @@ and rows leave pmax, and an archived month's partition is dropped."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date, datetime, timezone
+from io import StringIO
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 
 from usage.archive import ledger_archive, month_bounds
-from usage.models import DailyUsage, UsageRecord
+from usage.models import DailyUsage, LedgerRequest, UsageRecord
 from usage.partitions import (
-    CATCH_ALL, Partition, add_months, ledger_partitions, ledger_partitions_ensure, month_start,
-    months_missing, mysql_partition_statements, partition_clause, partition_name,
-    reorganize_statement, server_flavour, tidb_create_statement,
+    CATCH_ALL, Partition, add_months, ledger_partitions, ledger_partitions_ensure,
+    ledger_partitions_extend_back, month_range, month_start, months_missing, mysql_partition_statements, partition_clause, partition_name,
+    reorganize_statement, server_flavour, split_first_statement, tidb_create_statement,
 )
 from usage.rollups import usage_rollup
 from usage.services import LedgerWrite, _rows_insert, usage_record_write, usage_records_write
@@ -93,6 +95,15 @@ def test_tidb_gets_an_auto_random_clustered_key_in_a_rebuilt_table():
         tidb_create_statement(show_create="SELECT 1", new_table="x", months=[])
 
 
+def test_older_months_are_split_out_of_the_first_partition():
+    assert split_first_statement(table="t", first=date(2026, 12, 1),
+                                 months=[date(2026, 10, 1), date(2026, 11, 1)]) == (
+        "ALTER TABLE `t` REORGANIZE PARTITION p202612 INTO ("
+        "PARTITION p202610 VALUES LESS THAN ('2026-11-01 00:00:00'), "
+        "PARTITION p202611 VALUES LESS THAN ('2026-12-01 00:00:00'), "
+        "PARTITION p202612 VALUES LESS THAN ('2027-01-01 00:00:00'))")
+
+
 def test_months_ahead_are_split_out_of_the_catch_all_once():
     parts = [Partition("p202611", date(2026, 11, 1), 0), Partition("p202612", date(2026, 12, 1), 0),
              Partition(CATCH_ALL, None, 0)]
@@ -144,10 +155,25 @@ def test_the_database_refuses_a_second_row_of_a_request():
     with pytest.raises(IntegrityError), transaction.atomic():
         _rows_insert([first])  # the database's own unique key, no check of ours before it
     assert usage_record_write(entry=first) is False
+    # A replay that carries another created_at (another month, another partition): the
+    # request id's claim refuses it all the same.
+    moved = replace(first, created_at=first.created_at - timedelta(days=200))
+    assert usage_record_write(entry=moved) is False
     other = replace(first, request_id="part-second")
-    usage_records_write(writes=[LedgerWrite(entry=first), LedgerWrite(entry=other)])
+    usage_records_write(writes=[LedgerWrite(entry=moved), LedgerWrite(entry=other)])
     assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == \
         sorted([first.request_id, "part-second"])
+    assert sorted(LedgerRequest.objects.values_list("request_id", "created_at")) == sorted(
+        [(first.request_id, first.created_at), ("part-second", first.created_at)])
+
+
+@pytest.mark.skipif(connection.vendor == "mysql", reason="the other backends")
+@pytest.mark.django_db
+def test_elsewhere_the_ledger_alone_keeps_request_ids_unique():
+    first = ledger_write(at=NOW)
+    assert usage_record_write(entry=replace(first, created_at=NOW - timedelta(days=200))) is False
+    assert UsageRecord.objects.count() == 1
+    assert not LedgerRequest.objects.exists()
 
 
 @mysql_only
@@ -171,17 +197,14 @@ def test_months_are_added_ahead_and_rows_leave_the_catch_all():
 @pytest.mark.django_db(transaction=True)
 def test_an_archived_month_is_dropped_as_a_partition(tmp_path):
     old = add_months(CURRENT, -3)
+    # The migration ran on an empty table: its first partition, the current month's, holds
+    # everything older. manage.py ledger_partitions --since gives older months their own.
+    first = ledger_partitions()[0].month
+    call_command("ledger_partitions", "--since", f"{old:%Y-%m}", stdout=StringIO())
     names = [p.name for p in ledger_partitions()]
-    if partition_name(old) not in names:
-        # The migration ran on an empty table: its first partition starts at the current
-        # month and holds everything older. Split the old month out of it.
-        first = ledger_partitions()[0]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"ALTER TABLE usage_usagerecord REORGANIZE PARTITION {first.name} INTO ("
-                f"PARTITION {partition_name(old)} VALUES LESS THAN "
-                f"('{add_months(old, 1):%Y-%m-%d} 00:00:00'), PARTITION {first.name} VALUES "
-                f"LESS THAN ('{add_months(first.month, 1):%Y-%m-%d} 00:00:00'))")
+    assert names[:names.index(partition_name(first)) + 1] == [
+        partition_name(m) for m in month_range(min(old, first), first)]
+    assert ledger_partitions_extend_back(since=old) == []
     rows = [ledger_write(at=datetime(old.year, old.month, d, tzinfo=timezone.utc),
                          cost="0.2500000000") for d in (1, 9, 27)]
     usage_rollup(day=rows[1].created_at.date())
@@ -193,6 +216,7 @@ def test_an_archived_month_is_dropped_as_a_partition(tmp_path):
         (old, 3, 3, "drop_partition")]
     assert partition_name(old) not in {p.name for p in ledger_partitions()}
     assert not UsageRecord.objects.between(*month_bounds(old)).exists()
+    assert not LedgerRequest.objects.filter(request_id__in=[r.request_id for r in rows]).exists()
     assert list(DailyUsage.objects.values()) == rollups
     assert rollups and Decimal(rollups[0]["cost_usd"]) == Decimal("0.25")
     # A late row of the month now lands in the next partition and leaves by a delete.

@@ -1,6 +1,12 @@
 from django.core.management.base import BaseCommand
 
-from usage.partitions import AHEAD_MONTHS, ledger_partitions, ledger_partitions_ensure
+from datetime import datetime
+
+from django.core.management.base import CommandError
+
+from usage.partitions import (
+    AHEAD_MONTHS, ledger_partitions, ledger_partitions_ensure, ledger_partitions_extend_back,
+)
 
 
 class Command(BaseCommand):
@@ -11,9 +17,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--ahead", type=int, default=AHEAD_MONTHS,
                             help=f"months after the current one to have (default {AHEAD_MONTHS})")
+        parser.add_argument("--since", help="YYYY-MM: also give every month from this one to "
+                                            "the first partition its own (after importing "
+                                            "older rows)")
 
-    def handle(self, *args, ahead, **options):
-        added = ledger_partitions_ensure(ahead=ahead)
+    def handle(self, *args, ahead, since, **options):
+        added = []
+        if since:
+            try:
+                month = datetime.strptime(since, "%Y-%m").date()
+            except ValueError:
+                raise CommandError(f"--since: {since!r} is not a month (YYYY-MM)") from None
+            added += ledger_partitions_extend_back(since=month)
+        added += ledger_partitions_ensure(ahead=ahead)
         partitions = ledger_partitions()
         if not partitions:
             self.stdout.write("the ledger is not partitioned on this database")
