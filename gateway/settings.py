@@ -65,6 +65,8 @@ INSTALLED_APPS = [
     "tasks",
     "chat",
     "response_store",
+    # OIDC single sign-on (off unless GATEWAY_SSO_ISSUER is set)
+    "sso",
 ]
 
 # The proxy views do not use sessions, CSRF or auth middleware (they authenticate API keys
@@ -151,6 +153,10 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "/admin/login/"
+# Local accounts sign in with a password; the SSO backend only answers the OIDC callback
+# (sso.views) and stays listed when SSO is off, so the sessions of SSO users stay valid.
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "sso.backends.SsoBackend"]
+
 
 # DRF: staff-only unless a view names its own policy (the finance API: usage/api.py).
 REST_FRAMEWORK = {
@@ -248,6 +254,41 @@ GATEWAY_OTEL_LANGFUSE_SECRET_KEY = env.str("GATEWAY_OTEL_LANGFUSE_SECRET_KEY", d
 if bool(GATEWAY_OTEL_LANGFUSE_PUBLIC_KEY) != bool(GATEWAY_OTEL_LANGFUSE_SECRET_KEY):
     raise ImproperlyConfigured("set both GATEWAY_OTEL_LANGFUSE_PUBLIC_KEY and "
                                "GATEWAY_OTEL_LANGFUSE_SECRET_KEY, or neither")
+
+# OIDC single sign-on (sso/, docs/operations.md#single-sign-on-oidc): off unless an issuer is
+# set. Endpoints come from the issuer's discovery document unless given here.
+GATEWAY_SSO_ISSUER = env.str("GATEWAY_SSO_ISSUER", default="").rstrip("/")
+GATEWAY_SSO_CLIENT_ID = env.str("GATEWAY_SSO_CLIENT_ID", default="")
+GATEWAY_SSO_CLIENT_SECRET = env.str("GATEWAY_SSO_CLIENT_SECRET", default="")
+GATEWAY_SSO_SCOPES = env.str("GATEWAY_SSO_SCOPES", default="openid email profile")
+GATEWAY_SSO_GROUPS_CLAIM = env.str("GATEWAY_SSO_GROUPS_CLAIM", default="groups")
+# "idp-group=role;role,…": a role is superuser, staff or the name of a Django group (finance).
+GATEWAY_SSO_GROUP_ROLES = {
+    group.strip(): tuple(role.strip() for role in roles.split(";") if role.strip())
+    for group, roles in env.dict("GATEWAY_SSO_GROUP_ROLES", default={}).items()}
+GATEWAY_SSO_ALLOWED_EMAIL_DOMAINS = tuple(
+    domain.lower() for domain in env.list("GATEWAY_SSO_ALLOWED_EMAIL_DOMAINS", default=[]))
+GATEWAY_SSO_SESSION_MAX_AGE_S = env.int("GATEWAY_SSO_SESSION_MAX_AGE_S", default=8 * 3600)
+GATEWAY_SSO_AUTHORIZATION_ENDPOINT = env.str("GATEWAY_SSO_AUTHORIZATION_ENDPOINT", default="")
+GATEWAY_SSO_TOKEN_ENDPOINT = env.str("GATEWAY_SSO_TOKEN_ENDPOINT", default="")
+GATEWAY_SSO_USERINFO_ENDPOINT = env.str("GATEWAY_SSO_USERINFO_ENDPOINT", default="")
+GATEWAY_SSO_JWKS_URI = env.str("GATEWAY_SSO_JWKS_URI", default="")
+GATEWAY_SSO_SIGN_ALGO = env.str("GATEWAY_SSO_SIGN_ALGO", default="RS256")
+GATEWAY_SSO_TOKEN_AUTH_METHOD = env.str("GATEWAY_SSO_TOKEN_AUTH_METHOD",
+                                        default="client_secret_basic")
+GATEWAY_SSO_TIMEOUT_S = env.float("GATEWAY_SSO_TIMEOUT_S", default=10.0)
+if GATEWAY_SSO_ISSUER:
+    if not (GATEWAY_SSO_CLIENT_ID and GATEWAY_SSO_CLIENT_SECRET):
+        raise ImproperlyConfigured("GATEWAY_SSO_ISSUER needs GATEWAY_SSO_CLIENT_ID and "
+                                   "GATEWAY_SSO_CLIENT_SECRET")
+    if "openid" not in GATEWAY_SSO_SCOPES.split():
+        raise ImproperlyConfigured("GATEWAY_SSO_SCOPES must include openid")
+    if GATEWAY_SSO_TOKEN_AUTH_METHOD not in ("client_secret_basic", "client_secret_post"):
+        raise ImproperlyConfigured("GATEWAY_SSO_TOKEN_AUTH_METHOD must be client_secret_basic "
+                                   "or client_secret_post")
+    if not GATEWAY_SSO_SIGN_ALGO.startswith(("RS", "ES", "PS")):
+        raise ImproperlyConfigured("GATEWAY_SSO_SIGN_ALGO must be an asymmetric algorithm "
+                                   "(RS256, ES256, PS256, ...)")
 
 LOGGING = {
     "version": 1,

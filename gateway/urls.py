@@ -32,6 +32,7 @@ urlpatterns = [
     path("api/tasks/<slug:slug>", tasks.task_call),
     path("api/chat/<slug:slug>", tasks.task_call),
     path("chat/", include("chat.urls")),
+    path("sso/", include("sso.urls")),
 ]
 
 # API paths answer errors Django raises itself (bad Host header, unknown path, a crash) in the
