@@ -20,6 +20,10 @@ an admin sets it per route or provider). For reasoning it knows almost nothing (
 effort and which refuse one; a model in neither stays unknown (None: only an effort the client
 named in OpenAI's own words is sent, see `CodecOptions`).
 
+The catalog's data (the package's `data` module) is loaded once per process, at its first
+routing snapshot: measured 0.6-1.6 s and 31 MB of resident memory on the development machine;
+each model's answer is then cached (500 lookups of new names: 0.09 s).
+
 `responses_api` matters only for a kind with a Responses variant (gateway.dialects
 `responses_kind`: OpenAI-compatible, Azure OpenAI); elsewhere a route may not set it
 (`route_capabilities_problem`).
