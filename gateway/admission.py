@@ -46,22 +46,34 @@ def budget_limits(key: KeyInfo) -> list[BudgetLimit]:
 
 
 def worst_case_cost(snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...], *,
-                    prompt_tokens: int, max_tokens: int, at) -> Decimal:
-    """The most this request can cost on any of its deployments. Raises PermissionDenied when
-    one has no price: a budgeted key is never served for free by accident."""
+                    prompt_tokens: int, max_tokens: int, at, audio_input_tokens: int = 0,
+                    audio_output: bool = False) -> Decimal:
+    """The most this request can cost on any of its deployments. `audio_input_tokens` of the
+    prompt are priced at the audio input rate; `audio_output` (a realtime response whose
+    modalities include audio) prices the whole output at the audio output rate, unless the
+    text rates cost more (each falling back as usage.pricing does: an empty audio rate is the
+    text one). Raises PermissionDenied when one has no price: a budgeted key is never served
+    for free by accident."""
     worst = Decimal(0)
     for d in deployments:
         price = snapshot.price_for(provider_id=d.provider_id, upstream_model=d.upstream_model, at=at)
         if price is None:
             raise PermissionDenied(f"`{d.upstream_model}` has no price, so budgeted keys may not use "
                                    "it until an admin sets one", param="model", code="model_not_priced")
-        worst = max(worst, cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=max_tokens))
+        text = cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=max_tokens,
+                        audio_input_tokens=audio_input_tokens)
+        audio = cost_usd(price=price, input_tokens=prompt_tokens, output_tokens=max_tokens,
+                         audio_input_tokens=audio_input_tokens,
+                         audio_output_tokens=max_tokens) if audio_output else text
+        worst = max(worst, text, audio)
     return worst
 
 
 async def call_admit(call: Call, snapshot: RoutingSnapshot, deployments: tuple[Deployment, ...],
-                     *, digest: str | None, prompt_tokens: int, max_tokens: int | None) -> Replay | None:
-    """Idempotency, rate limits and the budget reservation, before any upstream call.
+                     *, digest: str | None, prompt_tokens: int, max_tokens: int | None,
+                     audio_input_tokens: int = 0, audio_output: bool = False) -> Replay | None:
+    """Idempotency, rate limits and the budget reservation, before any upstream call (the
+    audio arguments: `worst_case_cost`'s, for realtime responses).
 
     Returns the stored response when the Idempotency-Key was already answered. Raises Conflict
     / Unprocessable (idempotency, no ledger row), RateLimited, BudgetExceeded or
@@ -83,7 +95,9 @@ async def call_admit(call: Call, snapshot: RoutingSnapshot, deployments: tuple[D
                  (("rpm", key.rpm_limit, 1), ("tpm", key.tpm_limit, prompt_tokens)) if per_minute]
         limits = budget_limits(key)
         worst = (worst_case_cost(snapshot, deployments, prompt_tokens=prompt_tokens,
-                                 max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at)
+                                 max_tokens=max_tokens or DEFAULT_MAX_TOKENS, at=call.created_at,
+                                 audio_input_tokens=audio_input_tokens,
+                                 audio_output=audio_output)
                  if limits else None)
         checks = []
         if rates:

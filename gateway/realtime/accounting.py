@@ -1,7 +1,9 @@
 """What the realtime relay reads of the frames it passes through, and nothing more. Pure.
 
-Frames are relayed as received. Only three kinds are parsed: `response.create` from the
-client (admission), `response.done` and `error` from the upstream (settlement). A cheap
+Frames are relayed as received. Only these are parsed: `response.create` from the client
+(admission), `response.done` and `error` from the upstream (settlement); for the output
+modalities and server VAD, `session.update` and `input_audio_buffer.commit` from the client,
+`session.created`, `session.updated` and `input_audio_buffer.committed` from the upstream. A cheap
 substring test picks the candidates, so an audio delta is never decoded; a candidate is then
 parsed and its `type` checked (the substring may be quoted text inside another event).
 
@@ -24,9 +26,17 @@ from gateway.types import Usage
 RESPONSE_CREATE = "response.create"
 RESPONSE_DONE = "response.done"
 ERROR = "error"
+SESSION_UPDATE = "session.update"
+COMMIT = "input_audio_buffer.commit"
+SESSION_CREATED = "session.created"
+SESSION_UPDATED = "session.updated"
+COMMITTED = "input_audio_buffer.committed"
 
-_CLIENT_MARKS = (b'"response.create"',)
-_UPSTREAM_MARKS = (b'"response.done"', b'"error"')
+_CLIENT_TYPES = (RESPONSE_CREATE, SESSION_UPDATE, COMMIT)
+_UPSTREAM_TYPES = (RESPONSE_DONE, ERROR, SESSION_CREATED, SESSION_UPDATED, COMMITTED)
+# Quoted event names: base64 audio has neither quotes nor dots, so an audio frame never matches.
+_CLIENT_MARKS = tuple(f'"{t}"'.encode() for t in _CLIENT_TYPES)
+_UPSTREAM_MARKS = tuple(f'"{t}"'.encode() for t in _UPSTREAM_TYPES)
 
 
 def _typed(frame: str | bytes, marks: tuple[bytes, ...],
@@ -44,13 +54,87 @@ def _typed(frame: str | bytes, marks: tuple[bytes, ...],
 
 
 def client_event(frame: str | bytes) -> dict[str, Any] | None:
-    """The client's `response.create` event, parsed; None for every other frame."""
-    return _typed(frame, _CLIENT_MARKS, (RESPONSE_CREATE,))
+    """The client's `response.create`, `session.update` or `input_audio_buffer.commit`,
+    parsed; None for every other frame."""
+    return _typed(frame, _CLIENT_MARKS, _CLIENT_TYPES)
 
 
 def upstream_event(frame: str | bytes) -> dict[str, Any] | None:
-    """The upstream's `response.done` or `error` event, parsed; None for every other frame."""
-    return _typed(frame, _UPSTREAM_MARKS, (RESPONSE_DONE, ERROR))
+    """The upstream's `response.done`, `error`, `session.created`, `session.updated` or
+    `input_audio_buffer.committed`, parsed; None for every other frame."""
+    return _typed(frame, _UPSTREAM_MARKS, _UPSTREAM_TYPES)
+
+
+def session_of(event: dict[str, Any]) -> dict[str, Any]:
+    session = event.get("session")
+    return session if isinstance(session, dict) else {}
+
+
+def _turn_holder(session: dict[str, Any]) -> dict[str, Any] | None:
+    """The object holding `turn_detection`: the session itself (the beta protocol), or
+    `session.audio.input` (GA); None when the session does not name it."""
+    if "turn_detection" in session:
+        return session
+    audio = session.get("audio")
+    inp = audio.get("input") if isinstance(audio, dict) else None
+    return inp if isinstance(inp, dict) and "turn_detection" in inp else None
+
+
+def turn_detection(session: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the session names its turn detection, the turn detection: None when off)."""
+    holder = _turn_holder(session)
+    if holder is None:
+        return False, None
+    value = holder["turn_detection"]
+    return True, value if isinstance(value, dict) else None
+
+
+def creates_responses(detection: dict[str, Any] | None) -> bool:
+    """Whether this turn detection has the upstream create a response at each turn's end
+    (server and semantic VAD do unless `create_response` is false)."""
+    return detection is not None and detection.get("create_response", True) is not False
+
+
+def with_create_response(event: dict[str, Any], value: bool) -> dict[str, Any]:
+    """A copy of a session event whose turn detection says `create_response: value` (an
+    event that names none, or has it off, comes back as it is)."""
+    session = dict(session_of(event))
+    holder = _turn_holder(session)
+    if holder is None or not isinstance(holder["turn_detection"], dict):
+        return event
+    detection = {**holder["turn_detection"], "create_response": value}
+    if holder is session:
+        session["turn_detection"] = detection
+    else:
+        audio = dict(session["audio"])
+        audio["input"] = {**holder, "turn_detection": detection}
+        session["audio"] = audio
+    return {**event, "session": session}
+
+
+def turn_update(created: dict[str, Any]) -> dict[str, Any]:
+    """The `session.update` that keeps `created`'s turn detection but has the gateway create
+    the responses (`create_response: false`), in the protocol `created` speaks (GA sessions
+    carry `type`, which GA updates require)."""
+    session = with_create_response(created, False)["session"]
+    holder = _turn_holder(session)
+    update: dict[str, Any] = {"turn_detection": holder["turn_detection"]}
+    if holder is not session:
+        update = {"audio": {"input": update}}
+    if "type" in session:
+        update["type"] = session["type"]
+    return {"type": SESSION_UPDATE, "event_id": f"event_gw{uuid.uuid4().hex[:20]}",
+            "session": update}
+
+
+def output_audio(holder: dict[str, Any]) -> bool | None:
+    """Whether a session's or a response's output modalities (`output_modalities`, or the
+    beta `modalities`) include audio; None when it names none."""
+    for name in ("output_modalities", "modalities"):
+        value = holder.get(name)
+        if isinstance(value, list):
+            return "audio" in value
+    return None
 
 
 def _int(value: object) -> int:
@@ -94,6 +178,14 @@ def failure_of(done: dict[str, Any]) -> str | None:
     error = details.get("error") if isinstance(details, dict) else None
     kind = error.get("type") if isinstance(error, dict) else None
     return str(kind)[:64] if kind else "response_failed"
+
+
+def response_audio(create: dict[str, Any], *, session_audio: bool) -> bool:
+    """Whether a `response.create`'s response may answer in audio: its own output modalities,
+    else the session's."""
+    response = create.get("response")
+    named = output_audio(response) if isinstance(response, dict) else None
+    return session_audio if named is None else named
 
 
 def max_output_tokens(create: dict[str, Any]) -> int | None:

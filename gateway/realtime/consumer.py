@@ -11,12 +11,24 @@
                 `response.create`, `response.done` and `error`).
     per response  a `response.create` is admitted first, as a request of its own (RPM/TPM,
                 budget reservation of the response's worst case: the conversation so far
-                as input, the response's `max_output_tokens`, else the key's default, else
-                admission's DEFAULT_MAX_TOKENS, as output). A refusal answers the client with
-                a realtime `error` event naming the refused event, is not forwarded, writes a
-                `rejected` row, and the session goes on. `response.done` settles it from its
-                usage: one `realtime` row per response. Responses the upstream starts by
-                itself (server VAD) cannot be refused beforehand; they are billed all the same.
+                as input, its audio at the audio input rate, the response's
+                `max_output_tokens`, else the key's default, else admission's
+                DEFAULT_MAX_TOKENS, as output, at the audio output rate when the response's
+                output modalities, else the session's, include audio: the API's default).
+                A refusal answers the client with a realtime `error` event naming the refused
+                event, is not forwarded, writes a `rejected` row, and the session goes on.
+                `response.done` settles it from its usage: one `realtime` row per response.
+    server VAD  a session whose turn detection creates a response at each turn's end (server
+                or semantic VAD with `create_response` true, the upstream's default) has the
+                gateway create them instead, so that each is admitted first: the upstream's
+                turn detection is set to `create_response: false` (the gateway's own
+                `session.update`, sent when `session.created` or `session.updated` says true;
+                the client's `session.update` rewritten likewise), its `session.updated`
+                shown to the client with `create_response` as the client asked, and on each
+                `input_audio_buffer.committed` the upstream's VAD sends (not one answering the
+                client's own `input_audio_buffer.commit`) the gateway admits and sends a
+                `response.create`; a refusal is an `error` event with `event_id` null and no
+                response, and the session goes on.
     end         whichever side leaves, the other is closed. Responses still in flight when
                 the client leaves are cancelled upstream and their `response.done` awaited
                 (bounded by DRAIN_S), so they bill what was reported, as
@@ -34,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -96,6 +109,13 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         # next one reads again) and the text items added since, for the next reservation.
         self.context_tokens = 0
         self.added_tokens = 0
+        # Of the conversation, the audio tokens (priced at the audio input rate); whether the
+        # session answers in audio; whether the client's turn detection creates responses
+        # (which the gateway then does); the client's commits not yet answered.
+        self.context_audio_tokens = 0
+        self.session_audio = True
+        self.client_turns = False
+        self.manual_commits = 0
         offered = list(self.scope.get("subprotocols") or ())
         browser_key = next((p[len(BROWSER_KEY_PROTOCOL):] for p in offered
                             if p.startswith(BROWSER_KEY_PROTOCOL)), None)
@@ -155,14 +175,28 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         if self.upstream is None or self.ending is not None:
             return
         frame = text_data if text_data is not None else bytes_data
-        create = accounting.client_event(frame)
-        if create is not None:
-            refusal = await self._response_admit(create)
+        event = accounting.client_event(frame)
+        kind = event["type"] if event is not None else None
+        if kind == accounting.RESPONSE_CREATE:
+            refusal = await self._response_admit(event)
             if refusal is not None:
                 await self.send(text_data=refusal)
                 return
+        elif kind == accounting.SESSION_UPDATE:
+            named, detection = accounting.turn_detection(accounting.session_of(event))
+            if named:
+                self.client_turns = accounting.creates_responses(detection)
+                if self.client_turns:
+                    text_data, bytes_data = orjson.dumps(
+                        accounting.with_create_response(event, False)).decode(), None
+        elif kind == accounting.COMMIT:
+            self.manual_commits += 1
         elif text_data is not None and '"conversation.item.create"' in text_data:
             self.added_tokens += text_tokens(text_data)
+        await self._upstream_send(text_data=text_data, bytes_data=bytes_data)
+
+    async def _upstream_send(self, *, text_data: str | None = None,
+                             bytes_data: bytes | None = None) -> None:
         try:
             if text_data is not None:
                 await self.upstream.send_str(text_data)
@@ -179,20 +213,26 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         call.routed(session.deployment)
         return call
 
-    async def _response_admit(self, create: dict[str, Any]) -> str | None:
+    async def _response_admit(self, create: dict[str, Any], *,
+                              refused_id: bool = True) -> str | None:
         """Admit one `response.create`: None when admitted (its call is pending), else the
-        error event for the client (the refusal's `rejected` row written)."""
+        error event for the client (the refusal's `rejected` row written), naming the refused
+        event's id when `refused_id`."""
         call = self._response_call()
         deployments = (self.session.deployment,)
         prompt = self.context_tokens + self.added_tokens
         max_tokens = accounting.max_output_tokens(create) or call.key.max_tokens_default
         try:
             await call_admit(call, self.snapshot, deployments, digest=None,
-                             prompt_tokens=prompt, max_tokens=max_tokens)
+                             prompt_tokens=prompt, max_tokens=max_tokens,
+                             audio_input_tokens=min(prompt, self.context_audio_tokens),
+                             audio_output=accounting.response_audio(
+                                 create, session_audio=self.session_audio))
             await intent_keep(call, self.snapshot, deployments, prompt_tokens=prompt)
         except GatewayError as exc:
             await call_finish(call, self.snapshot)
-            return accounting.error_frame(exc, client_event_id=accounting.client_event_id(create))
+            return accounting.error_frame(
+                exc, client_event_id=accounting.client_event_id(create) if refused_id else None)
         call.prompt_estimated(prompt)
         self.pending.append(call)
         self.settled.clear()
@@ -206,19 +246,22 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
         broke = None
         try:
             async for msg in upstream:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    frame = msg.data
-                    await self._to_client(text_data=frame)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    frame = msg.data
-                    await self._to_client(bytes_data=frame)
-                else:
+                if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     if msg.type == aiohttp.WSMsgType.ERROR:
                         broke = "upstream_error"
                     break
+                frame = msg.data
+                event = accounting.upstream_event(frame)
+                if event is not None:
+                    frame = await self._session_seen(event, frame)
+                if isinstance(frame, str):
+                    await self._to_client(text_data=frame)
+                else:
+                    await self._to_client(bytes_data=frame)
                 if self.pending and self.pending[0].first_token_at is None:
                     self.pending[0].first_token()
-                self._account(frame)
+                if event is not None:
+                    await self._account(event)
         except (aiohttp.ClientError, ConnectionError) as exc:
             broke = type(exc).__name__
         if not self.client_gone:
@@ -237,9 +280,46 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             # session. Meanwhile the upstream's frames are still read and accounted.
             self.client_gone = True
 
-    def _account(self, frame: str | bytes) -> None:
-        event = accounting.upstream_event(frame)
-        if event is None:
+    async def _session_seen(self, event: dict[str, Any], frame: str | bytes) -> str | bytes:
+        """Before the client sees a `session.created` / `session.updated`: the session's output
+        modalities noted; an upstream creating responses at each turn's end told not to (the
+        gateway creates them, `_turn_ended`); the frame the client gets, its turn detection
+        saying `create_response` as the client asked."""
+        if event["type"] not in (accounting.SESSION_CREATED, accounting.SESSION_UPDATED):
+            return frame
+        session = accounting.session_of(event)
+        if (audio := accounting.output_audio(session)) is not None:
+            self.session_audio = audio
+        named, detection = accounting.turn_detection(session)
+        if not named or detection is None:
+            return frame
+        if accounting.creates_responses(detection):
+            self.client_turns = True
+            await self._upstream_send(text_data=orjson.dumps(
+                accounting.turn_update(event)).decode())
+        elif self.client_turns:
+            return orjson.dumps(accounting.with_create_response(event, True)).decode()
+        return frame
+
+    async def _turn_ended(self) -> None:
+        """The upstream's VAD committed a turn: the response the client's turn detection
+        expects, admitted, then asked for."""
+        create = {"type": accounting.RESPONSE_CREATE,
+                  "event_id": f"event_gw{uuid.uuid4().hex[:20]}"}
+        refusal = await self._response_admit(create, refused_id=False)
+        if refusal is not None:
+            await self._to_client(text_data=refusal)
+        else:
+            await self._upstream_send(text_data=orjson.dumps(create).decode())
+
+    async def _account(self, event: dict[str, Any]) -> None:
+        if event["type"] == accounting.COMMITTED:
+            if self.manual_commits:
+                self.manual_commits -= 1
+            elif self.client_turns:
+                await self._turn_ended()
+            return
+        if event["type"] in (accounting.SESSION_CREATED, accounting.SESSION_UPDATED):
             return
         if event["type"] == accounting.RESPONSE_DONE:
             call = self.pending.popleft() if self.pending else self._response_call()
@@ -249,6 +329,7 @@ class RealtimeConsumer(AsyncWebsocketConsumer):
             if failure := accounting.failure_of(event):
                 call.failed(status=UsageStatus.UPSTREAM_ERROR, error_type=failure)
             self.context_tokens = usage.input_tokens + usage.output_tokens
+            self.context_audio_tokens = usage.audio_input_tokens + usage.audio_output_tokens
             self.added_tokens = 0
             self._finish(call)
         else:

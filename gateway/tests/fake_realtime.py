@@ -18,6 +18,19 @@ thread, speaking the Realtime API's event names.
 - `drop`     response.created and one text delta, then the socket is closed abnormally (1011)
 - `invalid`  an `error` event naming the response.create's event_id (no response)
 
+A response.create without a scenario answers `audio` when the session's output modalities
+include audio, else `text`.
+
+Server VAD (providers in `server_vad`): the session starts as OpenAI's does, GA-shaped,
+`{"type": "realtime", "output_modalities": ["audio"], "audio": {"input": {"turn_detection":
+{"type": "server_vad", …, "create_response": true}}}}`; `session.update` merges
+`output_modalities` and `audio.input.turn_detection` into it and `session.updated` answers the
+whole session. `input_audio_buffer.append` whose audio is SPEECH_STOP (the tests' marker for
+the end of speech) -> input_audio_buffer.speech_stopped, input_audio_buffer.committed,
+conversation.item.created, and, when the turn detection has `create_response` on, a response
+the fake creates itself (`auto_responses` counts them). `input_audio_buffer.commit` ->
+committed and item.created, never a response.
+
 Every frame received and sent is kept as the raw text (`received`, `sent`), so tests can
 compare bytes; `closed` is set when the client's socket is gone; `refuse[provider]` refuses
 that provider's handshakes with an HTTP status; `admit[provider]`, a predicate on the
@@ -38,6 +51,9 @@ from aiohttp import WSMsgType, web
 from gateway.tests.loopback import serve_in_thread
 
 AUDIO_CHUNKS = 3
+SPEECH_STOP = base64.b64encode(b"fake-speech-stopped").decode()
+VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+       "silence_duration_ms": 500, "create_response": True, "interrupt_response": True}
 
 USAGE = {
     "text": {"total_tokens": 160, "input_tokens": 120, "output_tokens": 40,
@@ -77,6 +93,9 @@ class FakeRealtime:
         self.refuse: dict[str, int] = {}
         # provider -> whether a handshake's request is authorised (else 401)
         self.admit: dict[str, Callable[[web.Request], bool]] = {}
+        # providers whose sessions start with server VAD (module docstring)
+        self.server_vad: set[str] = set()
+        self.auto_responses = 0
         self._counter = 0
 
     def base_url(self, provider: str) -> str:
@@ -114,9 +133,14 @@ class FakeRealtime:
             self.sent.append(frame)
             await ws.send_str(frame)
 
-        await send({"type": "session.created",
-                    "session": {"id": self._id("sess"), "model": request.query.get("model")
-                                or request.query.get("deployment")}})
+        session = {"id": self._id("sess"), "model": request.query.get("model")
+                   or request.query.get("deployment")}
+        if request.match_info["provider"] in self.server_vad:
+            session.update({"type": "realtime", "object": "realtime.session",
+                            "output_modalities": ["audio"],
+                            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                                "turn_detection": dict(VAD)}}})
+        await send({"type": "session.created", "session": session})
         waiting: dict | None = None
         try:
             async for msg in ws:
@@ -125,8 +149,34 @@ class FakeRealtime:
                 self.received.append(msg.data)
                 event = orjson.loads(msg.data)
                 kind = event.get("type")
-                if kind == "session.update":
+                if kind == "session.update" and "audio" in session:
+                    update = event.get("session") or {}
+                    if "output_modalities" in update:
+                        session["output_modalities"] = update["output_modalities"]
+                    given = (update.get("audio") or {}).get("input") or {}
+                    if "turn_detection" in given:
+                        session["audio"]["input"]["turn_detection"] = given["turn_detection"]
+                    await send({"type": "session.updated", "session": session})
+                elif kind == "session.update":
                     await send({"type": "session.updated", "session": event.get("session", {})})
+                elif kind in ("input_audio_buffer.append", "input_audio_buffer.commit"):
+                    if kind == "input_audio_buffer.append" and event.get("audio") != SPEECH_STOP:
+                        continue
+                    item = self._id("item")
+                    if kind == "input_audio_buffer.append":
+                        await send({"type": "input_audio_buffer.speech_stopped",
+                                    "audio_end_ms": 1200, "item_id": item})
+                    await send({"type": "input_audio_buffer.committed", "previous_item_id": None,
+                                "item_id": item})
+                    await send({"type": "conversation.item.created", "item": {
+                        "id": item, "type": "message", "role": "user",
+                        "content": [{"type": "input_audio", "transcript": None}]}})
+                    detection = ((session.get("audio") or {}).get("input") or {}).get(
+                        "turn_detection")
+                    if kind == "input_audio_buffer.append" and detection and \
+                            detection.get("create_response", True):
+                        self.auto_responses += 1
+                        waiting = await self._respond(ws, send, {}, session)
                 elif kind == "conversation.item.create":
                     await send({"type": "conversation.item.created",
                                 "item": {**event.get("item", {}), "id": self._id("item")}})
@@ -134,7 +184,7 @@ class FakeRealtime:
                     await send(self._done(waiting, "cancelled", "cancelled"))
                     waiting = None
                 elif kind == "response.create":
-                    waiting = await self._respond(ws, send, event)
+                    waiting = await self._respond(ws, send, event, session)
                     if waiting == "dropped":
                         return ws
         finally:
@@ -145,8 +195,12 @@ class FakeRealtime:
         return {"type": "response.done",
                 "response": {**response, "status": status, "usage": USAGE[scenario]}}
 
-    async def _respond(self, ws, send, event: dict):
+    async def _respond(self, ws, send, event: dict, session: dict):
         scenario = (event.get("response") or {}).get("instructions", "").removeprefix("scenario:")
+        if not scenario:
+            modalities = (event.get("response") or {}).get("output_modalities") \
+                or session.get("output_modalities") or ["text"]
+            scenario = "audio" if "audio" in modalities else "text"
         if scenario == "invalid":
             await send({"type": "error", "error": {
                 "type": "invalid_request_error", "code": "invalid_value",

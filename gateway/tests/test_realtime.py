@@ -355,11 +355,12 @@ def test_upstream_leaving_closes_the_client_and_bills_the_response_in_flight(
 
 def test_budget_refusal_mid_session_answers_an_error_event_and_keeps_the_session(
         gateway_url, realtime_provider, make_key, ledger_rows):
-    # The first response fits (its worst case: 20 output tokens at 16 USD/M); what it reports
-    # (120 in, 40 out: 0.00089 USD) spends the budget, so the second is refused.
+    # The first response fits (its worst case: 20 output tokens at 16 USD/M, a text response);
+    # what it reports (120 in, 40 out: 0.00089 USD) spends the budget, so the second is refused.
     key = make_key(budget_usd="0.0005")
     create = {"type": "response.create", "event_id": "evt_second",
-              "response": {"instructions": "scenario:text", "max_output_tokens": 20}}
+              "response": {"instructions": "scenario:text", "max_output_tokens": 20,
+                           "output_modalities": ["text"]}}
 
     def first_row_written() -> bool:
         from django.db import connection
