@@ -69,7 +69,6 @@ class Endpoints:
     token: str
     userinfo: str  # empty: the claims come from the ID token alone
     jwks: str
-    end_session: str
 
 
 class _DiscoveryCache:
@@ -128,8 +127,7 @@ def sso_endpoints(config: SsoSettings) -> Endpoints:
         authorization=config.authorization_endpoint or document.get("authorization_endpoint", ""),
         token=config.token_endpoint or document.get("token_endpoint", ""),
         userinfo=config.userinfo_endpoint or document.get("userinfo_endpoint", ""),
-        jwks=config.jwks_uri or document.get("jwks_uri", ""),
-        end_session=document.get("end_session_endpoint", ""))
+        jwks=config.jwks_uri or document.get("jwks_uri", ""))
     if not (endpoints.authorization and endpoints.token and endpoints.jwks):
         raise SsoUnavailable("the IdP names no authorization, token or JWKS endpoint")
     return endpoints
