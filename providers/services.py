@@ -366,7 +366,8 @@ def api_key_changes_publish(*, digests: set[str] | frozenset[str] = frozenset(),
     transaction.on_commit(lambda: key_change_broadcast(change))
     if row.pk % KEY_FEED_PRUNE_EVERY == 0:
         retention = timedelta(seconds=settings.GATEWAY_KEY_FEED_RETENTION_S)
-        KeyChange.objects.filter(at__lt=timezone.now() - retention).delete()
+        # Never the newest row: a feed that ends below a process's position reads as reset.
+        KeyChange.objects.filter(at__lt=timezone.now() - retention, id__lt=row.pk).delete()
 
 
 @transaction.atomic

@@ -22,8 +22,8 @@ from providers.key_events import CHANNEL
 from providers.keys import api_key_generate, api_key_hash, api_key_prefix
 from providers.models import ApiKey, ConfigVersion, KeyChange, Team
 from providers.selectors import routing_snapshot_load
-from providers.services import (api_key_changes_publish, api_key_create, api_key_revoke,
-                                api_key_rotate, config_apply)
+from providers.services import (KEY_FEED_PRUNE_EVERY, api_key_changes_publish, api_key_create,
+                                api_key_revoke, api_key_rotate, config_apply)
 
 pytestmark = pytest.mark.django_db(transaction=True)  # lookups run on the database's threads
 
@@ -245,3 +245,16 @@ def test_with_100k_keys_a_key_change_reloads_no_routes(settings):
     with CaptureQueriesContext(connection) as check:
         assert _fresh_snapshot(current) is current
     assert len(check.captured_queries) == 1
+
+
+def test_feed_rows_past_their_retention_are_pruned_as_rows_are_written(settings):
+    settings.GATEWAY_KEY_FEED_RETENTION_S = 0
+    api_key_changes_publish(digests={"f" * 64})
+    first = KeyChange.objects.get().id
+    for n in range(2 * KEY_FEED_PRUNE_EVERY):
+        api_key_changes_publish(digests={f"{n:064x}"})
+    ids = list(KeyChange.objects.order_by("id").values_list("id", flat=True))
+    newest = ids[-1]
+    pruned_at = newest - newest % KEY_FEED_PRUNE_EVERY
+    # The last row whose id is a multiple of KEY_FEED_PRUNE_EVERY deleted every older one.
+    assert first < pruned_at and ids == list(range(pruned_at, newest + 1))
