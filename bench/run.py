@@ -454,6 +454,25 @@ def _missing_rows(profile: Profile, upstream_port: int, row: dict) -> dict:
             "missing_row_request_ids": missing[:20]}
 
 
+def _scale(knobs: Knobs, upstream_port: int, tmp: Path) -> dict:
+    """The `scale` scenario (bench/scale.py): a million keys, key churn, two replicas."""
+    from bench import scale
+
+    reason = scale.available()
+    if reason:
+        print(f"skipping scale: {reason}", flush=True)
+        return {"skipped": reason}
+    try:
+        result = scale.run(base_env=settings_env(knobs), upstream_port=upstream_port,
+                           routing_yaml=routing_yaml(upstream_port),
+                           body=openai_body("bench-c20", stream=True), tmp=tmp)
+    except Exception as exc:  # noqa: BLE001 - a failing scenario must not lose the rest
+        print(f"scale failed: {exc!r}", file=sys.stderr, flush=True)
+        return {"error": repr(exc)}
+    print("\n" + scale.markdown(result), flush=True)
+    return result
+
+
 def environment() -> dict:
     def git(*args: str) -> str:
         try:
@@ -501,6 +520,8 @@ def main() -> int:
                     print(f"profile {profile.name} failed: {exc!r}", file=sys.stderr, flush=True)
                     results["profiles"].append({"profile": profile.name, "error": repr(exc),
                                                 "rows": [], "memory": {}})
+            if knobs.wants("scale"):
+                results["scale"] = _scale(knobs, upstream_port, tmp)
         finally:
             upstream.stop()
     results["environment"]["loadavg_end"] = list(os.getloadavg())

@@ -1,0 +1,362 @@
+"""`make bench` scenario `scale` (issue 18): a million API keys, key churn, two replicas.
+
+On a MariaDB and a Redis of its own (mariadbd and redis-server started on free loopback ports,
+as tests/faults does: never the servers on 3306/6379), with BENCH_SCALE_KEYS keys
+bulk-inserted (1,000,000 by default), two gateway replicas (uvicorn, one worker each,
+production settings, GATEWAY_CONFIG_POLL_S=1) serve 16 connections of streamed chat
+completions (wrk, 8 connections per replica, two keys of the bulk set) for BENCH_SCALE_S
+seconds twice: first without key churn, then while a churn process (Django, through
+providers.services as the admin and create_api_key do) creates BENCH_SCALE_CHURN_RATE keys a
+second and sends each new key's first request to every replica, and once a second revokes one
+of them that both replicas hold and sends it to both, one request at a time, until each refuses
+it (the time is that of the first refused request's sending; its answer's is recorded too).
+
+Figures: p99 per replica with and without churn (target: within 10 %), RSS per worker at the
+end of each phase (target: <= 150 MB), new keys served on their first request by every replica
+(target: all), revocation to first refused request (target: < 1 s). Run alone:
+`BENCH_CASES=scale make bench` or `.venv/bin/python -m bench.scale`.
+
+Knobs: BENCH_SCALE_KEYS (1000000), BENCH_SCALE_S (20), BENCH_SCALE_CHURN_RATE (20),
+BENCH_SCALE_CONNECTIONS (16).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import harness
+
+TARGET_P99_RATIO = 1.10
+TARGET_RSS_MB = 150.0
+TARGET_REVOKE_S = 1.0
+INSERT_BATCH = 10_000
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(float(os.environ.get(name) or default))
+
+
+def available() -> str:
+    """Empty when the scenario can run here, else why not."""
+    for tool in ("mariadbd", "mariadb-install-db", "redis-server"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    try:
+        import MySQLdb  # noqa: F401 - requirements-prod.lock
+    except ImportError:
+        return "mysqlclient is not installed (requirements-prod.lock)"
+    return ""
+
+
+# --- children: Django processes against the private database ------------------------------------
+
+def _django() -> None:
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+    django.setup()
+
+
+def _insert(count: int, load_keys_file: Path) -> None:
+    """Bulk-insert `count` keys with secrets derived from a per-run seed; the first two
+    secrets go to `load_keys_file` (the load's keys). Prints seconds taken."""
+    _django()
+    import secrets
+
+    from providers.keys import api_key_hash, api_key_prefix
+    from providers.models import ApiKey
+
+    seed = secrets.token_hex(8)
+    started = time.monotonic()
+    raws = []
+    for start in range(0, count, INSERT_BATCH):
+        batch = []
+        for i in range(start, min(count, start + INSERT_BATCH)):
+            raw = f"gw-scale-{seed}-{i:07d}"
+            if i < 2:
+                raws.append(raw)
+            batch.append(ApiKey(name=f"scale-{i}", prefix=api_key_prefix(raw),
+                                key_hash=api_key_hash(raw)))
+        ApiKey.objects.bulk_create(batch)
+    load_keys_file.write_text("\n".join(raws))
+    print(json.dumps({"inserted": ApiKey.objects.count(),
+                      "seconds": round(time.monotonic() - started, 1)}))
+
+
+def _churn(urls: list[str], rate: float, duration_s: float) -> None:
+    """Create `rate` keys a second for `duration_s` through providers.services; send each new
+    key's first request to every replica; once a second, revoke a key both replicas just
+    served and time until both refuse it. Prints one JSON summary."""
+    _django()
+    import asyncio
+
+    import httpx
+
+    from providers.models import ApiKey
+    from providers.services import api_key_create, api_key_revoke
+
+    body = {"model": "bench-c20", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "first request"}]}
+    first_statuses: list[list[int]] = []
+    revoke_s: list[float] = []
+    answered_s: list[float] = []
+    revoke_failures: list[str] = []
+
+    async def status(client: httpx.AsyncClient, url: str, raw: str) -> int:
+        response = await client.post(f"{url}/v1/chat/completions", json=body,
+                                     headers={"authorization": f"Bearer {raw}"})
+        return response.status_code
+
+    async def refused_after(client: httpx.AsyncClient, url: str, raw: str,
+                            t0: float) -> tuple[float, float]:
+        """(when the first request that `url` refuses was sent, when its 401 arrived), in
+        seconds after `t0`; requests go one at a time, so every one sent before was served.
+        On a busy machine the second includes the request's own latency."""
+        while (sent := time.monotonic()) - t0 < 5.0:
+            if await status(client, url, raw) == 401:
+                return sent - t0, time.monotonic() - t0
+        return float("inf"), float("inf")
+
+    async def one(client: httpx.AsyncClient, n: int) -> None:
+        key, raw = await asyncio.to_thread(api_key_create, name=f"churn-{n}", actor="bench")
+        statuses = await asyncio.gather(*(status(client, url, raw) for url in urls))
+        first_statuses.append(list(statuses))
+        if n % round(rate) == 0 and statuses == [200] * len(urls):
+            await asyncio.to_thread(
+                lambda: api_key_revoke(key=ApiKey.objects.get(pk=key.pk), actor="bench"))
+            t0 = time.monotonic()
+            times = await asyncio.gather(*(refused_after(client, url, raw, t0) for url in urls))
+            revoke_s.append(max(sent for sent, _ in times))
+            answered_s.append(max(answered for _, answered in times))
+            if revoke_s[-1] == float("inf"):
+                revoke_failures.append(key.name)
+
+    async def run() -> dict:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            tasks = []
+            for n in range(int(rate * duration_s)):
+                await asyncio.sleep(max(0.0, start + n / rate - loop.time()))
+                tasks.append(asyncio.create_task(one(client, n)))
+            created_in = loop.time() - start
+            await asyncio.gather(*tasks)
+        served = sum(1 for s in first_statuses if s == [200] * len(urls))
+        finite = sorted(t for t in revoke_s if t != float("inf"))
+        return {"created": len(first_statuses), "created_in_s": round(created_in, 2),
+                "rate_achieved": round(len(first_statuses) / created_in, 1) if created_in else 0,
+                "first_request_served_by_every_replica": served,
+                "first_request_statuses": sorted({str(s) for s in map(tuple, first_statuses)}),
+                "revocations": len(revoke_s),
+                # The first refused request's sending (both replicas: the later one).
+                "revoke_to_refused_s": {
+                    "max": round(max(revoke_s), 3) if revoke_s else None,
+                    "p50": round(finite[len(finite) // 2], 3) if finite else None,
+                    "all": [round(t, 3) for t in revoke_s]},
+                # Its 401's arrival: an upper bound that includes the request's latency.
+                "revoke_to_401_answered_s": {
+                    "max": round(max(answered_s), 3) if answered_s else None,
+                    "all": [round(t, 3) for t in answered_s]},
+                "revocations_never_refused": revoke_failures}
+
+    print(json.dumps(asyncio.run(run())))
+
+
+# --- the scenario ------------------------------------------------------------------------------
+
+def _child(args: list[str], env: dict[str, str], timeout: float) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.scale", *args], cwd=harness.ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.scale {args[0]} failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _load(urls: list[str], keys: list[str], body: bytes, connections: int, duration_s: float,
+          tmp: Path) -> list[dict]:
+    """One wrk per replica, `connections` split between them, all at once."""
+    import concurrent.futures
+
+    per = max(1, connections // len(urls))
+    with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
+        runs = [pool.submit(harness.wrk, harness.Target(url, "/v1/chat/completions",
+                                                        {"authorization": f"Bearer {key}"}),
+                            body=body, concurrency=per, duration_s=duration_s, workdir=tmp)
+                for url, key in zip(urls, keys)]
+        return [r.result() for r in runs]
+
+
+def _phase(name: str, load: list[dict], pids: list[int]) -> dict:
+    memory = [harness.memory_mb(pid) for pid in pids]
+    return {"phase": name,
+            "p50_ms": [w["latency_ms"]["p50"] for w in load],
+            "p99_ms": [w["latency_ms"]["p99"] for w in load],
+            "rps": [w["rps"] for w in load], "non2xx": [w["non2xx"] for w in load],
+            "socket_errors": [w["socket_errors"] for w in load],
+            "rss_mb": [m["rss_mb"] for m in memory], "peak_rss_mb": [m["hwm_mb"] for m in memory]}
+
+
+def run(*, base_env: dict[str, str], upstream_port: int, routing_yaml: str, body: bytes,
+        tmp: Path) -> dict:
+    """The scenario against the fake upstream on `upstream_port`; its figures and targets."""
+    from gateway.tests.redis_server import RedisServer
+    from tests.faults.harness import DATABASE, MariaDB
+
+    keys = _env_int("BENCH_SCALE_KEYS", 1_000_000)
+    duration_s = float(os.environ.get("BENCH_SCALE_S") or 20)
+    rate = float(os.environ.get("BENCH_SCALE_CHURN_RATE") or 20)
+    connections = _env_int("BENCH_SCALE_CONNECTIONS", 16)
+    result: dict = {"keys": keys, "duration_s": duration_s, "churn_rate": rate,
+                    "connections": connections, "replicas": 2}
+    print(f"\n== scale: {keys:,} keys, 2 replicas, {connections} connections, "
+          f"{rate:g} key creations/s", flush=True)
+    database, redis_server, replicas = MariaDB(), RedisServer(), []
+    try:
+        database.install()
+        database.start()
+        database.query(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4 "
+                       "COLLATE utf8mb4_unicode_ci", database=None)
+        redis_server.start()
+        env = {**base_env, "DATABASE_URL": database.url, "REDIS_URL": redis_server.url,
+               "CELERY_BROKER_URL": redis_server.url}
+        harness.manage(["migrate", "--noinput"], env)
+        config = tmp / "routing-scale.yaml"
+        config.write_text(routing_yaml)
+        harness.manage(["gateway_apply", str(config)], env)
+        load_keys = tmp / "scale-load-keys.txt"
+        result["insert"] = _child(["insert", str(keys), str(load_keys)], env, timeout=3600)
+        print(f"  inserted {result['insert']['inserted']:,} keys in "
+              f"{result['insert']['seconds']} s", flush=True)
+        raws = load_keys.read_text().split()
+        urls = []
+        for n in range(2):
+            port = harness.free_port()
+            replicas.append(harness.start_server(f"replica {n}", port, env,
+                                                 tmp / f"scale-replica-{n}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+        pids = [r.pid for r in replicas]
+        result["idle_rss_mb"] = [harness.memory_mb(pid)["rss_mb"] for pid in pids]
+        for url, raw in zip(urls, raws):  # warm: each replica has read its load key
+            harness.client(harness.Target(url, "/v1/chat/completions",
+                                          {"authorization": f"Bearer {raw}"}),
+                           body=body, concurrency=4, mode="openai-sse", count=200)
+        for pid in pids:
+            harness.reset_peak(pid)
+        quiet = _load(urls, raws, body, connections, duration_s, tmp)
+        result["without_churn"] = _phase("without churn", quiet, pids)
+        print(f"  without churn: p99 {result['without_churn']['p99_ms']} ms, "
+              f"RSS {result['without_churn']['rss_mb']} MB", flush=True)
+        for pid in pids:
+            harness.reset_peak(pid)
+        churn = subprocess.Popen(
+            [sys.executable, "-m", "bench.scale", "churn", json.dumps(urls), str(rate),
+             str(duration_s)], cwd=harness.ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        busy = _load(urls, raws, body, connections, duration_s, tmp)
+        out, err = churn.communicate(timeout=duration_s + 120)
+        if churn.returncode != 0:
+            raise RuntimeError(f"bench.scale churn failed: {err[-3000:]}")
+        result["with_churn"] = _phase("with churn", busy, pids)
+        result["churn"] = json.loads(out.strip().splitlines()[-1])
+        print(f"  with churn:    p99 {result['with_churn']['p99_ms']} ms, "
+              f"RSS {result['with_churn']['rss_mb']} MB; churn {result['churn']}", flush=True)
+        result["key_changes"] = database.query("SELECT COUNT(*) FROM providers_keychange")[0][0]
+    finally:
+        for replica in replicas:
+            replica.stop()
+        redis_server.stop()
+        database.destroy()
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(result: dict) -> dict:
+    quiet, busy, churn = result["without_churn"], result["with_churn"], result["churn"]
+    ratios = [round(b / q, 3) if q else None for q, b in zip(quiet["p99_ms"], busy["p99_ms"])]
+    rss = max(quiet["peak_rss_mb"] + busy["peak_rss_mb"] + quiet["rss_mb"] + busy["rss_mb"])
+    revoke_max = churn["revoke_to_refused_s"]["max"]
+    return {
+        "p99_with_churn_over_without": ratios,
+        "p99_within_10pct": all(r is not None and r <= TARGET_P99_RATIO for r in ratios),
+        "max_rss_mb": rss, "rss_within_150mb": rss <= TARGET_RSS_MB,
+        "new_keys_served_first_request_everywhere": (
+            churn["first_request_served_by_every_replica"] == churn["created"] > 0),
+        "revoked_refused_within_1s": (revoke_max is not None and revoke_max < TARGET_REVOKE_S
+                                      and not churn["revocations_never_refused"]),
+    }
+
+
+def markdown(result: dict) -> str:
+    quiet, busy, churn, t = (result["without_churn"], result["with_churn"], result["churn"],
+                             result["targets"])
+    lines = [
+        f"### scale: {result['keys']:,} keys, 2 replicas, {result['connections']} connections "
+        f"(streamed, {result['duration_s']:g} s per phase)", "",
+        "| phase | p50 ms (replica 1 / 2) | p99 ms | req/s | RSS MB | peak RSS MB | non-2xx |",
+        "|---|--:|--:|--:|--:|--:|--:|"]
+    for phase in (quiet, busy):
+        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+            phase["phase"], *(" / ".join(str(v) for v in phase[k])
+                              for k in ("p50_ms", "p99_ms", "rps", "rss_mb", "peak_rss_mb",
+                                        "non2xx"))))
+    lines += [
+        "",
+        f"- bulk insert: {result['insert']['inserted']:,} keys in {result['insert']['seconds']} s",
+        f"- churn: {churn['created']} keys created ({churn['rate_achieved']}/s), "
+        f"{churn['first_request_served_by_every_replica']} served on their first request by "
+        f"both replicas; {churn['revocations']} revoked: the first refused request was sent "
+        f"{churn['revoke_to_refused_s']['p50']} s (median), "
+        f"{churn['revoke_to_refused_s']['max']} s (max) after the revocation, its 401 "
+        f"answered by {churn['revoke_to_401_answered_s']['max']} s (max)",
+        f"- targets: p99 ratio {t['p99_with_churn_over_without']} (<= 1.10: "
+        f"{t['p99_within_10pct']}), RSS {t['max_rss_mb']} MB (<= 150: {t['rss_within_150mb']}), "
+        f"first requests {t['new_keys_served_first_request_everywhere']}, revocation < 1 s "
+        f"{t['revoked_refused_within_1s']}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "insert":
+        _insert(int(sys.argv[2]), Path(sys.argv[3]))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "churn":
+        _churn(json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))
+        return 0
+    # Alone: the fake upstream and the bench's production settings, as `make bench` runs it.
+    import tempfile
+
+    from bench.run import Knobs, openai_body, routing_yaml, settings_env
+
+    reason = available()
+    if reason:
+        print(f"skipping scale: {reason}", file=sys.stderr)
+        return 1
+    harness.ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="gateway-scale-") as tmpdir:
+        tmp = Path(tmpdir)
+        port = harness.free_port()
+        upstream = harness.start_upstream(port, tmp / "upstream.log")
+        try:
+            result = run(base_env=settings_env(Knobs()), upstream_port=port,
+                         routing_yaml=routing_yaml(port),
+                         body=openai_body("bench-c20", stream=True), tmp=tmp)
+        finally:
+            upstream.stop()
+    print("\n" + markdown(result))
+    out = Path(os.environ.get("BENCH_RESULTS_DIR") or harness.BENCH / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (out / f"scale-{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"results: {out / f'scale-{stamp}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
