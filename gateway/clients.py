@@ -4,8 +4,9 @@
 aiohttp was chosen over httpx by measurement (README: "Upstream HTTP client"). The HTTP session
 is never created per request; upstream calls honour HTTPS_PROXY/HTTP_PROXY/NO_PROXY through
 `upstream_proxy` (aiohttp's own trust_env would re-read the environment and ~/.netrc on every
-request). Redis gets short
-timeouts and no retries: a slow Redis must not stall requests (routing falls back per process).
+request). The Redis client, standalone or a cluster, comes from `gateway.redis_client.redis_async`
+with short timeouts and no retries: a slow Redis must not stall requests (routing falls back per
+process).
 """
 from __future__ import annotations
 
@@ -18,24 +19,18 @@ from urllib.request import proxy_bypass_environment
 
 import aiohttp
 import orjson
-import redis.asyncio as aioredis
 from django.conf import settings
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from gateway.redis_client import AsyncClient, redis_async
 from gateway.routing_state import LocalRoutingState, RedisRoutingState, RoutingState
 from usage.budgets_redis import RedisBudgets
 from usage.ratelimits import LocalRateLimiter, RateLimiter, RedisRateLimiter
 
 
-REDIS_MAX_CONNECTIONS = 512
-REDIS_POOL_WAIT_S = 1.0
-
-
 @dataclass
 class LoopClients:
     http: aiohttp.ClientSession
-    redis: aioredis.Redis | None
+    redis: AsyncClient | None
     routing: RoutingState
     ratelimiter: RateLimiter
     budgets: RedisBudgets | None
@@ -52,17 +47,7 @@ class ClientPool:
         loop = asyncio.get_running_loop()
         clients = self._clients.get(loop)
         if clients is None or clients.http.closed:
-            redis = None
-            if settings.REDIS_URL:
-                # A blocking pool: a burst beyond REDIS_MAX_CONNECTIONS waits briefly for a
-                # free connection instead of failing (redis-py's default pool refuses past 100
-                # connections, which a busy worker reaches, and the refusal looked like Redis
-                # being down: limits and budgets fell back to their slower paths).
-                pool = aioredis.BlockingConnectionPool.from_url(
-                    settings.REDIS_URL, max_connections=REDIS_MAX_CONNECTIONS,
-                    timeout=REDIS_POOL_WAIT_S, retry=Retry(NoBackoff(), 0),
-                    socket_connect_timeout=0.5, socket_timeout=0.5, health_check_interval=30)
-                redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+            redis = redis_async()
             if redis is not None:
                 routing, ratelimiter = RedisRoutingState(redis), RedisRateLimiter(redis)
             else:
@@ -87,7 +72,8 @@ class ClientPool:
     def session(self) -> aiohttp.ClientSession:
         return self._get().http
 
-    def redis(self) -> aioredis.Redis | None:
+    def redis(self) -> AsyncClient | None:
+        """This loop's shared Redis client (standalone or cluster), None without Redis."""
         return self._get().redis
 
     def routing(self) -> RoutingState:

@@ -6,11 +6,12 @@ import time
 
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.clients import client_pool
 from gateway.database import db
 from gateway.responses import json_response
+from gateway.shared_state import REDIS_UNREACHABLE
 from providers.cache import snapshot_cache
 
 
@@ -37,6 +38,11 @@ async def health_detailed(request: HttpRequest) -> HttpResponse:
     redis = client_pool.redis()
     if redis is None:
         redis_check = {"ok": True, "configured": False}
+    elif isinstance(redis, RedisCluster):
+        # Every master answers (a failed one is out of the slot map once its replica took
+        # over); replicas are not asked: the gateway does not read from them.
+        redis_check = {**await _check(redis.ping(target_nodes=RedisCluster.PRIMARIES)),
+                       "configured": True, "cluster": True}
     else:
         redis_check = {**await _check(redis.ping()), "configured": True}
     providers: dict[str, dict] = {}
@@ -49,7 +55,7 @@ async def health_detailed(request: HttpRequest) -> HttpResponse:
         routes = [(model, d) for model, ds in snapshot.deployments.items() for d in ds]
         try:
             views = await client_pool.routing().snapshot([d.candidate for _, d in routes])
-        except RedisError:
+        except REDIS_UNREACHABLE:
             views = {}
         for public_model, d in routes:
             view = views.get(d.route_id)

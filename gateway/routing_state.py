@@ -22,13 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from gateway.cancellation import reraise_swallowed_cancel  # noqa: F401  (re-exported)
 from gateway.routing import (
     BreakerEvent, BreakerState, Candidate, Circuit, Level, Plan, breaker_transition,
     exhausted_plan, failover_order, route_levels, smooth_wrr_pick,
 )
+from gateway.redis_client import AsyncClient
 from gateway.shared_state import LuaScript, SharedState, pipeline_execute
 
 logger = logging.getLogger(__name__)
@@ -250,7 +249,11 @@ class RedisRoutingState:
     state of deleted routes and slots of crashed workers expire (leases after `lease_ttl_s`,
     breaker and WRR state `state_ttl_s` after their last change). Keys, under `prefix`:
     `cb:<route_id>` (hash), `inflight:<provider_id>` (zset), `wrr:{<model>}:<priority>:<digest>`
-    (hash; the braces keep one model's levels in one Redis Cluster slot).
+    (hash). On a Redis Cluster: a breaker (one per deployment) and an in-flight set (one per
+    provider) are each touched alone, by single-key scripts, so they need no hash tag and
+    spread over the slots; one plan steps every priority level of a model in one script, so
+    the braces keep one model's levels in one slot. Reads of several breakers are pipelined,
+    which a cluster client sends to each node in parallel.
 
     While Redis is unreachable (`gateway.shared_state`; tried again after `retry_interval_s`)
     a per-process `LocalRoutingState` serves every call: each process routes, counts breakers
@@ -266,7 +269,7 @@ class RedisRoutingState:
     during the outage), before its first shared call; Redis's own state wins otherwise.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:", lease_ttl_s: float = 900.0,
+    def __init__(self, redis: AsyncClient, *, prefix: str = "gw:", lease_ttl_s: float = 900.0,
                  state_ttl_s: float = 86400.0, retry_interval_s: float = 1.0,
                  local: LocalRoutingState | None = None) -> None:
         self._redis = redis

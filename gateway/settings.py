@@ -117,12 +117,21 @@ else:
         _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL:
+# REDIS_URL names one node of a Redis Cluster (gateway.redis_client builds every client).
+GATEWAY_REDIS_CLUSTER = env.bool("GATEWAY_REDIS_CLUSTER", default=False)
+if REDIS_URL and not GATEWAY_REDIS_CLUSTER:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                           "LOCATION": REDIS_URL}}
 else:
+    # Django's RedisCache speaks to one server (a cluster node answers MOVED for other slots,
+    # and its get_many/set_many send MGET/MSET across slots); nothing in the gateway uses
+    # Django's cache, so on a cluster it stays per process (docs/operations.md).
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+if GATEWAY_REDIS_CLUSTER and REDIS_URL and not env.str("CELERY_BROKER_URL", default=""):
+    raise ImproperlyConfigured(
+        "GATEWAY_REDIS_CLUSTER is set: Celery's broker cannot be a Redis Cluster, so "
+        "CELERY_BROKER_URL must name a standalone Redis (or another broker)")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not (REDIS_URL or env.str("CELERY_BROKER_URL", default=""))

@@ -22,8 +22,9 @@ The rule (`SharedState.run`):
 Scripts (`LuaScript`) are `.lua` files in a `lua/` directory next to their owner, read once per
 process, when the owner is imported. They run by digest (EVALSHA) and are loaded into Redis
 (SCRIPT LOAD) only when it answers NOSCRIPT: once per Redis server, again after a restart or a
-SCRIPT FLUSH. A pipeline queues them by digest (`SharedState.queue`), and `pipeline_execute`
-redoes each command answered NOSCRIPT on its own.
+SCRIPT FLUSH (on a Redis Cluster: on every master, and again on a replica promoted by a failover,
+which never received the SCRIPT LOAD). A pipeline queues them by digest (`SharedState.queue`),
+and `pipeline_execute` redoes each command answered NOSCRIPT on its own.
 """
 from __future__ import annotations
 
@@ -36,14 +37,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from gateway.cancellation import reraise_swallowed_cancel
 
 T = TypeVar("T")
 
-# What "Redis is unreachable" means to every store.
-REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError)
+# What "Redis is unreachable" means to every store. RedisClusterException: a cluster client that
+# cannot map a slot to a live master (all its startup nodes down, or a slot left uncovered
+# mid-failover) raises it instead of a RedisError.
+REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (RedisError, OSError, RedisClusterException)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +77,11 @@ class LuaScript:
 
     def queue(self, pipe: aioredis.client.Pipeline, *, keys: Sequence[Any],
               args: Sequence[Any] = ()) -> None:
-        """Queue the script by digest on a pipeline; execute it with `pipeline_execute`."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        """Queue the script by digest on a pipeline; execute it with `pipeline_execute`. Its
+        keys must share one slot (a cluster pipeline sends it to that slot's master)."""
+        # Not `pipe.evalsha`: redis-py's cluster pipeline refuses that method by name, though it
+        # routes the command itself by its keys like any other.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class SharedState:

@@ -23,8 +23,28 @@ larger of Redis's spend and the database's and `d` to the database's reservation
   reservation, so a restart does not free the room of requests still in flight.
 
 A reservation whose request never settles (a crashed worker) is reaped by the next `reserve`
-after RESERVATION_TTL. The scripts are in `lua/budget_*.lua`; standalone Redis only (they touch
-keys named in their data).
+in its shard after RESERVATION_TTL. The scripts are in `lua/budget_*.lua`.
+
+Shards (Redis Cluster): every key a budget script touches carries one hash tag, `{b<n>}`, one of
+SHARDS, so each script runs within one slot. A request's shard is that of its root scope: its
+team when it has a team budget (a team's counter is reserved together with the counters of all
+its keys), else its key (`budget_shard`). The shard holds the counters, the reservations and
+their expiry, the epoch and the intents (usage.intents) of the requests reserved there, which
+the reservation writes in the same script. Why a fixed number of shards rather than one tag per
+scope: the reaper must find every intent, and 64 sets are scanned in one pipelined round trip
+per node, where one per team or key would need an index of its own; 64 tags spread the budget
+traffic over up to 64 masters (about 21 each on three). The epoch is kept per shard, so a
+failover that lost one shard's data restores only that shard's reservations.
+
+Failover of a master (Redis Cluster; replication is asynchronous): what the dead master had
+acknowledged but not yet sent to its replica is lost, typically the last milliseconds of
+reservations and settlements. Until the replica is promoted, a process that calls that shard
+finds Redis unreachable and reserves in the database, as in any outage. The epoch a
+reservation checks includes the serving master's replication id, which a promoted replica
+changes: each process's next reservation in that shard first holds again its in-flight
+reservations there (`lua/budget_restore.lua`, a no-op for those the replica has) and brings
+their counters up to the database, as after a restart, so lost reservations and settlements
+count again.
 
 What is still open: spend settled in Redis in the moments before a restart and not yet
 committed to the database, and the in-flight reservations of a process that has not reserved
@@ -35,27 +55,21 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import redis
-import redis.asyncio as aioredis
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from gateway.errors import BudgetExceeded
-from gateway.shared_state import LuaScript, SharedState
+from gateway.redis_client import AsyncClient, SyncClient, redis_sync
+from gateway.shared_state import REDIS_UNREACHABLE, LuaScript, SharedState
 from usage.budgets import RESERVATION_TTL, BudgetLimit, period_bounds, retry_after, usd_to_units
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "gw:budget:"
-RESERVATIONS = "gw:budget-res"          # hash: request id -> "amount key key ..."
-RESERVATION_EXPIRY = "gw:budget-res:exp"  # sorted set: request id by expiry (ms)
-EPOCH = "gw:budget-epoch"               # string: the id of this Redis dataset
-# The intents of admitted requests (usage.intents), written by a reservation in its round trip.
-INTENTS = "gw:intent"                   # hash: request id -> encoded intent
-INTENT_EXPIRY = "gw:intent:exp"         # sorted set: request id by lease expiry (ms)
+SHARDS = 64
 IDLE_TTL_S = 7 * 86400
 REAP_PER_CALL = 20
 SYNC_INTERVAL = timedelta(seconds=1)
@@ -72,31 +86,108 @@ _RESTORE = LuaScript.beside(__file__, "budget_restore.lua")
 CounterUnits = Callable[[BudgetLimit, datetime], Awaitable["tuple[int, int] | int"]]
 
 
-def counter_key(limit: BudgetLimit, now: datetime) -> str:
-    start, _ = period_bounds(limit.period, now)
-    return period_key(scope=limit.scope, scope_id=limit.scope_id, period=limit.period,
-                      period_start=start)
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """The key names of one budget shard (module docstring), all under the hash tag `{tag}`.
+    `tag` None names the keys as they were before shards (standalone Redis only: the reaper
+    still takes intents a process of the previous version left there)."""
+    tag: str | None
+
+    def _name(self, base: str) -> str:
+        return base if self.tag is None else f"{base}:{{{self.tag}}}"
+
+    @property
+    def reservations(self) -> str:
+        """Hash: request id -> "amount counter-key counter-key ..."."""
+        return self._name("gw:budget-res")
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set: request id by reservation expiry (ms)."""
+        return self._name("gw:budget-res:exp") if self.tag is None else \
+            f"gw:budget-res-exp:{{{self.tag}}}"
+
+    @property
+    def epoch(self) -> str:
+        """String: the id of this shard's dataset (set again when Redis lost it)."""
+        return self._name("gw:budget-epoch")
+
+    @property
+    def intents(self) -> str:
+        """Hash: request id -> encoded intent (usage.intents)."""
+        return self._name("gw:intent")
+
+    @property
+    def intent_expiry(self) -> str:
+        """Sorted set: request id by intent lease expiry (ms)."""
+        return self._name("gw:intent:exp") if self.tag is None else \
+            f"gw:intent-exp:{{{self.tag}}}"
+
+    def counter(self, limit: BudgetLimit, now: datetime) -> str:
+        start, _ = period_bounds(limit.period, now)
+        return self.period_key(scope=limit.scope, scope_id=limit.scope_id, period=limit.period,
+                               period_start=start)
+
+    def period_key(self, *, scope: str, scope_id: int, period: str,
+                   period_start: datetime) -> str:
+        tagged = "gw:budget:" if self.tag is None else f"gw:budget:{{{self.tag}}}:"
+        return f"{tagged}{scope}:{scope_id}:{period}:{int(period_start.timestamp())}"
+
+    def keys(self, limits: Sequence[BudgetLimit], at: datetime) -> list[str]:
+        """The keys the settle and restore scripts take: reservations, expiry, counters."""
+        return [self.reservations, self.expiry, *(self.counter(limit, at) for limit in limits)]
 
 
-def period_key(*, scope: str, scope_id: int, period: str, period_start: datetime) -> str:
-    return f"{PREFIX}{scope}:{scope_id}:{period}:{int(period_start.timestamp())}"
+LEGACY = Shard(None)
+ALL_SHARDS = tuple(Shard(f"b{n}") for n in range(SHARDS))
+
+
+def _shard_of(name: str) -> Shard:
+    return ALL_SHARDS[zlib.crc32(name.encode()) % SHARDS]
+
+
+def budget_shard(limits: Sequence[BudgetLimit]) -> Shard:
+    """The shard of a request's budget counters: its team's when it has a team budget (every
+    key of the team reserves against that counter too), else its key's."""
+    root = next((limit for limit in limits if limit.scope == "team"), limits[0])
+    return _shard_of(f"{root.scope}:{root.scope_id}")
+
+
+def intent_shard(request_id: str, shared_limits: Sequence[BudgetLimit] = ()) -> Shard:
+    """Where a request's intent lives: with its budget reservation (the reservation script
+    writes it), else spread by request id."""
+    return budget_shard(shared_limits) if shared_limits else _shard_of(request_id)
+
+
+def counter_key(limit: BudgetLimit, now: datetime, shard: Shard | None = None) -> str:
+    """The Redis key of a counter in `shard` (default: the shard of this limit alone, which is
+    the request's shard unless it also has a team budget)."""
+    return (shard or budget_shard([limit])).counter(limit, now)
 
 
 def shared_spend_forget(*, scope: str, scope_id: int, period: str, period_start: datetime) -> None:
     """Drop the Redis copy of a database counter that reconciliation corrected, so the next
     request seeds it again from the corrected figure. A no-op without Redis or while it is
-    down (the copy then lives until it has been unused for a week)."""
+    down (the copy then lives until it has been unused for a week). A key's counter lives in
+    its team's shard or its own, which the counter does not say: it is dropped from every
+    shard (one DEL per slot, rare)."""
     if not settings.REDIS_URL:
         return
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    names = [shard.period_key(scope=scope, scope_id=scope_id, period=period,
+                              period_start=period_start) for shard in ALL_SHARDS]
+    client = None
     try:
-        client.delete(period_key(scope=scope, scope_id=scope_id, period=period,
-                                 period_start=period_start))
-    except (RedisError, OSError) as exc:
+        client = redis_sync()
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.delete(name)
+            pipe.execute()
+    except REDIS_UNREACHABLE as exc:
         logger.warning("budgets: Redis copy of a corrected counter not dropped (%s)",
                        type(exc).__name__)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _key_ttl_s(limit: BudgetLimit, now: datetime) -> int:
@@ -110,19 +201,20 @@ class RedisBudgets:
     """Reserve/settle through Redis; `reserve` returns False while Redis is unreachable (the
     caller then reserves in the database). One instance per event loop, like its client."""
 
-    def __init__(self, redis: aioredis.Redis, *, retry_interval_s: float = 1.0) -> None:
+    def __init__(self, redis: AsyncClient, *, retry_interval_s: float = 1.0) -> None:
         self._shared = SharedState(redis, name="budgets",
                                    fallback="reservations are made in the database",
                                    logger=logger, retry_interval_s=retry_interval_s,
                                    on_recover=self._recover)
-        self._epoch = ""
+        # shard tag -> the epoch this process last reserved under (at most SHARDS entries).
+        self._epochs: dict[str | None, str] = {}
         self._units: CounterUnits | None = None
         # request id -> (limits, when it started, amount, expiry ms): held in Redis, unsettled.
         self._held: dict[str, tuple[list[BudgetLimit], datetime, int, int]] = {}
         # request id -> (limits, when it started, cost): settled while Redis was unreachable.
         self._unsettled: dict[str, tuple[list[BudgetLimit], datetime, int]] = {}
-        # counter key -> (limit, a time in its period): reserved in the database meanwhile.
-        self._dirty: dict[str, tuple[BudgetLimit, datetime]] = {}
+        # counter key -> (shard, limit, a time in its period): reserved in the database meanwhile.
+        self._dirty: dict[str, tuple[Shard, BudgetLimit, datetime]] = {}
 
     async def reserve(self, *, request_id: str, limits: list[BudgetLimit], amount_units: int,
                       now: datetime, spent_units: CounterUnits,
@@ -130,11 +222,13 @@ class RedisBudgets:
         """Reserve `amount_units` against every limit, or none. `spent_units(limit, now)` is an
         async callable giving the database's (spent, reserved) units of a counter (an int: spent
         alone). `intent` (encoded, lease expiry ms) is the request's intent (usage.intents),
-        written with the reservation by the same script. Returns True when reserved (and the
-        intent written), False when Redis is unreachable. Raises BudgetExceeded."""
+        written with the reservation by the same script, in the shard `intent_shard` names.
+        Returns True when reserved (and the intent written), False when Redis is unreachable.
+        Raises BudgetExceeded."""
         self._units = spent_units
         now_ms = int(now.timestamp() * 1000)
         expiry_ms = now_ms + int(RESERVATION_TTL / timedelta(milliseconds=1))
+        shard = budget_shard(limits)
 
         tried = False
 
@@ -142,10 +236,11 @@ class RedisBudgets:
             nonlocal tried
             tried = True
             client = self._shared.redis
-            keys = [counter_key(limit, now) for limit in limits]
+            keys = [shard.reservations, shard.expiry, shard.epoch, shard.intents,
+                    shard.intent_expiry, *(shard.counter(limit, now) for limit in limits)]
             args: list[object] = [request_id, amount_units, now_ms,
                                   int(RESERVATION_TTL / timedelta(milliseconds=1)), REAP_PER_CALL,
-                                  self._epoch, int(SYNC_INTERVAL / timedelta(milliseconds=1)),
+                                  "", int(SYNC_INTERVAL / timedelta(milliseconds=1)),
                                   *(intent or ("", 0))]
             for limit in limits:
                 args += [usd_to_units(limit.limit_usd), _key_ttl_s(limit, now)]
@@ -153,32 +248,31 @@ class RedisBudgets:
             # again, is synced from the database, then the reservation is tried again (another
             # counter may need it too); a new epoch first restores this process's reservations.
             for _ in range(2 * len(limits) + 3):
-                args[5] = self._epoch
-                result = await _RESERVE(client, keys=[RESERVATIONS, RESERVATION_EXPIRY, EPOCH,
-                                                      INTENTS, INTENT_EXPIRY, *keys], args=args)
+                args[5] = self._epochs.get(shard.tag, "")
+                result = await _RESERVE(client, keys=keys, args=args)
                 outcome = int(result[0])
                 if outcome == 1:
-                    self._epoch = _text(result[1])
+                    self._remember(self._epochs, shard.tag, _text(result[1]))
                     self._remember(self._held, request_id, (limits, now, amount_units, expiry_ms))
                     return True
                 if outcome == -2:
-                    await client.set(EPOCH, uuid.uuid4().hex, nx=True)
+                    await client.set(shard.epoch, uuid.uuid4().hex, nx=True)
                     continue
                 if outcome == -3:
-                    await self._restore_held()
-                    self._epoch = _text(result[1])
+                    await self._restore_held(shard)
+                    self._epochs[shard.tag] = _text(result[1])
                     continue
                 limit = limits[int(result[1]) - 1]
                 if outcome == 0:
                     raise BudgetExceeded(
                         f"the {limit.scope}'s {limit.period} budget of ${limit.limit_usd} is "
                         "exhausted", headers={"retry-after": retry_after(limit.period, now)})
-                await self._sync(limit, now)
+                await self._sync(shard, limit, now)
             return False
 
         async def in_the_database() -> bool:
             for limit in limits:
-                self._remember(self._dirty, counter_key(limit, now), (limit, now))
+                self._remember(self._dirty, shard.counter(limit, now), (shard, limit, now))
             if tried:
                 # The script may have run after all (a paused Redis executes what it had
                 # received when it resumes): release it there once Redis answers.
@@ -191,10 +285,12 @@ class RedisBudgets:
         """What this process holds reserved in Redis against each of `limits`' counters at
         `now`, for a reservation made in the database while Redis is unreachable (its copy of
         them may be lost, and the database does not see them)."""
-        wanted = [counter_key(limit, now) for limit in limits]
+        shard = budget_shard(limits)
+        wanted = [shard.counter(limit, now) for limit in limits]
         held = [0] * len(limits)
         for held_limits, at, amount, _ in self._held.values():
-            keys = {counter_key(limit, at) for limit in held_limits}
+            held_shard = budget_shard(held_limits)
+            keys = {held_shard.counter(limit, at) for limit in held_limits}
             for i, key in enumerate(wanted):
                 if key in keys:
                     held[i] += amount
@@ -205,7 +301,7 @@ class RedisBudgets:
         """Release the reservation and add the spend. Tried even while Redis is considered
         down (the reservation was made there). Never raises for Redis trouble: the settlement
         is then made in Redis when it answers again (the database records the spend anyway)."""
-        keys = [RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)]
+        keys = budget_shard(limits).keys(limits, at)
         self._held.pop(request_id, None)
 
         async def shared() -> None:
@@ -221,7 +317,7 @@ class RedisBudgets:
         """Queue `settle` on a Redis pipeline the caller runs with
         `gateway.shared_state.pipeline_execute` (redo: `settle`, for a NOSCRIPT answer); False
         while Redis is considered down (then call `settle`)."""
-        keys = [RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)]
+        keys = budget_shard(limits).keys(limits, at)
         queued = self._shared.queue(pipe, _SETTLE, keys=keys, args=[request_id, cost_units])
         if queued:
             self._held.pop(request_id, None)
@@ -235,63 +331,75 @@ class RedisBudgets:
         self._shared.failed(error)
         self._remember(self._unsettled, request_id, (limits, at, cost_units))
 
-    async def _sync(self, limit: BudgetLimit, at: datetime) -> None:
+    async def _sync(self, shard: Shard, limit: BudgetLimit, at: datetime) -> None:
         """Bring one counter's Redis copy up to the database (lua/budget_sync.lua)."""
         if self._units is None:
             return
         units = await self._units(limit, at)
         spent, reserved = units if isinstance(units, tuple) else (units, 0)
-        await _SYNC(self._shared.redis, keys=[counter_key(limit, at)],
+        await _SYNC(self._shared.redis, keys=[shard.counter(limit, at)],
                     args=[spent, reserved, int(time.time() * 1000), _key_ttl_s(limit, at)])
 
-    async def _restore_held(self) -> None:
-        """Hold again in Redis the reservations of this process it lost (a restart)."""
+    async def _restore_held(self, shard: Shard | None = None) -> None:
+        """Hold again in Redis the reservations of this process it lost (a restart, or a
+        failover that lost the last writes), in `shard` or in every shard; each counter is
+        brought up to the database first. Reservations Redis still has are left alone."""
         now_ms = int(time.time() * 1000)
         for request_id, (_, _, _, expiry_ms) in list(self._held.items()):
             if expiry_ms <= now_ms:
                 self._held.pop(request_id, None)
-        counters = {counter_key(limit, at): (limit, at)
-                    for limits, at, _, _ in self._held.values() for limit in limits}
-        for limit, at in counters.values():
-            await self._sync(limit, at)
-        for request_id, (limits, at, amount, expiry_ms) in list(self._held.items()):
-            await _RESTORE(self._shared.redis,
-                           keys=[RESERVATIONS, RESERVATION_EXPIRY,
-                                 *(counter_key(limit, at) for limit in limits)],
+        held = [(request_id, budget_shard(limits), limits, at, amount, expiry_ms)
+                for request_id, (limits, at, amount, expiry_ms) in list(self._held.items())]
+        held = [h for h in held if shard is None or h[1] == shard]
+        counters = {s.counter(limit, at): (s, limit, at)
+                    for _, s, limits, at, _, _ in held for limit in limits}
+        for s, limit, at in counters.values():
+            await self._sync(s, limit, at)
+        for request_id, s, limits, at, amount, expiry_ms in held:
+            await _RESTORE(self._shared.redis, keys=s.keys(limits, at),
                            args=[request_id, amount, expiry_ms])
 
     async def _recover(self) -> None:
         """Redis answers again: settle there what was settled meanwhile (and release what was
         reserved there by a call that timed out), then sync the counters reserved in the
-        database meanwhile. Raises one of REDIS_UNREACHABLE when Redis is still
-        down (what is left is tried again next time)."""
+        database meanwhile. Raises one of REDIS_UNREACHABLE when Redis is still down (what is
+        left is tried again next time)."""
         for request_id, (limits, at, cost) in list(self._unsettled.items()):
-            await _SETTLE(self._shared.redis,
-                          keys=[RESERVATIONS, RESERVATION_EXPIRY,
-                                *(counter_key(limit, at) for limit in limits)],
+            await _SETTLE(self._shared.redis, keys=budget_shard(limits).keys(limits, at),
                           args=[request_id, cost, 1])
-            del self._unsettled[request_id]
-        for key, (limit, at) in list(self._dirty.items()):
-            await self._sync(limit, at)
-            del self._dirty[key]
+            # pop: the calls that find Redis back run this concurrently (each settlement is
+            # conditional on Redis holding the reservation, so a second one changes nothing).
+            self._unsettled.pop(request_id, None)
+        for key, (shard, limit, at) in list(self._dirty.items()):
+            await self._sync(shard, limit, at)
+            self._dirty.pop(key, None)
 
     @staticmethod
-    def _remember(into: dict, key: str, value) -> None:
-        if len(into) >= MAX_REMEMBERED:
+    def _remember(into: dict, key, value) -> None:
+        if key not in into and len(into) >= MAX_REMEMBERED:
             del into[next(iter(into))]
         into[key] = value
 
 
-def reservation_settle_if_held(client: redis.Redis, *, request_id: str,
+def reservation_settle_if_held(client: SyncClient, *, request_id: str,
                                limits: list[BudgetLimit], at: datetime, cost_units: int,
-                               pipe=None) -> None:
+                               pipe=None, shard: Shard | None = None) -> None:
     """Settle a reservation from outside its request (the reaper of a crashed process's
     requests, usage.intents), with a synchronous client: only if Redis still holds it, so a
-    second reaper, or the request's own settlement, is never counted twice. Queued on `pipe`
-    when given (a pipeline of `client`). Raises RedisError."""
-    script = client.register_script(_SETTLE.source)
-    script(keys=[RESERVATIONS, RESERVATION_EXPIRY, *(counter_key(limit, at) for limit in limits)],
-           args=[request_id, cost_units, 1], client=pipe if pipe is not None else client)
+    second reaper, or the request's own settlement, is never counted twice. `shard` defaults
+    to the limits' (`LEGACY` for an intent of the previous version). Queued on `pipe` when
+    given (a pipeline of `client`); load the script first (`reaper_scripts_load`). Raises
+    RedisError."""
+    keys = (shard or budget_shard(limits)).keys(limits, at)
+    # execute_command: a cluster pipeline refuses `evalsha` by name (gateway.shared_state).
+    (pipe if pipe is not None else client).execute_command(
+        "EVALSHA", _SETTLE.sha, len(keys), *keys, request_id, cost_units, 1)
+
+
+def reaper_scripts_load(client: SyncClient) -> None:
+    """Load the settle script `reservation_settle_if_held` runs by digest (on every master of
+    a cluster). Raises RedisError."""
+    client.script_load(_SETTLE.source)
 
 
 def _text(value: bytes | str) -> str:

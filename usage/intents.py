@@ -2,10 +2,13 @@
 and a reaper turns the intents of a dead process into `lost` ledger rows.
 
 Where an intent lives:
-- Redis, when configured and reachable: the hash `gw:intent` (request id -> the encoded
-  `Intent`) and the sorted set `gw:intent:exp` (request id by lease expiry). A budget reserved
-  in Redis writes it in its own script (usage/lua/budget_reserve.lua), so admission costs no
-  extra round trip; an unbudgeted request writes it with one pipelined HSET + ZADD.
+- Redis, when configured and reachable: in one of the budget shards
+  (usage.budgets_redis.Shard, hash tag `{b<n>}`), the hash `gw:intent:{b<n>}` (request id ->
+  the encoded `Intent`) and the sorted set `gw:intent-exp:{b<n>}` (request id by lease
+  expiry). A budget reserved in Redis writes it in its own script
+  (usage/lua/budget_reserve.lua), in the reservation's shard, so admission costs no extra round
+  trip; an unbudgeted request writes it with one pipelined HSET + ZADD in the shard of its
+  request id (`intent_shard`). The reaper scans every shard.
 - The database otherwise (no Redis, or Redis unreachable): a `RequestIntent` row, inserted in
   the database budget reservation's transaction when there is one, else on its own.
 - Nowhere when neither answers: the request is served, and a crash then loses its row (logged).
@@ -43,17 +46,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError
 from django.utils import timezone
-from redis.exceptions import RedisError
 
 from gateway.database import db
+from gateway.redis_client import AsyncClient, SyncClient, redis_is_cluster, redis_sync
 from gateway.shared_state import REDIS_UNREACHABLE, SharedState
 from usage.budgets import BudgetLimit, usd_to_units
-from usage.budgets_redis import INTENT_EXPIRY, INTENTS, reservation_settle_if_held
+from usage.budgets_redis import (
+    ALL_SHARDS, LEGACY, Shard, intent_shard, reaper_scripts_load, reservation_settle_if_held,
+)
 from usage.models import RequestIntent, UsageSource, UsageStatus
 from usage.services import LedgerEntry, usage_record_write
 from usage.spool import ledger_spool_flush
@@ -185,21 +188,23 @@ def intents_reap(*, redis_before: datetime | None, db_before: datetime | None,
     db_ok = True
     redis_ok: bool | None = None
     if settings.REDIS_URL:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client = None
         try:
+            client = redis_sync(socket_timeout=1, socket_connect_timeout=1)
             if redis_before is None:
                 client.ping()
             else:
                 lost += _reap_redis(client, before=redis_before, limit=limit)
             redis_ok = True
-        except (RedisError, OSError) as exc:
+        except REDIS_UNREACHABLE as exc:
             redis_ok = False
             logger.warning("intent reaper: Redis unreachable (%s)", type(exc).__name__)
         except DatabaseError as exc:
             redis_ok, db_ok = True, False
             logger.warning("intent reaper: database unreachable (%s)", type(exc).__name__)
         finally:
-            client.close()
+            if client is not None:
+                client.close()
     if db_ok:
         try:
             if db_before is None:
@@ -222,13 +227,31 @@ def _lost_write(request_id: str, intent: Intent) -> bool:
         return False
 
 
-def _reap_redis(client: redis.Redis, *, before: datetime, limit: int) -> int:
-    ids = [i.decode() for i in client.zrangebyscore(INTENT_EXPIRY, "-inf", _ms(before),
-                                                    start=0, num=limit)]
-    if not ids:
+def _reap_redis(client: SyncClient, *, before: datetime, limit: int) -> int:
+    """Reap the expired intents of every shard (and, on a standalone Redis, those a process of
+    the previous version left under the untagged names), at most `limit` in all."""
+    shards = list(ALL_SHARDS) if redis_is_cluster() else [*ALL_SHARDS, LEGACY]
+    with client.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.zrangebyscore(shard.intent_expiry, "-inf", _ms(before), start=0, num=limit)
+        found = pipe.execute()
+    due = [(shard, [i.decode() for i in ids]) for shard, ids in zip(shards, found) if ids]
+    if not due:
         return 0
+    reaper_scripts_load(client)
     lost = 0
-    for request_id, payload in zip(ids, client.hmget(INTENTS, ids)):
+    for shard, ids in due:
+        ids = ids[:limit]
+        limit -= len(ids)
+        lost += _reap_shard(client, shard, ids)
+        if limit <= 0:
+            break
+    return lost
+
+
+def _reap_shard(client: SyncClient, shard: Shard, ids: list[str]) -> int:
+    lost = 0
+    for request_id, payload in zip(ids, client.hmget(shard.intents, ids)):
         pipe = client.pipeline(transaction=False)
         if payload is not None:
             intent = Intent.decode(payload)
@@ -240,9 +263,10 @@ def _reap_redis(client: redis.Redis, *, before: datetime, limit: int) -> int:
                 reservation_settle_if_held(
                     client, request_id=request_id, limits=list(intent.shared_limits),
                     at=intent.created_at,
-                    cost_units=usd_to_units(intent.cost_usd) if written else 0, pipe=pipe)
-        pipe.hdel(INTENTS, request_id)
-        pipe.zrem(INTENT_EXPIRY, request_id)
+                    cost_units=usd_to_units(intent.cost_usd) if written else 0, pipe=pipe,
+                    shard=LEGACY if shard is LEGACY else None)
+        pipe.hdel(shard.intents, request_id)
+        pipe.zrem(shard.intent_expiry, request_id)
         pipe.execute()
     return lost
 
@@ -272,9 +296,10 @@ class _LoopIntents:
     def __init__(self) -> None:
         # request id -> (store, encoded intent)
         self.held: dict[str, tuple[str, str]] = {}
-        self.redis: aioredis.Redis | None = None
+        self.redis: AsyncClient | None = None
         self.shared: SharedState | None = None
-        self.removals: list[str] = []
+        # (request id, encoded intent) whose Redis intent is to be removed
+        self.removals: list[tuple[str, str]] = []
         self.remover: asyncio.Task | None = None
         self.renewer: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -300,7 +325,7 @@ class IntentKeeper:
             state = self._loops[loop] = _LoopIntents()
         return state
 
-    def _shared(self, state: _LoopIntents, client: aioredis.Redis) -> SharedState:
+    def _shared(self, state: _LoopIntents, client: AsyncClient) -> SharedState:
         if state.shared is None or state.redis is not client:
             state.redis = client
             state.shared = SharedState(client, name="request intents",
@@ -309,7 +334,7 @@ class IntentKeeper:
         return state.shared
 
     def held(self, *, request_id: str, payload: str, store: str,
-             redis_client: aioredis.Redis | None = None) -> None:
+             redis_client: AsyncClient | None = None) -> None:
         """Register an intent written elsewhere (with a budget reservation) in `store`."""
         state = self._state()
         if redis_client is not None:
@@ -318,16 +343,17 @@ class IntentKeeper:
         self._schedule(state)
 
     async def record(self, *, request_id: str, payload: str,
-                     redis_client: aioredis.Redis | None) -> bool:
+                     redis_client: AsyncClient | None) -> bool:
         """Write an intent: in Redis (one pipelined round trip) when configured and reachable,
         else in the database. False when neither took it (logged; the request goes on)."""
         state = self._state()
         expires_at = lease_expiry()
         if redis_client is not None:
             async def shared() -> bool:
+                shard = intent_shard(request_id)
                 pipe = redis_client.pipeline(transaction=False)
-                pipe.hset(INTENTS, request_id, payload)
-                pipe.zadd(INTENT_EXPIRY, {request_id: _ms(expires_at)})
+                pipe.hset(shard.intents, request_id, payload)
+                pipe.zadd(shard.intent_expiry, {request_id: _ms(expires_at)})
                 await pipe.execute()
                 return True
 
@@ -356,7 +382,7 @@ class IntentKeeper:
         held = state.held.pop(request_id, None)
         if held is None or held[0] != REDIS:
             return
-        state.removals.append(request_id)
+        state.removals.append((request_id, held[1]))
         if state.remover is None or state.remover.done():
             state.remover = asyncio.get_running_loop().create_task(self._remove(state))
 
@@ -367,8 +393,9 @@ class IntentKeeper:
             taken, state.removals = state.removals[:RENEW_BATCH], state.removals[RENEW_BATCH:]
             try:
                 pipe = state.redis.pipeline(transaction=False)
-                pipe.hdel(INTENTS, *taken)
-                pipe.zrem(INTENT_EXPIRY, *taken)
+                for shard, ids in _by_shard(taken).items():
+                    pipe.hdel(shard.intents, *ids)
+                    pipe.zrem(shard.intent_expiry, *ids)
                 await pipe.execute()
             except REDIS_UNREACHABLE as exc:
                 # Their rows are written: a reaper finds them expired and writes nothing.
@@ -397,9 +424,9 @@ class IntentKeeper:
             if in_redis and state.redis is not None:
                 pipe = state.redis.pipeline(transaction=False)
                 for start in range(0, len(in_redis), RENEW_BATCH):
-                    chunk = dict(in_redis[start:start + RENEW_BATCH])
-                    pipe.hset(INTENTS, mapping=chunk)
-                    pipe.zadd(INTENT_EXPIRY, dict.fromkeys(chunk, _ms(expires_at)))
+                    for shard, ids in _by_shard(in_redis[start:start + RENEW_BATCH]).items():
+                        pipe.hset(shard.intents, mapping=ids)
+                        pipe.zadd(shard.intent_expiry, dict.fromkeys(ids, _ms(expires_at)))
                 try:
                     await pipe.execute()
                 except REDIS_UNREACHABLE as exc:
@@ -414,6 +441,19 @@ class IntentKeeper:
         finally:
             if state.held:
                 self._schedule(state)
+
+
+def _by_shard(intents: list[tuple[str, str]]) -> dict[Shard, dict[str, str]]:
+    """(request id, encoded intent) pairs grouped by the shard each intent lives in: its
+    budget reservation's, else its request id's (`intent_shard`). Off the request path."""
+    groups: dict[Shard, dict[str, str]] = {}
+    for request_id, payload in intents:
+        limits = json.loads(payload).get("shared_limits") or ()
+        shard = intent_shard(request_id, [BudgetLimit(scope=scope, scope_id=scope_id,
+                                                      limit_usd=Decimal(limit), period=period)
+                                          for scope, scope_id, limit, period in limits])
+        groups.setdefault(shard, {})[request_id] = payload
+    return groups
 
 
 intent_keeper = IntentKeeper()

@@ -18,6 +18,13 @@ empty continues from where the processes were. A backlog of B ms means the same 
 the bucket used at either scale, so over an outage n balanced replicas admit what one shared
 bucket would; unbalanced, the write-back takes the fullest, which refuses early, never late.
 
+Redis keys (Redis Cluster): a limit's name is `<kind>:<subject>` ("rpm:42", "tpm:42",
+"authfail:10.0.0.1"), and its bucket is `<prefix>{<subject>}:<kind>`: the hash tag is the
+subject, so the RPM and TPM of one key, which a request charges together in one script (all or
+none), share a slot, and different keys' buckets spread over the cluster. Limits of different
+subjects in one call are charged one subject at a time, and those charged before a refusal are
+refunded (no caller combines subjects today).
+
 A limit of N per minute allows a burst of N, refilled continuously. A request that would exceed
 it is refused with the seconds until it would fit. TPM is charged the prompt estimate up
 front and corrected with the real token count afterwards (`adjust`), which never refuses.
@@ -32,8 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
+from gateway.redis_client import AsyncClient
 from gateway.shared_state import LuaScript, SharedState
 
 logger = logging.getLogger(__name__)
@@ -150,7 +156,7 @@ class LocalRateLimiter:
 class RedisRateLimiter:
     """Shared through Redis; a LocalRateLimiter serves while Redis is unreachable."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "gw:rl:",
+    def __init__(self, redis: AsyncClient, *, prefix: str = "gw:rl:",
                  retry_interval_s: float = 1.0, heartbeat_s: float = HEARTBEAT_S,
                  replica_ttl_s: float = REPLICA_TTL_S,
                  startup_heartbeat_s: float = STARTUP_HEARTBEAT_S) -> None:
@@ -186,25 +192,48 @@ class RedisRateLimiter:
     async def _seed_from_local(self) -> None:
         """Write this process's backlogs back to Redis (see the module docstring). Raises one of
         REDIS_UNREACHABLE when Redis is still down."""
-        backlogs = list(self._local.backlogs().items())
-        for start in range(0, len(backlogs), SEED_BATCH):
-            batch = backlogs[start:start + SEED_BATCH]
-            await _GCRA_SEED(self._shared.redis, keys=[self._prefix + name for name, _ in batch],
-                             args=[repr(backlog) for _, backlog in batch])
+        by_tag: dict[str, list[tuple[str, float]]] = {}
+        for name, backlog in self._local.backlogs().items():
+            by_tag.setdefault(_subject(name), []).append((name, backlog))
+        for backlogs in by_tag.values():
+            for start in range(0, len(backlogs), SEED_BATCH):
+                batch = backlogs[start:start + SEED_BATCH]
+                await _GCRA_SEED(self._shared.redis, keys=[self._key(name) for name, _ in batch],
+                                 args=[repr(backlog) for _, backlog in batch])
         self._next_beat = 0.0
+
+    def _key(self, name: str) -> str:
+        """The bucket of the limit `name`, under the hash tag of its subject."""
+        kind, _, subject = name.partition(":")
+        return f"{self._prefix}{{{subject or kind}}}:{kind}"
+
+    async def _charge(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
+        """One GCRA script for limits that share a subject (one slot)."""
+        result = await _GCRA(self._shared.redis, keys=[self._key(limit.name) for limit in limits],
+                             args=_gcra_args(limits, force))
+        self._local.mirror({limit.name: float(backlog)
+                            for limit, backlog in zip(limits, result[2:])})
+        wait_ms = int(result[0])
+        if not wait_ms:
+            return None
+        return Refusal(name=limits[int(result[1]) - 1].name, wait_s=wait_ms / 1000)
 
     async def _run(self, limits: Sequence[Limit], force: bool) -> Refusal | None:
         async def shared() -> Refusal | None:
             await self._beat()
-            result = await _GCRA(self._shared.redis,
-                                 keys=[self._prefix + limit.name for limit in limits],
-                                 args=_gcra_args(limits, force))
-            self._local.mirror({limit.name: float(backlog)
-                                for limit, backlog in zip(limits, result[2:])})
-            wait_ms = int(result[0])
-            if not wait_ms:
-                return None
-            return Refusal(name=limits[int(result[1]) - 1].name, wait_s=wait_ms / 1000)
+            groups: dict[str, list[Limit]] = {}
+            for limit in limits:
+                groups.setdefault(_subject(limit.name), []).append(limit)
+            charged: list[list[Limit]] = []
+            for group in groups.values():
+                refusal = await self._charge(group, force)
+                if refusal is not None:
+                    for done in charged:
+                        await self._charge([Limit(limit.name, limit.per_minute, -limit.cost)
+                                            for limit in done], True)
+                    return refusal
+                charged.append(group)
+            return None
 
         async def local() -> Refusal | None:
             return self._local._step(limits, force, replicas=self._replicas)
@@ -220,11 +249,16 @@ class RedisRateLimiter:
 
     def adjust_queued(self, pipe, name: str, *, per_minute: int, delta: int) -> bool:
         limits = [Limit(name, per_minute, delta)]
-        return self._shared.queue(pipe, _GCRA, keys=[self._prefix + name],
+        return self._shared.queue(pipe, _GCRA, keys=[self._key(name)],
                                   args=_gcra_args(limits, True))
 
     async def adjust(self, name: str, *, per_minute: int, delta: int) -> None:
         await self._run([Limit(name, per_minute, delta)], True)
+
+
+def _subject(name: str) -> str:
+    kind, _, subject = name.partition(":")
+    return subject or kind
 
 
 def _gcra_args(limits: Sequence[Limit], force: bool) -> list[object]:

@@ -6,7 +6,9 @@ file (`INFO persistence` says `aof_enabled:1`, so a Redis restarted from its dat
 comes back with the list); otherwise an fsync'ed JSON-lines file per process under
 GATEWAY_SPOOL_DIR. A Redis without AOF would lose the list on its next restart, which during a
 database outage is the only copy of those rows. The Redis list is shared by every replica and
-the Celery worker; the files by the processes that share the directory.
+the Celery worker; the files by the processes that share the directory. On a Redis Cluster the
+list is one key, so it lives on the master of its slot (and its replica): the append-only check
+asks that master, and every list command goes there.
 
 Rows are flushed later by the serving process itself and by the `usage.flush_spool` Celery
 task, from both places. Writes are idempotent on request id, so a row flushed twice lands once
@@ -27,11 +29,12 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-import redis
+import redis.cluster
 from django.conf import settings
 from django.db import DatabaseError
-from redis.exceptions import RedisError
 
+from gateway.redis_client import SyncClient, redis_sync
+from gateway.shared_state import REDIS_UNREACHABLE
 from usage.budgets import BudgetLimit
 from usage.services import LedgerEntry, StoredResponse, usage_record_write
 
@@ -48,10 +51,14 @@ def _spool_dir() -> Path:
     return path
 
 
-def _redis() -> redis.Redis | None:
-    if not settings.REDIS_URL:
+def _redis() -> SyncClient | None:
+    """A client, or None without Redis or when a cluster has no node that answers (a
+    standalone client connects on its first command, where its callers catch the error)."""
+    try:
+        return redis_sync(socket_timeout=2, socket_connect_timeout=2)
+    except REDIS_UNREACHABLE as exc:
+        logger.warning("ledger spool: Redis unreachable (%s)", type(exc).__name__)
         return None
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
 def spool_encode(*, entry: LedgerEntry, settle_budget: bool, response: StoredResponse | None,
@@ -87,9 +94,14 @@ def spool_decode(line: str) -> dict:
     }
 
 
-def _redis_persists(client: redis.Redis) -> bool:
-    """Whether this Redis keeps what it is given across a restart (an append-only file)."""
-    return int(client.info("persistence").get("aof_enabled", 0)) == 1
+def _redis_persists(client: SyncClient) -> bool:
+    """Whether the Redis holding the spool keeps what it is given across a restart (an
+    append-only file); on a cluster, the master of the spool's slot."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        info = client.info("persistence", target_nodes=client.get_node_from_key(REDIS_KEY))
+    else:
+        info = client.info("persistence")
+    return int(info.get("aof_enabled", 0)) == 1
 
 
 def spool_push(*lines: str) -> None:
@@ -108,7 +120,7 @@ def spool_push(*lines: str) -> None:
                 logger.error("ledger spool full; %d ledger row(s) dropped", len(lines))
                 return
             logger.warning("ledger spool: Redis runs without appendonly; spooling to disk")
-        except RedisError:
+        except REDIS_UNREACHABLE:
             logger.warning("ledger spool: Redis unreachable; spooling to disk")
         finally:
             client.close()
@@ -143,7 +155,7 @@ def spool_size() -> int:
     if client is not None:
         try:
             count += client.llen(REDIS_KEY)
-        except RedisError:
+        except REDIS_UNREACHABLE:
             pass
         finally:
             client.close()
@@ -177,7 +189,7 @@ def ledger_spool_flush() -> int:
                         pipe.execute()
         except DatabaseError:
             return written
-        except RedisError:
+        except REDIS_UNREACHABLE:
             logger.warning("ledger spool: Redis unreachable while flushing")
         finally:
             client.close()

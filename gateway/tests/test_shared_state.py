@@ -147,7 +147,7 @@ async def test_queue_refuses_while_down():
         def __init__(self) -> None:
             self.queued: list[tuple] = []
 
-        def evalsha(self, *args) -> None:
+        def execute_command(self, *args) -> None:
             self.queued.append(args)
 
     clock, op = Clock(), Op()
@@ -155,7 +155,7 @@ async def test_queue_refuses_while_down():
     script = LuaScript("echo", "return ARGV[1]")
     pipe = Pipe()
     assert state.queue(pipe, script, keys=["k"], args=[7])
-    assert pipe.queued == [(script.sha, 1, "k", 7)]
+    assert pipe.queued == [("EVALSHA", script.sha, 1, "k", 7)]
     op.error = ConnectionError("down")
     await state.run(op, local)
     assert not state.queue(pipe, script, keys=["k"], args=[8]) and len(pipe.queued) == 1

@@ -21,6 +21,8 @@ import redis
 
 from tests.faults.harness import PROVIDER, create_api_key, wait_until
 from tests.faults.traffic import chat_body, ledger_rows
+from usage.budgets_redis import ALL_SHARDS, intent_shard
+from usage.intents import Intent
 
 INTERVAL = {"GATEWAY_REAPER_INTERVAL_S": "0.3"}
 STREAMS = 10
@@ -51,7 +53,7 @@ def _streams_in_background(url: str, keys: list[str], count: int) -> threading.T
 def _intent_ids(faults_db, client: redis.Redis | None) -> set[str]:
     ids = {row[0] for row in faults_db.query("SELECT request_id FROM usage_requestintent")}
     if client is not None:
-        ids |= {i.decode() for i in client.hkeys("gw:intent")}
+        ids |= {i.decode() for shard in ALL_SHARDS for i in client.hkeys(shard.intents)}
     return ids
 
 
@@ -105,17 +107,20 @@ def test_sigkill_with_streams_in_flight_leaves_one_lost_row_per_request(
     assert reserved == 0
     assert Decimal(spent) / 10 ** 10 == lost_cost
     if client is not None:
-        [counter] = client.keys(f"gw:budget:key:{key_id}:*")
+        [counter] = client.keys(f"gw:budget:*:key:{key_id}:*")
         assert int(client.hget(counter, "r")) == 0
-        assert not set(i.decode() for i in client.hkeys("gw:budget-res")) & in_flight
+        assert not {i.decode() for shard in ALL_SHARDS
+                    for i in client.hkeys(shard.reservations)} & in_flight
 
     # A reaper that died halfway, or a second one, finds the same intents again: no second
     # row, nothing released or charged twice.
     redis_counter = (client.hgetall(counter) if client is not None else None)
     replayed = {rid: _replayed_intent(rid, key_id) for rid in in_flight}
     if client is not None:
-        client.hset("gw:intent", mapping=replayed)
-        client.zadd("gw:intent:exp", dict.fromkeys(in_flight, 0))
+        for rid, payload in replayed.items():
+            shard = intent_shard(rid, Intent.decode(payload).shared_limits)
+            client.hset(shard.intents, rid, payload)
+            client.zadd(shard.intent_expiry, {rid: 0})
     else:
         for request_id, payload in replayed.items():
             faults_db.query("INSERT INTO usage_requestintent (request_id, payload, expires_at) "

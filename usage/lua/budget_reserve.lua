@@ -1,5 +1,7 @@
 -- Reserve an amount in every budget counter, or in none, after reaping expired reservations.
--- KEYS: RESERVATIONS, RESERVATION_EXPIRY, EPOCH, INTENTS, INTENT_EXPIRY, counter keys...
+-- KEYS: one shard's reservations, reservation expiry, epoch, intents, intent expiry, then the
+-- counter keys (usage.budgets_redis.Shard): all under the shard's hash tag, so that the keys
+-- named in the reservations' data, which the reaping below touches, are in the same slot.
 -- ARGV: request id, amount, now ms, reservation ttl ms, reservations to reap at most, the
 -- caller's epoch ('' for any), sync interval ms, the request's intent ('' for none) and its
 -- expiry ms (usage.intents: written with the reservation, in the same round trip), then per
@@ -7,7 +9,8 @@
 -- Returns {1, epoch} reserved; {0, i} no room in counter i; {-1, i} counter i must be synced
 -- from the database first (not seeded, or database reservations last read a sync interval
 -- ago); {-2} Redis has no epoch (it restarted empty: set one); {-3, epoch} the epoch is not the
--- caller's (Redis lost its data since the caller's last reservation: restore them first).
+-- caller's (Redis restarted, or failed over, since the caller's last reservation, and may have
+-- lost its data: restore them first). The epoch returned is "<the shard's epoch>/<replid>".
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(expired) do
   local data = redis.call('HGET', KEYS[1], id)
@@ -25,6 +28,11 @@ for _, id in ipairs(expired) do
 end
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then return {-2} end
+-- The master's replication id is part of the epoch: a replica promoted by a failover starts a
+-- new one, and may lack the dead master's last writes (replication is asynchronous), so each
+-- process holds its reservations here again, as after a restart.
+local replication = redis.call('INFO', 'replication')
+epoch = epoch .. '/' .. (string.match(replication, 'master_replid:(%w+)') or '')
 if ARGV[6] ~= '' and ARGV[6] ~= epoch then return {-3, epoch} end
 local now = tonumber(ARGV[3])
 local amount = tonumber(ARGV[2])

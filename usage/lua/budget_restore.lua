@@ -1,5 +1,6 @@
--- Hold again a reservation Redis lost (it restarted empty) while its request is in flight.
--- KEYS: RESERVATIONS, RESERVATION_EXPIRY, counter keys... ARGV: request id, amount, expiry ms.
+-- Hold again a reservation Redis lost (it restarted empty, or a failover lost the last writes)
+-- while its request is in flight. KEYS: a shard's reservations and reservation expiry, then
+-- counter keys, all under the shard's hash tag. ARGV: request id, amount, expiry ms.
 -- A reservation Redis still has, or whose request has settled, is left alone. Returns 1 if held.
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 local data = ARGV[2]

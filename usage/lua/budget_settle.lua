@@ -1,4 +1,5 @@
--- Turn a reservation into spend. KEYS: RESERVATIONS, RESERVATION_EXPIRY, counter keys...
+-- Turn a reservation into spend. KEYS: a shard's reservations and reservation expiry, then
+-- counter keys, all under the shard's hash tag (usage.budgets_redis.Shard).
 -- ARGV: request id, cost units, and '1' to do nothing unless Redis still holds the reservation
 -- (a settlement replayed after an outage, which may have reached Redis after all). Otherwise a
 -- reaped (expired) reservation holds nothing any more; only the spend is added. Returns the

@@ -141,12 +141,12 @@ def test_rate_limited_request_holds_no_budget(gateway_url, fake_provider, make_k
     if settings.REDIS_URL:  # reserved in Redis: nothing may stay held there either
         import redis
 
-        from usage.budgets_redis import RESERVATIONS, counter_key
+        from usage.budgets_redis import budget_shard, counter_key
         from usage.budgets import BudgetLimit
         client = redis.Redis.from_url(settings.REDIS_URL)
         limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal(0), period="day")
         row = UsageRecord.objects.get(status="rejected")
-        assert client.hlen(RESERVATIONS) == 0
+        assert client.hlen(budget_shard([limit]).reservations) == 0
         assert int(client.hget(counter_key(limit, row.created_at), "r")) == 0
         client.close()
 

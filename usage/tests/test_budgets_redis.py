@@ -17,7 +17,7 @@ from django.utils import timezone
 from gateway.errors import BudgetExceeded
 from providers.models import ApiKey
 from usage.budgets import BudgetLimit, period_bounds, units_to_usd, usd_to_units
-from usage.budgets_redis import RESERVATIONS, RedisBudgets, counter_key
+from usage.budgets_redis import RedisBudgets, budget_shard, counter_key
 from usage.models import BudgetCounter, BudgetReservation, UsageRecord
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="budgets use Redis only with REDIS_URL")
@@ -36,10 +36,12 @@ def test_reservation_is_held_in_redis_and_spend_lands_in_both(gateway_url, fake_
     key = ApiKey.objects.get(name="tests")
     client = redis.Redis.from_url(settings.REDIS_URL)
     seen_in_flight: list[dict] = []
+    limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal("5"), period="day")
+    reservations = budget_shard([limit]).reservations
 
     def watch() -> None:
         for _ in range(80):
-            held = client.hgetall(RESERVATIONS)
+            held = client.hgetall(reservations)
             if held:
                 seen_in_flight.append(held)
                 return
@@ -53,13 +55,12 @@ def test_reservation_is_held_in_redis_and_spend_lands_in_both(gateway_url, fake_
     # While the upstream answered, the reservation was a Redis entry, not a database row.
     assert seen_in_flight and len(seen_in_flight[0]) == 1
     assert not BudgetReservation.objects.exists()
-    assert client.hlen(RESERVATIONS) == 0
+    assert client.hlen(reservations) == 0
 
     row = UsageRecord.objects.get(api_key_id=key.id)
     counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
     assert counter.reserved_units == 0
     assert units_to_usd(counter.spent_units) == row.cost_usd > 0
-    limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal("5"), period="day")
     shared = client.hgetall(counter_key(limit, row.created_at))
     assert int(shared[b"s"]) == counter.spent_units and int(shared[b"r"]) == 0
     client.close()
@@ -137,8 +138,12 @@ def test_reserve_is_all_or_nothing_across_scopes(gateway_url):
         with pytest.raises(BudgetExceeded, match="team"):
             await budgets.reserve(request_id="r1", limits=[key_limit, team_limit],
                                   amount_units=usd_to_units(Decimal("2")), now=now, spent_units=_zero)
-        row = await client.hgetall(counter_key(key_limit, now))
+        # Both counters live in the team's shard (usage.budgets_redis.budget_shard).
+        shard = budget_shard([key_limit, team_limit])
+        assert shard == budget_shard([team_limit])
+        row = await client.hgetall(counter_key(key_limit, now, shard))
         assert int(row[b"r"]) == 0  # the key's scope kept nothing of the refused request
+        assert int((await client.hgetall(counter_key(team_limit, now, shard)))[b"r"]) == 0
         await client.aclose()
 
     asyncio.run(scenario())
@@ -190,9 +195,9 @@ def test_settlement_survives_a_flushed_script_cache(gateway_url, fake_provider, 
     assert _post(gateway_url, raw).status_code == 200
     client.script_flush()
     assert _post(gateway_url, raw).status_code == 200
-    assert client.hlen(RESERVATIONS) == 0
-    counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
     limit = BudgetLimit(scope="key", scope_id=key.id, limit_usd=Decimal("5"), period="day")
+    assert client.hlen(budget_shard([limit]).reservations) == 0
+    counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
     shared = client.hgetall(counter_key(limit, timezone.now()))
     assert int(shared[b"r"]) == 0 and int(shared[b"s"]) == counter.spent_units
     assert units_to_usd(counter.spent_units) == sum(
