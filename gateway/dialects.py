@@ -13,8 +13,8 @@ Operations: `chat` (the wire format's own chat endpoint: Chat Completions, Messa
 Responses), `responses` (the Responses endpoint, for kinds that speak it), `completions`
 (OpenAI only), `embeddings` (OpenAI's body passed through; Gemini, Vertex and Bedrock through
 their record's `embeddings` codec, gateway.codecs.embeddings_native), `count_tokens`
-(Anthropic's own; Bedrock's CountTokens and Vertex's countTokens / Claude count-tokens through
-the record's `count_body`), `realtime` (the Realtime API's
+(Anthropic's own; the Gemini API's and Vertex's countTokens, Vertex's Claude count-tokens and
+Bedrock's CountTokens through the record's `count_body`), `realtime` (the Realtime API's
 WebSocket, OpenAI-compatible and Azure OpenAI: its ws(s) URL is the operation's URL, query
 included, with the scheme swapped, gateway.realtime.upstream).
 """
@@ -228,6 +228,17 @@ def _x_goog_api_key(api_key: str) -> dict[str, str]:
     return {"x-goog-api-key": api_key}
 
 
+def _gemini_count(body: dict[str, Any], req: ChatRequest, upstream_model: str,
+                  options: CodecOptions) -> dict[str, Any]:
+    """The Gemini API's `models/{model}:countTokens`: the whole request as
+    `generateContentRequest` (so the system instruction and tools are counted too)."""
+    generate = gemini.build_request(req, upstream_model=upstream_model, stream=False,
+                                    options=options)
+    return {"generateContentRequest": {
+        "model": f"models/{upstream_model}",
+        **{k: v for k, v in generate.items() if k in ("contents", "systemInstruction", "tools")}}}
+
+
 def _gemini_probe(upstream_model: str) -> dict[str, Any]:
     return {"contents": [{"role": "user", "parts": [{"text": "ping"}]}],
             "generationConfig": {"maxOutputTokens": 1}}
@@ -266,7 +277,9 @@ DIALECTS: Mapping[str, Dialect] = MappingProxyType({d.kind: d for d in (
     Dialect(kind="gemini", label="Google Gemini API", wire="gemini", codec=gemini,
             paths=MappingProxyType({"chat": ("/models/{model}:generateContent",
                                              "/models/{model}:streamGenerateContent?alt=sse"),
-                                    "embeddings": "/models/{model}:batchEmbedContents"}),
+                                    "embeddings": "/models/{model}:batchEmbedContents",
+                                    "count_tokens": "/models/{model}:countTokens"}),
+            count_body=_gemini_count, count_field="totalTokens",
             auth=_x_goog_api_key, probe=_gemini_probe, allow_documents=True, reasoning=True,
             usage_field="usageMetadata", api_key_required=True,
             embeddings=embeddings_native.GEMINI),

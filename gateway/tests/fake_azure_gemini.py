@@ -17,8 +17,9 @@ against the official SDKs: `openai.AzureOpenAI` and `google-genai`, gateway/test
   `:streamGenerateContent?alt=sse`, with `x-goog-api-key` GEMINI_KEY; `:batchEmbedContents`
   answers `{"embeddings": [{"values"}]}` (fake_clouds.fake_vector, `outputDimensionality`
   long), without a token count, as the Gemini API documents it; each request must name the
-  URL's model (`models/{model}`) and carry one text part, else 400 INVALID_ARGUMENT. The
-  answer: thought summaries when `thinkingConfig.includeThoughts`, then a function call (with a
+  URL's model (`models/{model}`) and carry one text part, else 400 INVALID_ARGUMENT;
+  `:countTokens` takes `contents` or `generateContentRequest` (naming the URL's model) and
+  answers `{"totalTokens": GEMINI_COUNT}`. The answer: thought summaries when `thinkingConfig.includeThoughts`, then a function call (with a
   thoughtSignature) when tools are declared and no functionResponse came back yet, else
   text; `block="safety"` ends with finishReason SAFETY, `block="prompt"` answers
   promptFeedback.blockReason. Usage: 11 prompt tokens (4 cached), 5 candidates, 2 thoughts.
@@ -41,6 +42,7 @@ ENTRA_CLIENT = "11111111-2222-3333-4444-555555555555"
 ENTRA_SECRET = "entra-fake-client-secret"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 GEMINI_KEY = "gemini-fake-api-key"
+GEMINI_COUNT = 13
 REPLY = "Hello from the fake cloud."
 SIGNATURE = "CiQBZmFrZS10aG91Z2h0LXNpZ25hdHVyZfv/"
 FILTERS_OK = {name: {"filtered": False, "severity": "safe"}
@@ -256,6 +258,18 @@ class FakeAzureGemini:
         model, _, action = request.match_info["tail"].partition(":")
         if action == "batchEmbedContents":
             return _gemini_embed(model, seen.body)
+        if action == "countTokens":
+            whole = seen.body.get("generateContentRequest")
+            if set(seen.body) - {"contents", "generateContentRequest"} or not (
+                    seen.body.get("contents") or (isinstance(whole, dict)
+                                                  and whole.get("model") == f"models/{model}"
+                                                  and whole.get("contents"))):
+                return web.json_response({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                                    "message": "Invalid JSON payload."}},
+                                         status=400)
+            return web.json_response({"totalTokens": GEMINI_COUNT,
+                                      "promptTokensDetails": [{"modality": "TEXT",
+                                                               "tokenCount": GEMINI_COUNT}]})
         if action not in ("generateContent", "streamGenerateContent"):
             return web.json_response({"error": {"code": 404, "message": "not found",
                                                 "status": "NOT_FOUND"}}, status=404)

@@ -1,5 +1,6 @@
 """POST /v1/messages/count_tokens on the cloud kinds, live, with the `anthropic` SDK's
-`messages.count_tokens` as the client: Bedrock's CountTokens (`/model/{id}/count-tokens`,
+`messages.count_tokens` as the client: the Gemini API's `:countTokens` (the request as
+`generateContentRequest`), Bedrock's CountTokens (`/model/{id}/count-tokens`,
 SigV4-signed; a Converse route counts `{"input": {"converse": …}}`, a Claude route the
 InvokeModel body, base64, in `{"input": {"invokeModel": {"body"}}}`), Vertex's `:countTokens`
 for Gemini and `publishers/anthropic/models/count-tokens:rawPredict` for Claude. The fakes
@@ -14,12 +15,14 @@ import json
 import anthropic
 import pytest
 
+from gateway.tests.fake_azure_gemini import GEMINI_COUNT
 from gateway.tests.fake_clouds import COUNT_CLAUDE, COUNT_CONVERSE, COUNT_GEMINI, COUNT_INVOKE
 from gateway.tests.test_bedrock import (CLAUDE, NOVA, _no_aws_network, bedrock,  # noqa: F401
                                         fake_bedrock)
 from gateway.tests.test_vertex import CLAUDE as VERTEX_CLAUDE
 from gateway.tests.test_vertex import GEMINI, PREFIX
 from gateway.tests.test_vertex import _fresh_tokens, fake_vertex, service_key  # noqa: F401
+from gateway.tests.test_gemini import gem  # noqa: F401
 from gateway.tests.test_vertex import vertex  # noqa: F401
 from usage.models import UsageRecord
 
@@ -80,3 +83,13 @@ def test_claude_on_vertex_counts_with_count_tokens_raw_predict(gateway_url, vert
     [seen] = vertex.received
     assert seen.path == f"{PREFIX}/anthropic/models/count-tokens:rawPredict"
     assert seen.body == {"model": VERTEX_CLAUDE, "system": SYSTEM, "messages": MESSAGES}
+
+
+def test_gemini_api_counts_with_count_tokens_and_the_whole_request(gateway_url, gem, api_key):
+    assert _count(gateway_url, api_key, "gem-model") == (GEMINI_COUNT, "gem")
+    [seen] = gem.seen("/gemini/v1beta/models/")
+    assert seen.path == "/gemini/v1beta/models/gemini-2.5-flash:countTokens"
+    assert seen.body == {"generateContentRequest": {
+        "model": "models/gemini-2.5-flash",
+        "systemInstruction": {"parts": [{"text": SYSTEM}]},
+        "contents": [{"role": "user", "parts": [{"text": MESSAGES[0]["content"]}]}]}}
