@@ -13,6 +13,8 @@ from chat.context import Turn
 from chat.models import ChatAccount, ChatMessage, ChatSession, MessageRole
 from providers.services import api_key_create
 
+# A title is the first words of the first message: about what a history sidebar shows on
+# one line (~40 characters), and a little more for the tooltip and the page header.
 TITLE_LENGTH = 60
 
 
@@ -56,8 +58,14 @@ def chat_session_delete(*, user_id: int, session_id: int) -> bool:
 
 
 def title_from(content: str) -> str:
+    """The first words of `content` on one line, at most TITLE_LENGTH characters: cut after
+    the last whole word that fits, with "…" (a first word longer than that is cut itself)."""
     line = " ".join(content.split())
-    return line if len(line) <= TITLE_LENGTH else line[:TITLE_LENGTH - 1].rstrip() + "…"
+    if len(line) <= TITLE_LENGTH:
+        return line
+    head = line[:TITLE_LENGTH]  # room for the ellipsis: the cut drops at least one character
+    words = head[:head.rfind(" ")] if " " in head else head[:TITLE_LENGTH - 1]
+    return words.rstrip(" ,.;:!?-") + "…"
 
 
 @dataclass(frozen=True, slots=True)

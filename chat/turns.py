@@ -1,6 +1,8 @@
 """The chat page's proxy endpoints (async, session-authenticated, CSRF-checked):
 
-- GET /chat/api/models — the public models the user's chat key may use.
+- GET /chat/api/models — the public models the user's chat key may use: `models` those that
+  can serve now, `unavailable` the others, each `{"model", "reason", "retry_after_s"}` (every
+  circuit open, or no deployment with a weight).
 - POST /chat/api/sessions/<id>/messages — `{"content": "…", "model": "…"}` (or
   `{"retry": true, "model": "…"}` to answer the last user message again) streams the answer
   as JSON events (gateway.surfaces.events). The session's history is the context, trimmed to the
@@ -17,6 +19,9 @@ limits and the ledger row (surface `chat`).
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from collections.abc import Mapping, Sequence
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -31,6 +36,7 @@ from gateway.database import db
 from gateway.errors import (AuthenticationFailed, GatewayError, InvalidRequest, NotFound,
                             PermissionDenied)
 from gateway.call import Call, call_begin
+from gateway.clients import client_pool
 from gateway.finish import call_cost
 from gateway.intake import read_json, resolve
 from gateway.pipeline import Job, call_open, disconnect_guard, upstream_bodies
@@ -39,6 +45,8 @@ from gateway.streaming import DRAIN_SECONDS
 from gateway.surfaces.events import DONE, event, event_relay, provider_event, refusal_payload
 from gateway.tokens import request_input_tokens
 from gateway.responses import json_response, openai_error, sse_response
+from gateway.routing import Circuit
+from gateway.routing_state import BreakerView
 from gateway.types import ChatRequest
 from providers.cache import key_cache, snapshot_cache
 from providers.selectors import Deployment, KeyInfo, RoutingSnapshot
@@ -63,13 +71,47 @@ async def _chat_key(request: HttpRequest) -> tuple[KeyInfo, RoutingSnapshot, int
     return key, snapshot, user.pk
 
 
+def model_unavailable(deployments: Sequence[Deployment], views: Mapping[int, BreakerView], *,
+                      now: float) -> dict | None:
+    """None when a request for the model could be sent now: one of its deployments (enabled,
+    as every deployment in the snapshot is) has a weight and a circuit that is closed, or open
+    past its cool-down (the request would be its half-open probe). Otherwise why not:
+    `no_active_route` (every weight is 0) or `circuit_open` (every circuit open, or half-open
+    with a probe in flight), with the seconds until the first cool-down ends (at least 1)."""
+    active = [d for d in deployments if d.weight > 0]
+    if not active:
+        return {"reason": "no_active_route", "retry_after_s": None}
+    reopen: list[float] = []
+    for d in active:
+        view = views.get(d.route_id)
+        if view is None or view.state == Circuit.CLOSED:
+            return None
+        if view.state == Circuit.OPEN:
+            if view.opened_until is None or view.opened_until <= now:
+                return None
+            reopen.append(view.opened_until - now)
+    return {"reason": "circuit_open",
+            "retry_after_s": max(1, math.ceil(min(reopen))) if reopen else 1}
+
+
 @require_GET
 async def models_list(request: HttpRequest) -> HttpResponse:
     try:
         key, snapshot, _ = await _chat_key(request)
     except GatewayError as exc:
         return openai_error(exc)
-    return json_response({"models": [m for m in snapshot.public_models() if key.may_use(m)]})
+    allowed = [m for m in snapshot.public_models() if key.may_use(m)]
+    views = await client_pool.routing().snapshot(
+        [d.candidate for m in allowed for d in snapshot.deployments[m]])
+    now = time.time()
+    models, unavailable = [], []
+    for model in allowed:
+        why = model_unavailable(snapshot.deployments[model], views, now=now)
+        if why is None:
+            models.append(model)
+        else:
+            unavailable.append({"model": model, **why})
+    return json_response({"models": models, "unavailable": unavailable})
 
 
 def _turn_body(body: dict) -> tuple[str, str, bool]:

@@ -1,15 +1,107 @@
 """Fixtures of the chat and task tests: signed-in chat users (an httpx client with the session
-and CSRF cookies of a real sign-in), tasks written through the config services, and an SSE
-reader for the JSON-event streams."""
+and CSRF cookies of a real sign-in), tasks written through the config services, an SSE
+reader for the JSON-event streams, models whose circuits a test opens, and the browser tests'
+page (1366 px wide) and screenshots (var/screenshots/<test>-<width>.png)."""
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
 
 PASSWORD = "correct-horse-battery"
+WIDE = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport=WIDE)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def screenshots(page, request):
+    """`screenshots()`: the page as it is now, at 1366 and then 390 px wide, saved as
+    var/screenshots/<test name>-1366.png and -390.png; the page is left at its former size."""
+    from django.conf import settings
+
+    folder = Path(settings.BASE_DIR) / "var" / "screenshots"
+
+    def take() -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        before = page.viewport_size
+        for size in (WIDE, PHONE):
+            page.set_viewport_size(size)
+            page.screenshot(path=str(folder / f"{request.node.name}-{size['width']}.png"),
+                            full_page=True)
+        page.set_viewport_size(before)
+
+    return take
+
+
+@pytest.fixture
+def circuit_providers(fake_upstream, transactional_db):
+    """Three providers on the fake upstream whose circuits open after 2 consecutive failures:
+    `gpt-test` is served by fake-a and fake-b, `gpt-ok` by fake-c, and `gpt-mixed` by fake-a
+    first (priority 0) with fake-c as its fallback (priority 1)."""
+    from providers.config_file import config_parse
+    from providers.models import Provider
+    from providers.services import config_apply, config_version_bump
+
+    config_apply(spec=config_parse(f"""
+providers:
+  - name: fake-a
+    kind: openai
+    base_url: {fake_upstream.base_url("fake-a")}
+    api_key: sk-fake-upstream-secret-a
+    models:
+      gpt-test: up-gpt
+      gpt-mixed: up-gpt
+  - name: fake-b
+    kind: openai
+    base_url: {fake_upstream.base_url("fake-b")}
+    api_key: sk-fake-upstream-secret-b
+    models:
+      gpt-test: up-gpt
+  - name: fake-c
+    kind: openai
+    base_url: {fake_upstream.base_url("fake-c")}
+    api_key: sk-fake-upstream-secret-c
+    models:
+      gpt-ok: up-gpt
+      gpt-mixed: {{upstream: up-gpt, priority: 1}}
+prices:
+  - model: up-gpt
+    input: "1.00"
+    output: "2.00"
+"""))
+    Provider.objects.update(breaker_failures=2)
+    config_version_bump()
+    return fake_upstream
+
+
+def circuits(base_url: str) -> dict[tuple[str, str], str]:
+    """(provider, public model) -> circuit state, as GET /health/detailed reports them."""
+    providers = httpx.get(f"{base_url}/health/detailed", timeout=10).json()["providers"]
+    return {(name, route["public_model"]): route["circuit"]
+            for name, entry in providers.items() for route in entry["routes"]}
+
+
+def circuits_open(base_url: str, api_key: str, fake, *, failing: tuple[str, ...],
+                  model: str, requests: int) -> list[int]:
+    """Make the `failing` fake providers answer 500 and send `requests` API calls for `model`:
+    each failure counts against its route's breaker. Returns the statuses the client got."""
+    for name in failing:
+        fake.behave(name, status=500)
+    return [httpx.post(f"{base_url}/v1/chat/completions", timeout=20,
+                       headers={"authorization": f"Bearer {api_key}"},
+                       json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
+                       ).status_code for _ in range(requests)]
 
 
 @pytest.fixture(autouse=True)

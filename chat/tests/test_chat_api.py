@@ -9,7 +9,7 @@ import pytest
 
 from chat.models import ChatAccount, ChatMessage
 from chat.services import chat_account_key_hash
-from chat.tests.conftest import sign_in, sse_events
+from chat.tests.conftest import circuits, circuits_open, sign_in, sse_events
 from providers.models import ApiKey
 from providers.services import api_key_changes_publish, api_key_revoke, config_version_bump
 from usage.models import UsageRecord
@@ -140,16 +140,60 @@ def test_upstream_failure_mid_stream_is_an_error_event_and_keeps_the_partial_ans
 
 
 def test_models_are_those_the_users_key_may_use(chat_client, fake_provider, mock_provider):
-    assert chat_client.get("/chat/api/models").json() == {"models": ["gpt-test", "mock-test"]}
+    assert chat_client.get("/chat/api/models").json() == \
+        {"models": ["gpt-test", "mock-test"], "unavailable": []}
     key = _chat_key()
     key.allowed_models = ["mock-test"]
     key.save()
     api_key_changes_publish(digests={key.key_hash})
-    assert chat_client.get("/chat/api/models").json() == {"models": ["mock-test"]}
+    assert chat_client.get("/chat/api/models").json() == {"models": ["mock-test"],
+                                                          "unavailable": []}
     session_id = _new_session(chat_client)
     refused = _say(chat_client, session_id, "hi")
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "model_not_allowed"
+
+
+def test_a_model_whose_circuits_are_all_open_is_listed_unavailable(
+        chat_client, circuit_providers, gateway_url, api_key):
+    models = chat_client.get("/chat/api/models").json()
+    assert models == {"models": ["gpt-mixed", "gpt-ok", "gpt-test"], "unavailable": []}
+
+    # Two requests, each failing on both of gpt-test's upstreams (502), open both circuits.
+    assert circuits_open(gateway_url, api_key, circuit_providers, failing=("fake-a", "fake-b"),
+                         model="gpt-test", requests=2) == [502, 502]
+    # gpt-mixed's first route (fake-a) fails twice and opens; its fallback (fake-c) answers.
+    assert circuits_open(gateway_url, api_key, circuit_providers, failing=("fake-a",),
+                         model="gpt-mixed", requests=2) == [200, 200]
+    assert circuits(gateway_url) == {
+        ("fake-a", "gpt-test"): "open", ("fake-b", "gpt-test"): "open",
+        ("fake-a", "gpt-mixed"): "open", ("fake-c", "gpt-mixed"): "closed",
+        ("fake-c", "gpt-ok"): "closed"}
+
+    models = chat_client.get("/chat/api/models").json()
+    assert models["models"] == ["gpt-mixed", "gpt-ok"]
+    [unavailable] = models["unavailable"]
+    assert (unavailable["model"], unavailable["reason"]) == ("gpt-test", "circuit_open")
+    assert 1 <= unavailable["retry_after_s"] <= 30  # the providers' 30 s cool-down
+
+    # What a chat turn would have met: the gateway refuses it without calling an upstream.
+    calls = len(circuit_providers.calls())
+    session_id = _new_session(chat_client)
+    events = sse_events(_say(chat_client, session_id, "hi"))
+    assert events == [{"type": "error",
+                       "message": "no healthy deployment of `gpt-test`: every circuit is open"},
+                      {"type": "done"}]
+    assert len(circuit_providers.calls()) == calls
+
+
+def test_a_model_with_no_weighted_route_is_listed_unavailable(chat_client, fake_provider):
+    from providers.models import ModelRoute
+
+    ModelRoute.objects.update(weight=0)
+    config_version_bump()
+    assert chat_client.get("/chat/api/models").json() == {
+        "models": [], "unavailable": [{"model": "gpt-test", "reason": "no_active_route",
+                                       "retry_after_s": None}]}
 
 
 def test_revoked_chat_key_turns_chat_off(chat_client, fake_provider):

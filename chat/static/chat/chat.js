@@ -7,7 +7,8 @@
  * Safety: a model's answer is Markdown rendered by marked, then sanitised by DOMPurify before
  * it touches the DOM (no script, no event-handler attribute, no javascript: URL survives); user
  * text is only ever set as textContent. The page's Content-Security-Policy forbids inline script
- * as a second line of defence.
+ * as a second line of defence. The gateway's own messages (errors, notices) quote names in
+ * Markdown-style backticks: `withCode` shows those as <code> elements it builds itself.
  */
 (() => {
   "use strict";
@@ -18,8 +19,12 @@
     sessions: $("sessions"), messages: $("messages"), model: $("model"), title: $("title"),
     input: $("input"), send: $("send"), stop: $("stop"), retry: $("retry"),
     notice: $("notice"), composer: $("composer"), newChat: $("new-chat"),
+    app: $("app"), historyToggle: $("history-toggle"),
   };
-  const state = { sessionId: config.session_id, controller: null, busy: false, sessions: [] };
+  const state = {
+    sessionId: config.session_id, controller: null, busy: false, sessions: [],
+    available: new Set(),  // the models that can serve now (GET models_url)
+  };
 
   const SANITIZE = {
     FORBID_TAGS: ["style", "form", "input", "button", "textarea", "select", "option", "iframe"],
@@ -85,8 +90,19 @@
   }
 
   // --- rendering ----------------------------------------------------------------------------
+  // `text` as text nodes, each `quoted` part a <code> element: never parsed as HTML.
+  function withCode(target, text) {
+    const parts = String(text).split(/`([^`\n]+)`/);
+    target.replaceChildren(...parts.map((part, i) => {
+      if (i % 2 === 0) return document.createTextNode(part);
+      const code = document.createElement("code");
+      code.textContent = part;
+      return code;
+    }));
+  }
+
   function notice(text) {
-    els.notice.textContent = text || "";
+    withCode(els.notice, text || "");
     els.notice.hidden = !text;
   }
 
@@ -129,7 +145,7 @@
 
   function showError(view, text) {
     const error = view.querySelector(".error");
-    error.textContent = text;
+    withCode(error, text);
     error.hidden = false;
     view.dataset.status = "error";
   }
@@ -164,12 +180,29 @@
   }
 
   // --- sessions -----------------------------------------------------------------------------
+  // The models the user may use, in name order; one that cannot serve now (every circuit open)
+  // is listed disabled, marked "(unavailable)", so the user sees it exists and comes back.
   async function loadModels() {
-    const { models } = await api("GET", config.models_url);
-    els.model.replaceChildren(...models.map((name) => new Option(name, name)));
-    const saved = window.localStorage.getItem("chat.model");
-    if (saved && models.includes(saved)) els.model.value = saved;
-    if (!models.length) notice("No model is available to you. Ask an administrator.");
+    const { models, unavailable = [] } = await api("GET", config.models_url);
+    const wanted = els.model.value || window.localStorage.getItem("chat.model");
+    state.available = new Set(models);
+    const options = models.map((name) => new Option(name, name));
+    for (const item of unavailable) {
+      const option = new Option(`${item.model} (unavailable)`, item.model);
+      option.disabled = true;
+      option.title = item.reason === "circuit_open"
+        ? `Its upstreams are failing; try again in ${item.retry_after_s} s.`
+        : "No deployment serves it now.";
+      options.push(option);
+    }
+    options.sort((a, b) => (a.value < b.value ? -1 : a.value > b.value ? 1 : 0));
+    els.model.replaceChildren(...options);
+    els.model.value = state.available.has(wanted) ? wanted : (models[0] || "");
+    if (!models.length) {
+      notice(unavailable.length
+        ? "Every model you may use is unavailable right now: its upstreams are failing. Reload in a minute."
+        : "No model is available to you. Ask an administrator.");
+    }
   }
 
   async function loadSessions() {
@@ -186,6 +219,7 @@
     open.type = "button";
     open.className = "open";
     open.textContent = session.title || "Untitled chat";
+    open.title = open.textContent;  // the whole title, where the sidebar cuts it
     open.addEventListener("click", () => openSession(session.id, true));
     const rename = document.createElement("button");
     rename.type = "button";
@@ -199,7 +233,10 @@
     remove.title = "Delete";
     remove.textContent = "Delete";
     remove.addEventListener("click", () => confirmDelete(remove, session));
-    item.append(open, rename, remove);
+    const actions = document.createElement("span");
+    actions.className = "actions";
+    actions.append(rename, remove);
+    item.append(open, actions);
     return item;
   }
 
@@ -271,11 +308,10 @@
     state.sessionId = session.id;
     if (push) window.history.pushState({ id: session.id }, "", `${config.page_url}${session.id}/`);
     notice("");
+    showHistory(false);
     els.messages.replaceChildren();
     session.messages.forEach(messageView);
-    if (session.model && [...els.model.options].some((o) => o.value === session.model)) {
-      els.model.value = session.model;
-    }
+    if (state.available.has(session.model)) els.model.value = session.model;
     els.title.textContent = session.title;
     markActive();
     updateRetry();
@@ -289,9 +325,21 @@
     els.messages.replaceChildren();
     els.title.textContent = "";
     notice("");
+    showHistory(false);
     markActive();
     updateRetry();
     els.input.focus();
+  }
+
+  // Phones: the history is a panel over the conversation, opened by the header's button.
+  function showHistory(open) {
+    const wasOpen = els.app.classList.contains("history-open");
+    els.app.classList.toggle("history-open", open);
+    els.historyToggle.setAttribute("aria-expanded", String(open));
+    if (open && !wasOpen) els.newChat.focus();
+    else if (!open && wasOpen && document.activeElement.closest(".sidebar")) {
+      els.historyToggle.focus();
+    }
   }
 
   // --- a turn -------------------------------------------------------------------------------
@@ -391,6 +439,8 @@
       showMeta(answer, info);
       state.controller = null;
       setBusy(false);
+      // A failed answer may mean the model's circuits opened: show the picker as it is now.
+      if (answer.dataset.status === "error") loadModels().catch(() => {});
     }
   }
 
@@ -438,6 +488,12 @@
   els.stop.addEventListener("click", () => state.controller && state.controller.abort());
   els.retry.addEventListener("click", () => ask(true));
   els.newChat.addEventListener("click", newChat);
+  els.historyToggle.addEventListener("click", () => {
+    showHistory(!els.app.classList.contains("history-open"));
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && els.app.classList.contains("history-open")) showHistory(false);
+  });
   window.addEventListener("popstate", (event) => {
     const id = event.state && event.state.id;
     if (id) openSession(id, false);
