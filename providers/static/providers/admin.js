@@ -16,6 +16,10 @@ document.addEventListener("click", async (event) => {
   }
   button.textContent = copied ? "Copied" : "Copy";
   if (status) status.textContent = copied ? "Copied to the clipboard." : "Select the text and copy it.";
-  input.focus();
-  input.select();
+  if (!copied) {
+    // Leave the secret selected for Ctrl+C. Once copied, the focus stays on the button, so a
+    // keyboard user's next Tab goes on to the Done link.
+    input.focus();
+    input.select();
+  }
 });
