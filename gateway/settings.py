@@ -295,9 +295,10 @@ if GATEWAY_SSO_ISSUER:
     if GATEWAY_SSO_TOKEN_AUTH_METHOD not in ("client_secret_basic", "client_secret_post"):
         raise ImproperlyConfigured("GATEWAY_SSO_TOKEN_AUTH_METHOD must be client_secret_basic "
                                    "or client_secret_post")
-    if not GATEWAY_SSO_SIGN_ALGO.startswith(("RS", "ES", "PS")):
-        raise ImproperlyConfigured("GATEWAY_SSO_SIGN_ALGO must be an asymmetric algorithm "
-                                   "(RS256, ES256, PS256, ...)")
+    # mozilla-django-oidc verifies RS* and ES* signatures with the IdP's JWKS.
+    if not GATEWAY_SSO_SIGN_ALGO.startswith(("RS", "ES")):
+        raise ImproperlyConfigured("GATEWAY_SSO_SIGN_ALGO must be RS256, RS384, RS512, ES256, "
+                                   "ES384 or ES512")
 
 LOGGING = {
     "version": 1,

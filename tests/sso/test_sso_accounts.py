@@ -122,7 +122,7 @@ def test_a_deactivated_account_stays_deactivated():
 @pytest.mark.parametrize("env, message", [
     ({"GATEWAY_SSO_ISSUER": "https://idp.example.com"}, "needs GATEWAY_SSO_CLIENT_ID"),
     ({"GATEWAY_SSO_ISSUER": "https://idp.example.com", "GATEWAY_SSO_CLIENT_ID": "c",
-      "GATEWAY_SSO_CLIENT_SECRET": "s", "GATEWAY_SSO_SIGN_ALGO": "HS256"}, "asymmetric"),
+      "GATEWAY_SSO_CLIENT_SECRET": "s", "GATEWAY_SSO_SIGN_ALGO": "PS256"}, "must be RS256"),
     ({"GATEWAY_SSO_ISSUER": "https://idp.example.com", "GATEWAY_SSO_CLIENT_ID": "c",
       "GATEWAY_SSO_CLIENT_SECRET": "s", "GATEWAY_SSO_SCOPES": "email"}, "include openid"),
 ])
