@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
+from usage.archive import archived_months, day_archived, month_bounds
 from usage.budgets import period_bounds, usd_to_units
 from usage.budgets_redis import shared_spend_forget
 from usage.models import (
@@ -46,6 +47,9 @@ def usage_rollup(*, day: date) -> int:
     """Recompute the aggregates of one UTC day from the ledger. Idempotent: running it twice,
     or again after late rows arrived, leaves exactly the ledger's totals. Costs are summed as
     Decimal in Python (SQLite would sum them as floats). Returns the number of groups."""
+    if day_archived(day):
+        # Its month's rows left the ledger (manage.py ledger_archive): its rollups are final.
+        return DailyUsage.objects.filter(day=day).count()
     start, end = day_bounds(day)
     width = len(GROUP_FIELDS)
     totals: dict[tuple, list] = defaultdict(lambda: [0, 0, *[0] * len(TOKEN_SUMS), Decimal(0)])
@@ -164,10 +168,13 @@ def budget_counters_reconcile() -> int:
     compared, so a concurrent settlement is counted exactly once. Safe to run twice. Returns the
     number of counters corrected."""
     corrected = 0
+    archived = [month_bounds(m) for m in archived_months()]
     for counter_id in list(BudgetCounter.objects.values_list("pk", flat=True)):
         with transaction.atomic():
             counter = BudgetCounter.objects.select_for_update().get(pk=counter_id)
             start, end = period_bounds(counter.period, counter.period_start)
+            if any(a_end > start and (end is None or a_start < end) for a_start, a_end in archived):
+                continue  # part of its period's rows are archived: the ledger no longer adds up to it
             rows = UsageRecord.objects.filter(created_at__gte=start)
             if end is not None:
                 rows = rows.filter(created_at__lt=end)

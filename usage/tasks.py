@@ -8,7 +8,6 @@ from celery import shared_task
 from django.utils import timezone
 
 from usage.alerts import budget_alerts_send
-from usage.archive import day_archived
 from usage.budgets import reservations_expire
 from usage.idempotency import idempotency_purge
 from usage.intents import intents_reap_late
@@ -22,8 +21,7 @@ def usage_rollup_task(day: str | None = None) -> int:
     """Roll up `day` (ISO date), or today and yesterday (late rows land in both)."""
     days = [date.fromisoformat(day)] if day else [timezone.now().date() - timedelta(days=1),
                                                    timezone.now().date()]
-    # An archived month's rows left the ledger: its rollups are final and stay.
-    return sum(usage_rollup(day=d) for d in days if not day_archived(d))
+    return sum(usage_rollup(day=d) for d in days)
 
 
 @shared_task(name="usage.reconcile_budgets")

@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import re
+from io import StringIO
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -20,7 +21,7 @@ from usage.archive import ArchiveRefused, _export, ledger_archive, month_bounds
 from usage.budgets import BudgetLimit
 from usage.models import BudgetCounter, DailyUsage, LedgerArchive, UsageRecord
 from usage.partitions import add_months, month_start
-from usage.rollups import usage_rollup
+from usage.rollups import budget_counters_reconcile, usage_rollup
 from usage.services import usage_record_write
 from usage.tasks import usage_rollup_task
 from usage.tests.test_reports import ledger_write, make_user, signed_in
@@ -37,8 +38,6 @@ def at(month: date, day: int, hour: int = 12) -> datetime:
 
 
 def archive(tmp_path, before: date, *options: str) -> list[str]:
-    from io import StringIO
-
     out = StringIO()
     call_command("ledger_archive", "--before", f"{before:%Y-%m}", "--output-dir", str(tmp_path),
                  *options, stdout=out)
@@ -121,9 +120,13 @@ def test_a_report_of_an_archived_month_is_unchanged(ledger, tmp_path):
     assert b"0.5617283945" in before["/api/usage/summary"].content  # 5 x 0.0123456789 + 0.5
     assert list(DailyUsage.objects.order_by("day", "id").values()) == rollups
     assert list(BudgetCounter.objects.order_by("id").values()) == counters
-    # The beat's rollup of an archived day keeps its aggregates (the ledger has none left).
+    # The beat's rollup of an archived day keeps its aggregates (the ledger has none left),
+    # and the reconciliation leaves the counters of periods with archived rows alone.
     usage_rollup_task(day=at(OLD, 2).date().isoformat())
+    call_command("usage_rollup", "--day", at(OLDER, 15).date().isoformat(), stdout=StringIO())
     assert list(DailyUsage.objects.order_by("day", "id").values()) == rollups
+    assert budget_counters_reconcile() == 0
+    assert list(BudgetCounter.objects.order_by("id").values()) == counters
 
 
 def test_dry_run_writes_and_drops_nothing(ledger, tmp_path):
