@@ -76,14 +76,24 @@ def _listed(text: str | None, *, lower: bool = False) -> tuple[str, ...]:
 REPORT_GROUP_BY = (("tag", "Tag"), ("end_user", "End user"))
 
 
+REPORT_STACKS = (("team", "Team"), ("model", "Model"), ("key", "Key"), ("provider", "Provider"))
+
+
 class ReportForm(UsageFilterForm):
-    """The report page's filter plus `?group_by=tag&group_by=end_user`: a table for each."""
+    """The report page's filter plus `?group_by=tag&group_by=end_user` (a table for each) and
+    `?stack=team|model|key|provider` (the stacked chart's grouping)."""
 
     def __init__(self, data=None, **kwargs):
         super().__init__(data, **kwargs)
         self.fields["group_by"] = forms.MultipleChoiceField(
             required=False, label="Also group by", choices=REPORT_GROUP_BY,
             widget=forms.CheckboxSelectMultiple)
+        self.fields["stack"] = forms.ChoiceField(
+            required=False, label="Spend over time by", choices=REPORT_STACKS)
+
+    def stack(self) -> str:
+        """The stacked chart's grouping (default: team)."""
+        return self.cleaned_data.get("stack") or REPORT_STACKS[0][0]
 
     def group_by(self) -> tuple[str, ...]:
         chosen = set(self.cleaned_data.get("group_by") or ())

@@ -91,11 +91,13 @@ def test_report_draws_its_charts_and_the_filters_change_the_numbers(gateway_url,
     assert page.text_content("#grand-cost") == "$41.20"
     assert page.text_content("#grand-requests") == "16"
 
-    # The stacked chart: by team first, the switch shows one grouping at a time.
-    assert page.is_visible("#stack-team svg") and not page.is_visible("#stack-model svg")
+    # The stacked chart: by team first; the switch re-reads the page by another grouping.
+    assert page.is_visible("#stack-team svg") and page.locator("#stack-model").count() == 0
     assert page.locator("#stack-team rect").count() == 16
-    page.check("input[name=stack][value=model]")
-    assert page.is_visible("#stack-model svg") and not page.is_visible("#stack-team svg")
+    with page.expect_navigation():
+        page.check("input[name=stack][value=model]")
+    assert "stack=model" in page.url
+    assert page.is_visible("#stack-model svg") and page.locator("#stack-team").count() == 0
     legend = page.text_content("#stack-model .legend")
     assert "gpt-x" in legend and "$38.00" in legend and "claude-y" in legend and "$3.20" in legend
     _shot(page, f"reports-stacked-by-model-{width}")

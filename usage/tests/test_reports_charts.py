@@ -82,10 +82,11 @@ def test_stacked_spend_agrees_with_the_tables_and_the_csv_to_the_cent():
     ledger_write(at=at_day(today, 3), key=green, cost="0.0000123")
     client = signed_in(make_user("fin", finance=True))
     query = {"from": today - timedelta(days=2), "to": today}
-    page = client.get("/reports/", query)
-    html = page.content.decode()
-    tables = {t["dimension"]: t for t in page.context["tables"]}
     for dimension in ("team", "model", "key", "provider"):
+        page = client.get("/reports/", {**query, "stack": dimension})
+        html = page.content.decode()
+        tables = {t["dimension"]: t for t in page.context["tables"]}
+        assert html.count('class="stack"') == 1
         rects = _rects(html, dimension)
         by_series: dict[str, Decimal] = {}
         for series, _, usd in rects:
@@ -100,6 +101,9 @@ def test_stacked_spend_agrees_with_the_tables_and_the_csv_to_the_cent():
         for _, day, usd in rects:
             by_day[day] = by_day.get(day, Decimal(0)) + usd
         assert by_day == {r["label"]: Decimal(r["usd"]) for r in tables["day"]["rows"]}
+    html = client.get("/reports/", query).content.decode()  # by team unless asked
+    assert 'id="stack-team"' in html
+    assert client.get("/reports/", {**query, "stack": "colour"}).status_code == 400
     # Sub-cent amounts: green's row and tooltip, blue's days; blue's $0.0126 is a cent.
     rows = {r["label"]: r["cost"] for r in tables["team"]["rows"]}
     assert (rows["green"], rows["blue"]) == ("$0.000012", "$0.01")

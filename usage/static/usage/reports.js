@@ -1,5 +1,5 @@
 // The report pages: the daily chart (uPlot 1.6.32, MIT licence, vendored from npm under
-// vendor/ with its licence: no CDN), the stacked chart's group-by switch, type-to-filter
+// vendor/ with its licence: no CDN), the stacked chart's group-by switch (it re-reads the page), type-to-filter
 // checkbox lists, and live updates over the page's WebSocket (usage/live.py). The other charts
 // are server-rendered SVG (usage/charts.py says why); their tooltips are formatted on the
 // server by the one rule of usage/amounts.py, which `money` below repeats for uPlot's axis.
@@ -61,25 +61,6 @@
     if (chart && target) chart.setSize({ width: Math.max(280, target.clientWidth), height: 300 });
   });
 
-  // The stacked chart's group-by switch (radio buttons: arrow keys move between them).
-  var stackChoice = null;
-  function stackSwitch() {
-    var radios = document.querySelectorAll("input[name=stack]");
-    if (!radios.length) return;
-    function show() {
-      var checked = document.querySelector("input[name=stack]:checked");
-      stackChoice = checked ? checked.value : stackChoice;
-      document.querySelectorAll(".stack").forEach(function (el) {
-        el.hidden = el.dataset.dimension !== stackChoice;
-      });
-    }
-    radios.forEach(function (r) {
-      if (stackChoice) r.checked = r.value === stackChoice;
-      r.addEventListener("change", show);
-    });
-    show();
-  }
-
   // Type-to-filter checkbox lists: the search box hides the choices that do not match;
   // ArrowDown moves to the first shown choice, Escape clears the box.
   function pickers() {
@@ -121,6 +102,10 @@
     form.addEventListener("change", function (event) {
       if (event.target.matches("select, input[type=date]") && form.checkValidity()) form.submit();
     });
+    // The stacked chart's switch sits outside the form (form="filters"): choosing re-reads.
+    document.addEventListener("change", function (event) {
+      if (event.target.matches("input[name=stack]") && form.checkValidity()) form.submit();
+    });
   }
 
   // Live updates: the server sends the re-rendered body each time the ledger grows.
@@ -139,7 +124,6 @@
         body.dataset.liveUpdates = String(updates);
         if (message.newest) body.dataset.newest = String(message.newest);
         drawChart();
-        stackSwitch();
       };
       socket.onclose = function () {
         body.dataset.liveState = "closed";
@@ -152,7 +136,6 @@
   }
 
   drawChart();
-  stackSwitch();
   pickers();
   autoSubmit();
   live();
