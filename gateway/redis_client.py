@@ -5,9 +5,11 @@ GATEWAY_REDIS_CLUSTER (gateway/settings.py) and return None without REDIS_URL.
 With GATEWAY_REDIS_CLUSTER the URL names any one node of a Redis Cluster; the client
 (`redis.asyncio.cluster.RedisCluster` / `redis.cluster.RedisCluster`) discovers the others and
 follows slot moves and failovers. Otherwise it is a plain `redis.Redis` on the URL. Every
-module that talks to Redis, including pub/sub listeners (`client.pubsub()` works on both kinds:
-on a cluster a PUBLISH reaches subscribers on every node; `spublish`/`ssubscribe` keep a
-channel on its slot's shard), gets its client here: these two names are stable.
+module that talks to Redis, including pub/sub listeners, gets its client here: these two names
+are stable. `client.pubsub()` works on both kinds: on a cluster a PUBLISH reaches subscribers
+on every node (`spublish`/`ssubscribe` keep a channel on its slot's shard); an asyncio cluster
+client must have run a command, or `await client.initialize()`, before its first `pubsub()`
+subscribes (redis-py's cluster pubsub reads the slot map without loading it).
 
 A synchronous cluster client connects when it is built, so `redis_sync()` raises one of
 gateway.shared_state.REDIS_UNREACHABLE when no node answers; the asyncio client connects on its

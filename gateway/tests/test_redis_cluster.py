@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -20,9 +22,11 @@ import httpx
 import pytest
 import redis.asyncio.cluster as aiocluster
 import redis.cluster
+from django.conf import settings as django_settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from gateway.redis_client import redis_async
 from gateway.routing import Candidate, Circuit
 from gateway.routing_state import RedisRoutingState
 from gateway.tests.redis_cluster import RedisCluster, _command
@@ -31,6 +35,7 @@ from providers.models import ApiKey, Team
 from usage.budgets import BudgetLimit, units_to_usd, usd_to_units
 from usage.budgets_redis import ALL_SHARDS, budget_shard, counter_key, intent_shard
 from usage.models import BudgetCounter, UsageRecord
+from usage.ratelimits import Limit, RedisRateLimiter
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MAX_TOKENS = 1000
@@ -197,6 +202,9 @@ def test_budgets_never_overshoot_across_replicas_on_a_cluster(fake_provider, mak
     masters = {cluster.port_for_key(s.reservations) for s in ALL_SHARDS}
     assert len(masters) == 3
     client.close()
+    health = httpx.get(f"{urls[0]}/health/detailed", timeout=10).json()
+    assert health["redis"]["ok"] and health["redis"]["cluster"]
+    assert health["providers"]["fake-a"]["routes"][0]["shared_state"]
 
 
 def test_rate_limits_are_exact_across_replicas_on_a_cluster(fake_provider, make_key, replicas,
@@ -245,6 +253,59 @@ def test_breakers_are_shared_between_processes_on_a_cluster(cluster):
             await c.aclose()
 
     asyncio.run(scenario())
+
+
+def test_limits_of_two_subjects_are_charged_apart_and_refunded_on_refusal(cluster):
+    # Different subjects hash to different slots: each is charged in its own script, and the
+    # first is refunded when the second refuses, so a refused request costs nothing.
+    async def scenario() -> None:
+        client = aiocluster.RedisCluster.from_url(cluster.url)
+        limiter = RedisRateLimiter(client)
+        assert await limiter.acquire_all([Limit("rpm:1", 5, 1), Limit("rpm:2", 1, 1)]) is None
+        refusal = await limiter.acquire_all([Limit("rpm:1", 5, 1), Limit("rpm:2", 1, 1)])
+        assert refusal is not None and refusal.name == "rpm:2"
+        # rpm:1 holds one request, not two: four more fit, the fifth does not.
+        for _ in range(4):
+            assert await limiter.acquire("rpm:1", per_minute=5, cost=1) is None
+        assert await limiter.acquire("rpm:1", per_minute=5, cost=1) is not None
+        assert client.keyslot("gw:rl:{1}:rpm") != client.keyslot("gw:rl:{2}:rpm")
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_pubsub_through_the_client_factory_on_a_cluster(cluster):
+    # The factory's cluster client is what a pub/sub listener gets (gateway.redis_client): a
+    # message published through one process's client reaches a subscriber on another's,
+    # whichever nodes their connections landed on.
+    async def scenario() -> None:
+        publisher, subscriber = redis_async(), redis_async()
+        await subscriber.initialize()  # the cluster pubsub reads the slot map, never loads it
+        pubsub = subscriber.pubsub()
+        await pubsub.subscribe("gw:test-channel")
+        deadline = time.monotonic() + 10
+        message = None
+        while message is None and time.monotonic() < deadline:
+            await publisher.publish("gw:test-channel", b"hello")
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        assert message is not None and message["data"] == b"hello"
+        await pubsub.aclose()
+        for client in (publisher, subscriber):
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_cluster_without_a_celery_broker_is_refused_at_startup():
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:7000/0", "GATEWAY_REDIS_CLUSTER": "1",
+           "CELERY_BROKER_URL": "", "DEBUG": "1"}
+    result = subprocess.run([sys.executable, "manage.py", "check"], env=env, text=True,
+                            capture_output=True, cwd=django_settings.BASE_DIR, timeout=60)
+    assert result.returncode != 0
+    assert "CELERY_BROKER_URL must name a standalone Redis" in result.stderr
+    env["CELERY_BROKER_URL"] = "redis://127.0.0.1:7001/0"
+    assert subprocess.run([sys.executable, "manage.py", "check"], env=env, capture_output=True,
+                          cwd=django_settings.BASE_DIR, timeout=60).returncode == 0
 
 
 def test_intents_of_a_killed_replica_are_reaped_from_their_shards(fake_provider, make_key,
