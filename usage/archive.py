@@ -259,10 +259,12 @@ def ledger_archive(*, before: date, output_dir: Path, dry_run: bool = False,
             f"--before {before:%Y-%m} reaches {add_months(before, -1):%Y-%m}, which is the "
             f"current month or ended less than {ARCHIVE_GRACE.days} days ago (its rollups may "
             f"still change); the latest allowed is --before {limit:%Y-%m}")
-    earliest = UsageRecord.objects.order_by("created_at").values_list("created_at", flat=True).first()
+    earliest = (UsageRecord.objects.order_by("created_at")
+                .values_list("created_at", flat=True).first())
     pending = set(LedgerArchive.objects.filter(dropped=False, month__lt=before)
                   .values_list("month", flat=True))
-    months = sorted({*pending, *([] if earliest is None else _months(month_start(earliest), before))})
+    with_rows = [] if earliest is None else _months(month_start(earliest), before)
+    months = sorted({*pending, *with_rows})
     if not dry_run:
         output_dir.mkdir(parents=True, exist_ok=True)
     results = []

@@ -173,8 +173,9 @@ def budget_counters_reconcile() -> int:
         with transaction.atomic():
             counter = BudgetCounter.objects.select_for_update().get(pk=counter_id)
             start, end = period_bounds(counter.period, counter.period_start)
-            if any(a_end > start and (end is None or a_start < end) for a_start, a_end in archived):
-                continue  # part of its period's rows are archived: the ledger no longer adds up to it
+            if any(a_end > start and (end is None or a_start < end)
+                   for a_start, a_end in archived):
+                continue  # some of its period's rows are archived: the ledger no longer adds up
             rows = UsageRecord.objects.filter(created_at__gte=start)
             if end is not None:
                 rows = rows.filter(created_at__lt=end)

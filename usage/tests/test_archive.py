@@ -146,15 +146,16 @@ def test_a_rerun_changes_nothing_and_late_rows_go_to_a_new_part(ledger, tmp_path
     assert archive(tmp_path, add_months(CURRENT, -1)) == ["nothing to archive"]
     assert (tmp_path / "manifest.json").read_text() == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "manifest.json", f"usage-ledger-{OLDER:%Y-%m}.jsonl.gz", f"usage-ledger-{OLD:%Y-%m}.jsonl.gz"]
+        "manifest.json", f"usage-ledger-{OLDER:%Y-%m}.jsonl.gz",
+        f"usage-ledger-{OLD:%Y-%m}.jsonl.gz"]
 
     late = ledger_write(at=at(OLDER, 20))  # e.g. a spool replayed after a long outage
     lines = archive(tmp_path, add_months(CURRENT, -1))
 
-    assert lines == [f"{OLDER:%Y-%m}: 1 row(s) exported to usage-ledger-{OLDER:%Y-%m}.part2.jsonl.gz;"
-                     " 1 dropped (delete)", f"{OLD:%Y-%m}: already archived"]
-    assert [r["request_id"] for r in file_rows(tmp_path / f"usage-ledger-{OLDER:%Y-%m}.part2.jsonl.gz")] \
-        == [late.request_id]
+    part2 = f"usage-ledger-{OLDER:%Y-%m}.part2.jsonl.gz"
+    assert lines == [f"{OLDER:%Y-%m}: 1 row(s) exported to {part2}; 1 dropped (delete)",
+                     f"{OLD:%Y-%m}: already archived"]
+    assert [r["request_id"] for r in file_rows(tmp_path / part2)] == [late.request_id]
     files = json.loads((tmp_path / "manifest.json").read_text())["files"]
     assert [(f["month"], f["part"], f["rows"]) for f in files] == [
         (f"{OLDER:%Y-%m}", 1, 3), (f"{OLDER:%Y-%m}", 2, 1), (f"{OLD:%Y-%m}", 1, 3)]

@@ -19,8 +19,9 @@ from usage.archive import ledger_archive, month_bounds
 from usage.models import DailyUsage, LedgerRequest, UsageRecord
 from usage.partitions import (
     CATCH_ALL, Partition, add_months, ledger_partitions, ledger_partitions_ensure,
-    ledger_partitions_extend_back, month_range, month_start, months_missing, mysql_partition_statements, partition_clause, partition_name,
-    reorganize_statement, server_flavour, split_first_statement, tidb_create_statement,
+    ledger_partitions_extend_back, month_range, month_start, months_missing,
+    mysql_partition_statements, partition_clause, partition_name, reorganize_statement,
+    server_flavour, split_first_statement, tidb_create_statement,
 )
 from usage.rollups import usage_rollup
 from usage.services import LedgerWrite, _rows_insert, usage_record_write, usage_records_write
@@ -144,7 +145,8 @@ def test_the_migrated_ledger_is_partitioned_by_month_with_a_catch_all():
         cursor.execute("SHOW CREATE TABLE usage_usagerecord")
         ddl = cursor.fetchone()[1]
     assert "PRIMARY KEY (`id`,`created_at`)" in ddl
-    assert "UNIQUE KEY `usage_usagerecord_request_id_created_at_uniq` (`request_id`,`created_at`)" in ddl
+    assert ("UNIQUE KEY `usage_usagerecord_request_id_created_at_uniq` "
+            "(`request_id`,`created_at`)") in ddl
     assert "FOREIGN KEY" not in ddl
 
 

@@ -17,7 +17,8 @@ class Command(BaseCommand):
         parser.add_argument("--before", required=True,
                             help="YYYY-MM: archive the months before this one")
         parser.add_argument("--output-dir", default=str(settings.VAR_DIR / "ledger-archive"),
-                            help="where the files and manifest.json go (default var/ledger-archive)")
+                            help="where the files and manifest.json go "
+                                 "(default var/ledger-archive)")
         parser.add_argument("--dry-run", action="store_true",
                             help="list the months and rows that would be archived; write nothing")
 
@@ -31,7 +32,8 @@ class Command(BaseCommand):
         except ArchiveRefused as exc:
             raise CommandError(str(exc)) from None
         except ArchiveCorrupt as exc:
-            raise CommandError(f"verification failed, nothing dropped for that month: {exc}") from None
+            raise CommandError(
+                f"verification failed, nothing dropped for that month: {exc}") from None
         if not results:
             self.stdout.write("nothing to archive")
         for r in results:
