@@ -145,6 +145,7 @@ CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "usage.budget_alerts", "schedule": 60.0},
     "flush-ledger-spool": {"task": "usage.flush_spool", "schedule": 10.0},
     "reap-intents": {"task": "usage.reap_intents", "schedule": 30.0},
+    "ledger-partitions": {"task": "usage.ledger_partitions", "schedule": 86400.0},
     "purge-stored-responses": {"task": "response_store.purge", "schedule": 3600.0},
 }
 
