@@ -12,7 +12,9 @@ Fan-out: one `LedgerWatcher` per process reads the ledger's newest id every seco
 the database thread pool (gateway.database), whatever the number of sockets, and wakes each
 socket when it changes; each socket then renders its page's fragment with the same code as the
 page (usage.views report_fragment / operations_fragment) and sends it as
-`{"html": ..., "newest": <id>}`. No new package and no Redis needed: every process sees the
+`{"html": ..., "newest": <id>}`. The rendering runs in Channels' sync thread, not in the
+database pool: on SQLite that pool is one thread shared with the ledger writer, which a report
+must not hold up. No new package and no Redis needed: every process sees the
 ledger rows of every process in the database. The operations page also refreshes every
 OPERATIONS_REFRESH_S for circuit changes without traffic.
 """
@@ -24,6 +26,7 @@ import logging
 from urllib.parse import parse_qsl
 
 from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
@@ -103,7 +106,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not await db.run(lambda: user_is_finance(user)):
+        if user is None or not await database_sync_to_async(user_is_finance)(user):
             await self.close()
             return
         query = QueryDict(mutable=True)
@@ -132,8 +135,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
             from usage.operations import circuits_view
 
             circuits = await circuits_view()
-            return await db.run(lambda: operations_fragment(self.query, circuits))
-        return await db.run(lambda: report_fragment(self.query))
+            return await database_sync_to_async(operations_fragment)(self.query, circuits)
+        return await database_sync_to_async(report_fragment)(self.query)
 
     async def _send_updates(self) -> None:
         timeout = OPERATIONS_REFRESH_S if self.page == "operations" else None
