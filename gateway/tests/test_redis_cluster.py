@@ -68,16 +68,49 @@ def cluster(redis_cluster, settings):
 
 
 @pytest.fixture
-def replicas(spawn_gateway, redis_cluster):
-    """Start n gateway processes on the cluster; returns their base URLs."""
-    env = {"REDIS_URL": redis_cluster.url, "GATEWAY_REDIS_CLUSTER": "1",
-           "CELERY_BROKER_URL": "memory://"}
+def replicas(gateway_url, redis_cluster):
+    """Start n gateway processes (uvicorn subprocesses) on this test's database and the
+    cluster, all at once; returns their base URLs once each answers /health. `processes`:
+    their Popen objects, stopped at teardown (by PID)."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    db = connection.settings_dict
+    assert db["ENGINE"].endswith("sqlite3"), "the cluster tests run on the SQLite test database"
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db['NAME']}", "DEBUG": "1",
+           "GATEWAY_CONFIG_POLL_S": "0", "REDIS_URL": redis_cluster.url,
+           "GATEWAY_REDIS_CLUSTER": "1", "CELERY_BROKER_URL": "memory://"}
+    processes: list[subprocess.Popen] = []
 
     def start(n: int) -> list[str]:
-        return [spawn_gateway(**env) for _ in range(n)]
+        from gateway.tests.redis_server import free_port
 
-    start.processes = spawn_gateway.processes
-    return start
+        ports = [free_port() for _ in range(n)]
+        for port in ports:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "gateway.asgi:application", "--port", str(port),
+                 "--log-level", "warning"], cwd=Path(settings.BASE_DIR), env=env))
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        deadline = time.monotonic() + 60
+        for url, process in zip(urls, processes[-n:]):
+            while True:
+                try:
+                    httpx.get(f"{url}/health", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError("gateway process did not start") from None
+                    time.sleep(0.05)
+        return urls
+
+    start.processes = processes
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait(30)
 
 
 def _sync_client(cluster: RedisCluster) -> redis.cluster.RedisCluster:
