@@ -93,35 +93,33 @@ class Shard:
     still takes intents a process of the previous version left there)."""
     tag: str | None
 
-    def _name(self, base: str) -> str:
-        return base if self.tag is None else f"{base}:{{{self.tag}}}"
+    def _name(self, tagged: str, legacy: str) -> str:
+        return legacy if self.tag is None else f"{tagged}:{{{self.tag}}}"
 
     @property
     def reservations(self) -> str:
         """Hash: request id -> "amount counter-key counter-key ..."."""
-        return self._name("gw:budget-res")
+        return self._name("gw:budget-res", "gw:budget-res")
 
     @property
     def expiry(self) -> str:
         """Sorted set: request id by reservation expiry (ms)."""
-        return self._name("gw:budget-res:exp") if self.tag is None else \
-            f"gw:budget-res-exp:{{{self.tag}}}"
+        return self._name("gw:budget-res-exp", "gw:budget-res:exp")
 
     @property
     def epoch(self) -> str:
         """String: the id of this shard's dataset (set again when Redis lost it)."""
-        return self._name("gw:budget-epoch")
+        return self._name("gw:budget-epoch", "gw:budget-epoch")
 
     @property
     def intents(self) -> str:
         """Hash: request id -> encoded intent (usage.intents)."""
-        return self._name("gw:intent")
+        return self._name("gw:intent", "gw:intent")
 
     @property
     def intent_expiry(self) -> str:
         """Sorted set: request id by intent lease expiry (ms)."""
-        return self._name("gw:intent:exp") if self.tag is None else \
-            f"gw:intent-exp:{{{self.tag}}}"
+        return self._name("gw:intent-exp", "gw:intent:exp")
 
     def counter(self, limit: BudgetLimit, now: datetime) -> str:
         start, _ = period_bounds(limit.period, now)
