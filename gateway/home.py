@@ -16,6 +16,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from usage.permissions import user_is_finance
+from sso.selectors import user_is_sso
 
 
 @dataclass(frozen=True)
@@ -60,5 +61,6 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     signed in, and links to what they may use instead."""
     reason = str(exception or "") or "Your account does not have access to this page."
     return render(request, "403.html", {"reason": reason,
-                                        "destinations": destinations(request.user)},
+                                        "destinations": destinations(request.user),
+                                        "sso_user": user_is_sso(user=request.user)},
                   status=403)

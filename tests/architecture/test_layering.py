@@ -3,11 +3,11 @@
 0 core      pure or infrastructural pieces every layer may use: the IR, errors, codecs, the
             dialect registry, token estimates, the database hand-off, the shared-state helper,
             SSE, logs, settings, the pure routing policy
-1 domain    providers, usage, tasks, response_store: models, services, selectors, pricing,
-            budgets, ledger
+1 domain    providers, usage, tasks, response_store, sso: models, services, selectors,
+            pricing, budgets, ledger, the OIDC sign-in backend
 2 proxy     the rest of gateway/: adapters, pipeline, relay, surfaces, ASGI, health, metrics
-3 apps      chat, the task endpoint, the Django admin modules, the finance reports, the
-            landing page and 403 page (gateway.home)
+3 apps      chat, the task endpoint, the Django admin modules, the finance reports and their
+            live WebSocket, the SSO pages, the landing page and 403 page (gateway.home)
 """
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("gateway", "providers", "usage", "tasks", "chat", "response_store")
+PACKAGES = ("gateway", "providers", "usage", "tasks", "chat", "response_store", "sso")
 CORE = ("gateway.types", "gateway.errors", "gateway.codecs", "gateway.dialects", "gateway.tokens",
         "gateway.database", "gateway.cancellation", "gateway.shared_state", "gateway.streaming",
-        "gateway.logs", "gateway.settings", "gateway.routing")
+        "gateway.logs", "gateway.settings", "gateway.routing", "gateway.redis_client")
 APPS = ("chat", "gateway.home", "tasks.views", "usage.views", "usage.api", "usage.forms",
-        "usage.permissions", "usage.urls", "tasks.urls")
+        "usage.permissions", "usage.urls", "usage.live", "tasks.urls", "sso.views", "sso.urls",
+        "sso.templatetags")
 
 
 def _within(module: str, prefixes: tuple[str, ...]) -> bool:

@@ -129,6 +129,10 @@ def test_a_finance_member_reads_the_reports_and_a_person_without_the_group_gets_
     expect(page).to_have_url(f"{gateway_url}/reports/")
     expect(page.locator("#reason")).to_have_text("Reports are for the finance group.")
     expect(page.locator("#destinations")).to_contain_text("Chat")
+    # An SSO user's groups come from the IdP (reset at every sign-in): the page says so,
+    # rather than sending them to an administrator's Groups box.
+    expect(page.locator("main")).to_contain_text("identity provider's groups")
+    expect(page.locator("main")).not_to_contain_text("Users → your account → Groups")
     shot(page, "reports-403-ned")
     ned = User.objects.get(username="ned@example.com")
     assert (ned.is_staff, ned.is_superuser, ned.groups.count()) == (False, False, 0)
@@ -138,8 +142,9 @@ def test_a_finance_member_reads_the_reports_and_a_person_without_the_group_gets_
 def test_anyone_the_idp_knows_signs_in_to_chat(page, gateway_url, idp):
     page.goto(f"{gateway_url}/chat/")
     expect(page).to_have_url(f"{gateway_url}/chat/login/?next=/chat/")
-    # chat/login.html does not carry the SSO button yet; /sso/login/ is the URL it links to.
-    page.goto(f"{gateway_url}/sso/login/?next=/chat/")
+    expect(page.locator("#id_password")).to_be_visible()  # the local form stays beside it
+    shot(page, "chat-login")
+    page.click("#sso-login")
     idp_sign_in(page, "ned")
     expect(page).to_have_url(f"{gateway_url}/chat/")
     shot(page, "chat-ned")
