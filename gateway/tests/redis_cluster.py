@@ -74,7 +74,15 @@ class RedisCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start(self, *, deadline_s: float = 20.0) -> None:
-        """Start the six servers, create the cluster, and return once every slot is served."""
+        """Start the six servers, create the cluster, and return once every slot is served.
+        When that fails, the servers are stopped before the error is raised."""
+        try:
+            self._start(deadline_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, deadline_s: float) -> None:
         for port in self.ports:
             self._processes[port] = subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
