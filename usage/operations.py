@@ -9,8 +9,10 @@ from fixed latency buckets (usage.rollups.LATENCY_EDGES_MS), so a p95 is exact t
 bucket, never read from single rows.
 
 Circuits: each serving process writes its view of every route's breaker to Redis every few
-seconds (`process_view_announce`, started on ASGI startup) under `gw:ops:proc:<id>` with a
-short TTL, so a process that stops drops out. With Redis that view is the shared breaker
+seconds (`process_view_announce`, started on ASGI startup) as one field of the hash
+`gw:ops:processes` (one key, so it works on a Redis Cluster too, without SCAN or cross-slot
+reads), stamped with the time; views older than ANNOUNCE_TTL_MS are dropped when read, so a
+process that stops drops out. With Redis that view is the shared breaker
 state, or the process's own one while Redis was unreachable for it (`degraded`); the page
 lists every live process's view. Without Redis there is one process to show: this one.
 """
@@ -38,7 +40,7 @@ from usage.rollups import (
 logger = logging.getLogger(__name__)
 
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-ANNOUNCE_PREFIX = "gw:ops:proc:"
+ANNOUNCE_KEY = "gw:ops:processes"
 ANNOUNCE_INTERVAL_S = 5.0
 ANNOUNCE_TTL_MS = 15_000
 # Series drawn per chart (the busiest provider/model pairs); the table lists them all.
@@ -198,18 +200,30 @@ async def process_view(routing) -> dict:
 
 
 async def process_view_announce(redis, routing, *, process: str = PROCESS_ID) -> dict:
-    """Write this process's view to Redis (expires after ANNOUNCE_TTL_MS) and return it."""
+    """Write this process's view to Redis (the hash's field `process`) and return it. The
+    hash expires ANNOUNCE_TTL_MS after the last announcement of any process."""
     view = {**await process_view(routing), "process": process}
-    await redis.set(ANNOUNCE_PREFIX + process, json.dumps(view), px=ANNOUNCE_TTL_MS)
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(ANNOUNCE_KEY, process, json.dumps(view))
+    pipe.pexpire(ANNOUNCE_KEY, ANNOUNCE_TTL_MS)
+    await pipe.execute()
     return view
 
 
-async def process_views(redis) -> list[dict]:
-    """Every live process's last announced view, by process id."""
-    keys = sorted([k async for k in redis.scan_iter(match=ANNOUNCE_PREFIX + "*", count=500)])
-    if not keys:
-        return []
-    return [json.loads(v) for v in await redis.mget(keys) if v is not None]
+async def process_views(redis, *, now: float | None = None) -> list[dict]:
+    """Every live process's last announced view (announced within ANNOUNCE_TTL_MS), by
+    process id; older ones are removed."""
+    now = time.time() if now is None else now
+    views, stale = [], []
+    for field_name, value in (await redis.hgetall(ANNOUNCE_KEY)).items():
+        view = json.loads(value)
+        if now - view.get("at", 0) > ANNOUNCE_TTL_MS / 1000:
+            stale.append(field_name)
+        else:
+            views.append(view)
+    if stale:
+        await redis.hdel(ANNOUNCE_KEY, *stale)
+    return sorted(views, key=lambda v: v["process"])
 
 
 async def process_view_announcer() -> None:

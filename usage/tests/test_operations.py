@@ -139,7 +139,7 @@ def test_each_process_announces_its_own_circuit_view_through_redis(mock_provider
     from gateway.routing_state import RedisRoutingState
     from gateway.tests.redis_server import RedisServer
     from providers.cache import snapshot_cache
-    from usage.operations import process_view_announce, process_views
+    from usage.operations import ANNOUNCE_KEY, ANNOUNCE_TTL_MS, process_view_announce, process_views
 
     server = RedisServer()
     server.start()
@@ -155,10 +155,13 @@ def test_each_process_announces_its_own_circuit_view_through_redis(mock_provider
             await process_view_announce(redis, first, process="proc-a")
             await process_view_announce(redis, second, process="proc-b")
             views = await process_views(redis)
+            # A process that stopped announcing drops out once its view is older than the TTL.
+            later = await process_views(redis, now=views[1]["at"] + ANNOUNCE_TTL_MS / 1000 + 0.001)
+            left = await redis.hkeys(ANNOUNCE_KEY)
             await redis.aclose()
-            return deployment, views
+            return deployment, views, later, left
 
-        deployment, views = asyncio.run(scenario())
+        deployment, views, later, left = asyncio.run(scenario())
     finally:
         server.stop()
     assert [v["process"] for v in views] == ["proc-a", "proc-b"]
@@ -168,3 +171,4 @@ def test_each_process_announces_its_own_circuit_view_through_redis(mock_provider
         assert (route["route_id"], route["provider"], route["model"], route["state"]) == (
             deployment.route_id, "mock-m", "mock-test", "open")
         assert view["shared"] is True and view["degraded"] is False
+    assert later == [] and left == []
