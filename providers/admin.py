@@ -1,5 +1,6 @@
-"""Admin for providers, routes, prices, teams and keys. Every save bumps the config version so
-running servers follow within ~1 s, and is written to the audit log (who, when, what changed;
+"""Admin for providers, routes, prices, teams and keys. Every save goes live on running servers
+within ~1 s (routes, providers and prices bump the config version; keys and teams publish a key
+change, which reloads nothing), and is written to the audit log (who, when, what changed;
 secrets masked, see `providers.services.audit_state`). Secrets are write-only: never rendered
 back. Providers also offer a "test connection" action and show their circuits read-only."""
 from __future__ import annotations
@@ -10,7 +11,6 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-import redis.asyncio as aioredis
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -28,6 +28,7 @@ from gateway.adapters import upstream_send
 from gateway.adapters.base import UpstreamError
 from gateway.clients import client_pool
 from gateway.dialects import AZURE_RESPONSES_KIND, DIALECTS, RESPONSES_KIND, dialect_for
+from gateway.redis_client import redis_async
 from gateway.routing import Candidate
 from gateway.routing_state import BreakerView, RedisRoutingState
 from providers.catalog import CatalogMissing, CatalogPrice, catalog_price
@@ -42,8 +43,9 @@ from providers.selectors import (Deployment, budget_spent_units, route_shares_an
 from providers.capabilities import route_capabilities, route_capabilities_problem
 from providers.translation import credentials_problem, translation_problem
 from providers.validation import base_url_problem
-from providers.services import (PriceSyncOutcome, api_key_revoke, api_key_rotate,
-                                audit_log_write, audit_state, config_version_bump, prices_sync)
+from providers.services import (PriceSyncOutcome, api_key_changes_publish, api_key_digests,
+                                api_key_revoke, api_key_rotate, audit_log_write, audit_state,
+                                config_version_bump, prices_sync)
 from usage.budgets import units_to_usd
 from usage.models import UsageRecord
 
@@ -79,9 +81,35 @@ class BumpsConfigVersion:
         config_version_bump()
 
 
+class PublishesKeyChanges:
+    """Admin writes of keys and teams go live on running servers as key changes: the key's
+    digests, or every key of the team, are evicted from each server's key cache
+    (providers.services.api_key_changes_publish); the routing snapshot is not reloaded."""
+
+    def _publish(self, objs) -> None:
+        for obj in objs:
+            if isinstance(obj, Team):
+                api_key_changes_publish(team=obj)
+            else:
+                api_key_changes_publish(digests=api_key_digests(obj))
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        self._publish([obj])
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        self._publish([obj])
+
+    def delete_queryset(self, request, queryset):
+        objs = list(queryset)
+        super().delete_queryset(request, queryset)
+        self._publish(objs)
+
+
 class Audited:
     """Writes every admin add, change and delete (inline rows included) to the audit log, with
-    the admin user. Put it before BumpsConfigVersion in the bases."""
+    the admin user. Put it before BumpsConfigVersion or PublishesKeyChanges in the bases."""
 
     def save_model(self, request, obj, form, change):
         before = audit_state(type(obj).objects.get(pk=obj.pk)) if change and obj.pk else None
@@ -339,8 +367,7 @@ def circuit_views(provider: Provider) -> tuple[list[tuple[str, BreakerView]] | N
         return None, "no enabled route"
 
     async def read() -> dict[int, BreakerView]:
-        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5,
-                                         socket_timeout=0.5)
+        client = redis_async(max_connections=4, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
             return await RedisRoutingState(client).snapshot([d.candidate for _, d in deployments])
         finally:
@@ -777,7 +804,7 @@ class KeyStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Team)
-class TeamAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin):
+class TeamAdmin(KeepsUsageHistory, Audited, PublishesKeyChanges, admin.ModelAdmin):
     usage_field = "team"
     noun = "team"
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
@@ -796,7 +823,7 @@ class TeamAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(KeepsUsageHistory, Audited, BumpsConfigVersion, admin.ModelAdmin):
+class ApiKeyAdmin(KeepsUsageHistory, Audited, PublishesKeyChanges, admin.ModelAdmin):
     usage_field = "api_key"
     noun = "key"
     instead = ("Revoke it instead: the “Revoke selected keys” action, or tick “Revoked” on the "
