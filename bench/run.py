@@ -473,6 +473,23 @@ def _scale(knobs: Knobs, upstream_port: int, tmp: Path) -> dict:
     return result
 
 
+def _ledger() -> dict:
+    """The `ledger` scenario (bench/ledger_scale.py): a big partitioned ledger on MariaDB."""
+    from bench import ledger_scale
+
+    reason = ledger_scale.available()
+    if reason:
+        print(f"skipping ledger: {reason}", flush=True)
+        return {"skipped": reason}
+    try:
+        result = ledger_scale.run()
+    except Exception as exc:  # noqa: BLE001 - a failing scenario must not lose the rest
+        print(f"ledger failed: {exc!r}", file=sys.stderr, flush=True)
+        return {"error": repr(exc)}
+    print("\n" + ledger_scale.markdown(result), flush=True)
+    return result
+
+
 def environment() -> dict:
     def git(*args: str) -> str:
         try:
@@ -520,8 +537,14 @@ def main() -> int:
                     print(f"profile {profile.name} failed: {exc!r}", file=sys.stderr, flush=True)
                     results["profiles"].append({"profile": profile.name, "error": repr(exc),
                                                 "rows": [], "memory": {}})
+            if os.environ.get("BENCH_PEER") == "litellm":  # issue 22: bench/peer.py
+                from bench import peer
+
+                results["peer"] = peer.run_safely(cases, knobs, upstream, upstream_port, tmp)
             if knobs.wants("scale"):
                 results["scale"] = _scale(knobs, upstream_port, tmp)
+            if knobs.wants("ledger"):
+                results["ledger"] = _ledger()
         finally:
             upstream.stop()
     results["environment"]["loadavg_end"] = list(os.getloadavg())
@@ -533,6 +556,10 @@ def main() -> int:
     (out / f"{stamp}.json").write_text(text)
     (out / "latest.json").write_text(text)
     print("\n" + report.markdown(results))
+    if "peer" in results:
+        from bench import peer
+
+        print("\n" + peer.markdown(results["peer"], results["profiles"]))
     print(f"\nresults: {out / (stamp + '.json')} (and latest.json); wall {results['wall_s']} s")
     return 0 if all(p.get("error") is None for p in results["profiles"]) else 1
 

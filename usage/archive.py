@@ -19,6 +19,7 @@ re-rolls yesterday).
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -41,7 +42,11 @@ ARCHIVE_GRACE = timedelta(days=2)
 EXPORT_CHUNK = 5000
 DELETE_CHUNK = 2000
 MANIFEST = "manifest.json"
-_FIELDS = tuple(f.attname for f in UsageRecord._meta.concrete_fields)
+
+
+@functools.cache
+def _fields() -> tuple[str, ...]:
+    return tuple(f.attname for f in UsageRecord._meta.concrete_fields)
 
 
 class ArchiveRefused(ValueError):
@@ -105,11 +110,11 @@ def _month_rows(month: date) -> Iterator[dict]:
     """The month's rows in (created_at, id) order, in keyset pages (no cursor held open)."""
     start, end = month_bounds(month)
     base = UsageRecord.objects.between(start, end).order_by("created_at", "pk")
-    page = list(base.values(*_FIELDS)[:EXPORT_CHUNK])
+    page = list(base.values(*_fields())[:EXPORT_CHUNK])
     while page:
         yield from page
         last = page[-1]
-        page = list(base.after(last["created_at"], last["id"]).values(*_FIELDS)[:EXPORT_CHUNK])
+        page = list(base.after(last["created_at"], last["id"]).values(*_fields())[:EXPORT_CHUNK])
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +132,7 @@ def _write(path: Path, rows: Iterator[dict]) -> FileSummary:
     # mtime=0: the same rows give the same bytes (a re-run's file compares equal).
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
         for row in rows:
-            line = (json.dumps({k: _encode(row[k]) for k in _FIELDS}, separators=(",", ":"))
+            line = (json.dumps({k: _encode(row[k]) for k in _fields()}, separators=(",", ":"))
                     + "\n").encode()
             out.write(line)
             digest.update(line)

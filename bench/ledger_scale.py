@@ -1,0 +1,439 @@
+"""The `ledger` scenario of `make bench` (issue 18): a big ledger on MariaDB, partitioned by
+month (usage.partitions), against an empty one.
+
+    BENCH_CASES=ledger make bench        # or alone: .venv/bin/python -m bench.ledger_scale
+
+On a PRIVATE mariadbd (its own datadir in a temporary directory, a free loopback port; never
+the shared 3306), in a child process with production settings (DEBUG off):
+
+1. `manage.py migrate` (the ledger partitioned by month, the request-id claims table), 40 keys
+   in 8 teams, 8 models on 3 providers, one price each.
+2. The ledger writer on the EMPTY table: BENCH_LEDGER_WRITES rows through
+   gateway.ledger.LedgerWriter (group commit, as the proxy writes them) from
+   BENCH_LEDGER_CONCURRENCY concurrent tasks; rows/s and per-write latency, BENCH_LEDGER_ROUNDS
+   rounds.
+3. Bulk load: BENCH_LEDGER_ROWS rows (default 50,000,000) spread evenly over BENCH_LEDGER_MONTHS
+   months up to now, generated inside the server (multi-row INSERT ... SELECT from MariaDB's
+   SEQUENCE engine, chunks of 1,000,000 rows, request ids random like the gateway's), their
+   request-id claims (loaded without the primary key, then the key built sorted), the daily
+   rollups (one INSERT ... SELECT ... GROUP BY per month) and the current partitions ahead.
+4. The ledger writer again, on the BIG table: same rows, same concurrency (target: the same
+   rows/s as on the empty table).
+5. /reports/ through Django's test client signed in as a superuser, BENCH_LEDGER_PAGE_REPEAT
+   renders each of: the last 30 days, the whole range, one key over the whole range (target:
+   p95 <= 0.5 s). Today and yesterday are read from the ledger (their rollups may lag), the
+   rest from the rollups, so the page costs O(rows of two days), not O(table).
+
+Results: a Markdown table on stdout and bench/results/ledger-<UTC timestamp>.json
+(+ ledger-latest.json). Knobs: BENCH_LEDGER_ROWS, BENCH_LEDGER_MONTHS (24),
+BENCH_LEDGER_WRITES (20000), BENCH_LEDGER_CONCURRENCY (64), BENCH_LEDGER_ROUNDS (3),
+BENCH_LEDGER_PAGE_REPEAT (20), BENCH_LEDGER_BUFFER_POOL (2G: innodb_buffer_pool_size),
+BENCH_RESULTS_DIR.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE = "gw_ledger_bench"
+LOAD_CHUNK = 1_000_000
+KEYS, TEAMS, MODELS, PROVIDERS = 40, 8, 8, ("openai-main", "anthropic-main", "vllm-local")
+PAGE_BUDGET_S = 0.5
+SAME_THROUGHPUT = 0.9  # "the same": big-table rows/s at least 90 % of the empty table's
+
+
+def _knob(name: str, default: int) -> int:
+    return int(float(os.environ.get(name) or default))
+
+
+def _server(buffer_pool: str):
+    """A private mariadbd (tests/faults/harness.py's, with a bigger buffer pool and redo log
+    for the bulk load)."""
+    from tests.faults.harness import MariaDB, die_with_parent, wait_until
+
+    class BenchMariaDB(MariaDB):
+        def start(self) -> None:
+            args = ["mariadbd", "--no-defaults", f"--datadir={self._dir / 'data'}",
+                    f"--port={self.port}", "--bind-address=127.0.0.1",
+                    f"--socket={self._dir / 'sock'}", f"--pid-file={self._dir / 'pid'}",
+                    # Its own temporary files: a cleanup of /tmp by anything else must not
+                    # break a GROUP BY halfway.
+                    f"--tmpdir={self._dir}", "--skip-grant-tables", "--skip-networking=0",
+                    f"--innodb-buffer-pool-size={buffer_pool}", "--innodb-log-file-size=1G",
+                    "--max-allowed-packet=256M", "--character-set-server=utf8mb4",
+                    "--collation-server=utf8mb4_unicode_ci"]
+            if os.geteuid() == 0:
+                args.append("--user=root")
+            with self._log.open("ab") as log:
+                self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                                 preexec_fn=die_with_parent)
+            wait_until(self._answers, timeout=60, interval=0.1, what=f"mariadbd on {self.port}")
+
+    server = BenchMariaDB()
+    server.install()
+    server.start()
+    server.query(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+                 database=None)
+    return server
+
+
+def _child_env(url: str) -> dict[str, str]:
+    from cryptography.fernet import Fernet
+
+    env = {**os.environ, "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(40),
+           "GATEWAY_ENCRYPTION_KEYS": Fernet.generate_key().decode(), "DATABASE_URL": url,
+           "ALLOWED_HOSTS": "testserver,127.0.0.1,localhost", "LOG_LEVEL": "WARNING",
+           "REDIS_URL": "", "CELERY_BROKER_URL": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# What follows runs in the child process, Django set up against the private server.
+
+def _setup_config() -> dict:
+    from decimal import Decimal
+
+    from providers.models import Price
+    from providers.services import api_key_create
+
+    keys = [api_key_create(name=f"app-{n}", team=f"team-{n % TEAMS}")[0] for n in range(KEYS)]
+    prices = [Price.objects.create(upstream_model=f"up-model-{m}", input_per_mtok=Decimal("0.15"),
+                                   output_per_mtok=Decimal("0.60")) for m in range(MODELS)]
+    return {"keys": keys, "prices": prices}
+
+
+def _entries(config: dict, count: int, tag: str):
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from usage.services import LedgerEntry
+
+    keys, prices = config["keys"], config["prices"]
+    now = timezone.now()
+    for i in range(count):
+        key, m = keys[i % KEYS], (i // KEYS) % MODELS
+        yield LedgerEntry(
+            request_id=f"req_{secrets.token_hex(16)}", client_request_id="", created_at=now,
+            api_key_id=key.id, key_prefix=key.prefix, key_name=key.name, team_id=key.team_id,
+            team_name=key.team.name, surface="openai.chat", public_model=f"model-{m}",
+            upstream_model=f"up-model-{m}", provider_name=PROVIDERS[m % 3], route_id=None,
+            stream=True, status="ok", http_status=200, error_type="", input_tokens=420,
+            output_tokens=180, cached_tokens=0, reasoning_tokens=0, usage_source="reported",
+            cost_usd=Decimal("0.0001710000"), price_id=prices[m].id, latency_ms=900,
+            ttft_ms=120, tags=tag)
+
+
+def _writer_round(config: dict, writes: int, concurrency: int, tag: str) -> dict:
+    """`writes` rows through one LedgerWriter from `concurrency` tasks; rows/s and latency."""
+    from gateway.ledger import LedgerWriter
+
+    entries = list(_entries(config, writes, tag))
+    writer = LedgerWriter()
+    latencies: list[float] = []
+
+    async def worker(mine: list) -> None:
+        for entry in mine:
+            started = time.perf_counter()
+            await writer.write(entry)
+            latencies.append(time.perf_counter() - started)
+
+    async def run() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(entries[i::concurrency]) for i in range(concurrency)))
+        return time.perf_counter() - started
+
+    elapsed = asyncio.run(run())
+    return {"rows": writes, "elapsed_s": round(elapsed, 3), "rows_per_s": round(writes / elapsed),
+            "write_p50_ms": round(_p(latencies, 0.5) * 1000, 1),
+            "write_p99_ms": round(_p(latencies, 0.99) * 1000, 1)}
+
+
+def _writer(config: dict, *, writes: int, concurrency: int, rounds: int, tag: str) -> dict:
+    from usage.models import UsageRecord
+
+    before = UsageRecord.objects.count() if tag == "empty" else None
+    runs = [_writer_round(config, writes, concurrency, f"{tag}-{r}") for r in range(rounds)]
+    written = UsageRecord.objects.filter(tags__startswith=f"{tag}-").count()
+    assert written == writes * rounds, (written, writes * rounds)
+    return {"table_rows_before": before, "concurrency": concurrency, "rounds": runs,
+            "rows_per_s_median": statistics.median(r["rows_per_s"] for r in runs),
+            "write_p99_ms_median": statistics.median(r["write_p99_ms"] for r in runs)}
+
+
+def _elt(values) -> str:
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
+def _bulk_load(config: dict, *, rows: int, months: int) -> dict:
+    """`rows` ledger rows over `months` months up to now, generated by the server."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from usage.partitions import (
+        add_months, ledger_partitions_ensure, ledger_partitions_extend_back, month_start,
+    )
+
+    keys, prices = config["keys"], config["prices"]
+    now = timezone.now().replace(tzinfo=None, microsecond=0) - dt.timedelta(minutes=5)
+    start = dt.datetime.combine(add_months(month_start(now), -(months - 1)), dt.time.min)
+    span_us = int((now - start).total_seconds() * 1e6)
+    k = f"1 + s.seq % {KEYS}"
+    m = f"1 + (s.seq DIV {KEYS}) % {MODELS}"
+    created = (f"TIMESTAMP('{start:%Y-%m-%d %H:%M:%S}') + INTERVAL "
+               f"(s.seq - 1) * {span_us // rows} MICROSECOND")
+    columns = {
+        "request_id": "CONCAT('req_', MD5(CONCAT('bench', s.seq)))", "client_request_id": "''",
+        "created_at": created,
+        "api_key_id": f"ELT({k}, {_elt(key.id for key in keys)})",
+        "key_prefix": f"ELT({k}, {_elt(key.prefix for key in keys)})",
+        "key_name": f"ELT({k}, {_elt(key.name for key in keys)})",
+        "team_id": f"ELT({k}, {_elt(key.team_id for key in keys)})",
+        "team_name": f"ELT({k}, {_elt(key.team.name for key in keys)})",
+        "surface": "'openai.chat'",
+        "public_model": f"ELT({m}, {_elt(f'model-{i}' for i in range(MODELS))})",
+        "upstream_model": f"ELT({m}, {_elt(f'up-model-{i}' for i in range(MODELS))})",
+        "provider_name": f"ELT({m}, {_elt(PROVIDERS[i % 3] for i in range(MODELS))})",
+        "route_id": "NULL", "stream": "s.seq % 2",
+        "status": "IF(s.seq % 50 = 0, 'upstream_error', 'ok')",
+        "http_status": "IF(s.seq % 50 = 0, 502, 200)", "error_type": "''",
+        "input_tokens": "50 + (s.seq * 7919) % 3950",
+        "output_tokens": "1 + (s.seq * 104729) % 1500",
+        "cached_tokens": "(s.seq * 31) % 50", "cache_write_5m_tokens": "0",
+        "cache_write_1h_tokens": "0", "reasoning_tokens": "0", "audio_input_tokens": "0",
+        "audio_output_tokens": "0", "image_input_tokens": "0", "image_output_tokens": "0",
+        "usage_source": "'reported'",
+        "cost_usd": "CAST(((s.seq * 104729) % 100000000) / 10000000000 AS DECIMAL(20,10))",
+        "price_id": f"ELT({m}, {_elt(p.id for p in prices)})",
+        "latency_ms": "100 + (s.seq * 13) % 4900", "ttft_ms": "50 + (s.seq * 17) % 900",
+        "idempotency_key": "''", "tags": "''", "end_user": "''",
+    }
+    # The table was partitioned empty (from the current month): the older months get theirs.
+    ledger_partitions_extend_back(since=start.date())
+    names = ", ".join(f"`{c}`" for c in columns)
+    select = ", ".join(columns.values())
+    timings = {}
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION unique_checks = 0")
+        started = time.perf_counter()
+        for first in range(1, rows + 1, LOAD_CHUNK):
+            last = min(rows, first + LOAD_CHUNK - 1)
+            cursor.execute(f"INSERT INTO usage_usagerecord ({names}) SELECT {select} "
+                           f"FROM seq_{first}_to_{last} s")
+            if (last // LOAD_CHUNK) % 5 == 0 or last == rows:
+                print(f"  loaded {last:,} rows ({time.perf_counter() - started:.0f} s)",
+                      flush=True)
+        timings["ledger_load_s"] = round(time.perf_counter() - started, 1)
+
+        # Claims: loaded without their primary key, which is then built sorted (random ids
+        # inserted into a 50M-row B-tree one by one would be the slowest part of the load).
+        started = time.perf_counter()
+        cursor.execute("CREATE TABLE usage_ledgerrequest_load LIKE usage_ledgerrequest")
+        cursor.execute("ALTER TABLE usage_ledgerrequest_load DROP PRIMARY KEY")
+        for first in range(1, rows + 1, LOAD_CHUNK):
+            last = min(rows, first + LOAD_CHUNK - 1)
+            cursor.execute("INSERT INTO usage_ledgerrequest_load (request_id, created_at) "
+                           f"SELECT {columns['request_id']}, {created} "
+                           f"FROM seq_{first}_to_{last} s")
+        cursor.execute("ALTER TABLE usage_ledgerrequest_load ADD PRIMARY KEY (request_id)")
+        cursor.execute("INSERT INTO usage_ledgerrequest_load SELECT * FROM usage_ledgerrequest")
+        cursor.execute("RENAME TABLE usage_ledgerrequest TO usage_ledgerrequest_old, "
+                       "usage_ledgerrequest_load TO usage_ledgerrequest")
+        cursor.execute("DROP TABLE usage_ledgerrequest_old")
+        timings["claims_load_s"] = round(time.perf_counter() - started, 1)
+
+        started = time.perf_counter()
+        sums = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_5m_tokens",
+                "cache_write_1h_tokens", "reasoning_tokens", "audio_input_tokens",
+                "audio_output_tokens", "image_input_tokens", "image_output_tokens")
+        groups = ("api_key_id", "key_prefix", "key_name", "team_id", "team_name",
+                  "provider_name", "public_model")
+        month = month_start(start)
+        today = now.date()
+        while month <= today:
+            upper = min(add_months(month, 1), today - dt.timedelta(days=1))
+            if month < upper:
+                cursor.execute(
+                    f"INSERT INTO usage_dailyusage (day, {', '.join(groups)}, requests, errors, "
+                    f"{', '.join(sums)}, cost_usd) SELECT DATE(created_at), {', '.join(groups)}, "
+                    f"COUNT(*), SUM(status <> 'ok'), {', '.join(f'SUM({c})' for c in sums)}, "
+                    f"SUM(cost_usd) FROM usage_usagerecord WHERE created_at >= %s AND "
+                    f"created_at < %s AND tags = '' GROUP BY DATE(created_at), {', '.join(groups)}",
+                    [dt.datetime.combine(month, dt.time.min),
+                     dt.datetime.combine(upper, dt.time.min)])
+            month = add_months(month, 1)
+        timings["rollup_s"] = round(time.perf_counter() - started, 1)
+        cursor.execute("ANALYZE TABLE usage_usagerecord, usage_ledgerrequest, usage_dailyusage")
+        cursor.fetchall()
+    ledger_partitions_ensure()
+    return {"rows": rows, "months": months, "from": start.isoformat(), "to": now.isoformat(),
+            "rows_per_day": round(rows / max(1, (now - start).days)), **timings}
+
+
+def _reports(config: dict, *, repeat: int, first_day: dt.date) -> dict:
+    from django.contrib.auth.models import User
+    from django.test import Client
+    from django.utils import timezone
+
+    User.objects.create_superuser("bench", "bench@localhost", secrets.token_urlsafe(12))
+    client = Client()
+    client.force_login(User.objects.get(username="bench"))
+    today = timezone.now().date()
+    cases = {"last 30 days": {"from": (today - dt.timedelta(days=29)).isoformat(),
+                              "to": today.isoformat()},
+             "whole range": {"from": first_day.isoformat(), "to": today.isoformat()},
+             "one key, whole range": {"from": first_day.isoformat(), "to": today.isoformat(),
+                                      "key": str(config["keys"][3].id)}}
+    out = {}
+    for name, query in cases.items():
+        times = []
+        for _ in range(repeat + 1):
+            started = time.perf_counter()
+            response = client.get("/reports/", query, secure=True)
+            times.append(time.perf_counter() - started)
+            assert response.status_code == 200, (name, response.status_code)
+        times = times[1:]  # the first render warms caches and templates
+        out[name] = {"p50_ms": round(_p(times, 0.5) * 1000),
+                     "p95_ms": round(_p(times, 0.95) * 1000),
+                     "max_ms": round(max(times) * 1000), "renders": repeat}
+    return out
+
+
+def _child() -> int:
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from usage.partitions import ledger_partitions
+
+    rows, months = _knob("BENCH_LEDGER_ROWS", 50_000_000), _knob("BENCH_LEDGER_MONTHS", 24)
+    writes, concurrency = _knob("BENCH_LEDGER_WRITES", 20000), _knob("BENCH_LEDGER_CONCURRENCY", 64)
+    rounds, repeat = _knob("BENCH_LEDGER_ROUNDS", 3), _knob("BENCH_LEDGER_PAGE_REPEAT", 20)
+    call_command("migrate", verbosity=0)
+    config = _setup_config()
+    print("writer on the empty ledger…", flush=True)
+    empty = _writer(config, writes=writes, concurrency=concurrency, rounds=rounds, tag="empty")
+    print(f"  {empty['rows_per_s_median']:,} rows/s", flush=True)
+    print(f"bulk load of {rows:,} rows over {months} months…", flush=True)
+    load = _bulk_load(config, rows=rows, months=months)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM usage_usagerecord")
+        total = cursor.fetchone()[0]
+        cursor.execute("SELECT SUM(data_length + index_length) FROM information_schema.TABLES "
+                       "WHERE table_schema = DATABASE() AND table_name IN "
+                       "('usage_usagerecord', 'usage_ledgerrequest')")
+        size = int(cursor.fetchone()[0])
+    print(f"writer on the big ledger ({total:,} rows)…", flush=True)
+    big = _writer(config, writes=writes, concurrency=concurrency, rounds=rounds, tag="big")
+    print(f"  {big['rows_per_s_median']:,} rows/s", flush=True)
+    print("reports page…", flush=True)
+    reports = _reports(config, repeat=repeat, first_day=dt.date.fromisoformat(load["from"][:10]))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT VERSION()")
+        version = cursor.fetchone()[0]
+    ratio = big["rows_per_s_median"] / empty["rows_per_s_median"]
+    result = {
+        "server": version, "table_rows": total, "table_and_claims_bytes": size,
+        "partitions": len(ledger_partitions()), "load": load, "writer_empty": empty,
+        "writer_big": big, "throughput_ratio": round(ratio, 3), "reports": reports,
+        "targets": {
+            "insert throughput the same (big >= 90 % of empty)": ratio >= SAME_THROUGHPUT,
+            "reports p95 <= 0.5 s": all(r["p95_ms"] <= PAGE_BUDGET_S * 1000
+                                        for r in reports.values())}}
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def markdown(result: dict) -> str:
+    e, b = result["writer_empty"], result["writer_big"]
+    lines = [f"ledger scenario: {result['table_rows']:,} rows on {result['server']}, "
+             f"{result['partitions']} partitions, "
+             f"{result['table_and_claims_bytes'] / 2**30:.1f} GiB (ledger + claims)", "",
+             "| measure | empty table | big table |", "|---|---|---|",
+             f"| ledger writer rows/s (median of {len(e['rounds'])}, {e['concurrency']} writers) "
+             f"| {e['rows_per_s_median']:,} | {b['rows_per_s_median']:,} |",
+             f"| write p99 ms (median) | {e['write_p99_ms_median']} | {b['write_p99_ms_median']} |",
+             "", "| /reports/ | p50 ms | p95 ms | max ms |", "|---|---|---|---|"]
+    for name, r in result["reports"].items():
+        lines.append(f"| {name} | {r['p50_ms']} | {r['p95_ms']} | {r['max_ms']} |")
+    load = result["load"]
+    lines += ["", f"load: ledger {load['ledger_load_s']} s, claims {load['claims_load_s']} s, "
+              f"rollups {load['rollup_s']} s; {load['rows_per_day']:,} rows/day",
+              "targets: " + "; ".join(f"{k}: {'PASS' if v else 'FAIL'}"
+                                      for k, v in result["targets"].items())]
+    return "\n".join(lines)
+
+
+def available() -> str:
+    """Why the scenario cannot run here ("" when it can)."""
+    import shutil
+
+    for tool in ("mariadbd", "mariadb-install-db"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        return "mysqlclient is not installed (requirements-prod.lock)"
+    return ""
+
+
+def run() -> dict:
+    """Start the private server, run the scenario in a child process, return its figures."""
+    sys.path.insert(0, str(ROOT))
+    server = _server(os.environ.get("BENCH_LEDGER_BUFFER_POOL") or "2G")
+    try:
+        url = f"mysql://root@127.0.0.1:{server.port}/{DATABASE}"
+        print(f"ledger: private mariadbd on 127.0.0.1:{server.port}", flush=True)
+        child = subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--child"], cwd=ROOT,
+                               env=_child_env(url), stdout=subprocess.PIPE, text=True)
+    finally:
+        server.destroy()
+    lines = child.stdout.splitlines()
+    for line in lines:
+        if not line.startswith("RESULT "):
+            print(line, flush=True)
+    found = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
+    if child.returncode or not found:
+        raise RuntimeError(f"the ledger scenario's child exited {child.returncode}")
+    return {"timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+            "loadavg_end": list(os.getloadavg()), "cpus": os.cpu_count(), **found[0]}
+
+
+def main() -> int:
+    if "--child" in sys.argv:
+        return _child()
+    reason = available()
+    if reason:
+        print(f"skipping ledger: {reason}")
+        return 0
+    result = run()
+    out = Path(os.environ.get("BENCH_RESULTS_DIR") or ROOT / "bench" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2)
+    (out / f"ledger-{result['timestamp']}.json").write_text(text)
+    (out / "ledger-latest.json").write_text(text)
+    print("\n" + markdown(result))
+    print(f"\nresults: {out / ('ledger-' + result['timestamp'] + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
