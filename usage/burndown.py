@@ -67,7 +67,7 @@ def budget_forecast(*, spent_usd: Decimal, limit_usd: Decimal, start: datetime,
     if not exhausted and spent_usd > 0:
         seconds = elapsed * limit_usd / spent_usd
         if seconds < length:
-            exhausted_at = (start + timedelta(seconds=int(seconds.to_integral_value(ROUND_HALF_UP))))
+            exhausted_at = start + timedelta(seconds=int(seconds.to_integral_value(ROUND_HALF_UP)))
     return Forecast(spent_usd, limit_usd, rate_day, forecast, exhausted_at, exhausted)
 
 
@@ -82,7 +82,8 @@ def _spent_by_step(status: BudgetStatus, now: datetime) -> dict[datetime, Decima
              else {"team_ids": (status.scope_id,)})
     if status.period == "day":
         field = "api_key_id" if status.scope == BudgetScope.KEY else "team_id"
-        rows = (UsageRecord.objects.between(status.period_start, now).filter(**{field: status.scope_id})
+        rows = (UsageRecord.objects.between(status.period_start, now)
+                .filter(**{field: status.scope_id})
                 .annotate(step=TruncHour("created_at", tzinfo=dt_timezone.utc)).values("step")
                 .annotate(units=Sum(Cast(Round(F("cost_usd") * Value(int(UNITS_PER_USD))),
                                          BigIntegerField()))).order_by())
@@ -113,7 +114,8 @@ def budget_burndown(*, status: BudgetStatus, now: datetime | None = None) -> dic
                 # Spend before this boundary; the forecast line starts from the last one.
                 actual.append(cumulative)
                 projected.append(None)
-                cumulative += sum((v for k, v in by_step.items() if at <= k < at + step), Decimal(0))
+                cumulative += sum((v for k, v in by_step.items() if at <= k < at + step),
+                                  Decimal(0))
             else:
                 actual.append(None)
                 projected.append(None if forecast.rate_usd_per_day is None else
@@ -134,5 +136,7 @@ def budget_burndown(*, status: BudgetStatus, now: datetime | None = None) -> dic
             "spent": usd_display(status.spent_usd), "limit": usd_display(status.limit_usd),
             "reserved": usd_display(status.reserved_usd),
             "remaining": usd_display(status.remaining_usd),
-            "forecast_text": None if forecast.forecast_usd is None else usd_display(forecast.forecast_usd),
-            "rate_text": None if forecast.rate_usd_per_day is None else usd_display(forecast.rate_usd_per_day)}
+            "forecast_text": (None if forecast.forecast_usd is None
+                              else usd_display(forecast.forecast_usd)),
+            "rate_text": (None if forecast.rate_usd_per_day is None
+                          else usd_display(forecast.rate_usd_per_day))}

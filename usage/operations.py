@@ -80,9 +80,10 @@ def operations_choices() -> dict[str, list[tuple[str, str]]]:
     from providers.models import ModelRoute, Provider
 
     providers = set(Provider.objects.values_list("name", flat=True))
-    providers |= set(HourlyOperations.objects.values_list("provider_name", flat=True).distinct().order_by())
+    rolled = HourlyOperations.objects.order_by()
+    providers |= set(rolled.values_list("provider_name", flat=True).distinct())
     models = set(ModelRoute.objects.values_list("public_model", flat=True).distinct().order_by())
-    models |= set(HourlyOperations.objects.values_list("public_model", flat=True).distinct().order_by())
+    models |= set(rolled.values_list("public_model", flat=True).distinct())
     return {"provider": [(p, p) for p in sorted(providers - {""})],
             "model": [(m, m) for m in sorted(models - {""})]}
 
@@ -93,7 +94,8 @@ def operations_groups(*, start: datetime, end: datetime, providers: Sequence[str
     """Hourly totals per (provider, model) of the UTC hours in [start, end) (module docstring:
     which hours come from the rollup and which from the ledger)."""
     now = now or timezone.now()
-    recent = now.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    hour = now.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
+    recent = hour - timedelta(hours=1)
     rolled = HourlyOperations.objects.filter(hour__gte=start, hour__lt=min(end, recent))
     if providers:
         rolled = rolled.filter(provider_name__in=providers)
@@ -152,22 +154,23 @@ def operations_report(*, start: datetime, end: datetime, providers: Sequence[str
             "ttft_p95": _ms(percentile_from_buckets(t.ttft_buckets, 0.95)),
             "ttft_count": t.ttft_count})
 
-    def chart(metric) -> dict:
-        series = [Series(g.label, [metric(g.hours[h]) if h in g.hours else None for h in hours])
-                  for g in ranked[:CHART_SERIES]]
-        return series
+    def series_of(metric) -> list[Series]:
+        return [Series(g.label, [metric(g.hours[h]) if h in g.hours else None for h in hours])
+                for g in ranked[:CHART_SERIES]]
 
     def ms_chart(buckets: str, q: float) -> dict:
-        return lines(labels=labels, fmt=_ms, series=chart(
+        return lines(labels=labels, fmt=_ms, series=series_of(
             lambda t: percentile_from_buckets(getattr(t, buckets), q)))
 
     charts = [
         {"id": "latency-p50", "title": "Latency p50", "chart": ms_chart("latency_buckets", 0.5)},
         {"id": "latency-p95", "title": "Latency p95", "chart": ms_chart("latency_buckets", 0.95)},
-        {"id": "ttft-p50", "title": "Time to first token p50", "chart": ms_chart("ttft_buckets", 0.5)},
-        {"id": "ttft-p95", "title": "Time to first token p95", "chart": ms_chart("ttft_buckets", 0.95)},
+        {"id": "ttft-p50", "title": "Time to first token p50",
+         "chart": ms_chart("ttft_buckets", 0.5)},
+        {"id": "ttft-p95", "title": "Time to first token p95",
+         "chart": ms_chart("ttft_buckets", 0.95)},
         {"id": "error-rate", "title": "Error rate", "chart": lines(
-            labels=labels, fmt=_pct, top=None, series=chart(lambda t: _rate(t.errors, t.requests)))},
+            labels=labels, fmt=_pct, series=series_of(lambda t: _rate(t.errors, t.requests)))},
     ]
     return {"rows": rows, "charts": charts, "start": start, "end": end,
             "requests": sum(g.total.requests for g in ranked),

@@ -152,7 +152,8 @@ def operations_rollup(*, day: date) -> int:
     usage_rollup, so the Celery beat task and `manage.py usage_rollup` fill both). Idempotent.
     Returns the number of groups."""
     totals = operations_hours(*day_bounds(day))
-    HourlyOperations.objects.filter(hour__gte=day_bounds(day)[0], hour__lt=day_bounds(day)[1]).delete()
+    start, end = day_bounds(day)
+    HourlyOperations.objects.filter(hour__gte=start, hour__lt=end).delete()
     HourlyOperations.objects.bulk_create([
         HourlyOperations(hour=hour, provider_name=provider, public_model=model,
                          requests=t.requests, errors=t.errors, latency_sum_ms=t.latency_sum_ms,

@@ -4,15 +4,14 @@ rollup and ledger alike, and each process's circuit view through a real Redis.""
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 import pytest
 
-from providers.services import api_key_create
 from usage.models import HourlyOperations
 from usage.operations import operations_groups, operations_report
 from usage.rollups import (
-    LATENCY_EDGES_MS, OperationsTotals, bucket_index, percentile_from_buckets, usage_rollup,
+    LATENCY_EDGES_MS, bucket_index, percentile_from_buckets, usage_rollup,
 )
 from usage.services import LedgerEntry, usage_record_write
 from usage.tests.test_reports import make_user, signed_in
