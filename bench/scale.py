@@ -107,10 +107,19 @@ def _churn(urls: list[str], rate: float, duration_s: float) -> None:
     answered_s: list[float] = []
     revoke_failures: list[str] = []
 
+    sent_to = {url: 0 for url in urls}
+
     async def status(client: httpx.AsyncClient, url: str, raw: str) -> int:
+        sent_to[url] += 1
         response = await client.post(f"{url}/v1/chat/completions", json=body,
                                      headers={"authorization": f"Bearer {raw}"})
         return response.status_code
+
+    def client_from(address: str) -> httpx.AsyncClient:
+        # A client address of its own: the per-address lockout (30 refused keys a minute)
+        # must not count the refusals of one revoked key's client against the others.
+        return httpx.AsyncClient(timeout=30, transport=httpx.AsyncHTTPTransport(
+            local_address=address, limits=httpx.Limits(max_connections=64)))
 
     async def refused_after(client: httpx.AsyncClient, url: str, raw: str,
                             t0: float) -> tuple[float, float]:
@@ -130,15 +139,16 @@ def _churn(urls: list[str], rate: float, duration_s: float) -> None:
             await asyncio.to_thread(
                 lambda: api_key_revoke(key=ApiKey.objects.get(pk=key.pk), actor="bench"))
             t0 = time.monotonic()
-            times = await asyncio.gather(*(refused_after(client, url, raw, t0) for url in urls))
+            async with client_from(f"127.0.1.{n // round(rate) % 250 + 1}") as prober:
+                times = await asyncio.gather(*(refused_after(prober, url, raw, t0)
+                                               for url in urls))
             revoke_s.append(max(sent for sent, _ in times))
             answered_s.append(max(answered for _, answered in times))
             if revoke_s[-1] == float("inf"):
                 revoke_failures.append(key.name)
 
     async def run() -> dict:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async with client_from("127.0.0.2") as client:
             loop = asyncio.get_running_loop()
             start = loop.time()
             tasks = []
@@ -163,7 +173,8 @@ def _churn(urls: list[str], rate: float, duration_s: float) -> None:
                 "revoke_to_401_answered_s": {
                     "max": round(max(answered_s), 3) if answered_s else None,
                     "all": [round(t, 3) for t in answered_s]},
-                "revocations_never_refused": revoke_failures}
+                "revocations_never_refused": revoke_failures,
+                "requests_per_replica": [sent_to[url] for url in urls]}
 
     print(json.dumps(asyncio.run(run())))
 
@@ -192,9 +203,17 @@ def _load(urls: list[str], keys: list[str], body: bytes, connections: int, durat
         return [r.result() for r in runs]
 
 
-def _phase(name: str, load: list[dict], pids: list[int]) -> dict:
+def _phase(name: str, load: list[dict], pids: list[int], cpu: dict,
+           extra_requests: list[int] | None = None) -> dict:
+    """A phase's figures; CPU ms per request counts every request a replica served (the
+    load's and the churn's)."""
     memory = [harness.memory_mb(pid) for pid in pids]
-    return {"phase": name,
+    extra = extra_requests or [0] * len(pids)
+    cpu_ms = [round(10 * cpu[f"replica{n}_cpu_pct"] * cpu["elapsed_s"]
+                    / max(1, w["completed"] + extra[n]), 2) for n, w in enumerate(load)]
+    return {"phase": name, "cpu_ms_per_request": cpu_ms,
+            "replica_cpu_pct": [cpu[f"replica{n}_cpu_pct"] for n in range(len(pids))],
+            "machine_busy_pct": cpu["machine_busy_pct"],
             "p50_ms": [w["latency_ms"]["p50"] for w in load],
             "p99_ms": [w["latency_ms"]["p99"] for w in load],
             "rps": [w["rps"] for w in load], "non2xx": [w["non2xx"] for w in load],
@@ -248,22 +267,26 @@ def run(*, base_env: dict[str, str], upstream_port: int, routing_yaml: str, body
                            body=body, concurrency=4, mode="openai-sse", count=200)
         for pid in pids:
             harness.reset_peak(pid)
+        meter = harness.CpuMeter({f"replica{n}": pid for n, pid in enumerate(pids)}).start()
         quiet = _load(urls, raws, body, connections, duration_s, tmp)
-        result["without_churn"] = _phase("without churn", quiet, pids)
+        result["without_churn"] = _phase("without churn", quiet, pids, meter.stop())
         print(f"  without churn: p99 {result['without_churn']['p99_ms']} ms, "
               f"RSS {result['without_churn']['rss_mb']} MB", flush=True)
         for pid in pids:
             harness.reset_peak(pid)
+        meter = harness.CpuMeter({f"replica{n}": pid for n, pid in enumerate(pids)}).start()
         churn = subprocess.Popen(
             [sys.executable, "-m", "bench.scale", "churn", json.dumps(urls), str(rate),
              str(duration_s)], cwd=harness.ROOT, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         busy = _load(urls, raws, body, connections, duration_s, tmp)
+        cpu = meter.stop()
         out, err = churn.communicate(timeout=duration_s + 120)
         if churn.returncode != 0:
             raise RuntimeError(f"bench.scale churn failed: {err[-3000:]}")
-        result["with_churn"] = _phase("with churn", busy, pids)
         result["churn"] = json.loads(out.strip().splitlines()[-1])
+        result["with_churn"] = _phase("with churn", busy, pids, cpu,
+                                      result["churn"]["requests_per_replica"])
         print(f"  with churn:    p99 {result['with_churn']['p99_ms']} ms, "
               f"RSS {result['with_churn']['rss_mb']} MB; churn {result['churn']}", flush=True)
         result["key_changes"] = database.query("SELECT COUNT(*) FROM providers_keychange")[0][0]
@@ -298,13 +321,15 @@ def markdown(result: dict) -> str:
     lines = [
         f"### scale: {result['keys']:,} keys, 2 replicas, {result['connections']} connections "
         f"(streamed, {result['duration_s']:g} s per phase)", "",
-        "| phase | p50 ms (replica 1 / 2) | p99 ms | req/s | RSS MB | peak RSS MB | non-2xx |",
-        "|---|--:|--:|--:|--:|--:|--:|"]
+        "| phase | p50 ms (replica 1 / 2) | p99 ms | req/s | CPU ms/req | RSS MB | peak RSS MB "
+        "| non-2xx | machine busy % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for phase in (quiet, busy):
-        lines.append("| {} | {} | {} | {} | {} | {} | {} |".format(
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             phase["phase"], *(" / ".join(str(v) for v in phase[k])
-                              for k in ("p50_ms", "p99_ms", "rps", "rss_mb", "peak_rss_mb",
-                                        "non2xx"))))
+                              for k in ("p50_ms", "p99_ms", "rps", "cpu_ms_per_request",
+                                        "rss_mb", "peak_rss_mb", "non2xx")),
+            phase["machine_busy_pct"]))
     lines += [
         "",
         f"- bulk insert: {result['insert']['inserted']:,} keys in {result['insert']['seconds']} s",
