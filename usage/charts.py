@@ -64,8 +64,9 @@ def _ticks(top: float, fmt: Callable[[float], str]) -> list[dict]:
 
 
 def _x_labels(labels: Sequence[str], x_of: Callable[[int], float]) -> list[dict]:
-    """At most about 8 labels, the last one always; ISO days shortened to MM-DD."""
-    every = max(1, -(-len(labels) // 8))
+    """At most about 6 labels (they must fit a phone), the last one always; ISO days shortened
+    to MM-DD, hours (`MM-DD HH:00`) to HH:00 except the first and midnights."""
+    every = max(1, -(-len(labels) // 6))
     shown = [i for i in range(len(labels)) if i % every == 0]
     if labels and shown[-1] != len(labels) - 1:
         if len(shown) > 1:
@@ -73,8 +74,15 @@ def _x_labels(labels: Sequence[str], x_of: Callable[[int], float]) -> list[dict]
         shown.append(len(labels) - 1)
     return [{"x": round(x_of(i), 2),
              "anchor": "end" if x_of(i) > WIDTH - RIGHT - 24 else "middle",
-             "text": labels[i][5:] if len(labels[i]) == 10 and labels[i][4] == "-" else labels[i]}
-            for i in shown]
+             "text": _short(labels[i], first=i == 0)} for i in shown]
+
+
+def _short(label: str, *, first: bool) -> str:
+    if len(label) == 10 and label[4] == "-":
+        return label[5:]
+    if len(label) == 11 and label[5] == " " and label.endswith(":00"):
+        return label[:5] if first or label.endswith("00:00") else label[6:]
+    return label
 
 
 def stacked_bars(*, labels: Sequence[str], series: Sequence[Series], unit: str = "usd") -> dict:
