@@ -35,7 +35,7 @@ from gateway.realtime.routing import websocket_application  # noqa: E402
 from gateway.streaming import drainer  # noqa: E402
 from usage.intents import intents_reaper  # noqa: E402
 from usage.live import websocket_application as reports_websocket_application  # noqa: E402
-from usage.operations import process_view_announcer  # noqa: E402
+from gateway.process_views import process_view_announcer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 30.0

@@ -132,7 +132,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         from usage.views import operations_fragment, report_fragment
 
         if self.page == "operations":
-            from usage.operations import circuits_view
+            from gateway.process_views import circuits_view
 
             circuits = await circuits_view()
             return await database_sync_to_async(operations_fragment)(self.query, circuits)

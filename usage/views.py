@@ -320,7 +320,7 @@ def budgets(request: HttpRequest) -> HttpResponse:
 
 def operations_context(query: QueryDict, circuits: dict) -> tuple[int, dict]:
     """The operations page's status and context (the view and the live updates); `circuits`
-    comes from usage.operations.circuits_view (async: it may read Redis)."""
+    comes from gateway.process_views.circuits_view (async: it may read Redis)."""
     form = OperationsForm(query)
     if not form.is_valid():
         return 400, {"nav": "operations", "form": form, "circuits": circuits}
@@ -338,7 +338,7 @@ def operations_fragment(query: QueryDict, circuits: dict) -> str:
 async def operations(request: HttpRequest) -> HttpResponse:
     """Latency, time to first token and errors per provider and model by hour (the hourly
     rollup plus the last hours' ledger), and each process's circuit breakers."""
-    from usage.operations import circuits_view
+    from gateway.process_views import circuits_view
 
     circuits = await circuits_view()
     status, context = await sync_to_async(operations_context)(request.GET, circuits)

@@ -8,6 +8,8 @@
 2 proxy     the rest of gateway/: adapters, pipeline, relay, surfaces, ASGI, health, metrics
 3 apps      chat, the task endpoint, the Django admin modules, the finance reports and their
             live WebSocket, the SSO pages, the landing page and 403 page (gateway.home)
+4 entry     the composition roots that wire every layer together: the ASGI application (HTTP
+            and WebSocket routes), the URLconf, the Celery app
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ CORE = ("gateway.types", "gateway.errors", "gateway.codecs", "gateway.dialects",
 APPS = ("chat", "gateway.home", "tasks.views", "usage.views", "usage.api", "usage.forms",
         "usage.permissions", "usage.urls", "usage.live", "tasks.urls", "sso.views", "sso.urls",
         "sso.templatetags")
+ENTRY = ("gateway.asgi", "gateway.urls", "gateway.celery")
 
 
 def _within(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -32,6 +35,8 @@ def layer(module: str) -> int | None:
     top = module.split(".")[0]
     if top not in PACKAGES:
         return None
+    if module == "gateway" or _within(module, ENTRY):  # gateway/__init__ loads the Celery app
+        return 4
     if _within(module, CORE):
         return 0
     if _within(module, APPS) or module.endswith(".admin"):

@@ -138,7 +138,7 @@ def test_each_process_announces_its_own_circuit_view_through_redis(mock_provider
     from gateway.routing_state import RedisRoutingState
     from gateway.tests.redis_server import RedisServer
     from providers.cache import snapshot_cache
-    from usage.operations import ANNOUNCE_KEY, ANNOUNCE_TTL_MS, process_view_announce, process_views
+    from gateway.process_views import ANNOUNCE_KEY, ANNOUNCE_TTL_MS, process_view_announce, process_views
 
     server = RedisServer()
     server.start()
