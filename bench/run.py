@@ -537,6 +537,10 @@ def main() -> int:
                     print(f"profile {profile.name} failed: {exc!r}", file=sys.stderr, flush=True)
                     results["profiles"].append({"profile": profile.name, "error": repr(exc),
                                                 "rows": [], "memory": {}})
+            if os.environ.get("BENCH_PEER") == "litellm":  # issue 22: bench/peer.py
+                from bench import peer
+
+                results["peer"] = peer.run_safely(cases, knobs, upstream, upstream_port, tmp)
             if knobs.wants("scale"):
                 results["scale"] = _scale(knobs, upstream_port, tmp)
             if knobs.wants("ledger"):
@@ -552,6 +556,10 @@ def main() -> int:
     (out / f"{stamp}.json").write_text(text)
     (out / "latest.json").write_text(text)
     print("\n" + report.markdown(results))
+    if "peer" in results:
+        from bench import peer
+
+        print("\n" + peer.markdown(results["peer"], results["profiles"]))
     print(f"\nresults: {out / (stamp + '.json')} (and latest.json); wall {results['wall_s']} s")
     return 0 if all(p.get("error") is None for p in results["profiles"]) else 1
 
