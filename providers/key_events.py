@@ -17,11 +17,10 @@ import logging
 from collections.abc import Callable
 
 import orjson
-import redis
-import redis.asyncio as aioredis
 from django.conf import settings
-from redis.exceptions import RedisError
 
+from gateway.redis_client import SyncClient, redis_async, redis_is_cluster, redis_sync
+from gateway.shared_state import REDIS_UNREACHABLE
 from providers.selectors import KeyChangeInfo
 
 logger = logging.getLogger(__name__)
@@ -50,10 +49,11 @@ def key_change_parse(data: bytes | str) -> KeyChangeInfo | None:
 
 
 @functools.cache
-def _publisher(url: str) -> redis.Redis:
-    """One client per Redis URL for the process's sync writers (admin, commands, services run
-    on the database threads), with a connection pool of its own."""
-    return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+def _publisher(url: str) -> SyncClient | None:
+    """One client per Redis URL (from the one factory, gateway.redis_client, so a cluster
+    works too) for the process's sync writers (admin, commands, services run on the database
+    threads), with a connection pool of its own."""
+    return redis_sync(socket_connect_timeout=0.5, socket_timeout=0.5)
 
 
 def key_change_broadcast(change: KeyChangeInfo) -> None:
@@ -63,7 +63,7 @@ def key_change_broadcast(change: KeyChangeInfo) -> None:
         return
     try:
         _publisher(settings.REDIS_URL).publish(CHANNEL, key_change_message(change))
-    except (RedisError, OSError) as exc:
+    except REDIS_UNREACHABLE as exc:
         logger.warning("key change %s not published (%s); the feed carries it", change.id,
                        type(exc).__name__)
 
@@ -99,9 +99,13 @@ class KeyChangeListener:
     async def _listen(self, url: str) -> None:
         backoff = 0.1
         while True:
-            client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0,
-                                             health_check_interval=10)
+            # The read timeout is above get_message's wait: an idle subscription is not a
+            # dead one. A cluster client loads its slot map before its first pubsub().
+            client = redis_async(max_connections=2, socket_connect_timeout=1.0,
+                                 socket_timeout=LISTEN_TIMEOUT_S + 5, health_check_interval=10)
             try:
+                if redis_is_cluster():
+                    await client.initialize()
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     self._on_subscribed()
@@ -112,7 +116,7 @@ class KeyChangeListener:
                             change = key_change_parse(message["data"])
                             if change is not None:
                                 self._on_change(change)
-            except (RedisError, OSError) as exc:
+            except REDIS_UNREACHABLE as exc:
                 logger.warning("key change subscription lost (%s); the feed covers it",
                                type(exc).__name__)
             finally:
