@@ -5,8 +5,9 @@ LiteLLM is installed by the bench into its own venv, `.venv/litellm`, from the p
 bench/requirements-litellm.lock (never the project's locks), and runs as its CLI starts it (one
 uvicorn worker) on 127.0.0.1, routed to the same fake upstream as the gateway, with what the
 issue measured it with: no database (so no spend logs, keys or budgets), a master key checked
-against the bearer, no callbacks, telemetry off and the model cost map read from the package (no download). The
-gateway keeps its ledger, budgets and limits on: the comparison favours the peer.
+against the bearer, no callbacks, telemetry off and the model cost map read from the package (no
+download). The gateway keeps its ledger, budgets and limits on: the comparison favours the peer.
+Its CPU per request is that of the proxy's process (one worker, no children).
 """
 from __future__ import annotations
 
