@@ -105,8 +105,9 @@ class LedgerRequest(models.Model):
     """The request ids of the ledger's rows where the ledger is partitioned (MySQL, MariaDB,
     TiDB): a partitioned table's unique keys must contain its partitioning column, so this
     small unpartitioned table is what makes a request id unique there. Inserted in the rows'
-    transaction (usage.services), deleted with them by usage.archive. Unused on SQLite, where
-    the ledger's own unique request_id does it."""
+    transaction (usage.services), deleted with them by usage.archive and after CLAIM_WINDOW by
+    usage.partitions.ledger_claims_purge. Unused on SQLite, where the ledger's own unique
+    request_id does it."""
 
     request_id = models.CharField(max_length=64, primary_key=True)
     created_at = models.DateTimeField(db_index=True)

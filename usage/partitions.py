@@ -15,8 +15,9 @@ intent the reaper turns into a `lost` row), and a replay with another created_at
 second row. So the request id stays unique in the database through a small unpartitioned table,
 usage.models.LedgerRequest (request_id primary key), into which usage.services inserts the
 batch's ids in the rows' transaction: a second row of a request fails there with the
-IntegrityError the idempotent writers already handle. Partitioned InnoDB tables cannot hold
-foreign keys, so the ledger's three (key, team, price) are dropped there; Django's
+IntegrityError the idempotent writers already handle. Claims are kept CLAIM_WINDOW (40 days,
+ledger_claims_purge), so that table stays the size of a month's traffic. Partitioned InnoDB
+tables cannot hold foreign keys, so the ledger's three (key, team, price) are dropped there; Django's
 on_delete=PROTECT still refuses to delete a key, team or price with usage (Django checks it).
 
 TiDB: an AUTO_INCREMENT primary key sends every insert to the region at the end of the key
@@ -49,6 +50,9 @@ AHEAD_MONTHS = 3
 # shard, far more ids than a ledger will hold.
 AUTO_RANDOM_SHARD_BITS = 5
 COPY_CHUNK = 10_000
+# Claims kept (ledger_claims_purge): longer than any retry, spool replay or reap, and than a
+# month, so a request is guarded by its claim across a month boundary.
+CLAIM_WINDOW = timedelta(days=40)
 # TiDB's catch-up after the swap re-copies the rows created this long before the copy started
 # (INSERT IGNORE skips those already copied): a request's row is written when it ends, and a
 # spooled row may land hours after its created_at.
@@ -424,6 +428,25 @@ def ledger_partitions_extend_back(*, since: date, using: str | None = None) -> l
         cursor.execute(split_first_statement(table=_table(), first=partitions[0].month,
                                              months=months))
     return [partition_name(m) for m in months]
+
+
+def ledger_claims_purge(*, now: datetime | None = None, using: str | None = None) -> int:
+    """Delete the request-id claims (usage.models.LedgerRequest) older than CLAIM_WINDOW, in
+    chunks; returns how many. Every writer of a request's row carries its admission's
+    created_at, and retries, spool replays and the reaper come within hours, so an old request
+    is still guarded by the ledger's own (request_id, created_at) key; keeping only a window of
+    claims keeps the table's random primary key in memory whatever the ledger's size (the
+    ledger bench: 3x fewer rows/s once 10M claims no longer fit the buffer pool)."""
+    from usage.models import LedgerRequest
+
+    cutoff = (now or datetime.now(dt_timezone.utc)) - CLAIM_WINDOW
+    deleted = 0
+    while True:
+        ids = list(LedgerRequest.objects.using(using or "default")
+                   .filter(created_at__lt=cutoff).values_list("pk", flat=True)[:COPY_CHUNK])
+        if not ids:
+            return deleted
+        deleted += LedgerRequest.objects.using(using or "default").filter(pk__in=ids).delete()[0]
 
 
 def ledger_partition_drop(*, month: date, using: str | None = None) -> None:

@@ -11,7 +11,7 @@ from usage.alerts import budget_alerts_send
 from usage.budgets import reservations_expire
 from usage.idempotency import idempotency_purge
 from usage.intents import intents_reap_late
-from usage.partitions import ledger_partitions_ensure
+from usage.partitions import ledger_claims_purge, ledger_partitions_ensure
 from usage.rollups import budget_counters_reconcile, usage_rollup
 from usage.spool import ledger_spool_flush
 
@@ -59,5 +59,7 @@ def intents_reap_task() -> int:
 @shared_task(name="usage.ledger_partitions")
 def ledger_partitions_task() -> int:
     """The ledger's monthly partitions for the next months, ahead of time (MySQL, MariaDB,
-    TiDB; a no-op elsewhere): rows never wait in the pmax catch-all."""
+    TiDB; a no-op elsewhere): rows never wait in the pmax catch-all. And the request-id
+    claims older than their window go."""
+    ledger_claims_purge()
     return len(ledger_partitions_ensure())

@@ -11,7 +11,7 @@ the IntegrityError the idempotent writers already handle. Weighed and rejected: 
 (request_id, created_at) alone (a replay with another created_at would be a second row; the
 fault suite replays intents so), and a month derived from the request id (ids are random
 uuid4 today, and old rows would not fit). The cost: one more multi-row INSERT per ledger batch,
-into a table of about 100 bytes a row that the archive trims with the ledger.
+into a table kept to the last 40 days of requests (usage.partitions.ledger_claims_purge).
 
 Partitioned InnoDB tables hold no foreign keys: the key, team and price constraints are
 dropped on these backends; Django's on_delete=PROTECT (checked by Django) still refuses to

@@ -18,10 +18,10 @@ from django.db import IntegrityError, connection, transaction
 from usage.archive import ledger_archive, month_bounds
 from usage.models import DailyUsage, LedgerRequest, UsageRecord
 from usage.partitions import (
-    CATCH_ALL, Partition, add_months, ledger_partitions, ledger_partitions_ensure,
-    ledger_partitions_extend_back, month_range, month_start, months_missing,
-    mysql_partition_statements, partition_clause, partition_name, reorganize_statement,
-    server_flavour, split_first_statement, tidb_create_statement,
+    CATCH_ALL, CLAIM_WINDOW, Partition, add_months, ledger_claims_purge, ledger_partitions,
+    ledger_partitions_ensure, ledger_partitions_extend_back, month_range, month_start,
+    months_missing, mysql_partition_statements, partition_clause, partition_name,
+    reorganize_statement, server_flavour, split_first_statement, tidb_create_statement,
 )
 from usage.rollups import usage_rollup
 from usage.services import LedgerWrite, _rows_insert, usage_record_write, usage_records_write
@@ -226,3 +226,20 @@ def test_an_archived_month_is_dropped_as_a_partition(tmp_path):
     again = ledger_archive(before=add_months(old, 1), output_dir=tmp_path)
     assert [(r.rows, r.dropped, r.method) for r in again] == [(1, 1, "delete")]
     assert not UsageRecord.objects.filter(request_id=late.request_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_claims_older_than_their_window_are_purged_and_the_ledger_still_refuses_a_retry():
+    old = ledger_write(at=NOW - CLAIM_WINDOW - timedelta(days=1))
+    recent = ledger_write(at=NOW - timedelta(days=1))
+    LedgerRequest.objects.bulk_create([  # what the writer claimed (nothing on SQLite)
+        LedgerRequest(request_id=e.request_id, created_at=e.created_at) for e in (old, recent)
+    ], ignore_conflicts=True)
+
+    assert ledger_claims_purge(now=NOW) == 1
+    assert list(LedgerRequest.objects.values_list("request_id", flat=True)) == [recent.request_id]
+    assert ledger_claims_purge(now=NOW) == 0
+    # A retry of the old request carries its created_at: the ledger's own key refuses it.
+    assert usage_record_write(entry=old) is False
+    assert UsageRecord.objects.filter(request_id=old.request_id).count() == 1
+
