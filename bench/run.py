@@ -23,7 +23,8 @@ BENCH_RESULTS_DIR (bench/results; point exploratory runs elsewhere), BENCH_WAIT_
 first wait up to this long for the machine to be idle for 3 s; the run goes ahead regardless and
 each row records how busy the machine was), BENCH_SETTLE_QUIET_S (1: after a case, the ledger
 count is final once it reaches the requests sent, or covers every request the upstream saw and
-stops changing for this long; BENCH_SETTLE_MAX_S (8) at most).
+stops changing for this long; BENCH_SETTLE_MAX_S (8) at most), BENCH_PEER (litellm: also run
+chat, chat-stream-20 and messages against the LiteLLM proxy and print the ratios, bench/peer.py).
 """
 from __future__ import annotations
 
