@@ -44,6 +44,13 @@ class LedgerWriter:
         self._flusher: asyncio.Task | None = None
         self._leftovers_checked = False
 
+    def _flusher_running(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a flusher is at work on `loop`. One started on another loop does not count:
+        a loop closed while its flusher slept (a worker thread's, a test's) leaves that task
+        pending for ever, and no row spooled since would be flushed by this process."""
+        flusher = self._flusher
+        return flusher is not None and not flusher.done() and flusher.get_loop() is loop
+
     async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
                     charge_limits: tuple[BudgetLimit, ...] = (),
                     response: StoredResponse | None = None, release_claim: int | None = None) -> None:
@@ -70,8 +77,9 @@ class LedgerWriter:
             left = await asyncio.get_running_loop().run_in_executor(None, spool_size)
         except OSError:
             return
-        if left and (self._flusher is None or self._flusher.done()):
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_until_empty())
+        loop = asyncio.get_running_loop()
+        if left and not self._flusher_running(loop):
+            self._flusher = loop.create_task(self._flush_until_empty())
 
     async def _commit_queued(self, batch: _LoopBatch) -> None:
         while batch.queue:
@@ -90,7 +98,7 @@ class LedgerWriter:
             await db.run(usage_records_write, writes=writes)
             return
         except DatabaseError as exc:
-            if self._flusher is None or self._flusher.done():
+            if not self._flusher_running(asyncio.get_running_loop()):
                 logger.error("ledger writes failing (%s); spooling rows until the database "
                              "recovers", type(exc).__name__)
         lines = [spool_encode(entry=w.entry, settle_budget=w.settle_budget, response=w.response,
@@ -102,7 +110,7 @@ class LedgerWriter:
         except OSError as exc:
             logger.critical("ledger rows %s could not be spooled (%s)",
                             ", ".join(w.entry.request_id for w in writes), type(exc).__name__)
-        if self._flusher is None or self._flusher.done():
+        if not self._flusher_running(loop):
             self._flusher = loop.create_task(self._flush_until_empty())
 
     async def _flush_until_empty(self) -> None:

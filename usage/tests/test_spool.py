@@ -45,3 +45,39 @@ def test_rows_written_while_the_ledger_is_down_land_after_recovery(gateway_url, 
     assert rows.count() == 500
     assert len(set(rows.values_list("request_id", flat=True))) == 500
     assert spool_size() == 0
+
+
+def test_a_flusher_stranded_on_a_stopped_event_loop_does_not_stop_another_loop_flushing(
+        transactional_db):
+    """A loop stopped while its flusher slept (a server thread's loop) leaves that task pending
+    for ever; rows spooled later from another loop must still get a flusher of their own."""
+    from gateway.ledger import LedgerWriter
+    from providers.services import api_key_create
+    from usage.tests.test_rollups import _entry_with_id
+
+    key, _ = api_key_create(name="spooled")
+    writer = LedgerWriter()
+    writer.FLUSH_INTERVAL_S = 0.05
+    stranded = asyncio.new_event_loop()
+    _rename(TABLE, TABLE + "_offline")
+    try:
+        stranded.run_until_complete(writer.write(_entry_with_id("req-on-the-stopped-loop", key)))
+        assert spool_size() == 1 and not writer._flusher.done()  # it sleeps on `stranded`
+    finally:
+        _rename(TABLE + "_offline", TABLE)
+
+    async def later() -> None:
+        try:
+            await writer.write(_entry_with_id("req-on-the-running-loop", key))
+        finally:
+            await asyncio.to_thread(_rename, TABLE + "_offline", TABLE)
+        deadline = time.monotonic() + 30
+        while spool_size() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    _rename(TABLE, TABLE + "_offline")
+    asyncio.run(later())
+    assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == [
+        "req-on-the-running-loop", "req-on-the-stopped-loop"]
+    assert spool_size() == 0
+    stranded.close()
