@@ -58,27 +58,10 @@ def _knob(name: str, default: int) -> int:
 def _server(buffer_pool: str):
     """A private mariadbd (tests/faults/harness.py's, with a bigger buffer pool and redo log
     for the bulk load)."""
-    from tests.faults.harness import MariaDB, die_with_parent, wait_until
+    from tests.faults.harness import MariaDB
 
-    class BenchMariaDB(MariaDB):
-        def start(self) -> None:
-            args = ["mariadbd", "--no-defaults", f"--datadir={self._dir / 'data'}",
-                    f"--port={self.port}", "--bind-address=127.0.0.1",
-                    f"--socket={self._dir / 'sock'}", f"--pid-file={self._dir / 'pid'}",
-                    # Its own temporary files: a cleanup of /tmp by anything else must not
-                    # break a GROUP BY halfway.
-                    f"--tmpdir={self._dir}", "--skip-grant-tables", "--skip-networking=0",
-                    f"--innodb-buffer-pool-size={buffer_pool}", "--innodb-log-file-size=1G",
-                    "--max-allowed-packet=256M", "--character-set-server=utf8mb4",
-                    "--collation-server=utf8mb4_unicode_ci"]
-            if os.geteuid() == 0:
-                args.append("--user=root")
-            with self._log.open("ab") as log:
-                self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                                 preexec_fn=die_with_parent)
-            wait_until(self._answers, timeout=60, interval=0.1, what=f"mariadbd on {self.port}")
-
-    server = BenchMariaDB()
+    server = MariaDB(server_options={"innodb-buffer-pool-size": buffer_pool,
+                                     "innodb-log-file-size": "1G", "max-allowed-packet": "256M"})
     server.install()
     server.start()
     server.query(f"CREATE DATABASE {DATABASE} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",

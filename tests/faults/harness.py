@@ -58,7 +58,11 @@ class MariaDB:
     Authentication is off (`--skip-grant-tables`): the server listens on loopback only and
     lives for one test session."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, server_options: dict[str, str] | None = None) -> None:
+        # mariadbd options over the defaults below (name -> value, e.g. a bench's larger
+        # "innodb-buffer-pool-size").
+        self._options = {"innodb-buffer-pool-size": "64M", "character-set-server": "utf8mb4",
+                         "collation-server": "utf8mb4_unicode_ci", **(server_options or {})}
         self.port = free_port()
         self.url = f"mysql://root@127.0.0.1:{self.port}/{DATABASE}"
         self._dir = Path(tempfile.mkdtemp(prefix="gw-mariadb-"))
@@ -76,8 +80,10 @@ class MariaDB:
         args = ["mariadbd", "--no-defaults", f"--datadir={self._dir / 'data'}",
                 f"--port={self.port}", "--bind-address=127.0.0.1",
                 f"--socket={self._dir / 'sock'}", f"--pid-file={self._dir / 'pid'}",
-                "--skip-grant-tables", "--skip-networking=0", "--innodb-buffer-pool-size=64M",
-                "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci"]
+                # Its own temporary files: a cleanup of /tmp by anything else must not break a
+                # GROUP BY halfway.
+                f"--tmpdir={self._dir}", "--skip-grant-tables", "--skip-networking=0",
+                *(f"--{name}={value}" for name, value in self._options.items())]
         if os.geteuid() == 0:
             args.append("--user=root")
         with self._log.open("ab") as log:
