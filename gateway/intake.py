@@ -83,11 +83,21 @@ MAX_TAG_CHARS = 64
 MAX_END_USER_CHARS = 256
 
 
-def same_wire_body(body: dict, upstream_model: str, **changes: object) -> dict:
-    """The client's body for an upstream of its own wire format: its model swapped (and any
-    `changes`), without the gateway's own `metadata.tags` (see `attribution`), which neither
-    OpenAI's nor Anthropic's `metadata` accepts."""
-    out = {**body, "model": upstream_model, **changes}
+# The fields of the three wire formats that cap a response's output (Chat Completions has two).
+OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def same_wire_body(body: dict, deployment: Deployment, **changes: object) -> dict:
+    """The client's body for an upstream of its own wire format: its model swapped for the
+    deployment's (and any `changes`), its output cap within the route's output limit (the same
+    `CodecOptions.clamp_max_tokens` a translated request gets), and without the gateway's own
+    `metadata.tags` (see `attribution`), which neither OpenAI's nor Anthropic's `metadata`
+    accepts."""
+    out = {**body, "model": deployment.upstream_model, **changes}
+    for name in OUTPUT_LIMIT_FIELDS:
+        value = out.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = deployment.codec_options.clamp_max_tokens(value)
     metadata = body.get("metadata")
     if isinstance(metadata, dict) and "tags" in metadata:
         rest = {k: v for k, v in metadata.items() if k != "tags"}

@@ -164,7 +164,7 @@ def ir_prepare(parse: Callable[[dict[str, Any]], ChatRequest], *, operation: str
             req = replace(req, max_tokens=key.max_tokens_default)
         bodies, dropped = translated_bodies(
             req, deployments, stream=req.stream, native_wire=native_wire,
-            native_body=lambda d: same_wire_body(body, d.upstream_model))
+            native_body=lambda d: same_wire_body(body, d))
         return Job(snapshot=snapshot, deployments=deployments, operation=operation,
                    bodies=bodies, prompt_tokens=request_input_tokens(req),
                    max_tokens=req.max_tokens, stream=req.stream, req=req, dropped=dropped)

@@ -89,7 +89,7 @@ async def _upstream_count(deployment: Deployment, body: dict[str, Any], req: Cha
     dialect = dialect_for(deployment.kind)
     upstream = None
     try:
-        upstream_body = same_wire_body(body, deployment.upstream_model)
+        upstream_body = same_wire_body(body, deployment)
         if dialect.count_body is not None:
             upstream_body = dialect.count_body(upstream_body, req, deployment.upstream_model,
                                                deployment.codec_options)

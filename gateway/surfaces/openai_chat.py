@@ -53,7 +53,7 @@ def validate_stream_fields(body: dict) -> None:
 
 def passthrough_body(body: dict, deployment: Deployment, *, stream: bool) -> dict:
     """The client's body for an OpenAI-compatible upstream: its model, and usage asked for."""
-    out = same_wire_body(body, deployment.upstream_model)
+    out = same_wire_body(body, deployment)
     if stream:
         out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return out

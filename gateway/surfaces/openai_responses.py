@@ -125,11 +125,11 @@ async def prepare(body: dict[str, Any], key: KeyInfo, snapshot: RoutingSnapshot,
 
     def native_body(d: Deployment) -> dict[str, Any]:
         if stored is not None and stored.upstream_id and stored.provider_id == d.provider_id:
-            return same_wire_body(body, d.upstream_model, previous_response_id=stored.upstream_id)
+            return same_wire_body(body, d, previous_response_id=stored.upstream_id)
         if stored is not None and stored.provider_id != d.provider_id:
-            return same_wire_body(expanded, d.upstream_model,
+            return same_wire_body(expanded, d,
                                input=_without_foreign_reasoning(history) + new_items)
-        return same_wire_body(expanded, d.upstream_model)
+        return same_wire_body(expanded, d)
 
     if stored is not None:
         deployments = _chain_first(deployments, stored.provider_id)

@@ -288,3 +288,44 @@ if __name__ == "__main__" and sys.argv[1:] == ["--regenerate"]:
     for name in CASES:
         (GOLDEN / f"{name}.expected.json").write_text(
             json.dumps(translate(name), indent=1, ensure_ascii=False) + "\n")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_body_passed_through_to_its_own_wire_is_clamped_to_the_routes_output_limit(
+        gateway_url, fake_upstream, api_key, stream):
+    import anthropic
+    import openai
+
+    from providers.config_file import config_parse
+    from providers.services import config_apply
+
+    config_apply(spec=config_parse(f"""
+providers:
+  - name: same-anth
+    kind: anthropic
+    base_url: {fake_upstream.base_url("same-anth")}
+    api_key: sk-a
+    models:
+      claude-limited: {{upstream: up-claude, max_output_tokens: 8000}}
+  - name: same-chat
+    kind: openai
+    base_url: {fake_upstream.base_url("same-chat")}
+    api_key: sk-c
+    models:
+      chat-limited: {{upstream: up-chat, max_output_tokens: 4096}}
+"""))
+    claude = anthropic.Anthropic(base_url=gateway_url, api_key=api_key, max_retries=0, timeout=30)
+    answer = claude.messages.create(model="claude-limited", max_tokens=32000, stream=stream,
+                                    messages=[{"role": "user", "content": "hi"}])
+    if stream:
+        assert [e.type for e in answer][-1] == "message_stop"
+    chat = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=api_key, max_retries=0, timeout=30)
+    chat.chat.completions.create(model="chat-limited", max_completion_tokens=50000,
+                                 messages=[{"role": "user", "content": "hi"}])
+    chat.chat.completions.create(model="chat-limited", max_tokens=100,
+                                 messages=[{"role": "user", "content": "hi"}])
+    sent, = [c.body for c in fake_upstream.calls("same-anth")]
+    assert (sent["model"], sent["max_tokens"]) == ("up-claude", 8000)
+    assert [(c.body["model"], c.body.get("max_completion_tokens"), c.body.get("max_tokens"))
+            for c in fake_upstream.calls("same-chat")] == [
+        ("up-chat", 4096, None), ("up-chat", None, 100)]  # a cap under the limit stays
