@@ -248,14 +248,10 @@ def spawn_gateway(gateway_url):
 
     import httpx
     from django.conf import settings
-    from django.db import connection
 
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        database_url = f"sqlite:///{db['NAME']}"
-    else:
-        database_url = (f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
-                        f"{db['PORT'] or 3306}/{db['NAME']}")
+    from gateway.tests.loopback import this_database_url
+
+    database_url = this_database_url()
     processes = []
 
     def spawn(**env_overrides: str) -> str:

@@ -27,3 +27,15 @@ def serve_in_thread(app: web.Application, *, name: str) -> tuple[int, asyncio.Ab
     threading.Thread(target=serve, name=name, daemon=True).start()
     ready.wait(10)
     return sock.getsockname()[1], loop
+
+
+def this_database_url() -> str:
+    """DATABASE_URL for a gateway subprocess that must share this test's database (SQLite's
+    file, or the MySQL/MariaDB test database CI runs on)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return (f"mysql://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:"
+            f"{db['PORT'] or 3306}/{db['NAME']}")

@@ -76,9 +76,9 @@ def replicas(gateway_url, redis_cluster):
 
     from django.conf import settings
 
-    db = connection.settings_dict
-    assert db["ENGINE"].endswith("sqlite3"), "the cluster tests run on the SQLite test database"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{db['NAME']}", "DEBUG": "1",
+    from gateway.tests.loopback import this_database_url
+
+    env = {**os.environ, "DATABASE_URL": this_database_url(), "DEBUG": "1",
            "GATEWAY_CONFIG_POLL_S": "0", "REDIS_URL": redis_cluster.url,
            "GATEWAY_REDIS_CLUSTER": "1", "CELERY_BROKER_URL": "memory://"}
     processes: list[subprocess.Popen] = []
