@@ -31,7 +31,7 @@ from pathlib import Path
 
 import redis.cluster
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, IntegrityError
 
 from gateway.redis_client import SyncClient, redis_sync
 from gateway.shared_state import REDIS_UNREACHABLE
@@ -162,9 +162,25 @@ def spool_size() -> int:
     return count
 
 
+def _spooled_row_write(line: str) -> None:
+    """Write one spooled row. A row the database refuses for good (an integrity error that is
+    not its own earlier write: usage_record_write treats that as done) would stop every row
+    spooled after it for ever, so it is set aside in `rejected-ledger.jsonl` beside the spool,
+    logged with its request id, and the flush goes on. Raises DatabaseError otherwise (the
+    database is still away: the row stays spooled)."""
+    try:
+        usage_record_write(**spool_decode(line))
+    except IntegrityError as exc:
+        _append(_spool_dir() / "rejected-ledger.jsonl", [line])
+        logger.error("ledger spool: a row the database refuses (%s) set aside in "
+                     "rejected-ledger.jsonl: %s", type(exc).__name__,
+                     json.loads(line).get("entry", {}).get("request_id", "?"))
+
+
 def ledger_spool_flush() -> int:
     """Write spooled rows to the database. Stops at the first database error (rows stay
-    spooled). Returns the number written. Safe to run concurrently and twice."""
+    spooled). Returns the number taken out of the spool (written, or set aside as refused for
+    good: `_spooled_row_write`). Safe to run concurrently and twice."""
     written = 0
     client = _redis()
     if client is not None:
@@ -176,7 +192,7 @@ def ledger_spool_flush() -> int:
                 done = []
                 try:
                     for line in lines:
-                        usage_record_write(**spool_decode(line.decode()))
+                        _spooled_row_write(line.decode())
                         done.append(line)
                 finally:
                     # Remove exactly the rows written (each line is unique: it holds its request
@@ -234,7 +250,7 @@ def _flush_file(path: Path) -> tuple[int, bool]:
         lines = spool.read().splitlines()
         for i, line in enumerate(lines):
             try:
-                usage_record_write(**spool_decode(line))
+                _spooled_row_write(line)
             except DatabaseError:
                 _append(original, lines[i:])
                 claimed.unlink(missing_ok=True)

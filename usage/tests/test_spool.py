@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 from django.db import connection
@@ -81,3 +82,23 @@ def test_a_flusher_stranded_on_a_stopped_event_loop_does_not_stop_another_loop_f
         "req-on-the-running-loop", "req-on-the-stopped-loop"]
     assert spool_size() == 0
     stranded.close()
+
+
+def test_a_row_the_database_refuses_for_good_is_set_aside_and_the_rows_after_it_land(
+        transactional_db, settings, caplog):
+    from dataclasses import replace
+
+    from providers.services import api_key_create
+    from usage.spool import spool_encode, spool_push
+    from usage.tests.test_rollups import _entry_with_id
+
+    key, _ = api_key_create(name="spooled")
+    poison = replace(_entry_with_id("req-poison", key), status=None)  # NOT NULL: never writable
+    spool_push(*(spool_encode(entry=e, settle_budget=False, response=None, release_claim=None)
+                 for e in (poison, _entry_with_id("req-after-it", key))))
+    assert ledger_spool_flush() == 2
+    assert list(UsageRecord.objects.values_list("request_id", flat=True)) == ["req-after-it"]
+    assert spool_size() == 0
+    rejected = (Path(settings.GATEWAY_SPOOL_DIR) / "rejected-ledger.jsonl").read_text()
+    assert '"req-poison"' in rejected and "req-after-it" not in rejected
+    assert "req-poison" in caplog.text
