@@ -311,6 +311,14 @@ def claims_backfill(cursor, *, table: str, since: datetime | None = None) -> Non
                        f"SELECT request_id, created_at FROM `{table}` WHERE created_at >= %s",
                        [since.replace(tzinfo=None)])
         return
+    for low, high in _id_chunks(cursor, table=table):
+        cursor.execute(f"INSERT IGNORE INTO `{claims}` (request_id, created_at) "
+                       f"SELECT request_id, created_at FROM `{table}` WHERE id > %s AND id <= %s",
+                       [low, high])
+
+
+def _id_chunks(cursor, *, table: str):
+    """(after, up to) id bounds covering `table`'s rows, COPY_CHUNK rows each, in id order."""
     last_id = -1
     while True:
         cursor.execute(f"SELECT MAX(id) FROM (SELECT id FROM `{table}` WHERE id > %s "
@@ -318,9 +326,7 @@ def claims_backfill(cursor, *, table: str, since: datetime | None = None) -> Non
         upper = cursor.fetchone()[0]
         if upper is None:
             return
-        cursor.execute(f"INSERT IGNORE INTO `{claims}` (request_id, created_at) "
-                       f"SELECT request_id, created_at FROM `{table}` WHERE id > %s AND id <= %s",
-                       [last_id, upper])
+        yield last_id, upper
         last_id = upper
 
 
@@ -344,16 +350,9 @@ def ledger_rebuild(cursor, *, table: str, months: list[date], now: datetime,
     run = [f"DROP TABLE IF EXISTS `{new_table}`", create, *session]
     for sql in run:
         cursor.execute(sql)
-    last_id = -1
-    while True:
-        cursor.execute(f"SELECT MAX(id) FROM (SELECT id FROM `{table}` WHERE id > %s "
-                       f"ORDER BY id LIMIT {COPY_CHUNK}) chunk", [last_id])
-        upper = cursor.fetchone()[0]
-        if upper is None:
-            break
+    for low, high in _id_chunks(cursor, table=table):
         cursor.execute(f"INSERT IGNORE INTO `{new_table}` SELECT * FROM `{table}` "
-                       "WHERE id > %s AND id <= %s", [last_id, upper])
-        last_id = upper
+                       "WHERE id > %s AND id <= %s", [low, high])
     swap = tidb_swap_statements(table=table, new_table=new_table, old_table=old_table)
     for sql in swap:
         cursor.execute(sql)
