@@ -254,10 +254,11 @@ def test_a_deactivated_account_is_refused_and_next_never_leaves_the_gateway(
     page.goto(f"{gateway_url}/sso/login/?next=https://evil.example/")
     idp_sign_in(page, "olga")
     expect(page).to_have_url(f"{gateway_url}/chat/")  # `/` sends a role-less person to chat
-    User.objects.filter(username="olga@example.com").update(is_active=False)
-
-    page.goto("about:blank")  # the chat page's scripts stop before the cookies go
+    # Leave the chat page before the account is deactivated: its next call would get a 401 and
+    # send the page to the chat sign-in, racing the navigation below.
+    page.goto("about:blank")
     page.context.clear_cookies()
+    User.objects.filter(username="olga@example.com").update(is_active=False)
     sso_from(page, gateway_url, "/admin/", "olga")
     expect(page).to_have_url(f"{gateway_url}/sso/failed/?reason=inactive")
     expect(page.locator("#reason")).to_contain_text("deactivated")
