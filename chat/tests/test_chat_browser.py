@@ -31,6 +31,13 @@ def _send(page, text: str) -> None:
     page.click("#send")
 
 
+def _answered(page) -> None:
+    """The last answer is complete and its turn is over: the page takes new input (New chat and
+    Send are ignored while a turn is still reading the end of its stream)."""
+    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    expect(page.locator("#stop")).to_be_hidden()
+
+
 def test_answer_streams_in_and_the_history_survives_a_reload(page, gateway_url, fake_provider,
                                                              make_user, screenshots):
     fake_provider.behave("fake-a", chunk_delay_s=0.2)
@@ -59,7 +66,7 @@ def test_answer_streams_in_and_the_history_survives_a_reload(page, gateway_url, 
     # The next turn carries the history as context.
     fake_provider.behave("fake-a", reply="Second answer.")
     _send(page, "And then?")
-    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    _answered(page)
     assert [m["role"] for m in fake_provider.calls()[-1].body["messages"]] == \
         ["user", "assistant", "user"]
     # The page's own files work under its strict Content-Security-Policy.
@@ -159,12 +166,12 @@ def test_sessions_are_renamed_deleted_and_new_chats_start_empty(page, gateway_ur
     make_user("alice")
     _sign_in(page, gateway_url)
     _send(page, "First chat")
-    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    _answered(page)
     page.click("#new-chat")
     expect(page.locator(".message")).to_have_count(0)
     expect(page).to_have_url(f"{gateway_url}/chat/")
     _send(page, "Second chat")
-    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    _answered(page)
     sessions = page.locator("#sessions li .open")
     expect(sessions).to_have_text(["Second chat", "First chat"])
 
@@ -204,7 +211,7 @@ def test_a_history_title_gets_the_sidebars_width_and_a_long_one_its_first_words(
     make_user("alice")
     _sign_in(page, gateway_url)
     _send(page, TITLE_30)
-    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    _answered(page)
     title = page.locator("#sessions li .open")
     expect(title).to_have_text([TITLE_30])
     # The active row, hovered or not, shows the whole title: nothing is cut off.
@@ -228,7 +235,7 @@ def test_a_history_title_gets_the_sidebars_width_and_a_long_one_its_first_words(
     long = ("Write a migration plan for moving the billing service from the monolith to "
             "its own database, with a rollback step")
     _send(page, long)
-    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    _answered(page)
     stored = ChatSession.objects.get(pk=int(page.url.rstrip("/").rsplit("/", 1)[1])).title
     assert stored == "Write a migration plan for moving the billing service from…"
     first = page.locator("#sessions li .open").first
@@ -364,7 +371,7 @@ def test_the_page_fits_a_390_px_phone_with_the_history_behind_a_button(
     expect(page.locator("#sessions")).to_be_hidden()
     expect(page.locator(".message")).to_have_count(0)
     _send(page, "And on a phone?")
-    expect(page.locator(".message.assistant").last).to_have_attribute("data-status", "complete")
+    _answered(page)
     fits()
     toggle.click()
     expect(page.locator("#sessions li .open")).to_have_count(2)
