@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import replace
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -188,12 +189,16 @@ async def _budget_reserve(call: Call, limits: list[BudgetLimit], amount_units: i
                 call.intent_written()
                 return
         payload = intent.encode()
-        await db.run(budget_reserve, request_id=call.request_id, limits=limits,
-                     amount_units=amount_units,
-                     held_elsewhere=(budgets.held_units(limits=limits, now=call.created_at)
-                                     if budgets is not None else None),
-                     intent=intent_row(request_id=call.request_id, payload=payload,
-                                       expires_at=lease_expiry()))
+        # Alongside this process's Redis reservations, when Redis is configured: each side
+        # counts the other's (usage.budgets_redis).
+        beside_redis = (budgets.database_reservation(
+            request_id=call.request_id, limits=limits, now=call.created_at,
+            amount_units=amount_units) if budgets is not None else nullcontext())
+        async with beside_redis as held_elsewhere:
+            await db.run(budget_reserve, request_id=call.request_id, limits=limits,
+                         amount_units=amount_units, held_elsewhere=held_elsewhere,
+                         intent=intent_row(request_id=call.request_id, payload=payload,
+                                           expires_at=lease_expiry()))
         call.budget_held()
         intent_keeper.held(request_id=call.request_id, payload=payload, store=DATABASE)
         call.intent_written()

@@ -22,6 +22,14 @@ hash tag (`{...}`), and non-transactional pipelines (`pipeline(transaction=False
 commands each stay within one slot; a cluster pipeline sends each node its commands in
 parallel. Not available on a cluster: MULTI/EXEC across slots and multi-key commands across
 slots, which is why every key name that is used together carries the same tag.
+
+A failover on a busy process: redis-py's asyncio cluster client disconnects a failed node's
+idle connections while other tasks are taking them from its pool, and those tasks then fail
+inside redis-py with an AttributeError, RuntimeError or TypeError on the torn-down transport
+instead of a ConnectionError (seen: `'NoneType' object has no attribute 'writelines'`, "the
+handler is closed"). The cluster client built here raises those as the ConnectionError they
+mean, from a command or a pipeline, so every store falls back as in any outage instead of the
+request failing with a 500.
 """
 from __future__ import annotations
 
@@ -35,6 +43,48 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 AsyncClient = aioredis.Redis | aiocluster.RedisCluster
+
+
+def _torn_down(exc: Exception) -> bool:
+    """Whether an error from inside redis-py is a connection torn down under the command."""
+    if isinstance(exc, (AttributeError, RuntimeError)):
+        return True
+    return isinstance(exc, TypeError) and "'NoneType'" in str(exc)
+
+
+def _as_connection_error(exc: Exception) -> redis.ConnectionError:
+    return redis.ConnectionError(
+        f"connection torn down under the command ({type(exc).__name__}: {exc})")
+
+
+class _ClusterPipeline(aiocluster.ClusterPipeline):
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except Exception as exc:
+            if _torn_down(exc):
+                raise _as_connection_error(exc) from exc
+            raise
+
+
+class _Cluster(aiocluster.RedisCluster):
+    """The asyncio cluster client, with torn-down connections raised as ConnectionError (see
+    the module docstring)."""
+
+    async def execute_command(self, *args, **kwargs):
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except Exception as exc:
+            if _torn_down(exc):
+                raise _as_connection_error(exc) from exc
+            raise
+
+    def pipeline(self, transaction=None, shard_hint=None) -> aiocluster.ClusterPipeline:
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException(
+                "shard_hint is deprecated in cluster mode")
+        return _ClusterPipeline(self, transaction)
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 
 MAX_SEEN_NODES = 64
@@ -72,7 +122,7 @@ def redis_async(*, max_connections: int = 512, pool_wait_s: float = 1.0,
     if not settings.REDIS_URL:
         return None
     if redis_is_cluster():
-        return aiocluster.RedisCluster.from_url(
+        return _Cluster.from_url(
             settings.REDIS_URL,
             startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in _seen_nodes],
             max_connections=max_connections,

@@ -8,6 +8,7 @@ SQLite and MySQL alike, with or without Redis. Amounts are integer units of 1e-1
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -80,16 +81,17 @@ def _counter(limit: BudgetLimit, now: datetime) -> BudgetCounter:
 
 def budget_reserve(*, request_id: str, limits: list[BudgetLimit], amount_units: int,
                    now: datetime | None = None,
-                   held_elsewhere: list[int] | None = None,
+                   held_elsewhere: Callable[[], list[int]] | None = None,
                    intent: RequestIntent | None = None) -> Reservation:
-    """Reserve `amount_units` against every limit, or none of them. `held_elsewhere[i]` is what
-    the caller knows to be reserved against `limits[i]` outside the database (its own
-    reservations in Redis, while Redis is unreachable): that much less room. `intent` (unsaved;
-    usage.intents) is inserted in the reservation's transaction. Raises BudgetExceeded (429,
-    code budget_exceeded) naming the scope that has no room."""
+    """Reserve `amount_units` against every limit, or none of them. `held_elsewhere()[i]` is
+    what the caller knows to be reserved against `limits[i]` outside the database (its own
+    reservations in Redis, while Redis is unreachable, usage.budgets_redis
+    `database_reservation`): that much less room, read inside the transaction. `intent`
+    (unsaved; usage.intents) is inserted in the reservation's transaction. Raises
+    BudgetExceeded (429, code budget_exceeded) naming the scope that has no room."""
     now = now or timezone.now()
-    elsewhere = held_elsewhere or [0] * len(limits)
     with transaction.atomic():
+        elsewhere = held_elsewhere() if held_elsewhere is not None else [0] * len(limits)
         counters: dict[str, BudgetCounter] = {}
         for limit, held in zip(limits, elsewhere):
             counter = _counter(limit, now)

@@ -46,6 +46,15 @@ reservations there (`lua/budget_restore.lua`, a no-op for those the replica has)
 their counters up to the database, as after a restart, so lost reservations and settlements
 count again.
 
+Both at once in one process (the moments an outage starts and ends, when some of its
+requests reserve in Redis while others reserve in the database): each side sees the other's
+reservations of this process, so they never add up past a limit. A reservation on its way to
+Redis counts as held (`held_units`) for a database reservation checked meanwhile, and a
+database reservation (`database_reservation`) counts against the limit a Redis reservation is
+checked with while it is in flight; once committed, its counter is synced into Redis (`d`)
+before this process reserves in it in Redis again. Across processes the database's
+reservations reach Redis at the next sync (SYNC_INTERVAL).
+
 What is still open: spend settled in Redis in the moments before a restart and not yet
 committed to the database, and the in-flight reservations of a process that has not reserved
 since the restart, are not counted until they settle.
@@ -56,7 +65,8 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -213,6 +223,14 @@ class RedisBudgets:
         self._unsettled: dict[str, tuple[list[BudgetLimit], datetime, int]] = {}
         # counter key -> (shard, limit, a time in its period): reserved in the database meanwhile.
         self._dirty: dict[str, tuple[Shard, BudgetLimit, datetime]] = {}
+        # request id -> (limits, when it started, amount): its reservation script is in flight.
+        self._reserving: dict[str, tuple[list[BudgetLimit], datetime, int]] = {}
+        # counter key -> request id -> amount: database reservations of this process in flight.
+        self._db_open: dict[str, dict[str, int]] = {}
+        # counter key -> sequence number of this process's latest database reservation in it
+        # that no sync has read yet (`_sync` drops it), and the sequence they are numbered by.
+        self._db_committed: dict[str, int] = {}
+        self._db_seq = 0
 
     async def reserve(self, *, request_id: str, limits: list[BudgetLimit], amount_units: int,
                       now: datetime, spent_units: CounterUnits,
@@ -241,17 +259,39 @@ class RedisBudgets:
                                   "", int(SYNC_INTERVAL / timedelta(milliseconds=1)),
                                   *(intent or ("", 0))]
             for limit in limits:
-                args += [usd_to_units(limit.limit_usd), _key_ttl_s(limit, now)]
+                args += [0, _key_ttl_s(limit, now)]
             # A counter Redis has not seen, or whose database reservations are due to be read
             # again, is synced from the database, then the reservation is tried again (another
             # counter may need it too); a new epoch first restores this process's reservations.
             for _ in range(2 * len(limits) + 3):
+                # This process's database reservations (module docstring): a committed one is
+                # synced in first; one in flight is that much less room. From the last check to
+                # the script going out nothing awaits, so none slips in between.
+                for _ in range(3):
+                    stale = [limit for limit, key in zip(limits, keys[5:])
+                             if key in self._db_committed]
+                    if not stale:
+                        break
+                    await self._sync(shard, stale[0], now)
+                else:
+                    return False  # still committing there: this one reserves there too
+                for i, (limit, key) in enumerate(zip(limits, keys[5:])):
+                    in_flight = sum(self._db_open.get(key, {}).values())
+                    args[9 + 2 * i] = usd_to_units(limit.limit_usd) - in_flight
                 args[5] = self._epochs.get(shard.tag, "")
-                result = await _RESERVE(client, keys=keys, args=args)
-                outcome = int(result[0])
+                self._reserving[request_id] = (limits, now, amount_units)
+                try:
+                    result = await _RESERVE(client, keys=keys, args=args)
+                    outcome = int(result[0])
+                    if outcome == 1:
+                        # Held before it stops being on its way: `held_units`, reading from
+                        # another thread in the other order, sees it at least once.
+                        self._remember(self._held, request_id,
+                                       (limits, now, amount_units, expiry_ms))
+                finally:
+                    self._reserving.pop(request_id, None)
                 if outcome == 1:
                     self._remember(self._epochs, shard.tag, _text(result[1]))
-                    self._remember(self._held, request_id, (limits, now, amount_units, expiry_ms))
                     return True
                 if outcome == -2:
                     await client.set(shard.epoch, uuid.uuid4().hex, nx=True)
@@ -279,14 +319,45 @@ class RedisBudgets:
 
         return await self._shared.run(shared, in_the_database)
 
+    @asynccontextmanager
+    async def database_reservation(self, *, request_id: str, limits: list[BudgetLimit],
+                                   now: datetime, amount_units: int
+                                   ) -> AsyncIterator[Callable[[], list[int]]]:
+        """Around a reservation this process makes in the database (usage.budgets
+        `budget_reserve`) while Redis is unreachable: its Redis reservations meanwhile count it
+        against their limits, and it counts theirs. Yields the `held_elsewhere` callable to pass
+        it (safe to call from the database thread). A body that returns is taken as committed;
+        one that raises, as nothing reserved."""
+        keys = [budget_shard(limits).counter(limit, now) for limit in limits]
+        for key in keys:
+            self._db_open.setdefault(key, {})[request_id] = amount_units
+        committed = False
+        try:
+            yield lambda: self.held_units(limits=limits, now=now)
+            committed = True
+        finally:
+            self._db_seq += 1
+            for key in keys:
+                in_flight = self._db_open.get(key)
+                if in_flight is not None:
+                    in_flight.pop(request_id, None)
+                    if not in_flight:
+                        del self._db_open[key]
+                if committed:
+                    self._db_committed[key] = self._db_seq
+
     def held_units(self, *, limits: list[BudgetLimit], now: datetime) -> list[int]:
         """What this process holds reserved in Redis against each of `limits`' counters at
-        `now`, for a reservation made in the database while Redis is unreachable (its copy of
-        them may be lost, and the database does not see them)."""
+        `now`, including reservations on their way there, for a reservation made in the
+        database while Redis is unreachable (its copy of them may be lost, and the database
+        does not see them). Safe to call from another thread (it reads copies)."""
         shard = budget_shard(limits)
         wanted = [shard.counter(limit, now) for limit in limits]
         held = [0] * len(limits)
-        for held_limits, at, amount, _ in self._held.values():
+        # On its way first, then held: a reservation moving from one to the other is counted.
+        reserving = [(held_limits, at, amount, 0)
+                     for held_limits, at, amount in list(self._reserving.values())]
+        for held_limits, at, amount, _ in list(self._held.values()) + reserving:
             held_shard = budget_shard(held_limits)
             keys = {held_shard.counter(limit, at) for limit in held_limits}
             for i, key in enumerate(wanted):
@@ -333,10 +404,14 @@ class RedisBudgets:
         """Bring one counter's Redis copy up to the database (lua/budget_sync.lua)."""
         if self._units is None:
             return
+        key = shard.counter(limit, at)
+        read_after = self._db_seq  # this process's database reservations the read below sees
         units = await self._units(limit, at)
         spent, reserved = units if isinstance(units, tuple) else (units, 0)
-        await _SYNC(self._shared.redis, keys=[shard.counter(limit, at)],
+        await _SYNC(self._shared.redis, keys=[key],
                     args=[spent, reserved, int(time.time() * 1000), _key_ttl_s(limit, at)])
+        if self._db_committed.get(key, read_after + 1) <= read_after:
+            del self._db_committed[key]
 
     async def _restore_held(self, shard: Shard | None = None) -> None:
         """Hold again in Redis the reservations of this process it lost (a restart, or a

@@ -329,6 +329,42 @@ def test_pubsub_through_the_client_factory_on_a_cluster(cluster):
     asyncio.run(scenario())
 
 
+def test_a_connection_torn_down_under_a_command_is_a_connection_error(cluster):
+    # On a failover redis-py disconnects a node's idle connections while other tasks are taking
+    # them; on uvloop (the gateway's loop under uvicorn) a command then writes to a closed
+    # transport and redis-py lets uvloop's RuntimeError out, which no store takes for "Redis is
+    # unreachable", so the request failed with a 500. The transport is closed here as that
+    # disconnect closes it; the factory's client raises a ConnectionError, for a command and a
+    # pipeline, and the next command is served on a new connection.
+    import uvloop
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def close_the_idle_connection(client, key: str) -> None:
+        node = client.get_node_from_key(key)
+        assert len(node._free) == 1 and node._free[0].is_connected
+        node._free[0]._writer.transport.abort()
+
+    async def scenario() -> None:
+        client = redis_async()
+        await client.set("gw:torn", "1")
+        close_the_idle_connection(client, "gw:torn")
+        with pytest.raises(RedisConnectionError, match="RuntimeError"):
+            await client.get("gw:torn")
+        assert await client.get("gw:torn") == b"1"
+
+        close_the_idle_connection(client, "gw:torn")
+        pipe = client.pipeline(transaction=False)
+        pipe.get("gw:torn")
+        with pytest.raises(RedisConnectionError, match="RuntimeError"):
+            await pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        pipe.get("gw:torn")
+        assert await pipe.execute() == [b"1"]
+        await client.aclose()
+
+    uvloop.run(scenario())
+
+
 def test_a_cluster_without_a_celery_broker_is_refused_at_startup():
     env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:7000/0", "GATEWAY_REDIS_CLUSTER": "1",
            "CELERY_BROKER_URL": "", "DEBUG": "1"}
@@ -484,7 +520,10 @@ def test_failover_of_a_master_keeps_serving_and_budgets_do_not_overshoot(
     counter = BudgetCounter.objects.get(scope="key", scope_id=key.id)
     assert units_to_usd(counter.spent_units) == sum(r.cost_usd for r in ok) <= budget
     copy = client.hgetall(counter_key(limit, timezone.now(), shard))
-    assert int(copy[b"r"]) == 0 and int(copy[b"s"]) == counter.spent_units
+    # Nothing is left reserved in Redis. Its spend equals the database's, unless a request of
+    # the burst found the promoted master's connection torn down and reserved in the database
+    # (a busy machine): that spend reaches Redis's copy at its next sync.
+    assert int(copy[b"r"]) == 0 and int(copy[b"s"]) <= counter.spent_units
     assert client.hlen(shard.reservations) == 0
     client.close()
     assert time.monotonic() - killed_at < 30

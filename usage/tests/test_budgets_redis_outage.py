@@ -66,9 +66,11 @@ async def _reserve(budgets: RedisBudgets, limit: BudgetLimit) -> tuple[str, bool
         if await budgets.reserve(request_id=request_id, limits=[limit], amount_units=COST,
                                  now=now, spent_units=_units):
             return request_id, True
-        await sync_to_async(budget_reserve)(
-            request_id=request_id, limits=[limit], amount_units=COST, now=now,
-            held_elsewhere=budgets.held_units(limits=[limit], now=now))
+        async with budgets.database_reservation(request_id=request_id, limits=[limit], now=now,
+                                                amount_units=COST) as held_elsewhere:
+            await sync_to_async(budget_reserve)(
+                request_id=request_id, limits=[limit], amount_units=COST, now=now,
+                held_elsewhere=held_elsewhere)
     except BudgetExceeded:
         return None
     return request_id, False
@@ -185,3 +187,77 @@ def test_reservations_made_in_the_database_count_in_redis_until_they_settle(redi
 
     asyncio.run(scenario())
     assert _spent(limit) == usd_to_units(limit.limit_usd)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_process_reserving_in_redis_and_in_the_database_at_once_never_overshoots(
+        redis_server):
+    # The moments an outage starts or ends (or a Redis Cluster master fails over): some of a
+    # process's requests reserve in Redis while others reserve in the database. Each side
+    # counts the other's; without that, every step marked "overshoot" below was admitted.
+    limit = BudgetLimit(scope="key", scope_id=717171, limit_usd=Decimal("0.50"), period="day")
+    assert usd_to_units(limit.limit_usd) == 10 * COST
+
+    async def in_redis(budgets: RedisBudgets, request_id: str, cost: int) -> bool:
+        try:
+            assert await budgets.reserve(request_id=request_id, limits=[limit],
+                                         amount_units=cost * COST, now=timezone.now(),
+                                         spent_units=_units)
+        except BudgetExceeded:
+            return False
+        return True
+
+    def in_the_database(request_id: str, cost: int, held_elsewhere) -> bool:
+        try:
+            budget_reserve(request_id=request_id, limits=[limit], amount_units=cost * COST,
+                           held_elsewhere=held_elsewhere)
+        except BudgetExceeded:
+            return False
+        return True
+
+    async def scenario() -> None:
+        client, budgets = _budgets(redis_server.url)
+        assert await in_redis(budgets, "r1", 1)  # Redis knows the counter now, nothing in d
+        async with budgets.database_reservation(request_id="d5", limits=[limit],
+                                                now=timezone.now(),
+                                                amount_units=5 * COST) as held_elsewhere:
+            # It counts r1 (1 + 5 fit in 10) and commits; until it returns, it is in flight.
+            assert await sync_to_async(in_the_database)("d5", 5, held_elsewhere)
+            assert not await in_redis(budgets, "r5", 5)              # overshoot: 11
+        assert not await in_redis(budgets, "r5", 5)                  # overshoot: 11
+        assert await in_redis(budgets, "r4", 4)                      # exactly 10
+        await client.aclose()
+
+        # A reservation on its way to a paused Redis counts for the database meanwhile.
+        slow = aioredis.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0),
+                                       socket_timeout=30, socket_connect_timeout=1)
+        budgets = RedisBudgets(slow)
+        other = BudgetLimit(scope="key", scope_id=727272, limit_usd=Decimal("0.10"),
+                            period="day")
+        redis_server.pause()
+        try:
+            on_its_way = asyncio.create_task(budgets.reserve(
+                request_id="r-slow", limits=[other], amount_units=COST, now=timezone.now(),
+                spent_units=_units))
+            for _ in range(10_000):
+                if "r-slow" in budgets._reserving:
+                    break
+                await asyncio.sleep(0)
+            assert "r-slow" in budgets._reserving
+            now = timezone.now()
+            async with budgets.database_reservation(request_id="d-2", limits=[other], now=now,
+                                                    amount_units=2 * COST) as held_elsewhere:
+                with pytest.raises(BudgetExceeded):                  # overshoot: 3 of 2
+                    await sync_to_async(budget_reserve)(
+                        request_id="d-2", limits=[other], amount_units=2 * COST, now=now,
+                        held_elsewhere=held_elsewhere)
+        finally:
+            redis_server.resume()
+        assert await on_its_way
+        await slow.aclose()
+
+    asyncio.run(scenario())
+    counter = BudgetCounter.objects.get(scope="key", scope_id=717171)
+    assert counter.reserved_units == 5 * COST
+    assert not BudgetCounter.objects.filter(scope="key", scope_id=727272,
+                                            reserved_units__gt=0).exists()
