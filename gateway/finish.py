@@ -6,6 +6,12 @@ one pipelined Redis round trip, overlapping the ledger commit (gateway.ledger), 
 settles a database budget reservation, stores an Idempotency-Key's response and deletes a
 database intent (usage.intents). A Redis intent is removed once the row is written, in the
 background: never before, so a crash in between leaves an intent whose reaping writes nothing.
+
+With GATEWAY_LEDGER_JOURNAL, a call whose intent is in Redis and which settles nothing in the
+database (no database budget reservation, no Idempotency-Key) journals its row beside that
+intent in the same round trip instead (usage.intents `final_queued`), and ends once Redis has
+it: the commit follows off the response path, and a crash before it leaves the journaled row
+for the reaper to write. Should the round trip fail, the call waits for the commit as usual.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+
+from django.conf import settings
 
 from gateway.call import Call
 from gateway.clients import client_pool
@@ -28,6 +36,7 @@ from usage.intents import intent_keeper
 from usage.models import UsageStatus
 from usage.pricing import cost_usd
 from usage.services import LedgerEntry, StoredResponse
+from usage.spool import spool_encode
 
 logger = logging.getLogger(__name__)
 request_log = logging.getLogger("gateway.requests")
@@ -99,15 +108,22 @@ async def call_finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: 
         response_headers=response_headers)))
 
 
-async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int) -> None:
+async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int,
+                          journal: str | None = None) -> bool:
     """Give back what the call holds in the shared state: its in-flight slot (counting a
     mid-response failure against the route's circuit), its TPM estimate (corrected to the real
     tokens) and its Redis budget reservation (turned into spend). With Redis, the three go in
-    one pipelined round trip."""
+    one pipelined round trip, with the journaling of the call's row (`journal`, a usage.spool
+    line) when given. Returns whether Redis took the journaled row."""
     redis = client_pool.redis()
     pipe = redis.pipeline(transaction=False) if redis is not None else None
     # What to do instead for each command queued on `pipe`, should Redis not know its script.
-    fallbacks: list[Callable[[], Awaitable[None]]] = []
+    fallbacks: list[Callable[[], Awaitable[None]] | None] = []
+    journaled_at = None
+    if journal is not None and pipe is not None and intent_keeper.final_queued(
+            pipe, request_id=call.request_id, line=journal):
+        journaled_at = len(fallbacks)
+        fallbacks.append(None)
     lease = call.lease_taken()
     if lease is not None:
         routing = client_pool.routing()
@@ -138,15 +154,18 @@ async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int) 
             settle_queued = args
         else:
             await budgets.settle(**args)
-    if fallbacks:
-        try:
-            await pipeline_execute(pipe, fallbacks, raise_on_error=False)
-        except REDIS_UNREACHABLE as exc:
-            # The slot expires with its TTL and the TPM correction only affects the next
-            # minute; the budget settlement is made when Redis answers again.
-            logger.warning("releasing shared state failed (%s)", type(exc).__name__)
-            if settle_queued is not None:
-                budgets.settle_missed(**settle_queued, error=exc)
+    if not fallbacks:
+        return False
+    try:
+        results = await pipeline_execute(pipe, fallbacks, raise_on_error=False)
+    except REDIS_UNREACHABLE as exc:
+        # The slot expires with its TTL and the TPM correction only affects the next
+        # minute; the budget settlement is made when Redis answers again.
+        logger.warning("releasing shared state failed (%s)", type(exc).__name__)
+        if settle_queued is not None:
+            budgets.settle_missed(**settle_queued, error=exc)
+        return False
+    return journaled_at is not None and not isinstance(results[journaled_at], Exception)
 
 
 async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool,
@@ -162,14 +181,27 @@ async def _finish(call: Call, snapshot: RoutingSnapshot, *, upstream_broke: bool
     price = call_price(call, snapshot)
     now = time.monotonic()
     entry = call_entry(call, price, now=now)
-    # Independent of each other: the shared-state round trips overlap the ledger commit.
-    await asyncio.gather(
-        _release_shared(call, upstream_broke=upstream_broke, cost_units=usd_to_units(entry.cost_usd)),
-        ledger_writer.write(entry, settle_budget=call.budget_reserved,
-                            charge_limits=call.budget_shared, response=stored,
-                            release_claim=release_claim))
-    if call.intent_kept:
+    cost_units = usd_to_units(entry.cost_usd)
+    row = {"settle_budget": call.budget_reserved, "charge_limits": call.budget_shared,
+           "response": stored, "release_claim": release_claim}
+    journal = (spool_encode(entry=entry, **row)
+               if settings.GATEWAY_LEDGER_JOURNAL and call.intent_kept and stored is None
+               and release_claim is None and not call.budget_reserved else None)
+    if journal is not None and await _release_shared(
+            call, upstream_broke=upstream_broke, cost_units=cost_units, journal=journal):
+        committed = ledger_writer.enqueue(entry, **row)
+        request_id = call.request_id
+        committed.add_done_callback(lambda _: intent_keeper.drop(request_id))
+    elif journal is not None:  # Redis did not take it: the commit comes first, as without
+        await ledger_writer.write(entry, **row)
         intent_keeper.drop(call.request_id)
+    else:
+        # Independent of each other: the shared-state round trips overlap the ledger commit.
+        await asyncio.gather(
+            _release_shared(call, upstream_broke=upstream_broke, cost_units=cost_units),
+            ledger_writer.write(entry, **row))
+        if call.intent_kept:
+            intent_keeper.drop(call.request_id)
     if call.deactivated():
         ACTIVE.dec()
     request_observe(surface=call.surface, model=entry.public_model, provider=entry.provider_name,

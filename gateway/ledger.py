@@ -28,7 +28,8 @@ class _LoopBatch:
 class LedgerWriter:
     """Writes ledger rows off the event loop, with group commit.
 
-    `write` returns once the row is committed (or spooled): durability is per request. Writes
+    `write` returns once the row is committed (or spooled): durability is per request
+    (`enqueue` only queues it: for a row journaled elsewhere first, gateway.finish). Writes
     arriving while a commit is running queue up and go together in the next transaction, one
     thread hop per batch instead of one per request. A write started during a client disconnect
     (task cancellation) still completes. A batch the database refuses is spooled (usage.spool)
@@ -54,6 +55,17 @@ class LedgerWriter:
     async def write(self, entry: LedgerEntry, *, settle_budget: bool = False,
                     charge_limits: tuple[BudgetLimit, ...] = (),
                     response: StoredResponse | None = None, release_claim: int | None = None) -> None:
+        """Return once the row is committed (or spooled)."""
+        await asyncio.shield(self.enqueue(entry, settle_budget=settle_budget,
+                                          charge_limits=charge_limits, response=response,
+                                          release_claim=release_claim))
+
+    def enqueue(self, entry: LedgerEntry, *, settle_budget: bool = False,
+                charge_limits: tuple[BudgetLimit, ...] = (),
+                response: StoredResponse | None = None,
+                release_claim: int | None = None) -> asyncio.Future:
+        """Queue the row for the next commit; the future is done once it is committed (or
+        spooled). `drain` waits for it."""
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
         if batch is None:
@@ -68,7 +80,7 @@ class LedgerWriter:
         if not self._leftovers_checked:
             self._leftovers_checked = True
             loop.create_task(self._flush_leftovers())
-        await asyncio.shield(done)
+        return done
 
     async def _flush_leftovers(self) -> None:
         """Rows a previous process left spooled (it crashed, or was stopped, during a database

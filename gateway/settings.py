@@ -219,6 +219,9 @@ GATEWAY_ALLOW_LINK_LOCAL_UPSTREAMS = env.bool("GATEWAY_ALLOW_LINK_LOCAL_UPSTREAM
 # Crash-safe accounting (usage.intents): how often each serving process renews the intents of
 # its requests in flight and reaps those of dead processes. An intent lives three intervals
 # unrenewed, so a crashed process's requests get their `lost` rows within about four.
+# Journal each finished row in Redis beside its request's intent and end the response then,
+# committing it to the database just after (gateway.finish, usage.intents); Redis only.
+GATEWAY_LEDGER_JOURNAL = env.bool("GATEWAY_LEDGER_JOURNAL", default=False)
 GATEWAY_REAPER_INTERVAL_S = env.float("GATEWAY_REAPER_INTERVAL_S", default=20.0)
 if GATEWAY_REAPER_INTERVAL_S <= 0:
     raise ImproperlyConfigured("GATEWAY_REAPER_INTERVAL_S must be > 0")

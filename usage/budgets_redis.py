@@ -131,6 +131,12 @@ class Shard:
         """Sorted set: request id by intent lease expiry (ms)."""
         return self._name("gw:intent-exp", "gw:intent:exp")
 
+    @property
+    def intent_final(self) -> str:
+        """Hash: request id -> its finished ledger row (usage.spool line), journaled before the
+        response ended and not yet committed (usage.intents, GATEWAY_LEDGER_JOURNAL)."""
+        return self._name("gw:intent-final", "gw:intent:final")
+
     def counter(self, limit: BudgetLimit, now: datetime) -> str:
         start, _ = period_bounds(limit.period, now)
         return self.period_key(scope=limit.scope, scope_id=limit.scope_id, period=limit.period,

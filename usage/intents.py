@@ -24,6 +24,14 @@ Removal: the transaction that writes a request's ledger row deletes its database
 response path. A crash in between leaves an intent whose row exists: reaping it writes nothing
 (the ledger's unique request id) and settles nothing.
 
+The journal (GATEWAY_LEDGER_JOURNAL, Redis only): a finished request whose intent is in Redis
+(and which settles nothing in the database: no database budget reservation, no Idempotency-Key
+response to store) writes its finished row into its intent's shard (`gw:intent-final:{b<n>}`,
+a usage.spool line) in the round trip that gives back its shared state, and its response ends
+then; the database commit follows off the response path, and removes intent and row from Redis
+as above. A process that dies in between leaves both: reaping them writes that row, with the
+tokens and status the client saw, never a `lost` one. The renewal never touches that hash.
+
 The reaper (`intents_reap`: each serving process every interval, from the ASGI lifespan, and
 the Celery task `usage.reap_intents`) takes expired intents and for each writes the `lost` row
 (tokens = the prompt estimate, `estimated`, priced at admission for the first candidate
@@ -59,7 +67,7 @@ from usage.budgets_redis import (
 )
 from usage.models import RequestIntent, UsageSource, UsageStatus
 from usage.services import LedgerEntry, usage_record_write
-from usage.spool import ledger_spool_flush
+from usage.spool import ledger_spool_flush, spool_decode
 
 logger = logging.getLogger(__name__)
 
@@ -249,11 +257,30 @@ def _reap_redis(client: SyncClient, *, before: datetime, limit: int) -> int:
     return lost
 
 
+def _final_write(request_id: str, line: bytes) -> int:
+    """Write a journaled row; 1 when written now, 0 when the request already has its row."""
+    item = spool_decode(line.decode())
+    try:
+        return int(usage_record_write(**item))
+    except IntegrityError as exc:  # not a duplicate: keep the rest of the shard going
+        logger.error("intent reaper: the journaled row of %s was refused (%s)", request_id, exc)
+        return 0
+
+
 def _reap_shard(client: SyncClient, shard: Shard, ids: list[str]) -> int:
     lost = 0
-    for request_id, payload in zip(ids, client.hmget(shard.intents, ids)):
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(shard.intents, ids)
+        pipe.hmget(shard.intent_final, ids)
+        payloads, finals = pipe.execute()
+    for request_id, payload, final in zip(ids, payloads, finals):
         pipe = client.pipeline(transaction=False)
-        if payload is not None:
+        if final is not None:
+            # The request was answered and its row journaled; its process died before the
+            # commit. Its Redis reservation was settled in the round trip that journaled it.
+            _final_write(request_id, final)
+            pipe.hdel(shard.intent_final, request_id)
+        elif payload is not None:
             intent = Intent.decode(payload)
             written = _lost_write(request_id, intent)
             lost += written
@@ -291,11 +318,14 @@ def _reap_db(*, before: datetime, limit: int) -> int:
 class _LoopIntents:
     """The intents one event loop's requests hold, and its renewal and removal tasks."""
 
-    __slots__ = ("held", "redis", "shared", "removals", "remover", "renewer", "timer")
+    __slots__ = ("held", "journaled", "redis", "shared", "removals", "remover", "renewer",
+                 "timer")
 
     def __init__(self) -> None:
         # request id -> (store, encoded intent)
         self.held: dict[str, tuple[str, str]] = {}
+        # request ids whose finished row is journaled beside their Redis intent
+        self.journaled: set[str] = set()
         self.redis: AsyncClient | None = None
         self.shared: SharedState | None = None
         # (request id, encoded intent) whose Redis intent is to be removed
@@ -375,6 +405,20 @@ class IntentKeeper:
         self._schedule(state)
         return True
 
+    def final_queued(self, pipe, *, request_id: str, line: str) -> bool:
+        """Queue the journaling of a finished request's row (a usage.spool line) beside its
+        Redis intent on `pipe` (a pipeline of the intent's client, run by the caller). False
+        when its intent is not in Redis (then the row must be committed before the response
+        ends)."""
+        state = self._state()
+        held = state.held.get(request_id)
+        if held is None or held[0] != REDIS or state.shared is None or state.shared.down:
+            return False
+        shard = next(iter(_by_shard([(request_id, held[1])])))
+        pipe.hset(shard.intent_final, request_id, line)
+        state.journaled.add(request_id)
+        return True
+
     def drop(self, request_id: str) -> None:
         """The request's row is written (or spooled): stop renewing its intent, and remove it
         from Redis soon (a database intent went with the row's transaction)."""
@@ -396,6 +440,9 @@ class IntentKeeper:
                 for shard, ids in _by_shard(taken).items():
                     pipe.hdel(shard.intents, *ids)
                     pipe.zrem(shard.intent_expiry, *ids)
+                    if any(rid in state.journaled for rid in ids):
+                        pipe.hdel(shard.intent_final, *ids)
+                state.journaled.difference_update(rid for rid, _ in taken)
                 await pipe.execute()
             except REDIS_UNREACHABLE as exc:
                 # Their rows are written: a reaper finds them expired and writes nothing.
