@@ -13,7 +13,7 @@ run, BENCH_PACED_S (3) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENC
 BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_SOAK_MAX_S (60: a slow
 gateway soaks fewer requests, and the row says so), BENCH_WARMUP_S (2),
 BENCH_WRK_THREADS (1), BENCH_PROFILES ("sqlite,mysql"; a profile whose services are down is
-skipped), BENCH_CASES (comma list of case names to run; default all), BENCH_MYSQL_URL
+skipped; "journal" is the mysql profile with GATEWAY_LEDGER_JOURNAL on), BENCH_CASES (comma list of case names to run; default all), BENCH_MYSQL_URL
 (mysql://root@127.0.0.1:3306/gateway_bench), BENCH_REDIS_URL (redis://127.0.0.1:6379/0),
 BENCH_PYSPY (e.g. "chat:16,chat-stream-20:16": sample the gateway with py-spy during those
 cases; collapsed stacks go to the results folder as profile-*.txt, the top frames into the JSON),
@@ -207,7 +207,7 @@ def make_profiles(knobs: Knobs, tmp: Path) -> list[Profile]:
             url = f"sqlite:///{tmp / 'bench.sqlite3'}"
             profiles.append(Profile("sqlite", {**base, "DATABASE_URL": url, "REDIS_URL": "",
                                                "CELERY_BROKER_URL": ""}, Ledger(url)))
-        elif name == "mysql":
+        elif name in ("mysql", "journal"):
             db = urllib.parse.urlparse(knobs.mysql_url)
             redis = urllib.parse.urlparse(knobs.redis_url)
             reachable = (harness.tcp_open(db.hostname or "127.0.0.1", db.port or 3306)
@@ -219,16 +219,18 @@ def make_profiles(knobs: Knobs, tmp: Path) -> list[Profile]:
             if not reachable:
                 print("skipping mysql+redis: MariaDB or Redis is not reachable", flush=True)
                 continue
-            profiles.append(Profile("mysql+redis", {**base, "DATABASE_URL": knobs.mysql_url,
-                                                    "REDIS_URL": knobs.redis_url},
-                                    Ledger(knobs.mysql_url)))
+            env = {**base, "DATABASE_URL": knobs.mysql_url, "REDIS_URL": knobs.redis_url}
+            if name == "journal":  # rows journaled in Redis, committed after the response
+                env["GATEWAY_LEDGER_JOURNAL"] = "1"
+            profiles.append(Profile("mysql+redis" if name == "mysql" else "mysql+redis+journal",
+                                    env, Ledger(knobs.mysql_url)))
     return profiles
 
 
 def prepare(profile: Profile, upstream_port: int, tmp: Path) -> str:
     """Fresh database, migrated; the routing config and an API key (budget and rate limits set
     high enough never to bind). Returns the raw key."""
-    if profile.name == "mysql+redis":
+    if profile.name.startswith("mysql+redis"):
         harness.mysql_recreate(profile.env["DATABASE_URL"])
     harness.manage(["migrate", "--noinput"], profile.env)
     config = tmp / f"routing-{profile.name.replace('+', '-')}.yaml"
@@ -236,7 +238,7 @@ def prepare(profile: Profile, upstream_port: int, tmp: Path) -> str:
     harness.manage(["gateway_apply", str(config)], profile.env)
     out = harness.manage(["create_api_key", "bench", "--budget-usd", "1000000", "--budget-period",
                           "month", "--rpm", "10000000", "--tpm", "1000000000"], profile.env)
-    if profile.name == "mysql+redis":
+    if profile.name.startswith("mysql+redis"):
         _forget_routing_state(profile)
     return out.strip().splitlines()[-1].strip()
 

@@ -303,7 +303,10 @@ async def open_upstream(call: Call, job: Job, *,
     for candidate in plan.routes:
         if tried >= MAX_ATTEMPTS:
             break
-        lease = await routing.acquire(candidate)
+        # The first route's slot may have come with the plan (one round trip for both).
+        lease = (plan.lease if tried == 0 and last is None and plan.lease is not None
+                 and plan.lease.route_id == candidate.route_id else None)
+        lease = lease or await routing.acquire(candidate)
         if lease is None:
             continue
         if last is not None:

@@ -128,6 +128,15 @@ class Level:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """One in-flight slot on a provider. `shared` says Redis granted it (else this process)."""
+    provider_id: int
+    route_id: int
+    token: str
+    shared: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The ordered failover list for one request.
 
@@ -135,11 +144,15 @@ class Plan:
     (always first in `routes`), else None. When `routes` is empty, `reason` says why
     ("no_active_route": nothing enabled with weight > 0; "circuit_open": every active route is
     open or being probed by another caller) and `retry_after_s` when one may come back.
+    `lease`: an in-flight slot already taken on `routes[0]` with the plan (a shared store folds
+    the two round trips into one); the caller uses it instead of acquiring one, and gives it
+    back if it does not send there.
     """
     routes: tuple[Candidate, ...]
     probe: int | None = None
     reason: str | None = None
     retry_after_s: float | None = None
+    lease: Lease | None = None
 
 
 def smooth_wrr_pick(candidates: Sequence[Candidate], current_weights: Mapping[int, int],

@@ -19,27 +19,18 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.cancellation import reraise_swallowed_cancel  # noqa: F401  (re-exported)
-from gateway.routing import (
-    BreakerEvent, BreakerState, Candidate, Circuit, Level, Plan, breaker_transition,
+from gateway.routing import (  # Lease: re-exported
+    BreakerEvent, BreakerState, Candidate, Circuit, Lease, Level, Plan, breaker_transition,
     exhausted_plan, failover_order, route_levels, smooth_wrr_pick,
 )
 from gateway.redis_client import AsyncClient
 from gateway.shared_state import LuaScript, SharedState, pipeline_execute
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """One in-flight slot on a provider. `shared` says Redis granted it (else this process)."""
-    provider_id: int
-    route_id: int
-    token: str
-    shared: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,23 +309,42 @@ class RedisRoutingState:
             return chosen, weights
 
         async def shared() -> Plan:
-            return await _plan(candidates, now=now, read_breakers=self._read_breakers,
+            taken: list[Lease] = []
+
+            async def read_breakers(cs: Sequence[Candidate]) -> dict[int, BreakerState]:
+                # A model with one route: its in-flight slot is taken in the same round trip
+                # as its breaker is read; given back below if the plan does not start there.
+                breakers, lease = await self._read_breakers(
+                    cs, acquire=cs[0] if len(cs) == 1 else None)
+                taken.extend([lease] if lease is not None else [])
+                return breakers
+
+            plan = await _plan(candidates, now=now, read_breakers=read_breakers,
                                claim_probe=claim_probe, step_wrr=step_wrr)
+            for lease in taken:
+                if plan.routes and plan.routes[0].route_id == lease.route_id:
+                    return replace(plan, lease=lease)
+                await self.release(lease)
+            return plan
 
         return await self._shared.run(shared, lambda: self._local.plan(model, candidates, now=now))
 
     async def acquire(self, candidate: Candidate) -> Lease | None:
         async def shared() -> Lease | None:
             token = uuid.uuid4().hex
-            granted = await _INFLIGHT_ACQUIRE(
-                self._redis, keys=[self._inflight_key(candidate.provider_id)],
-                args=[candidate.max_inflight or 0, token, self._lease_ttl_ms])
-            if not granted:
-                return None
-            return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id,
-                         token=token, shared=True)
+            granted = await _INFLIGHT_ACQUIRE(self._redis, **self._acquire_call(candidate, token))
+            return self._lease(candidate, token) if granted else None
 
         return await self._shared.run(shared, lambda: self._local.acquire(candidate))
+
+    def _acquire_call(self, candidate: Candidate, token: str) -> dict:
+        return {"keys": [self._inflight_key(candidate.provider_id)],
+                "args": [candidate.max_inflight or 0, token, self._lease_ttl_ms]}
+
+    @staticmethod
+    def _lease(candidate: Candidate, token: str) -> Lease:
+        return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id,
+                     token=token, shared=True)
 
     def release_queued(self, pipe, lease: Lease) -> bool:
         if not lease.shared or self._shared.down:
@@ -382,7 +392,7 @@ class RedisRoutingState:
 
     async def snapshot(self, candidates: Sequence[Candidate]) -> dict[int, BreakerView]:
         async def shared() -> dict[int, BreakerView]:
-            breakers = await self._read_breakers(candidates)
+            breakers, _ = await self._read_breakers(candidates)
             providers = sorted({c.provider_id for c in candidates})
             pipe = self._redis.pipeline(transaction=False)
             for provider_id in providers:
@@ -397,13 +407,26 @@ class RedisRoutingState:
 
         return await self._shared.run(shared, lambda: self._local.snapshot(candidates))
 
-    async def _read_breakers(self, candidates: Sequence[Candidate]) -> dict[int, BreakerState]:
+    async def _read_breakers(self, candidates: Sequence[Candidate], *,
+                             acquire: Candidate | None = None,
+                             ) -> tuple[dict[int, BreakerState], Lease | None]:
+        """The candidates' breakers, and a lease on `acquire`'s provider taken in the same
+        round trip (None: not asked, or at its cap)."""
         if not candidates:
-            return {}
+            return {}, None
         pipe = self._redis.pipeline(transaction=False)
         for c in candidates:
             pipe.hgetall(self._breaker_key(c.route_id))
-        rows = await pipe.execute()
+        redo: list = [None] * len(candidates)
+        token = uuid.uuid4().hex
+        if acquire is not None:
+            call = self._acquire_call(acquire, token)
+            _INFLIGHT_ACQUIRE.queue(pipe, **call)
+            redo.append(functools.partial(_INFLIGHT_ACQUIRE, self._redis, **call))
+        rows = await pipeline_execute(pipe, redo)
+        lease = None
+        if acquire is not None:
+            lease = self._lease(acquire, token) if rows.pop() else None
         breakers = {c.route_id: _breaker_from_hash(row) for c, row in zip(candidates, rows) if row}
         self._local.breakers_adopt({c.route_id: breakers.get(c.route_id) for c in candidates})
         for c in candidates:
@@ -412,7 +435,7 @@ class RedisRoutingState:
                 self._clean.add(c.route_id)
             else:
                 self._clean.discard(c.route_id)
-        return breakers
+        return breakers, lease
 
     async def _breakers_restore(self) -> None:
         """Write back the breakers this process holds (see the class docstring). Raises one of

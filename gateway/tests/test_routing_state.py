@@ -399,3 +399,30 @@ async def test_redis_outage_falls_back_then_shares_again_when_it_returns(prefix,
     await relay.stop()
     await relayed.aclose()
     await direct.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_one_route_plan_comes_with_its_slot_taken_in_the_same_round_trip(prefix):
+    # The proxy's first acquire is folded into the plan's breaker read for a model with one
+    # route; a plan that does not start there (its circuit open) gives the slot back.
+    r = await redis_or_skip()
+    state = RedisRoutingState(r, prefix=prefix)
+    c = Candidate(1, 7, max_inflight=2)
+    first = await state.plan("m", [c], now=NOW)
+    assert first.routes == (c,) and first.lease is not None
+    assert (first.lease.route_id, first.lease.provider_id, first.lease.shared) == (1, 7, True)
+    second = await state.plan("m", [c], now=NOW)
+    assert second.lease is not None and second.lease.token != first.lease.token
+    at_cap = await state.plan("m", [c], now=NOW)
+    assert at_cap.routes == (c,) and at_cap.lease is None  # planned; the proxy's acquire refuses
+    assert (await state.snapshot([c]))[1].in_flight == 2
+    await state.release(first.lease)
+    await fail(state, c, c.breaker.failure_threshold)
+    opened = await state.plan("m", [c], now=NOW)
+    assert opened.routes == () and opened.lease is None
+    assert (await state.snapshot([c]))[1].in_flight == 1
+    # More than one route: nothing is taken with the plan.
+    two = [Candidate(2, 8, weight=1), Candidate(3, 9, weight=1)]
+    assert (await state.plan("m2", two, now=NOW)).lease is None
+    assert {v.in_flight for v in (await state.snapshot(two)).values()} == {0}
+    await r.aclose()
