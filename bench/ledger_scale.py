@@ -16,7 +16,8 @@ the shared 3306), in a child process with production settings (DEBUG off):
    months up to now, generated inside the server (multi-row INSERT ... SELECT from MariaDB's
    SEQUENCE engine, chunks of 1,000,000 rows, request ids random like the gateway's), their
    request-id claims (loaded without the primary key, then the key built sorted), the daily
-   rollups (one INSERT ... SELECT ... GROUP BY per month) and the current partitions ahead.
+   rollups (one INSERT ... SELECT ... GROUP BY per month), the monthly ones from them
+   (usage.rollups.monthly_rollup) and the current partitions ahead.
 4. The ledger writer again, on the BIG table: same rows, same concurrency (target: the same
    rows/s as on the empty table).
 5. /reports/ through Django's test client signed in as a superuser, BENCH_LEDGER_PAGE_REPEAT
@@ -28,12 +29,14 @@ Results: a Markdown table on stdout and bench/results/ledger-<UTC timestamp>.jso
 (+ ledger-latest.json). Knobs: BENCH_LEDGER_ROWS, BENCH_LEDGER_MONTHS (24),
 BENCH_LEDGER_WRITES (20000), BENCH_LEDGER_CONCURRENCY (64), BENCH_LEDGER_ROUNDS (3),
 BENCH_LEDGER_PAGE_REPEAT (20), BENCH_LEDGER_BUFFER_POOL (2G: innodb_buffer_pool_size),
-BENCH_RESULTS_DIR.
+BENCH_LEDGER_PROFILE (set: one more render of each case under cProfile, printed with its SQL
+statements by time), BENCH_RESULTS_DIR.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import secrets
@@ -171,6 +174,7 @@ def _bulk_load(config: dict, *, rows: int, months: int) -> dict:
         CLAIM_WINDOW, add_months, ledger_claims_purge, ledger_partitions_ensure,
         ledger_partitions_extend_back, month_start,
     )
+    from usage.rollups import monthly_rollup
 
     keys, prices = config["keys"], config["prices"]
     now = timezone.now().replace(tzinfo=None, microsecond=0) - dt.timedelta(minutes=5)
@@ -261,9 +265,11 @@ def _bulk_load(config: dict, *, rows: int, months: int) -> dict:
                     f"created_at < %s AND tags = '' GROUP BY DATE(created_at), {', '.join(groups)}",
                     [dt.datetime.combine(month, dt.time.min),
                      dt.datetime.combine(upper, dt.time.min)])
+            monthly_rollup(month=month)
             month = add_months(month, 1)
         timings["rollup_s"] = round(time.perf_counter() - started, 1)
-        cursor.execute("ANALYZE TABLE usage_usagerecord, usage_ledgerrequest, usage_dailyusage")
+        cursor.execute("ANALYZE TABLE usage_usagerecord, usage_ledgerrequest, usage_dailyusage, "
+                       "usage_monthlyusage")
         cursor.fetchall()
     ledger_partitions_ensure()
     started = time.perf_counter()
@@ -300,7 +306,41 @@ def _reports(config: dict, *, repeat: int, first_day: dt.date) -> dict:
         out[name] = {"p50_ms": round(_p(times, 0.5) * 1000),
                      "p95_ms": round(_p(times, 0.95) * 1000),
                      "max_ms": round(max(times) * 1000), "renders": repeat}
+        if os.environ.get("BENCH_LEDGER_PROFILE"):
+            _profile(name, lambda query=query: client.get("/reports/", query, secure=True))
     return out
+
+
+def _profile(name: str, render) -> None:
+    """One more render of a case under cProfile, with every SQL statement timed: prints the
+    statements by time and the functions by cumulative time (BENCH_LEDGER_PROFILE=1)."""
+    import cProfile
+    import pstats
+
+    from django.db import connection
+
+    statements: list[tuple[float, str]] = []
+
+    def timed(execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            statements.append((time.perf_counter() - started, sql))
+
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    with connection.execute_wrapper(timed):
+        profiler.runcall(render)
+    elapsed = time.perf_counter() - started
+    sql_s = sum(s for s, _ in statements)
+    print(f"profile of {name!r}: {elapsed * 1000:.0f} ms under cProfile, {len(statements)} "
+          f"statements, {sql_s * 1000:.0f} ms in the database calls", flush=True)
+    for seconds, sql in sorted(statements, reverse=True)[:12]:
+        print(f"  {seconds * 1000:8.1f} ms  {sql[:220]}", flush=True)
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(30)
+    print(stream.getvalue(), flush=True)
 
 
 def _child() -> int:

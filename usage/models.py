@@ -216,11 +216,11 @@ class IdempotencyRecord(models.Model):
         constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="uniq_idempotency_key")]
 
 
-class DailyUsage(models.Model):
-    """Ledger rolled up by day, key, team (each with its name as the ledger stored it),
-    provider and model (usage.tasks.usage_rollup)."""
+class RolledUsage(models.Model):
+    """What a usage rollup row holds: the ledger's totals of one key, team (each with its name
+    as the ledger stored it), provider and model over a period (DailyUsage: a UTC day;
+    MonthlyUsage: a UTC month)."""
 
-    day = models.DateField()
     api_key = models.ForeignKey("providers.ApiKey", null=True, on_delete=models.PROTECT, related_name="+")
     key_prefix = models.CharField(max_length=16, blank=True)
     key_name = models.CharField(max_length=100, blank=True)
@@ -243,11 +243,41 @@ class DailyUsage(models.Model):
     cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
 
     class Meta:
+        abstract = True
+
+
+class DailyUsage(RolledUsage):
+    """Ledger rolled up by day, key, team, provider and model (usage.rollups.usage_rollup)."""
+
+    day = models.DateField()
+
+    class Meta:
         constraints = [models.UniqueConstraint(
             fields=["day", "api_key", "key_prefix", "key_name", "team", "team_name",
                     "provider_name", "public_model"],
             name="uniq_daily_usage")]
-        indexes = [models.Index(fields=["day"])]
+        # (provider, day) and (model, day) serve the report's provider and model filters, and
+        # the filter's choice lists: MySQL and MariaDB read SELECT DISTINCT of an index's first
+        # column with one seek per value (a loose index scan), not a scan of every day's rows.
+        indexes = [models.Index(fields=["day"]),
+                   models.Index(fields=["provider_name", "day"], name="usage_daily_provider_day"),
+                   models.Index(fields=["public_model", "day"], name="usage_daily_model_day")]
+
+
+class MonthlyUsage(RolledUsage):
+    """The daily rollup summed by UTC month (`month`: its first day), recomputed from DailyUsage
+    in the transaction that rewrites one of the month's days (usage.rollups.usage_rollup), so
+    a month's rows always add up to its days' rows. Reports read it for the whole months of a
+    long range: 24 months are 24 x the groups of a month, not 730 x those of a day."""
+
+    month = models.DateField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(
+            fields=["month", "api_key", "key_prefix", "key_name", "team", "team_name",
+                    "provider_name", "public_model"],
+            name="uniq_monthly_usage")]
+        indexes = [models.Index(fields=["month"])]
 
 
 class HourlyOperations(models.Model):

@@ -1,6 +1,6 @@
-"""Daily aggregates of the ledger (what reports read), hourly operations aggregates (latency,
-time to first token and errors per provider and model, what the operations page reads) and
-counter reconciliation."""
+"""Daily and monthly aggregates of the ledger (what reports read), hourly operations aggregates
+(latency, time to first token and errors per provider and model, what the operations page
+reads) and counter reconciliation."""
 from __future__ import annotations
 
 import bisect
@@ -12,13 +12,16 @@ from datetime import date, datetime, time, timedelta, timezone as dt_timezone
 from decimal import Decimal
 
 from django.db import transaction
+from django.db.models import BigIntegerField, F, Sum, Value
+from django.db.models.functions import Cast, Round
 from django.utils import timezone
 
 from usage.archive import archived_months, day_archived, month_bounds
-from usage.budgets import period_bounds, usd_to_units
+from usage.budgets import UNITS_PER_USD, period_bounds, units_to_usd, usd_to_units
 from usage.budgets_redis import shared_spend_forget
 from usage.models import (
-    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, UsageRecord, UsageStatus,
+    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, MonthlyUsage, UsageRecord,
+    UsageStatus,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,19 @@ LATENCY_EDGES_MS = (10, 25, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, time.min, tzinfo=timezone.get_fixed_timezone(0))
     return start, start + timedelta(days=1)
+
+
+def month_last_day(month: date) -> date:
+    """The last day of `month`'s month."""
+    following = (month.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return following - timedelta(days=1)
+
+
+def cost_units_sum():
+    """SUM of cost_usd as an integer count of 1e-10 USD. ROUND(cost * 1e10) recovers the exact
+    quantum on SQLite too (whose decimals are floats with 15 significant digits); integer sums
+    are exact everywhere."""
+    return Sum(Cast(Round(F("cost_usd") * Value(int(UNITS_PER_USD))), BigIntegerField()))
 
 
 @transaction.atomic
@@ -66,8 +82,32 @@ def usage_rollup(*, day: date) -> int:
         DailyUsage(day=day, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
                    **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
         for k, t in totals.items()])
+    monthly_rollup(month=day.replace(day=1))
     operations_rollup(day=day)
     return len(totals)
+
+
+@transaction.atomic
+def monthly_rollup(*, month: date, daily=DailyUsage, monthly=MonthlyUsage) -> int:
+    """Recompute the MonthlyUsage rows of `month`'s month as the sums of its DailyUsage rows,
+    grouped by the database (costs as integer units, exact on every backend). usage_rollup
+    calls it for the month of the day it rewrote, in the same transaction, so the two tables
+    always agree. `daily`/`monthly`: the models (a migration passes its historical ones).
+    Returns the number of groups."""
+    first = month.replace(day=1)
+    sums = {"requests_sum": Sum("requests"), "errors_sum": Sum("errors"),
+            **{f"{name}_sum": Sum(name) for name in TOKEN_SUMS}, "units": cost_units_sum()}
+    rows = (daily.objects.filter(day__gte=first, day__lte=month_last_day(first))
+            .values_list(*GROUP_FIELDS).annotate(**sums).order_by())
+    width = len(GROUP_FIELDS)
+    monthly.objects.filter(month=first).delete()
+    created = monthly.objects.bulk_create([
+        monthly(month=first, **dict(zip(GROUP_FIELDS, row[:width])),
+                requests=int(row[width]), errors=int(row[width + 1]),
+                **{name: int(v) for name, v in zip(TOKEN_SUMS, row[width + 2:-1])},
+                cost_usd=units_to_usd(int(row[-1])))
+        for row in rows], batch_size=2000)
+    return len(created)
 
 
 def bucket_index(value_ms: int) -> int:

@@ -16,17 +16,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from django.db.models import BigIntegerField, Count, F, Q, QuerySet, Sum, Value
-from django.db.models.functions import Cast, Round
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncMonth
 from django.utils import timezone
 
 from providers.models import PRICE_OPTIONAL_FIELDS, ApiKey, ModelRoute, Provider, Team
-from usage.budgets import UNITS_PER_USD, period_bounds, units_to_usd
-from usage.models import BudgetCounter, BudgetScope, DailyUsage, UsageRecord, UsageStatus
+from usage.budgets import period_bounds, units_to_usd
+from usage.models import (
+    BudgetCounter, BudgetScope, DailyUsage, MonthlyUsage, UsageRecord, UsageStatus,
+)
 from usage.pricing import TOKEN_FIELDS
-from usage.rollups import day_bounds
+from usage.rollups import cost_units_sum, day_bounds, month_last_day
 
-DIMENSIONS = ("day", "team", "key", "provider", "model", "tag", "end_user")
+DIMENSIONS = ("day", "month", "team", "key", "provider", "model", "tag", "end_user")
 # Dimensions only the ledger has (not the rollup): a report that groups or filters by one reads
 # the whole range from the ledger.
 LEDGER_ONLY = ("tag", "end_user")
@@ -101,6 +103,8 @@ class UsageFact:
         `tag`, where a row with several tags counts in each of them."""
         if dimension == "day":
             return [(self.day,)]
+        if dimension == "month":
+            return [(self.day.replace(day=1),)]
         if dimension == "tag":
             tags = self.columns.get("tags") or ""
             return [(tag,) for tag in tags.split(",")] if tags else [(None,)]
@@ -142,17 +146,11 @@ def dimensions_normalized(dimensions: Sequence[str]) -> tuple[str, ...]:
 
 
 # The columns that make up each dimension's group key (the first is its value).
-_COLUMNS = {"day": ("day",), "team": ("team_id", "team_name"),
+_COLUMNS = {"day": ("day",), "month": ("month",), "team": ("team_id", "team_name"),
             "key": ("api_key_id", "key_name", "key_prefix"), "provider": ("provider_name",),
             "model": ("public_model",), "tag": ("tags",), "end_user": ("end_user",)}
 _FACT_COLUMNS = ("api_key_id", "key_name", "key_prefix", "team_id", "team_name",
                  "provider_name", "public_model")
-
-
-def _units_sum():
-    # ROUND(cost * 1e10) recovers the exact 1e-10 quantum on SQLite too (whose decimals are
-    # floats with 15 significant digits); integer sums are exact everywhere.
-    return Sum(Cast(Round(F("cost_usd") * Value(int(UNITS_PER_USD))), BigIntegerField()))
 
 
 def _sums(*, rollup: bool) -> dict:
@@ -161,7 +159,7 @@ def _sums(*, rollup: bool) -> dict:
         counts = {"requests_sum": Sum("requests"), "errors_sum": Sum("errors")}
     else:
         counts = {"requests": Count("id"), "errors": Count("id", filter=~Q(status=UsageStatus.OK))}
-    return {**counts, **{f"{name}_sum": Sum(name) for name in TOKEN_FIELDS}, "units": _units_sum()}
+    return {**counts, **{f"{name}_sum": Sum(name) for name in TOKEN_FIELDS}, "units": cost_units_sum()}
 
 
 def _totals(requests, errors, *rest) -> UsageTotals:
@@ -245,19 +243,43 @@ def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False) -> 
         yield UsageFact(day, dict(zip(columns, row[:width])), _totals(*row[width:]))
 
 
-def _rollup_groups(flt: UsageFilter, start: date, end: date,
+def _rollup_groups(flt: UsageFilter, older: list[date],
                    dims: tuple[str, ...]) -> Iterator[tuple[tuple, UsageTotals]]:
-    """The daily rollup of days start..end grouped by `dims` in the database."""
-    daily = _filtered(DailyUsage.objects.filter(day__gte=start, day__lte=end), flt)
+    """The rollups of the days `older` (consecutive, ascending) grouped by `dims` in the
+    database: without `day` among them, the whole months of the range from the monthly rollup
+    and the days around them from the daily one (by `month`: the day's); with `day`, every day
+    from the daily one."""
+    if not older:
+        return
+    start, end = older[0], older[-1]
+    first_month = start if start.day == 1 else month_last_day(start) + timedelta(days=1)
+    last_month = month_last_day(end).replace(day=1)
+    if month_last_day(last_month) != end:
+        last_month = (last_month - timedelta(days=1)).replace(day=1)
+    daily = DailyUsage.objects.filter(day__gte=start, day__lte=end)
+    if "day" not in dims and first_month <= last_month:
+        yield from _grouped_sums(
+            _filtered(MonthlyUsage.objects.filter(month__gte=first_month, month__lte=last_month), flt),
+            dims)
+        daily = daily.filter(Q(day__lt=first_month) | Q(day__gt=month_last_day(last_month)))
+        if start == first_month and end == month_last_day(last_month):
+            return
+    yield from _grouped_sums(_filtered(daily, flt), dims)
+
+
+def _grouped_sums(rollup: QuerySet, dims: tuple[str, ...]) -> Iterator[tuple[tuple, UsageTotals]]:
+    """Rollup rows summed by the database, one group per value of `dims`' columns."""
     sums = _sums(rollup=True)
+    if "month" in dims and rollup.model is DailyUsage:
+        rollup = rollup.annotate(month=TruncMonth("day"))
     if not dims:
-        totals = daily.aggregate(**sums)
+        totals = rollup.aggregate(**sums)
         if totals["requests_sum"] is not None:
             yield (), _totals(*totals.values())
         return
     columns = [c for d in dims for c in _COLUMNS[d]]
     width = len(columns)
-    for row in daily.values_list(*columns).annotate(**sums).order_by():
+    for row in rollup.values_list(*columns).annotate(**sums).order_by():
         yield _grouped(row[:width], dims), _totals(*row[width:])
 
 
@@ -271,16 +293,45 @@ def _grouped(flat: Sequence, dims: Sequence[str]) -> tuple[tuple, ...]:
     return tuple(out)
 
 
+# A grouping is summed in Python from a finer one already summed (by day and team -> by day,
+# by team, the total) when that one has at most this many groups; otherwise the database
+# sums it. Summing a group costs a few microseconds in Python, a query a few milliseconds.
+DERIVE_MAX_GROUPS = 10_000
+
+
+def _finer(sums: dict[tuple[str, ...], dict[tuple, UsageTotals]],
+           dims: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The smallest grouping in `sums` that `dims` can be summed from: it has every one of
+    `dims` (and `tag` only if `dims` has it: a row counts once per tag, so summing tags away
+    would count it again), and at most DERIVE_MAX_GROUPS groups."""
+    fitting = [finer for finer, groups in sums.items()
+               if set(dims) < set(finer) and ("tag" in dims or "tag" not in finer)
+               and len(groups) <= DERIVE_MAX_GROUPS]
+    return min(fitting, key=lambda finer: len(sums[finer]), default=None)
+
+
+def _summed_from(groups: dict[tuple, UsageTotals], finer: tuple[str, ...],
+                 dims: tuple[str, ...]) -> dict[tuple, UsageTotals]:
+    """`groups` (grouped by `finer`) summed by `dims`, a subset of `finer`."""
+    picks = [finer.index(d) for d in dims]
+    out: dict[tuple, UsageTotals] = {}
+    for key, totals in groups.items():
+        out.setdefault(tuple(key[i] for i in picks), UsageTotals()).add(totals)
+    return out
+
+
 def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
                  now: datetime | None = None) -> UsageReport:
     """Spend and tokens of `flt`'s range and filters, summed by each grouping (a subset of
-    DIMENSIONS each; the empty grouping is the total). Each grouping is summed by the database
-    over the rollup plus the ledger days' facts, so every grouping's rows add up exactly to the
-    total (by tag, a row counts once per tag it carries). A report that groups or filters by
-    tag or end user reads every day from the ledger (the rollup has neither). Days after today
-    (UTC) hold nothing and are not read. Keys and teams are labelled with the names the ledger
-    stored (their current names for rows written before names were stored). Rows are ordered
-    by their dimensions' labels, days ascending."""
+    DIMENSIONS each; the empty grouping is the total). Each grouping is summed over the
+    rollups (the monthly one for whole months when it does not group by day) plus the ledger
+    days' facts, by the database or from a finer grouping of the same report (exact integer
+    sums either way), so every grouping's rows add up exactly to the total (by tag, a row
+    counts once per tag it carries). A report that groups or filters by tag or end user reads
+    every day from the ledger (the rollups have neither). Days after today (UTC) hold nothing
+    and are not read. Keys and teams are labelled with the names the ledger stored (their
+    current names for rows written before names were stored). Rows are ordered by their
+    dimensions' labels, days ascending."""
     today = timezone.localtime(now or timezone.now(), timezone.get_fixed_timezone(0)).date()
     days = [d for d in flt.days() if d <= today]
     wanted = {dimensions_normalized(g) for g in groupings} | {()}
@@ -295,12 +346,16 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
              for fact in _ledger_facts(day, flt, attribution=attribution)]
 
     sums: dict[tuple[str, ...], dict[tuple, UsageTotals]] = {}
-    for dims in wanted:
+    # Finer groupings first, so the coarser ones can be summed from them.
+    for dims in sorted(wanted, key=len, reverse=True):
+        finer = _finer(sums, dims)
+        if finer is not None:
+            sums[dims] = _summed_from(sums[finer], finer, dims)
+            continue
         groups: dict[tuple, UsageTotals] = {}
-        if older:
-            # Days without a rollup have no rollup rows, so the whole older range can be read.
-            for key, totals in _rollup_groups(flt, older[0], older[-1], dims):
-                groups.setdefault(key, UsageTotals()).add(totals)
+        # Days without a rollup have no rollup rows, so the whole older range can be read.
+        for key, totals in _rollup_groups(flt, older, dims):
+            groups.setdefault(key, UsageTotals()).add(totals)
         for fact in facts:
             for key in itertools.product(*(fact.values(d) for d in dims)):
                 groups.setdefault(key, UsageTotals()).add(fact.totals)
@@ -318,7 +373,8 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
                                              labels=labels))
             row.totals.add(totals)
         grouped[dims] = sorted(merged.values(), key=lambda r, dims=dims: tuple(
-            (r.values[d] is None, r.values[d].isoformat() if d == "day" else r.labels[d].lower())
+            (r.values[d] is None,
+             r.values[d].isoformat() if d in ("day", "month") else r.labels[d].lower())
             for d in dims))
     total = grouped[()][0].totals if grouped[()] else UsageTotals()
     return UsageReport(groupings=grouped, total=total, ledger_days=tuple(ledger_days))
@@ -350,6 +406,8 @@ class _Labeller:
         value = part[0]
         if dimension == "day":
             return value.isoformat()
+        if dimension == "month":
+            return value.strftime("%Y-%m")
         if dimension == "team":
             if value is None:
                 return "(no team)"
