@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +33,23 @@ from gateway.redis_client import AsyncClient
 from gateway.shared_state import LuaScript, SharedState, pipeline_execute
 
 logger = logging.getLogger(__name__)
+
+# Lease tokens: unique across processes (a random prefix per process) without a system call
+# per request (uuid4 reads the kernel's random source each time).
+_token_prefix = uuid.uuid4().hex[:16]
+_token_serial = itertools.count()
+
+
+def _new_token_prefix() -> None:  # a forked worker (gunicorn) must not share its parent's
+    global _token_prefix
+    _token_prefix = uuid.uuid4().hex[:16]
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+def _lease_token() -> str:
+    return f"{_token_prefix}{next(_token_serial):x}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +191,7 @@ class LocalRoutingState:
                 del held[token]
             if candidate.max_inflight is not None and len(held) >= candidate.max_inflight:
                 return None
-            token = uuid.uuid4().hex
+            token = _lease_token()
             held[token] = now + self._lease_ttl_s
         return Lease(provider_id=candidate.provider_id, route_id=candidate.route_id, token=token,
                      shared=False)
@@ -331,7 +350,7 @@ class RedisRoutingState:
 
     async def acquire(self, candidate: Candidate) -> Lease | None:
         async def shared() -> Lease | None:
-            token = uuid.uuid4().hex
+            token = _lease_token()
             granted = await _INFLIGHT_ACQUIRE(self._redis, **self._acquire_call(candidate, token))
             return self._lease(candidate, token) if granted else None
 
@@ -418,7 +437,7 @@ class RedisRoutingState:
         for c in candidates:
             pipe.hgetall(self._breaker_key(c.route_id))
         redo: list = [None] * len(candidates)
-        token = uuid.uuid4().hex
+        token = _lease_token() if acquire is not None else ""
         if acquire is not None:
             call = self._acquire_call(acquire, token)
             _INFLIGHT_ACQUIRE.queue(pipe, **call)

@@ -426,3 +426,23 @@ async def test_a_one_route_plan_comes_with_its_slot_taken_in_the_same_round_trip
     assert (await state.plan("m2", two, now=NOW)).lease is None
     assert {v.in_flight for v in (await state.snapshot(two)).values()} == {0}
     await r.aclose()
+
+
+def test_a_forked_worker_draws_lease_tokens_of_its_own():
+    # Tokens are a per-process random prefix and a counter (no system call per request); a
+    # worker forked from a parent that had imported the module (gunicorn) gets a new prefix,
+    # or the two would release each other's in-flight slots.
+    from gateway import routing_state
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, routing_state._lease_token().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    ours = routing_state._lease_token()
+    assert len(child) > 16 and child[:16] != ours[:16]
+    assert routing_state._lease_token() != ours
