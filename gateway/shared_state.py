@@ -20,7 +20,10 @@ The rule (`SharedState.run`):
 - A cancellation redis-py swallowed during the call is raised after it (`gateway.cancellation`).
 
 Scripts (`LuaScript`) are `.lua` files in a `lua/` directory next to their owner, read once per
-process, when the owner is imported. They run by digest (EVALSHA) and are loaded into Redis
+process, when the owner is imported. The scripts one event loop runs on one client within the
+same iteration (a request's rate limit and budget reservation, gathered; other requests' at
+the same moment) go to Redis as one pipeline, one write and one read instead of one each
+(`_Coalescer`); each caller still gets its own result or error. They run by digest (EVALSHA) and are loaded into Redis
 (SCRIPT LOAD) only when it answers NOSCRIPT: once per Redis server, again after a restart or a
 SCRIPT FLUSH (on a Redis Cluster: on every master, and again on a replica promoted by a failover,
 which never received the SCRIPT LOAD). A pipeline queues them by digest (`SharedState.queue`),
@@ -28,9 +31,11 @@ and `pipeline_execute` redoes each command answered NOSCRIPT on its own.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +72,16 @@ class LuaScript:
 
     async def __call__(self, client: aioredis.Redis, *, keys: Sequence[Any],
                        args: Sequence[Any] = ()) -> Any:
-        """Run the script by digest, loading it first when Redis answers NOSCRIPT. Redis
-        errors propagate (the caller is normally inside `SharedState.run`)."""
+        """Run the script by digest, loading it first when Redis answers NOSCRIPT; together
+        with the other scripts this loop runs on `client` in the same iteration. Redis errors
+        propagate (the caller is normally inside `SharedState.run`)."""
+        coalescer = _coalescers.get(client)
+        if coalescer is None:
+            coalescer = _coalescers[client] = _Coalescer(client)
+        return await coalescer.submit(self, keys, args)
+
+    async def run_alone(self, client: aioredis.Redis, *, keys: Sequence[Any],
+                        args: Sequence[Any] = ()) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -82,6 +95,76 @@ class LuaScript:
         # Not `pipe.evalsha`: redis-py's cluster pipeline refuses that method by name, though it
         # routes the command itself by its keys like any other.
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class _Coalescer:
+    """The scripts submitted on one client during one event-loop iteration, sent together.
+
+    `submit` queues a call and, for the first of an iteration, schedules the send with
+    `call_soon`, which runs after every callback already ready: the gathered calls of that
+    iteration join the queue first. One call goes alone (EVALSHA); several go as one
+    non-transactional pipeline, and a NOSCRIPT answer is redone on its own. Each future gets
+    its call's result or error; a failed round trip fails every call in it. A caller that is
+    cancelled meanwhile stops waiting; its call may still run (as a sent command would)."""
+
+    __slots__ = ("client", "queue", "sending")
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.queue: list[tuple[LuaScript, Sequence[Any], Sequence[Any], asyncio.Future]] = []
+        self.sending: set[asyncio.Task] = set()
+
+    def submit(self, script: LuaScript, keys: Sequence[Any],
+               args: Sequence[Any]) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.queue.append((script, keys, args, done))
+        if len(self.queue) == 1:
+            loop.call_soon(self._send_queued)
+        return done
+
+    def _send_queued(self) -> None:
+        batch, self.queue = self.queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def _send(self, batch: list[tuple[LuaScript, Sequence[Any], Sequence[Any],
+                                            asyncio.Future]]) -> None:
+        try:
+            if len(batch) == 1:
+                script, keys, args, _ = batch[0]
+                results: list[Any] = [await script.run_alone(self.client, keys=keys, args=args)]
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    script.queue(pipe, keys=keys, args=args)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the round trip failed: every call in it did
+            for *_, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        except BaseException:  # this task was cancelled (its loop is closing): so are they
+            for *_, done in batch:
+                done.cancel()
+            raise
+        for (script, keys, args, done), result in zip(batch, results):
+            if isinstance(result, NoScriptError):
+                try:
+                    result = await script.run_alone(self.client, keys=keys, args=args)
+                except Exception as exc:
+                    result = exc
+            if done.done():
+                continue
+            if isinstance(result, Exception):
+                done.set_exception(result)
+            else:
+                done.set_result(result)
+
+
+# client -> its coalescer; a client belongs to one event loop (gateway.redis_client).
+_coalescers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class SharedState:

@@ -240,3 +240,43 @@ async def test_pipeline_redoes_each_noscript_answer_on_its_own():
     assert isinstance(errors, ResponseError) and value == b"v"
     await client.delete(key)
     await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_scripts_run_in_one_iteration_share_one_round_trip():
+    # A request's rate limit and budget reservation are gathered; with other requests' at the
+    # same moment they go to Redis as one pipeline: one connection of the pool, not one each.
+    # Each caller gets its own answer: a result, a script Redis did not know (loaded and run
+    # on its own), an error reply.
+    from gateway.tests.redis_server import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        client = aioredis.Redis.from_url(server.url, socket_timeout=2)
+        known, unknown = fresh_script(), fresh_script()
+        failing = LuaScript("failing", "return redis.error_reply('nope ' .. ARGV[1])")
+        await client.script_load(known.source)
+        await client.script_load(failing.source)
+        before = (await client.info("stats"))["total_connections_received"]
+        results = await asyncio.gather(
+            known(client, keys=[], args=[1]), unknown(client, keys=[], args=[10]),
+            failing(client, keys=[], args=["x"]), known(client, keys=[], args=[100]),
+            return_exceptions=True)
+        assert results[0] == 2 and results[1] == 11 and results[3] == 101
+        assert isinstance(results[2], ResponseError) and "nope x" in str(results[2])
+        assert (await client.info("stats"))["total_connections_received"] == before
+        assert len(client.connection_pool._available_connections) == 1
+        # A failed round trip fails every call in it.
+        server.pause()
+        try:
+            short = aioredis.Redis.from_url(server.url, socket_timeout=0.2)
+            errors = await asyncio.gather(*(known(short, keys=[], args=[n]) for n in range(3)),
+                                          return_exceptions=True)
+            assert [type(e) for e in errors] == [TimeoutError] * 3
+        finally:
+            server.resume()
+        await short.aclose()
+        await client.aclose()
+    finally:
+        server.stop()
