@@ -24,7 +24,7 @@ import logging
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -61,9 +61,14 @@ def _redis() -> SyncClient | None:
         return None
 
 
+_ENTRY_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
 def spool_encode(*, entry: LedgerEntry, settle_budget: bool, response: StoredResponse | None,
                  release_claim: int | None, charge_limits: tuple[BudgetLimit, ...] = ()) -> str:
-    data = asdict(entry)
+    # Every field is a scalar: a shallow copy (dataclasses.asdict deep-copies each value, and
+    # a journaled row is encoded on the event loop, gateway.finish).
+    data = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
     data["created_at"] = entry.created_at.isoformat()
     data["cost_usd"] = str(entry.cost_usd)
     return json.dumps({
