@@ -1,6 +1,7 @@
 """The monthly rollup (exact sums of the daily one, kept in step by usage_rollup), the report's
 reads of it for the whole months of a long range (every group equal to the ledger's own, on
-a fixture over five months), and the spend page by month for a range over 92 days."""
+a fixture over five months), the spend page by month for a range over 92 days, and the
+migration that fills the monthly rollup from the daily one."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 
 from providers.models import ApiKey
@@ -198,6 +200,31 @@ def test_the_spend_page_over_more_than_92_days_is_by_month_and_adds_up_to_the_le
         assert sum(Decimal(r["cost_usd"]) for r in rows[:-1]) == ledger_sum
     assert [r["month"] for r in csv_rows(client.get(
         "/reports/export.csv", {**query, "group": "month"}))[:-1]] == months
+    summary = client.get("/api/usage/summary", {**query, "group_by": "month"}).json()
+    assert [r["month"] for r in summary["rows"]] == [f"{m}-01" for m in months]
+    assert Decimal(summary["totals"]["cost_usd"]) == ledger_sum
     # 92 days or fewer: by day.
     short = client.get("/reports/", {"from": today - timedelta(days=91), "to": today})
     assert "day" in {t["dimension"] for t in short.context["tables"]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_fills_the_monthly_rollup_from_the_daily_rows_already_there():
+    before = [("usage", "0006_ledger_partitions")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    daily = executor.loader.project_state(before).apps.get_model("usage", "DailyUsage")
+    for day, name, requests, cost in ((date(2026, 1, 5), "k1", 2, "0.1000000001"),
+                                      (date(2026, 1, 31), "k1", 3, "0.2000000002"),
+                                      (date(2026, 1, 6), "k2", 4, "0.0000000009"),
+                                      (date(2026, 2, 1), "k1", 1, "1.5")):
+        daily.objects.create(day=day, key_name=name, provider_name="p", public_model="m",
+                             requests=requests, errors=1, input_tokens=10, output_tokens=5,
+                             cost_usd=Decimal(cost))
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert sorted((r.month, r.key_name, r.requests, r.errors, r.input_tokens, r.output_tokens,
+                   r.cost_usd) for r in MonthlyUsage.objects.all()) == [
+        (date(2026, 1, 1), "k1", 5, 2, 20, 10, Decimal("0.3000000003")),
+        (date(2026, 1, 1), "k2", 4, 1, 10, 5, Decimal("0.0000000009")),
+        (date(2026, 2, 1), "k1", 1, 1, 10, 5, Decimal("1.5"))]
