@@ -1,7 +1,9 @@
-"""Reads for finance reports: spend and tokens by day, team, key, provider and model.
+"""Reads for finance reports: spend and tokens by day, month, team, key, provider and model.
 
-Past days come from the daily rollup (`DailyUsage`, small), summed by the database for each
-grouping asked; recent days from the ledger (`UsageRecord`), grouped by the database into
+Past days come from the rollups, summed by the database for each grouping asked (or in Python
+from a finer grouping of the same report): the whole months of the range from the monthly one
+(`MonthlyUsage`) unless the grouping is by day, the other days from the daily one
+(`DailyUsage`); recent days from the ledger (`UsageRecord`), grouped by the database into
 *facts* (one per day, key, team, provider and model) and summed in Python: today and yesterday
 always (the rollup of a day keeps running until the next day ends, so they may still be
 moving), and any older day that has ledger rows but no rollup yet (Celery beat not running).
