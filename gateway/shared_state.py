@@ -75,9 +75,12 @@ class LuaScript:
         """Run the script by digest, loading it first when Redis answers NOSCRIPT; together
         with the other scripts this loop runs on `client` in the same iteration. Redis errors
         propagate (the caller is normally inside `SharedState.run`)."""
+        loop = asyncio.get_running_loop()
         coalescer = _coalescers.get(client)
-        if coalescer is None:
-            coalescer = _coalescers[client] = _Coalescer(client)
+        if coalescer is None or coalescer.loop is not loop:
+            # A client taken to another loop (tests run one per test) starts afresh: what a
+            # closed loop had queued would never be sent.
+            coalescer = _coalescers[client] = _Coalescer(client, loop)
         return await coalescer.submit(self, keys, args)
 
     async def run_alone(self, client: aioredis.Redis, *, keys: Sequence[Any],
@@ -107,20 +110,20 @@ class _Coalescer:
     its call's result or error; a failed round trip fails every call in it. A caller that is
     cancelled meanwhile stops waiting; its call may still run (as a sent command would)."""
 
-    __slots__ = ("client", "queue", "sending")
+    __slots__ = ("client", "loop", "queue", "sending", "__weakref__")
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, loop: asyncio.AbstractEventLoop) -> None:
         self.client = client
+        self.loop = loop
         self.queue: list[tuple[LuaScript, Sequence[Any], Sequence[Any], asyncio.Future]] = []
         self.sending: set[asyncio.Task] = set()
 
     def submit(self, script: LuaScript, keys: Sequence[Any],
                args: Sequence[Any]) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        done = self.loop.create_future()
         self.queue.append((script, keys, args, done))
         if len(self.queue) == 1:
-            loop.call_soon(self._send_queued)
+            self.loop.call_soon(self._send_queued)
         return done
 
     def _send_queued(self) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import orjson
 from django.conf import settings
 
+from gateway.cancellation import reraise_swallowed_cancel
 from gateway.redis_client import SyncClient, redis_async, redis_is_cluster, redis_sync
 from gateway.shared_state import REDIS_UNREACHABLE
 from providers.selectors import KeyChangeInfo
@@ -108,18 +109,24 @@ class KeyChangeListener:
                     await client.initialize()
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
+                    reraise_swallowed_cancel()
                     self._on_subscribed()
                     backoff = 0.1
                     while True:
                         message = await pubsub.get_message(timeout=LISTEN_TIMEOUT_S)
+                        reraise_swallowed_cancel()
                         if message is not None and message.get("type") == "message":
                             change = key_change_parse(message["data"])
                             if change is not None:
                                 self._on_change(change)
             except REDIS_UNREACHABLE as exc:
+                # A stop (the loop closing) that redis-py swallowed must still end the task,
+                # or asyncio.run would wait for it for ever.
+                reraise_swallowed_cancel()
                 logger.warning("key change subscription lost (%s); the feed covers it",
                                type(exc).__name__)
             finally:
                 await client.aclose()
+            reraise_swallowed_cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_MAX_S)
