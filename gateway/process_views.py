@@ -21,6 +21,7 @@ import uuid
 
 from redis.exceptions import RedisError
 
+from gateway.cancellation import reraise_swallowed_cancel
 from gateway.clients import client_pool
 from providers.cache import snapshot_cache
 
@@ -95,6 +96,7 @@ async def process_view_announcer() -> None:
             logger.debug("operations: could not announce this process: %s", exc)
         except Exception:  # the page's circuit list must never take the process down
             logger.exception("operations: announcing this process failed")
+        reraise_swallowed_cancel()  # a stop redis-py swallowed still ends the loop
         await asyncio.sleep(ANNOUNCE_INTERVAL_S)
 
 
