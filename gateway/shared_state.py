@@ -32,6 +32,7 @@ and `pipeline_execute` redoes each command answered NOSCRIPT on its own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -85,6 +86,8 @@ class LuaScript:
 
     async def run_alone(self, client: aioredis.Redis, *, keys: Sequence[Any],
                         args: Sequence[Any] = ()) -> Any:
+        """The script on its own (EVALSHA, SCRIPT LOAD on NOSCRIPT): what a coalesced batch
+        sends for a single call, and redoes for a call of a pipeline answered NOSCRIPT."""
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -142,7 +145,9 @@ class _Coalescer:
                 pipe = self.client.pipeline(transaction=False)
                 for script, keys, args, _ in batch:
                     script.queue(pipe, keys=keys, args=args)
-                results = await pipe.execute(raise_on_error=False)
+                results = await pipeline_execute(
+                    pipe, [functools.partial(self._alone, script, keys, args)
+                           for script, keys, args, _ in batch], raise_on_error=False)
         except Exception as exc:  # the round trip failed: every call in it did
             for *_, done in batch:
                 if not done.done():
@@ -152,18 +157,20 @@ class _Coalescer:
             for *_, done in batch:
                 done.cancel()
             raise
-        for (script, keys, args, done), result in zip(batch, results):
-            if isinstance(result, NoScriptError):
-                try:
-                    result = await script.run_alone(self.client, keys=keys, args=args)
-                except Exception as exc:
-                    result = exc
+        for (*_, done), result in zip(batch, results):
             if done.done():
                 continue
             if isinstance(result, Exception):
                 done.set_exception(result)
             else:
                 done.set_result(result)
+
+    async def _alone(self, script: LuaScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """A NOSCRIPT call redone on its own; its failure is that call's answer alone."""
+        try:
+            return await script.run_alone(self.client, keys=keys, args=args)
+        except Exception as exc:
+            return exc
 
 
 # client -> its coalescer; a client belongs to one event loop (gateway.redis_client).
