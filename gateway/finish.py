@@ -121,7 +121,7 @@ async def _release_shared(call: Call, *, upstream_broke: bool, cost_units: int,
     fallbacks: list[Callable[[], Awaitable[None]] | None] = []
     journaled_at = None
     if journal is not None and pipe is not None and intent_keeper.final_queued(
-            pipe, request_id=call.request_id, line=journal):
+            pipe, request_id=call.request_id, line=journal, shared_limits=call.budget_shared):
         journaled_at = len(fallbacks)
         fallbacks.append(None)
     lease = call.lease_taken()

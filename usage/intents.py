@@ -50,6 +50,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -405,17 +406,18 @@ class IntentKeeper:
         self._schedule(state)
         return True
 
-    def final_queued(self, pipe, *, request_id: str, line: str) -> bool:
+    def final_queued(self, pipe, *, request_id: str, line: str,
+                     shared_limits: Sequence[BudgetLimit] = ()) -> bool:
         """Queue the journaling of a finished request's row (a usage.spool line) beside its
-        Redis intent on `pipe` (a pipeline of the intent's client, run by the caller). False
-        when its intent is not in Redis (then the row must be committed before the response
-        ends)."""
+        Redis intent on `pipe` (a pipeline of the intent's client, run by the caller).
+        `shared_limits`: the budgets it reserved in Redis, which place its intent
+        (`intent_shard`), as they did when admission wrote it. False when its intent is not in
+        Redis (then the row must be committed before the response ends)."""
         state = self._state()
         held = state.held.get(request_id)
         if held is None or held[0] != REDIS or state.shared is None or state.shared.down:
             return False
-        shard = next(iter(_by_shard([(request_id, held[1])])))
-        pipe.hset(shard.intent_final, request_id, line)
+        pipe.hset(intent_shard(request_id, shared_limits).intent_final, request_id, line)
         state.journaled.add(request_id)
         return True
 
