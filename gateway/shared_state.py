@@ -23,11 +23,12 @@ Scripts (`LuaScript`) are `.lua` files in a `lua/` directory next to their owner
 process, when the owner is imported. The scripts one event loop runs on one client within the
 same iteration (a request's rate limit and budget reservation, gathered; other requests' at
 the same moment) go to Redis as one pipeline, one write and one read instead of one each
-(`_Coalescer`); each caller still gets its own result or error. They run by digest (EVALSHA) and are loaded into Redis
-(SCRIPT LOAD) only when it answers NOSCRIPT: once per Redis server, again after a restart or a
-SCRIPT FLUSH (on a Redis Cluster: on every master, and again on a replica promoted by a failover,
-which never received the SCRIPT LOAD). A pipeline queues them by digest (`SharedState.queue`),
-and `pipeline_execute` redoes each command answered NOSCRIPT on its own.
+(`_Coalescer`); each caller still gets its own result or error. They run by digest (EVALSHA)
+and are loaded into Redis (SCRIPT LOAD) only when it answers NOSCRIPT: once per Redis server,
+again after a restart or a SCRIPT FLUSH (on a Redis Cluster: on every master, and again on a
+replica promoted by a failover, which never received the SCRIPT LOAD). A pipeline queues them
+by digest (`SharedState.queue`), and `pipeline_execute` redoes each command answered NOSCRIPT
+on its own.
 """
 from __future__ import annotations
 
