@@ -304,9 +304,8 @@ async def open_upstream(call: Call, job: Job, *,
         if tried >= MAX_ATTEMPTS:
             break
         # The first route's slot may have come with the plan (one round trip for both).
-        lease = (plan.lease if tried == 0 and last is None and plan.lease is not None
-                 and plan.lease.route_id == candidate.route_id else None)
-        lease = lease or await routing.acquire(candidate)
+        lease = (plan.lease if plan.lease is not None and candidate is plan.routes[0]
+                 else await routing.acquire(candidate))
         if lease is None:
             continue
         if last is not None:

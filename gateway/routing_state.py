@@ -14,11 +14,11 @@ a `finally`.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import threading
 import time
-import itertools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -328,22 +328,23 @@ class RedisRoutingState:
             return chosen, weights
 
         async def shared() -> Plan:
-            taken: list[Lease] = []
+            lease: Lease | None = None
 
             async def read_breakers(cs: Sequence[Candidate]) -> dict[int, BreakerState]:
                 # A model with one route: its in-flight slot is taken in the same round trip
                 # as its breaker is read; given back below if the plan does not start there.
+                nonlocal lease
                 breakers, lease = await self._read_breakers(
                     cs, acquire=cs[0] if len(cs) == 1 else None)
-                taken.extend([lease] if lease is not None else [])
                 return breakers
 
             plan = await _plan(candidates, now=now, read_breakers=read_breakers,
                                claim_probe=claim_probe, step_wrr=step_wrr)
-            for lease in taken:
-                if plan.routes and plan.routes[0].route_id == lease.route_id:
-                    return replace(plan, lease=lease)
-                await self.release(lease)
+            if lease is None:
+                return plan
+            if plan.routes and plan.routes[0].route_id == lease.route_id:
+                return replace(plan, lease=lease)
+            await self.release(lease)
             return plan
 
         return await self._shared.run(shared, lambda: self._local.plan(model, candidates, now=now))
