@@ -1,9 +1,15 @@
 """What each serving process caches of the configuration: the routing snapshot and API keys.
 
 The snapshot (deployments and prices, a few hundred rows) is reloaded when the config version
-changes. The version is polled at most every GATEWAY_CONFIG_POLL_S seconds (one small query),
-so admin and `gateway_apply` edits of routes reach running servers within about a second, with
-no restart. One reload runs at a time; concurrent requests keep using the previous snapshot.
+changes. The version is polled every GATEWAY_CONFIG_POLL_S seconds (one small query), so admin
+and `gateway_apply` edits of routes reach running servers within about a second, with no
+restart. One reload runs at a time; concurrent requests keep using the previous snapshot.
+
+Both polls run in a task of their own on each serving loop (`Every`), started by the first
+request, so no request waits for them (issue 22: at one connection they were two of the about
+three slowest requests each second). A request reads them itself only when the task has fallen
+behind by two intervals (just started, or the database slow to answer), and on every request
+when GATEWAY_CONFIG_POLL_S is 0 (the tests' setting).
 
 Keys are not in the snapshot (issue 18: at 100,000 keys every key change made every process
 reload them all, 2.3-2.6 s of CPU and 130 MB each). `KeyCache` looks a digest up when a request
@@ -41,6 +47,44 @@ MAX_UNKNOWN = 10_000
 FEED_OVERLAP = 64
 MAX_APPLIED = 10_000
 NEVER = float("-inf")  # a monotonic clock may start near zero
+# Older than this many intervals, a request reads the config itself instead of leaving it to
+# the polling task: that task has just started, or its reads are slow.
+STALE_AFTER_POLLS = 2
+
+
+class Every:
+    """Runs `poll` every GATEWAY_CONFIG_POLL_S seconds in a task of the running loop, started
+    by `ensure()` (each request calls it; cheap once the task runs). The task is replaced when
+    it belongs to another (closed) loop or the interval changed, and ends when the interval is
+    0. An error of one poll is logged and the next one runs; the cancellation of the loop's
+    tasks ends it."""
+
+    def __init__(self, poll, what: str) -> None:
+        self._poll = poll
+        self._what = what
+        self._task: asyncio.Task | None = None
+        self._interval = 0.0
+
+    def ensure(self) -> None:
+        task, interval = self._task, settings.GATEWAY_CONFIG_POLL_S
+        if (task is not None and not task.done() and interval == self._interval
+                and task.get_loop() is asyncio.get_running_loop()):
+            return
+        if task is not None and not task.done() and not task.get_loop().is_closed():
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        self._interval = interval
+        self._task = asyncio.get_running_loop().create_task(self._run(interval))
+
+    async def _run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if settings.GATEWAY_CONFIG_POLL_S != interval:
+                return  # the next request starts the task anew, when the interval is not 0
+            try:
+                await self._poll()
+            except Exception:
+                logger.exception("the %s poll failed; the next one runs in %s s", self._what,
+                                 interval)
 
 
 class KeyCache:
@@ -53,10 +97,10 @@ class KeyCache:
       copy keeps serving). Confirmed-unknown digests are remembered for UNKNOWN_TTL_S.
     - `apply` evicts what a key change names (the listener's messages and the feed's rows,
       each change once); a lookup that a change overtook is answered but not cached.
-    - The feed is read at most every GATEWAY_CONFIG_POLL_S, from the request that finds it
-      due. A process that could not read it for longer than the feed keeps rows
-      (GATEWAY_KEY_FEED_RETENTION_S), or finds it behind the last row it saw, drops every
-      cached key.
+    - The feed is read every GATEWAY_CONFIG_POLL_S by a task of its own (`Every`); a request
+      reads it itself only at the first lookup and when that task is behind. A process that
+      could not read it for longer than the feed keeps rows (GATEWAY_KEY_FEED_RETENTION_S), or
+      finds it behind the last row it saw, drops every cached key.
     `lookups` counts the database lookups. Expiry is checked per request (`KeyInfo.expired`)."""
 
     def __init__(self) -> None:
@@ -72,6 +116,7 @@ class KeyCache:
         # Changes up to this id came before what is cached: never applied.
         self._feed_floor = 0
         self._listener = KeyChangeListener(on_change=self.apply, on_subscribed=self._poll_soon)
+        self._poller = Every(self._feed_poll, "key change feed")
         self.lookups = 0
 
     def __len__(self) -> int:
@@ -92,9 +137,13 @@ class KeyCache:
         is none. Raises DatabaseError when it must be asked and cannot be."""
         if settings.REDIS_URL:
             self._listener.ensure_started()
-        if time.monotonic() - self._feed_checked_at >= settings.GATEWAY_CONFIG_POLL_S:
-            await self._feed_poll()
+        poll = settings.GATEWAY_CONFIG_POLL_S
+        if poll > 0:
+            self._poller.ensure()
         now = time.monotonic()
+        if now - self._feed_checked_at >= poll * STALE_AFTER_POLLS:
+            await self._feed_poll()
+            now = time.monotonic()
         entry = self._found.get(digest)
         if entry is not None and entry[1] > now:
             self._found.move_to_end(digest)
@@ -136,7 +185,8 @@ class KeyCache:
         await self._listener.stop()
 
     def _poll_soon(self) -> None:
-        """(Re)subscribed: what was published meanwhile is in the feed; read it next request."""
+        """(Re)subscribed: what was published meanwhile is in the feed; the next request reads
+        it."""
         self._feed_checked_at = NEVER
 
     async def _lookup(self, digest: str) -> KeyInfo | None:
@@ -211,6 +261,7 @@ class SnapshotCache:
         self._snapshot: RoutingSnapshot | None = None
         self._checked_at = 0.0
         self._lock: asyncio.Lock | None = None
+        self._poller = Every(self._poll, "config version")
         self.loads = 0
 
     def invalidate(self) -> None:
@@ -219,15 +270,28 @@ class SnapshotCache:
 
     async def get(self) -> RoutingSnapshot:
         snapshot = self._snapshot
-        if snapshot is not None and time.monotonic() - self._checked_at < settings.GATEWAY_CONFIG_POLL_S:
+        poll = settings.GATEWAY_CONFIG_POLL_S
+        if poll > 0:
+            self._poller.ensure()
+        if snapshot is not None and time.monotonic() - self._checked_at < poll * STALE_AFTER_POLLS:
             return snapshot
+        return await self._reload()
+
+    async def _poll(self) -> None:
+        if self._snapshot is not None:  # else the next request loads it
+            await self._reload()
+
+    async def _reload(self) -> RoutingSnapshot:
+        """The snapshot after reading the version (and the routes, when it changed); one read
+        at a time, and while one runs the others answer the previous snapshot."""
         if self._lock is None:
             self._lock = asyncio.Lock()
-        if snapshot is not None and self._lock.locked():
-            return snapshot
+        if self._snapshot is not None and self._lock.locked():
+            return self._snapshot
+        checked_at = self._checked_at
         async with self._lock:
-            if self._snapshot is not None and time.monotonic() - self._checked_at < settings.GATEWAY_CONFIG_POLL_S:
-                return self._snapshot
+            if self._snapshot is not None and self._checked_at != checked_at:
+                return self._snapshot  # read while this call waited
             try:
                 fresh = await db.run(_fresh_snapshot, previous=self._snapshot)
             except DatabaseError:

@@ -4,6 +4,7 @@ and a key change never reloads the routes, whatever the number of keys."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
@@ -13,6 +14,7 @@ import redis
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from gateway import database
 from gateway.database import db
 from gateway.tests.redis_server import RedisServer
 from providers import cache
@@ -258,3 +260,39 @@ def test_feed_rows_past_their_retention_are_pruned_as_rows_are_written(settings)
     pruned_at = newest - newest % KEY_FEED_PRUNE_EVERY
     # The last row whose id is a multiple of KEY_FEED_PRUNE_EVERY deleted every older one.
     assert first < pruned_at and ids == list(range(pruned_at, newest + 1))
+
+
+def test_the_polls_run_in_their_own_task_and_no_request_waits_for_them(settings):
+    """Issue 22: the request that found the config version or the key feed due used to read it
+    itself. Here every database thread is held while both polls are due: requests still answer
+    from what is cached, and the polling task alone reads the change once the threads are free."""
+    settings.REDIS_URL = ""
+    settings.GATEWAY_CONFIG_POLL_S = 1.5
+    config_apply(spec=config_parse(ROUTES))
+    _, raw = api_key_create(name="polled")
+    digest = api_key_hash(raw)
+    snapshots, keys = SnapshotCache(), KeyCache()
+    threads = 1 if connection.vendor == "sqlite" else database.MAX_THREADS
+
+    async def scenario() -> None:
+        first = await snapshots.get()
+        key = await keys.find(digest)
+        assert snapshots.loads == 1 and keys.lookups == 1
+        release = threading.Event()
+        held = [asyncio.ensure_future(db.run(release.wait, timeout=60)) for _ in range(threads)]
+        # Both polls are due after 1.5 s, and their task's reads wait for a thread; a request
+        # would read them itself only after 3 s.
+        await asyncio.sleep(1.7)
+        assert await asyncio.wait_for(snapshots.get(), 30) is first
+        assert await asyncio.wait_for(keys.find(digest), 30) == key
+        assert not release.is_set() and keys.lookups == 1
+        release.set()
+        assert all(await asyncio.gather(*held))
+        # With no request at all, the task reads a route change and a revocation.
+        await asyncio.to_thread(config_apply, spec=config_parse(ROUTES.replace('"0.15"', '"0.20"')))
+        await asyncio.to_thread(_revoke, pk=key.id)
+        await _until(lambda: snapshots.loads == 2 and len(keys) == 0, timeout=10,
+                     what="the polling task read the route change and the revocation")
+        assert await snapshots.get() is not first and await keys.find(digest) is None
+
+    asyncio.run(scenario())
