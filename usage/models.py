@@ -280,6 +280,22 @@ class MonthlyUsage(RolledUsage):
         indexes = [models.Index(fields=["month"])]
 
 
+class LedgerDay(models.Model):
+    """Whether a past UTC day's rollup still holds every ledger row of that day, so reports
+    may read the day from it rather than from the ledger (usage.rollups).
+
+    `late_writes` counts the ledger transactions that wrote rows of the day after it ended (a
+    stream across midnight, the spool, the reaper), each adding 1 in that transaction.
+    `sealed_writes` is `late_writes` as the last rollup of the day read it, when that rollup
+    started at least rollups.SEAL_AFTER past the day's end (None: no such rollup yet). The
+    day is sealed while the two are equal; no row, or a row with `sealed_writes` None, means
+    not sealed."""
+
+    day = models.DateField(primary_key=True)
+    late_writes = models.BigIntegerField(default=0)
+    sealed_writes = models.BigIntegerField(null=True)
+
+
 class HourlyOperations(models.Model):
     """Ledger rolled up by UTC hour, provider and model for the operations page (usage.rollups
     operations_rollup, run by the same task as DailyUsage). Latency and time to first token are

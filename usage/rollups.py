@@ -20,8 +20,8 @@ from usage.archive import archived_months, day_archived, month_bounds
 from usage.budgets import UNITS_PER_USD, period_bounds, units_to_usd, usd_to_units
 from usage.budgets_redis import shared_spend_forget
 from usage.models import (
-    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, MonthlyUsage, UsageRecord,
-    UsageStatus,
+    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, LedgerDay, MonthlyUsage,
+    UsageRecord, UsageStatus,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ GROUP_FIELDS = ("api_key_id", "key_prefix", "key_name", "team_id", "team_name", 
 TOKEN_SUMS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_5m_tokens",
               "cache_write_1h_tokens", "reasoning_tokens", "audio_input_tokens",
               "audio_output_tokens", "image_input_tokens", "image_output_tokens")
+# A day's rollup seals it (LedgerDay) only when it starts this long after the day ended.
+SEAL_AFTER = timedelta(minutes=10)
 # Upper edges (ms, exclusive) of the latency and time-to-first-token buckets of HourlyOperations:
 # bucket i counts values in [edge i-1, edge i), bucket 0 starts at 0 and the last one (past the
 # last edge) is open. Fixed, so buckets of any hours and models add up; roughly 1.5-2x apart, so
@@ -58,14 +60,69 @@ def cost_units_sum():
     return Sum(Cast(Round(F("cost_usd") * Value(int(UNITS_PER_USD))), BigIntegerField()))
 
 
-@transaction.atomic
-def usage_rollup(*, day: date) -> int:
+def usage_rollup(*, day: date, now: datetime | None = None) -> int:
     """Recompute the aggregates of one UTC day from the ledger. Idempotent: running it twice,
     or again after late rows arrived, leaves exactly the ledger's totals. Costs are summed as
-    Decimal in Python (SQLite would sum them as floats). Returns the number of groups."""
+    Decimal in Python (SQLite would sum them as floats). Returns the number of groups.
+
+    Run at least SEAL_AFTER past the day's end (`now`), it also seals the day (LedgerDay):
+    reports then read the day from its rollups until a late write opens it again."""
     if day_archived(day):
-        # Its month's rows left the ledger (manage.py ledger_archive): its rollups are final.
+        # Its month's rows left the ledger (manage.py ledger_archive): its rollups are final,
+        # and stand for the day even if a late row landed in it since.
+        LedgerDay.objects.filter(day=day).update(sealed_writes=F("late_writes"))
         return DailyUsage.objects.filter(day=day).count()
+    seal = _seal_point(day, now or timezone.now())
+    with transaction.atomic():
+        groups = _daily_rollup(day)
+        monthly_rollup(month=day.replace(day=1))
+        operations_rollup(day=day)
+        if seal is not None:
+            LedgerDay.objects.filter(day=day).update(sealed_writes=seal)
+    return groups
+
+
+def _seal_point(day: date, now: datetime) -> int | None:
+    """The day's `late_writes` before its rollup reads the ledger, or None while the day may
+    still get rows written on time (until SEAL_AFTER past its end, which covers the clocks of
+    processes that disagree by less than that). Read with a lock, in a transaction of its own
+    that ends before the rollup's: a ledger transaction that counted a late write and has not
+    committed holds the row, so its rows are committed, and read by the rollup, or counted
+    after this point, and the day is not sealed."""
+    if now < day_bounds(day)[1] + SEAL_AFTER:
+        return None
+    with transaction.atomic():
+        LedgerDay.objects.bulk_create([LedgerDay(day=day)], ignore_conflicts=True)
+        return LedgerDay.objects.select_for_update().get(day=day).late_writes
+
+
+def ledger_days_unsealed(*, first: date | None, last: date) -> set[date]:
+    """Days in [first, last] (`first` None: from the first) that a rollup must not stand for,
+    in one query over LedgerDay: those a late write opened since their last sealing rollup,
+    and `last` itself unless it is sealed (the day before today, whose rows may still be
+    arriving)."""
+    unsealed = {last}
+    days = LedgerDay.objects.filter(day__lte=last)
+    if first is not None:
+        days = days.filter(day__gte=first)
+    for day, late, sealed in days.values_list("day", "late_writes", "sealed_writes"):
+        if sealed is not None and late == sealed:
+            unsealed.discard(day)
+        else:
+            unsealed.add(day)
+    return unsealed
+
+
+def ledger_days_late_count(*, days: set[date]) -> None:
+    """Count one late write for each of `days` (ended UTC days) in the caller's ledger
+    transaction, rows locked in day order (two writers never wait on each other in a cycle)."""
+    ordered = sorted(days)
+    LedgerDay.objects.bulk_create([LedgerDay(day=d) for d in ordered], ignore_conflicts=True)
+    for day in ordered:
+        LedgerDay.objects.filter(day=day).update(late_writes=F("late_writes") + 1)
+
+
+def _daily_rollup(day: date) -> int:
     start, end = day_bounds(day)
     width = len(GROUP_FIELDS)
     totals: dict[tuple, list] = defaultdict(lambda: [0, 0, *[0] * len(TOKEN_SUMS), Decimal(0)])
@@ -82,8 +139,6 @@ def usage_rollup(*, day: date) -> int:
         DailyUsage(day=day, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
                    **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
         for k, t in totals.items()])
-    monthly_rollup(month=day.replace(day=1))
-    operations_rollup(day=day)
     return len(totals)
 
 

@@ -4,9 +4,10 @@ Past days come from the rollups, summed by the database for each grouping asked 
 from a finer grouping of the same report): the whole months of the range from the monthly one
 (`MonthlyUsage`) unless the grouping is by day, the other days from the daily one
 (`DailyUsage`); recent days from the ledger (`UsageRecord`), grouped by the database into
-*facts* (one per day, key, team, provider and model) and summed in Python: today and yesterday
-always (the rollup of a day keeps running until the next day ends, so they may still be
-moving), and any older day that has ledger rows but no rollup yet (Celery beat not running).
+*facts* (one per day, key, team, provider and model) and summed in Python: today always, any
+past day that is not sealed (usage.models.LedgerDay: yesterday until its first rollup ten
+minutes after it ended, and a day a late row landed in until its next rollup), and any older
+day that has ledger rows but no rollup yet (Celery beat not running).
 Costs are summed as integer units of 1e-10 USD, so sums are exact on SQLite (whose decimals are
 floats) as on MySQL, and every grouping adds up to the same total.
 """
@@ -28,7 +29,7 @@ from usage.models import (
     BudgetCounter, BudgetScope, DailyUsage, MonthlyUsage, UsageRecord, UsageStatus,
 )
 from usage.pricing import TOKEN_FIELDS
-from usage.rollups import cost_units_sum, day_bounds, month_last_day
+from usage.rollups import cost_units_sum, day_bounds, ledger_days_unsealed, month_last_day
 
 DIMENSIONS = ("day", "month", "team", "key", "provider", "model", "tag", "end_user")
 # Dimensions only the ledger has (not the rollup): a report that groups or filters by one reads
@@ -209,16 +210,8 @@ def _ledger_days_without_rollup(days: list[date]) -> list[date]:
         return []
     rolled = set(DailyUsage.objects.filter(day__gte=days[0], day__lte=days[-1])
                  .values_list("day", flat=True).distinct().order_by())
-    runs: list[list[date]] = []
-    for day in days:
-        if day in rolled:
-            continue
-        if runs and runs[-1][-1] + timedelta(days=1) == day:
-            runs[-1].append(day)
-        else:
-            runs.append([day])
     found: list[date] = []
-    for run in runs:
+    for run in _consecutive([day for day in days if day not in rolled]):
         start, end = day_bounds(run[0])[0], day_bounds(run[-1])[1]
         while start < end:
             first = (UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
@@ -229,6 +222,17 @@ def _ledger_days_without_rollup(days: list[date]) -> list[date]:
             found.append(day)
             start = day_bounds(day)[1]
     return found
+
+
+def _consecutive(days: list[date]) -> list[list[date]]:
+    """`days` (ascending) as runs of consecutive days."""
+    runs: list[list[date]] = []
+    for day in days:
+        if runs and runs[-1][-1] + timedelta(days=1) == day:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return runs
 
 
 def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False) -> Iterator[UsageFact]:
@@ -341,9 +345,12 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
     if attribution:
         older, ledger_days = [], days
     else:
-        recent = {today, today - timedelta(days=1)}
-        older = [d for d in days if d not in recent]
-        ledger_days = sorted([d for d in days if d in recent] + _ledger_days_without_rollup(older))
+        past = [d for d in days if d < today]
+        unsealed = (ledger_days_unsealed(first=past[0], last=today - timedelta(days=1))
+                    if past else set())
+        older = [d for d in past if d not in unsealed]
+        ledger_days = sorted([d for d in days if d == today or d in unsealed]
+                             + _ledger_days_without_rollup(older))
     facts = [fact for day in ledger_days
              for fact in _ledger_facts(day, flt, attribution=attribution)]
 
@@ -355,9 +362,11 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
             sums[dims] = _summed_from(sums[finer], finer, dims)
             continue
         groups: dict[tuple, UsageTotals] = {}
-        # Days without a rollup have no rollup rows, so the whole older range can be read.
-        for key, totals in _rollup_groups(flt, older, dims):
-            groups.setdefault(key, UsageTotals()).add(totals)
+        # Days without a rollup have no rollup rows, so each run of older days can be read
+        # whole (runs: an unsealed day between them is read from the ledger).
+        for run in _consecutive(older):
+            for key, totals in _rollup_groups(flt, run, dims):
+                groups.setdefault(key, UsageTotals()).add(totals)
         for fact in facts:
             for key in itertools.product(*(fact.values(d) for d in dims)):
                 groups.setdefault(key, UsageTotals()).add(fact.totals)

@@ -12,16 +12,19 @@ from usage.budgets import reservations_expire
 from usage.idempotency import idempotency_purge
 from usage.intents import intents_reap_late
 from usage.partitions import ledger_claims_purge, ledger_partitions_ensure
-from usage.rollups import budget_counters_reconcile, usage_rollup
+from usage.rollups import budget_counters_reconcile, ledger_days_unsealed, usage_rollup
 from usage.spool import ledger_spool_flush
 
 
 @shared_task(name="usage.rollup")
 def usage_rollup_task(day: str | None = None) -> int:
-    """Roll up `day` (ISO date), or today and yesterday (late rows land in both)."""
-    days = [date.fromisoformat(day)] if day else [timezone.now().date() - timedelta(days=1),
-                                                   timezone.now().date()]
-    return sum(usage_rollup(day=d) for d in days)
+    """Roll up `day` (ISO date), or today, yesterday (late rows land in both) and every older
+    day a late row landed in since its last rollup (usage.models.LedgerDay)."""
+    if day:
+        return usage_rollup(day=date.fromisoformat(day))
+    today = timezone.now().date()
+    days = ledger_days_unsealed(first=None, last=today - timedelta(days=1)) | {today}
+    return sum(usage_rollup(day=d) for d in sorted(days))
 
 
 @shared_task(name="usage.reconcile_budgets")

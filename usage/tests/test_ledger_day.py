@@ -1,0 +1,84 @@
+"""Sealed days (issue 18): reports read a past day from its rollups once a rollup ran ten minutes
+after the day ended, and from the ledger again as soon as a late row lands in it, until the
+next rollup; the totals equal the ledger's at every step."""
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db.models import Sum
+
+from usage.models import LedgerDay, UsageRecord
+from usage.rollups import SEAL_AFTER, day_bounds, usage_rollup
+from usage.selectors import UsageFilter, usage_report
+from usage.tasks import usage_rollup_task
+from usage.tests.test_reports import at_day, ledger_write, utc_today
+
+pytestmark = pytest.mark.django_db
+
+
+def _report(first, last):
+    report = usage_report(flt=UsageFilter(start=first, end=last),
+                          groupings=[("month",), ("day",), ("model",)])
+    return report, {dims: {tuple(r.values.values()): r.totals.cost_usd for r in rows}
+                    for dims, rows in report.groupings.items()}
+
+
+def _ledger_cost(first, last) -> Decimal:
+    return UsageRecord.objects.filter(
+        created_at__gte=day_bounds(first)[0],
+        created_at__lt=day_bounds(last)[1]).aggregate(s=Sum("cost_usd"))["s"]
+
+
+def test_a_day_is_read_from_its_rollups_once_sealed_and_from_the_ledger_after_a_late_row():
+    today = utc_today()
+    yesterday, older = today - timedelta(days=1), today - timedelta(days=40)
+    first = older.replace(day=1)  # whole months, so the monthly rollup is read
+    for n, day in enumerate([first, older, yesterday - timedelta(days=1), yesterday, today]):
+        ledger_write(at=at_day(day, hour=3), cost=f"0.{n + 1:02d}00000001", model=f"m{n % 2}")
+    past = [first + timedelta(days=i) for i in range((yesterday - first).days + 1)]
+    ended = day_bounds(yesterday)[1]
+    for day in past[:-1]:
+        usage_rollup(day=day)
+
+    # Rolled up, but within SEAL_AFTER of its end: yesterday is still read from the ledger.
+    usage_rollup(day=yesterday, now=ended + SEAL_AFTER - timedelta(seconds=1))
+    report, sums = _report(first, today)
+    assert report.ledger_days == (yesterday, today)
+    assert LedgerDay.objects.get(day=yesterday).sealed_writes is None
+
+    # Rolled up later: sealed, read from the rollups; only today comes from the ledger.
+    usage_rollup(day=yesterday, now=ended + SEAL_AFTER)
+    day_row = LedgerDay.objects.get(day=yesterday)
+    assert day_row.sealed_writes == day_row.late_writes == 1  # its one row, written late
+    report, sealed_sums = _report(first, today)
+    assert report.ledger_days == (today,)
+    assert sealed_sums == sums and report.total.cost_usd == _ledger_cost(first, today)
+
+    # A late row (a stream across midnight, the spool, the reaper) opens the day and the
+    # older one it lands in; both are read from the ledger, nothing counted twice.
+    ledger_write(at=at_day(yesterday, hour=23), cost="0.5000000000", model="m0")
+    ledger_write(at=at_day(older, hour=9), cost="0.2500000000", model="m1")
+    assert LedgerDay.objects.get(day=yesterday).late_writes == 2
+    report, sums = _report(first, today)
+    assert report.ledger_days == (older, yesterday, today)
+    assert report.total.cost_usd == _ledger_cost(first, today) == (
+        sealed_sums[()][()] + Decimal("0.75"))
+    assert sums[("day",)][(older,)] == Decimal("0.0200000001") + Decimal("0.25")
+    assert sum(sums[("month",)].values()) == sum(sums[("model",)].values()) == (
+        report.total.cost_usd)
+
+    # The beat task rolls up the opened days again: sealed, read from the rollups, same sums.
+    usage_rollup_task()
+    report, rolled_sums = _report(first, today)
+    if report.ledger_days != (today,):  # within SEAL_AFTER of midnight: yesterday stays open
+        assert report.ledger_days == (yesterday, today)
+    assert LedgerDay.objects.get(day=older).sealed_writes == LedgerDay.objects.get(
+        day=older).late_writes
+    assert rolled_sums == sums
+
+
+def test_rows_written_for_today_count_no_late_write():
+    ledger_write(at=at_day(utc_today(), hour=0))
+    assert not LedgerDay.objects.exists()
