@@ -113,6 +113,12 @@ def ledger_days_unsealed(*, first: date | None, last: date) -> set[date]:
     return unsealed
 
 
+def rollup_days_due(*, today: date) -> list[date]:
+    """What the beat task and `manage.py usage_rollup` roll up by default: today, yesterday
+    (late rows land in both) and every older day a late row opened since its last rollup."""
+    return sorted(ledger_days_unsealed(first=None, last=today - timedelta(days=1)) | {today})
+
+
 def ledger_days_late_count(*, days: set[date]) -> None:
     """Count one late write for each of `days` (ended UTC days) in the caller's ledger
     transaction, rows locked in day order (two writers never wait on each other in a cycle)."""

@@ -2,7 +2,7 @@
 to run twice; without Redis they run eagerly, and `manage.py usage_rollup` serves cron."""
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 from celery import shared_task
 from django.utils import timezone
@@ -12,7 +12,7 @@ from usage.budgets import reservations_expire
 from usage.idempotency import idempotency_purge
 from usage.intents import intents_reap_late
 from usage.partitions import ledger_claims_purge, ledger_partitions_ensure
-from usage.rollups import budget_counters_reconcile, ledger_days_unsealed, usage_rollup
+from usage.rollups import budget_counters_reconcile, rollup_days_due, usage_rollup
 from usage.spool import ledger_spool_flush
 
 
@@ -22,9 +22,7 @@ def usage_rollup_task(day: str | None = None) -> int:
     day a late row landed in since its last rollup (usage.models.LedgerDay)."""
     if day:
         return usage_rollup(day=date.fromisoformat(day))
-    today = timezone.now().date()
-    days = ledger_days_unsealed(first=None, last=today - timedelta(days=1)) | {today}
-    return sum(usage_rollup(day=d) for d in sorted(days))
+    return sum(usage_rollup(day=d) for d in rollup_days_due(today=timezone.now().date()))
 
 
 @shared_task(name="usage.reconcile_budgets")

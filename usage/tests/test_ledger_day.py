@@ -3,14 +3,16 @@ after the day ended, and from the ledger again as soon as a late row lands in it
 next rollup; the totals equal the ledger's at every step."""
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
 from django.db.models import Sum
 
-from usage.models import LedgerDay, UsageRecord
-from usage.rollups import SEAL_AFTER, day_bounds, usage_rollup
+from usage.models import DailyUsage, LedgerDay, UsageRecord
+from usage.rollups import SEAL_AFTER, day_bounds, ledger_days_unsealed, usage_rollup
 from usage.selectors import UsageFilter, usage_report
 from usage.tasks import usage_rollup_task
 from usage.tests.test_reports import at_day, ledger_write, utc_today
@@ -82,3 +84,17 @@ def test_a_day_is_read_from_its_rollups_once_sealed_and_from_the_ledger_after_a_
 def test_rows_written_for_today_count_no_late_write():
     ledger_write(at=at_day(utc_today(), hour=0))
     assert not LedgerDay.objects.exists()
+
+
+def test_the_rollup_command_rolls_up_the_days_late_rows_opened():
+    old = utc_today() - timedelta(days=9)
+    ledger_write(at=at_day(old, hour=1), cost="0.1000000000")
+    assert usage_rollup(day=old) == 1 and not ledger_days_unsealed(
+        first=old, last=old + timedelta(days=1)) - {old + timedelta(days=1)}
+    ledger_write(at=at_day(old, hour=2), cost="0.2000000000")
+    out = io.StringIO()
+    call_command("usage_rollup", stdout=out)
+    assert f"{old}: 1 group(s)" in out.getvalue()
+    day = LedgerDay.objects.get(day=old)
+    assert day.sealed_writes == day.late_writes == 2
+    assert DailyUsage.objects.get(day=old).cost_usd == Decimal("0.3")
