@@ -131,10 +131,12 @@ def start_upstream(port: int, log: Path) -> Process:
     return proc
 
 
-def gateway_command(port: int, app: str = "gateway.asgi:application") -> list[str]:
-    """The production server: uvicorn, one worker, uvloop + httptools, no access log."""
+def gateway_command(port: int, app: str = "gateway.asgi:application",
+                    workers: int = 1) -> list[str]:
+    """The production server: uvicorn, `workers` workers, uvloop + httptools, no access log."""
     return [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+            "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log",
             "--lifespan", "off", "--timeout-keep-alive", "75", "--backlog", "2048"]
 
 
@@ -190,6 +192,15 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def worker_pids(pid: int, workers: int) -> tuple[int, ...]:
+    """The pids serving requests for a server started with `workers`: the server itself for
+    one, else its `workers` worker processes (uvicorn's supervisor serves none)."""
+    if workers <= 1:
+        return (pid,)
+    wait_until(lambda: len(process_tree(pid)) > workers, 30, "the server's workers")
+    return tuple(process_tree(pid)[1:workers + 1])
+
+
 def reset_peak(pid: int) -> bool:
     """Reset the process's peak RSS so the next VmHWM is this case's own (Linux clear_refs 5)."""
     try:
@@ -211,6 +222,11 @@ def _process_cpu_s(pid: int) -> tuple[float, float]:
     return user + system, system
 
 
+def _processes_cpu_s(pids: tuple[int, ...]) -> tuple[float, float]:
+    times = [_process_cpu_s(pid) for pid in pids]
+    return sum(t for t, _ in times), sum(s for _, s in times)
+
+
 def _machine_ticks() -> tuple[int, int]:
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
@@ -223,20 +239,21 @@ class CpuMeter:
     by the whole machine (percent of all cores) between start() and stop(): shows who was the
     bottleneck and whether anything else was running."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: dict[str, int | tuple[int, ...]]) -> None:
+        """`pids`: a name's process, or its processes (their CPU summed)."""
+        self.pids = {name: (pid,) if isinstance(pid, int) else pid for name, pid in pids.items()}
 
     def start(self) -> "CpuMeter":
         self._t = time.monotonic()
-        self._cpu = {name: _process_cpu_s(pid) for name, pid in self.pids.items()}
+        self._cpu = {name: _processes_cpu_s(pids) for name, pids in self.pids.items()}
         self._machine = _machine_ticks()
         return self
 
     def stop(self) -> dict[str, float]:
         elapsed = time.monotonic() - self._t
         out = {}
-        for name, pid in self.pids.items():
-            total, system = _process_cpu_s(pid)
+        for name, pids in self.pids.items():
+            total, system = _processes_cpu_s(pids)
             out[f"{name}_cpu_pct"] = round(100 * (total - self._cpu[name][0]) / elapsed, 1)
             out[f"{name}_sys_pct"] = round(100 * (system - self._cpu[name][1]) / elapsed, 1)
         busy, total = _machine_ticks()

@@ -12,7 +12,8 @@ run, BENCH_PACED_S (3) per paced-stream run, BENCH_CONCURRENCY ("1,16,64"), BENC
 (400) and BENCH_TTFT_MAX_S (2) for the streams' time-to-first-token client run,
 BENCH_SOAK_REQUESTS (20000), BENCH_SOAK_CONCURRENCY (16), BENCH_SOAK_MAX_S (60: a slow
 gateway soaks fewer requests, and the row says so), BENCH_WARMUP_S (2),
-BENCH_WRK_THREADS (1), BENCH_PROFILES ("sqlite,mysql"; a profile whose services are down is
+BENCH_WRK_THREADS (1), BENCH_WORKERS (1: uvicorn workers; CPU is summed over them, memory and
+py-spy are the first one's), BENCH_PROFILES ("sqlite,mysql"; a profile whose services are down is
 skipped; "journal" is the mysql profile with GATEWAY_LEDGER_JOURNAL on), BENCH_CASES (comma list of case names to run; default all), BENCH_MYSQL_URL
 (mysql://root@127.0.0.1:3306/gateway_bench), BENCH_REDIS_URL (redis://127.0.0.1:6379/0),
 BENCH_PYSPY (e.g. "chat:16,chat-stream-20:16": sample the gateway with py-spy during those
@@ -71,6 +72,7 @@ class Knobs:
     settle_quiet_s: float = _env_float("BENCH_SETTLE_QUIET_S", 1)
     settle_max_s: float = _env_float("BENCH_SETTLE_MAX_S", 8)
     wrk_threads: int = int(_env_float("BENCH_WRK_THREADS", 1))
+    workers: int = int(_env_float("BENCH_WORKERS", 1))
     profiles: tuple[str, ...] = tuple(
         (os.environ.get("BENCH_PROFILES") or "sqlite,mysql").split(","))
     cases: tuple[str, ...] = tuple(
@@ -284,10 +286,13 @@ def run_profile(profile: Profile, cases: list[Case], upstream: harness.Process,
     key = prepare(profile, upstream_port, tmp)
     port = harness.free_port()
     log = tmp / f"gateway-{profile.name.replace('+', '-')}.log"
-    gateway = harness.start_server(f"gateway ({profile.name})", port, profile.env, log)
-    result: dict = {"profile": profile.name, "rows": [], "memory": {}, "notes": profile.notes}
+    gateway = harness.start_server(f"gateway ({profile.name})", port, profile.env, log,
+                                   cmd=harness.gateway_command(port, workers=knobs.workers))
+    result: dict = {"profile": profile.name, "rows": [], "memory": {}, "notes": profile.notes,
+                    "workers": knobs.workers}
     try:
-        pid = gateway.pid
+        gateway.workers = harness.worker_pids(gateway.pid, knobs.workers)
+        pid = gateway.workers[0]  # memory and py-spy: the first worker
         result["memory"]["started_mb"] = harness.memory_mb(pid)["rss_mb"]
         base = f"http://127.0.0.1:{port}"
         targets = {
@@ -342,8 +347,8 @@ def run_profile(profile: Profile, cases: list[Case], upstream: harness.Process,
                 print("  " + report.progress_line(row), flush=True)
 
         if knobs.wants("soak") and knobs.soak_requests > 0:
-            result["rows"].append(soak(profile, targets["openai"], pid, upstream, upstream_port,
-                                       rows_before, knobs, tmp))
+            result["rows"].append(soak(profile, targets["openai"], gateway.workers, upstream,
+                                       upstream_port, rows_before, knobs, tmp))
             print("  " + report.progress_line(result["rows"][-1]), flush=True)
         result["memory"]["end_mb"] = harness.memory_mb(pid)["rss_mb"]
     finally:
@@ -372,8 +377,8 @@ def run_case(profile: Profile, case: Case, concurrency: int, target: Target, dir
              rows_before: int, knobs: Knobs, tmp: Path) -> dict:
     """One case at one concurrency against the gateway: load, CPU, memory, ledger rows, and
     (BENCH_PYSPY) a py-spy profile."""
-    pid = gateway.pid
-    meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
+    pid = gateway.workers[0]
+    meter = harness.CpuMeter({"gateway": gateway.workers, "upstream": upstream.pid}).start()
     seen = harness.upstream_received(upstream_port)
     harness.reset_peak(pid)
     spy = stacks = None
@@ -413,15 +418,16 @@ def run_case(profile: Profile, case: Case, concurrency: int, target: Target, dir
     return row
 
 
-def soak(profile: Profile, target: Target, pid: int, upstream: harness.Process,
+def soak(profile: Profile, target: Target, pids: tuple[int, ...], upstream: harness.Process,
          upstream_port: int, rows_before: int, knobs: Knobs, tmp: Path) -> dict:
     """`soak_requests` non-streaming requests (or as many as fit in BENCH_SOAK_MAX_S); the
-    gateway's RSS before and after."""
+    (first) worker's RSS before and after."""
+    pid = pids[0]
     time.sleep(1.0)
     start = harness.memory_mb(pid)
     harness.reset_peak(pid)
     seen = harness.upstream_received(upstream_port)
-    meter = harness.CpuMeter({"gateway": pid, "upstream": upstream.pid}).start()
+    meter = harness.CpuMeter({"gateway": pids, "upstream": upstream.pid}).start()
     gw = harness.wrk(target, body=openai_body("bench-c20", stream=False),
                      concurrency=knobs.soak_concurrency, duration_s=knobs.soak_max_s,
                      threads=knobs.wrk_threads, limit=knobs.soak_requests, workdir=tmp)
