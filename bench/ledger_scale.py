@@ -278,12 +278,15 @@ def _bulk_load(config: dict, *, rows: int, months: int) -> dict:
             monthly_rollup(month=month)
             month = add_months(month, 1)
         timings["rollup_s"] = round(time.perf_counter() - started, 1)
-        # Yesterday as the beat task rolls it up: ten minutes past midnight, that seals it.
+        # Yesterday as the beat task rolls it up: once while it was the current day (which
+        # creates its LedgerDay row), then now, which seals it.
+        yesterday = today - dt.timedelta(days=1)
+        usage_rollup(day=yesterday, now=dt.datetime.combine(yesterday, dt.time(12),
+                                                             tzinfo=dt.timezone.utc))
         started = time.perf_counter()
-        usage_rollup(day=today - dt.timedelta(days=1))
+        usage_rollup(day=yesterday)
         timings["yesterday_rollup_s"] = round(time.perf_counter() - started, 1)
-        timings["yesterday_sealed"] = not ledger_days_unsealed(
-            first=None, last=today - dt.timedelta(days=1))
+        timings["yesterday_sealed"] = not ledger_days_unsealed(first=None, last=yesterday)
         cursor.execute("ANALYZE TABLE usage_usagerecord, usage_ledgerrequest, usage_dailyusage, "
                        "usage_monthlyusage")
         cursor.fetchall()

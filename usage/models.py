@@ -284,12 +284,14 @@ class LedgerDay(models.Model):
     """Whether a past UTC day's rollup still holds every ledger row of that day, so reports
     may read the day from it rather than from the ledger (usage.rollups).
 
-    `late_writes` counts the ledger transactions that wrote rows of the day after it ended (a
-    stream across midnight, the spool, the reaper), each adding 1 in that transaction.
-    `sealed_writes` is `late_writes` as the last rollup of the day read it, when that rollup
-    started at least rollups.SEAL_AFTER past the day's end (None: no such rollup yet). The
-    day is sealed while the two are equal; no row, or a row with `sealed_writes` None, means
-    not sealed."""
+    The rollup creates the row while the day is current. `late_writes` counts the ledger
+    transactions that wrote rows of the day after it ended (a stream across midnight, the
+    spool, the reaper), each adding 1 in that transaction. `sealed_writes` is `late_writes` as
+    the last rollup of the day read it, when that rollup started at least rollups.SEAL_AFTER
+    past the day's end (None: no such rollup yet). The day is sealed while the two are equal.
+    Reports read yesterday from the ledger unless it is sealed, and an older day unless it has
+    no row (rolled up before rows were kept, or no rollup ran while it was current) or is
+    sealed."""
 
     day = models.DateField(primary_key=True)
     late_writes = models.BigIntegerField(default=0)

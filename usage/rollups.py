@@ -85,15 +85,25 @@ def usage_rollup(*, day: date, now: datetime | None = None) -> int:
 def _seal_point(day: date, now: datetime) -> int | None:
     """The day's `late_writes` before its rollup reads the ledger, or None while the day may
     still get rows written on time (until SEAL_AFTER past its end, which covers the clocks of
-    processes that disagree by less than that). Read with a lock, in a transaction of its own
-    that ends before the rollup's: a ledger transaction that counted a late write and has not
-    committed holds the row, so its rows are committed, and read by the rollup, or counted
-    after this point, and the day is not sealed."""
-    if now < day_bounds(day)[1] + SEAL_AFTER:
+    processes that disagree by less than that) or has no LedgerDay row.
+
+    The row is created while the day is current (the beat rolls today up every few minutes),
+    and only then: a ledger transaction counts a late write by updating the row that is
+    already there, so it takes one lock and never upgrades one (two writers of late rows
+    cannot deadlock). Read with a lock, in a transaction of its own that ends before the
+    rollup's: a ledger transaction that counted a late write and has not committed holds the
+    row, so its rows are committed, and read by the rollup, or counted after this point, and
+    the day is not sealed. A day that ended with no row (no rollup ran during it) is never
+    sealed: reports read it from the ledger while it is yesterday, and from its rollup after."""
+    end = day_bounds(day)[1]
+    if now < end:
+        LedgerDay.objects.bulk_create([LedgerDay(day=day)], ignore_conflicts=True)
+        return None
+    if now < end + SEAL_AFTER:
         return None
     with transaction.atomic():
-        LedgerDay.objects.bulk_create([LedgerDay(day=day)], ignore_conflicts=True)
-        return LedgerDay.objects.select_for_update().get(day=day).late_writes
+        row = LedgerDay.objects.select_for_update().filter(day=day).first()
+        return None if row is None else row.late_writes
 
 
 def ledger_days_unsealed(*, first: date | None, last: date) -> set[date]:
@@ -121,10 +131,9 @@ def rollup_days_due(*, today: date) -> list[date]:
 
 def ledger_days_late_count(*, days: set[date]) -> None:
     """Count one late write for each of `days` (ended UTC days) in the caller's ledger
-    transaction, rows locked in day order (two writers never wait on each other in a cycle)."""
-    ordered = sorted(days)
-    LedgerDay.objects.bulk_create([LedgerDay(day=d) for d in ordered], ignore_conflicts=True)
-    for day in ordered:
+    transaction: one UPDATE per day, in day order (two writers never wait on each other in a
+    cycle). A day without a LedgerDay row is never sealed, so it needs no count."""
+    for day in sorted(days):
         LedgerDay.objects.filter(day=day).update(late_writes=F("late_writes") + 1)
 
 

@@ -41,8 +41,12 @@ def test_a_day_is_read_from_its_rollups_once_sealed_and_from_the_ledger_after_a_
         ledger_write(at=at_day(day, hour=3), cost=f"0.{n + 1:02d}00000001", model=f"m{n % 2}")
     past = [first + timedelta(days=i) for i in range((yesterday - first).days + 1)]
     ended = day_bounds(yesterday)[1]
+    # The beat rolled up `older` and yesterday while each was the current day: their rows.
+    for day in (older, yesterday):
+        usage_rollup(day=day, now=at_day(day, hour=12))
     for day in past[:-1]:
         usage_rollup(day=day)
+    assert set(LedgerDay.objects.values_list("day", flat=True)) == {older, yesterday}
 
     # Rolled up, but within SEAL_AFTER of its end: yesterday is still read from the ledger.
     usage_rollup(day=yesterday, now=ended + SEAL_AFTER - timedelta(seconds=1))
@@ -53,7 +57,8 @@ def test_a_day_is_read_from_its_rollups_once_sealed_and_from_the_ledger_after_a_
     # Rolled up later: sealed, read from the rollups; only today comes from the ledger.
     usage_rollup(day=yesterday, now=ended + SEAL_AFTER)
     day_row = LedgerDay.objects.get(day=yesterday)
-    assert day_row.sealed_writes == day_row.late_writes == 1  # its one row, written late
+    assert day_row.sealed_writes == day_row.late_writes == 0
+    assert LedgerDay.objects.get(day=older).sealed_writes == 0
     report, sealed_sums = _report(first, today)
     assert report.ledger_days == (today,)
     assert sealed_sums == sums and report.total.cost_usd == _ledger_cost(first, today)
@@ -62,7 +67,8 @@ def test_a_day_is_read_from_its_rollups_once_sealed_and_from_the_ledger_after_a_
     # older one it lands in; both are read from the ledger, nothing counted twice.
     ledger_write(at=at_day(yesterday, hour=23), cost="0.5000000000", model="m0")
     ledger_write(at=at_day(older, hour=9), cost="0.2500000000", model="m1")
-    assert LedgerDay.objects.get(day=yesterday).late_writes == 2
+    assert LedgerDay.objects.get(day=yesterday).late_writes == 1
+    assert LedgerDay.objects.get(day=older).late_writes == 1
     report, sums = _report(first, today)
     assert report.ledger_days == (older, yesterday, today)
     assert report.total.cost_usd == _ledger_cost(first, today) == (
@@ -81,14 +87,24 @@ def test_a_day_is_read_from_its_rollups_once_sealed_and_from_the_ledger_after_a_
     assert rolled_sums == sums
 
 
-def test_rows_written_for_today_count_no_late_write():
-    ledger_write(at=at_day(utc_today(), hour=0))
-    assert not LedgerDay.objects.exists()
+def test_a_day_no_rollup_ran_during_is_never_sealed_and_today_counts_no_late_write():
+    today = utc_today()
+    yesterday = today - timedelta(days=1)
+    ledger_write(at=at_day(yesterday, hour=4))  # a late write, but the day has no row
+    usage_rollup(day=yesterday)
+    assert not LedgerDay.objects.filter(day=yesterday).exists()
+    report, _ = _report(yesterday, today)
+    assert report.ledger_days == (yesterday, today)
+
+    usage_rollup(day=today)  # the beat's run during the day creates its row
+    ledger_write(at=at_day(today, hour=0))
+    assert LedgerDay.objects.get(day=today).late_writes == 0
 
 
 def test_the_rollup_command_rolls_up_the_days_late_rows_opened():
     old = utc_today() - timedelta(days=9)
     ledger_write(at=at_day(old, hour=1), cost="0.1000000000")
+    usage_rollup(day=old, now=at_day(old, hour=2))
     assert usage_rollup(day=old) == 1 and not ledger_days_unsealed(
         first=old, last=old + timedelta(days=1)) - {old + timedelta(days=1)}
     ledger_write(at=at_day(old, hour=2), cost="0.2000000000")
@@ -96,5 +112,5 @@ def test_the_rollup_command_rolls_up_the_days_late_rows_opened():
     call_command("usage_rollup", stdout=out)
     assert f"{old}: 1 group(s)" in out.getvalue()
     day = LedgerDay.objects.get(day=old)
-    assert day.sealed_writes == day.late_writes == 2
+    assert day.sealed_writes == day.late_writes == 1
     assert DailyUsage.objects.get(day=old).cost_usd == Decimal("0.3")
