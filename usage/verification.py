@@ -1,5 +1,6 @@
 """The ledger proves itself: every row's cost recomputed from its price version and its tokens,
-each day's sums compared with the rollup, each budget counter's spend with the ledger
+each day's sums compared with the rollup, each month's monthly rollup with its days' rollups,
+each budget counter's spend with the ledger
 (`manage.py ledger_verify`). Read-only: it reports differences and corrects nothing
 (`usage.rollups.usage_rollup` and `budget_counters_reconcile` are the corrections).
 """
@@ -14,9 +15,9 @@ from decimal import Decimal
 from providers.models import Price
 from providers.selectors import price_info
 from usage.budgets import period_bounds, units_to_usd, usd_to_units
-from usage.models import BudgetCounter, BudgetScope, DailyUsage, UsageRecord
+from usage.models import BudgetCounter, BudgetScope, DailyUsage, MonthlyUsage, UsageRecord
 from usage.pricing import TOKEN_FIELDS, cost_usd
-from usage.rollups import day_bounds
+from usage.rollups import day_bounds, month_last_day
 
 _ROLLUP_SUMS = ("requests", *TOKEN_FIELDS)
 
@@ -39,6 +40,14 @@ class DayDifference:
 
 
 @dataclass(frozen=True, slots=True)
+class MonthDifference:
+    """A month whose monthly rollup does not hold the sums of its days' rollups."""
+    month: date
+    daily: dict[str, object]
+    monthly: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
 class CounterDifference:
     scope: str
     scope_id: int
@@ -52,9 +61,11 @@ class CounterDifference:
 class LedgerVerification:
     rows_checked: int = 0
     days_checked: int = 0
+    months_checked: int = 0
     counters_checked: int = 0
     rows: list[RowDifference] = field(default_factory=list)
     days: list[DayDifference] = field(default_factory=list)
+    months: list[MonthDifference] = field(default_factory=list)
     counters: list[CounterDifference] = field(default_factory=list)
     # Days with ledger rows whose rollup has not run (reports read those from the ledger):
     # listed, not a difference.
@@ -62,7 +73,7 @@ class LedgerVerification:
 
     @property
     def differences(self) -> int:
-        return len(self.rows) + len(self.days) + len(self.counters)
+        return len(self.rows) + len(self.days) + len(self.months) + len(self.counters)
 
 
 def _days(start: date, end: date) -> Iterator[date]:
@@ -79,6 +90,7 @@ def ledger_verify(*, start: date, end: date) -> LedgerVerification:
       version (a row without a price must cost 0);
     - each rolled-up day's ledger sums (requests, tokens per class, cost in 1e-10 units)
       against its rollup (days with rows and no rollup are listed in `days_not_rolled_up`);
+    - each whole month of the range: its monthly rollup against the sums of its days' rollups;
     - every budget counter whose period overlaps the range against the ledger's sum for its
       scope over its whole period.
 
@@ -120,8 +132,35 @@ def ledger_verify(*, start: date, end: date) -> LedgerVerification:
         if mine != theirs:
             result.days.append(DayDifference(day, _readable(mine), _readable(theirs)))
 
+    result.months_checked, result.months = _months_verify(start, end, rollups)
     result.counters_checked, result.counters = _counters_verify(range_start, range_end)
     return result
+
+
+def _months_verify(start: date, end: date,
+                   daily: dict[date, dict[str, int]]) -> tuple[int, list[MonthDifference]]:
+    """The whole months of start..end: MonthlyUsage's sums against those of `daily` (the
+    range's DailyUsage sums by day)."""
+    monthly: dict[date, dict[str, int]] = {}
+    for month, cost, *values in (MonthlyUsage.objects.filter(month__gte=start, month__lte=end)
+                                 .values_list("month", "cost_usd", *_ROLLUP_SUMS).order_by()):
+        sums = monthly.setdefault(month, dict.fromkeys((*_ROLLUP_SUMS, "cost_units"), 0))
+        for name, value in zip(_ROLLUP_SUMS, values):
+            sums[name] += value
+        sums["cost_units"] += usd_to_units(cost)
+    checked, differences = 0, []
+    month = start if start.day == 1 else month_last_day(start) + timedelta(days=1)
+    while month_last_day(month) <= end:
+        checked += 1
+        days = {}
+        for day in _days(month, month_last_day(month)):
+            for name, value in daily.get(day, {}).items():
+                days[name] = days.get(name, 0) + value
+        mine, theirs = days or None, monthly.get(month)
+        if mine != theirs:
+            differences.append(MonthDifference(month, _readable(mine), _readable(theirs)))
+        month = month_last_day(month) + timedelta(days=1)
+    return checked, differences
 
 
 def _readable(sums: dict[str, int] | None) -> dict[str, object]:

@@ -3,6 +3,7 @@
 differences; a corrupted row, a stale rollup or a drifted counter is found."""
 from __future__ import annotations
 
+import io
 import random
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -22,6 +23,7 @@ from usage.budgets import BudgetLimit
 from usage.models import BudgetCounter, DailyUsage, UsageRecord, UsageStatus
 from usage.rollups import usage_rollup
 from usage.services import LedgerWrite, usage_records_write
+from usage.tests.test_reports import at_day, ledger_write
 from usage.verification import ledger_verify
 
 MONTH_START = date(2026, 3, 1)
@@ -169,3 +171,26 @@ def test_a_changed_token_count_a_stale_rollup_and_a_drifted_counter_are_each_fou
     assert (result.rows, result.days) == ([], [])
     assert result.days_not_rolled_up == [MONTH_START]
     assert [(c.scope, c.scope_id) for c in result.counters] == [("team", counter.scope_id)]
+
+
+@pytest.mark.django_db
+def test_a_monthly_rollup_that_no_longer_adds_up_to_its_days_is_found():
+    april = date(2026, 4, 1)
+    for n, day in enumerate((1, 9, 30)):
+        ledger_write(at=at_day(april.replace(day=day), hour=n), cost="0")  # no price: costs 0
+    for n in range(30):
+        usage_rollup(day=april + timedelta(days=n))
+    end = date(2026, 5, 3)  # April whole, May not: one month checked
+    result = ledger_verify(start=april, end=end)
+    assert (result.months_checked, result.months, result.differences) == (1, [], 0)
+    assert ledger_verify(start=april + timedelta(days=1), end=end).months_checked == 0
+
+    # A day's rollup changed without its month's being recomputed.
+    DailyUsage.objects.filter(day=april.replace(day=9)).update(requests=F("requests") + 2)
+    result = ledger_verify(start=april, end=end)
+    assert [m.month for m in result.months] == [april] and len(result.days) == 1
+    assert (result.months[0].daily["requests"], result.months[0].monthly["requests"]) == (5, 3)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="2 difference"):
+        call_command("ledger_verify", "--from", str(april), "--to", str(end), stdout=out)
+    assert "month 2026-04: daily rollups != monthly rollup: requests 5 != 3" in out.getvalue()

@@ -15,7 +15,8 @@ def _day(text: str) -> date:
 
 class Command(BaseCommand):
     help = ("Recompute every ledger row's cost from its price version and tokens, and compare "
-            "each day's sums with the rollup and each budget counter with the ledger. Lists "
+            "each day's sums with the rollup, each month's rollup with its days' and each "
+            "budget counter with the ledger. Lists "
             "the differences; exits 1 when there is any.")
 
     def add_arguments(self, parser):
@@ -40,6 +41,11 @@ class Command(BaseCommand):
             changed = {k: (v, day.rollup[k]) for k, v in day.ledger.items() if day.rollup[k] != v}
             self.stdout.write(f"day {day.day}: ledger != rollup: " + ", ".join(
                 f"{k} {a} != {b}" for k, (a, b) in changed.items()))
+        for month in result.months:
+            changed = {k: (v, month.monthly[k]) for k, v in month.daily.items()
+                       if month.monthly[k] != v}
+            self.stdout.write(f"month {month.month:%Y-%m}: daily rollups != monthly rollup: "
+                              + ", ".join(f"{k} {a} != {b}" for k, (a, b) in changed.items()))
         for c in result.counters:
             self.stdout.write(f"counter {c.scope}:{c.scope_id} {c.period} from "
                               f"{c.period_start:%Y-%m-%d}: spent {c.spent}, ledger {c.ledger}")
@@ -47,7 +53,8 @@ class Command(BaseCommand):
             self.stdout.write(f"note: {day} has ledger rows but no rollup yet (manage.py "
                               f"usage_rollup --day {day})")
         summary = (f"{start}..{end}: {result.rows_checked} rows, {result.days_checked} days, "
-                   f"{result.counters_checked} budget counters checked; "
+                   f"{result.months_checked} months, {result.counters_checked} budget counters "
+                   f"checked; "
                    f"{result.differences} difference(s)")
         if result.differences:
             raise CommandError(summary)
