@@ -115,13 +115,7 @@ def ledger_verify(*, start: date, end: date) -> LedgerVerification:
             sums[name] += value
         sums["cost_units"] += usd_to_units(stored)
 
-    rollups: dict[date, dict[str, int]] = {}
-    for day, cost, *values in (DailyUsage.objects.filter(day__gte=start, day__lte=end)
-                               .values_list("day", "cost_usd", *_ROLLUP_SUMS).order_by()):
-        sums = rollups.setdefault(day, dict.fromkeys((*_ROLLUP_SUMS, "cost_units"), 0))
-        for name, value in zip(_ROLLUP_SUMS, values):
-            sums[name] += value
-        sums["cost_units"] += usd_to_units(cost)
+    rollups = _rollup_sums(DailyUsage.objects.filter(day__gte=start, day__lte=end), "day")
     for day in _days(start, end):
         result.days_checked += 1
         mine, theirs = ledger.get(day), rollups.get(day)
@@ -137,17 +131,22 @@ def ledger_verify(*, start: date, end: date) -> LedgerVerification:
     return result
 
 
+def _rollup_sums(rollup, period: str) -> dict[date, dict[str, int]]:
+    """A rollup's rows summed by `period` (its day or month field); cost in 1e-10 units."""
+    out: dict[date, dict[str, int]] = {}
+    for at, cost, *values in rollup.values_list(period, "cost_usd", *_ROLLUP_SUMS).order_by():
+        sums = out.setdefault(at, dict.fromkeys((*_ROLLUP_SUMS, "cost_units"), 0))
+        for name, value in zip(_ROLLUP_SUMS, values):
+            sums[name] += value
+        sums["cost_units"] += usd_to_units(cost)
+    return out
+
+
 def _months_verify(start: date, end: date,
                    daily: dict[date, dict[str, int]]) -> tuple[int, list[MonthDifference]]:
     """The whole months of start..end: MonthlyUsage's sums against those of `daily` (the
     range's DailyUsage sums by day)."""
-    monthly: dict[date, dict[str, int]] = {}
-    for month, cost, *values in (MonthlyUsage.objects.filter(month__gte=start, month__lte=end)
-                                 .values_list("month", "cost_usd", *_ROLLUP_SUMS).order_by()):
-        sums = monthly.setdefault(month, dict.fromkeys((*_ROLLUP_SUMS, "cost_units"), 0))
-        for name, value in zip(_ROLLUP_SUMS, values):
-            sums[name] += value
-        sums["cost_units"] += usd_to_units(cost)
+    monthly = _rollup_sums(MonthlyUsage.objects.filter(month__gte=start, month__lte=end), "month")
     checked, differences = 0, []
     month = start if start.day == 1 else month_last_day(start) + timedelta(days=1)
     while month_last_day(month) <= end:
