@@ -194,11 +194,24 @@ def process_tree(pid: int) -> list[int]:
 
 def worker_pids(pid: int, workers: int) -> tuple[int, ...]:
     """The pids serving requests for a server started with `workers`: the server itself for
-    one, else its `workers` worker processes (uvicorn's supervisor serves none)."""
+    one, else its `workers` worker processes (multiprocessing's spawned children: neither
+    uvicorn's supervisor nor multiprocessing's resource tracker serves any)."""
     if workers <= 1:
         return (pid,)
-    wait_until(lambda: len(process_tree(pid)) > workers, 30, "the server's workers")
-    return tuple(process_tree(pid)[1:workers + 1])
+
+    def spawned() -> list[int]:
+        out = []
+        for child in process_tree(pid)[1:]:
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                    if b"spawn_main" in cmdline.read():
+                        out.append(child)
+            except OSError:
+                pass
+        return out
+
+    wait_until(lambda: len(spawned()) >= workers, 30, "the server's workers")
+    return tuple(spawned()[:workers])
 
 
 def reset_peak(pid: int) -> bool:
