@@ -4,18 +4,21 @@ next rollup; the totals equal the ledger's at every step."""
 from __future__ import annotations
 
 import io
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import connection, connections, transaction
 from django.db.models import Sum
 
 from usage.models import DailyUsage, LedgerDay, UsageRecord
 from usage.rollups import SEAL_AFTER, day_bounds, ledger_days_unsealed, usage_rollup
 from usage.selectors import UsageFilter, usage_report
+from usage.services import LedgerWrite, _writes_apply
 from usage.tasks import usage_rollup_task
-from usage.tests.test_reports import at_day, ledger_write, utc_today
+from usage.tests.test_reports import at_day, ledger_entry, ledger_write, utc_today
 
 pytestmark = pytest.mark.django_db
 
@@ -114,3 +117,47 @@ def test_the_rollup_command_rolls_up_the_days_late_rows_opened():
     day = LedgerDay.objects.get(day=old)
     assert day.sealed_writes == day.late_writes == 1
     assert DailyUsage.objects.get(day=old).cost_usd == Decimal("0.3")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_row_committing_while_its_day_is_sealed_is_in_the_rollup_or_opens_the_day():
+    """MySQL-family locking (SQLite runs one writer at a time, so it has no such race): a ledger
+    transaction that counted a late write holds the day's row until it commits, so the sealing
+    rollup waits for it and then reads its row."""
+    if connection.vendor != "mysql":
+        pytest.skip("row locks: MySQL, MariaDB and TiDB")
+    today = utc_today()
+    yesterday = today - timedelta(days=1)
+    ledger_write(at=at_day(yesterday, hour=1), cost="0.1000000000")
+    usage_rollup(day=yesterday, now=at_day(yesterday, hour=12))  # the beat, during the day
+    holding, release = threading.Event(), threading.Event()
+
+    def late_writer() -> None:
+        try:
+            with transaction.atomic():
+                entry = ledger_entry(at=at_day(yesterday, hour=23), cost="0.2000000000")
+                _writes_apply([LedgerWrite(entry=entry)])  # counts the late write, then waits
+                holding.set()
+                release.wait(60)
+        finally:
+            connections.close_all()
+
+    def sealer() -> None:
+        try:
+            usage_rollup(day=yesterday, now=day_bounds(yesterday)[1] + SEAL_AFTER)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    assert holding.wait(30)
+    rollup = threading.Thread(target=sealer)
+    rollup.start()
+    rollup.join(1.0)
+    assert rollup.is_alive()  # waiting for the writer's lock, not sealing without its row
+    release.set()
+    writer.join(30)
+    rollup.join(60)
+    day = LedgerDay.objects.get(day=yesterday)
+    assert day.late_writes == day.sealed_writes == 1
+    assert DailyUsage.objects.get(day=yesterday).cost_usd == Decimal("0.3")

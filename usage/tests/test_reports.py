@@ -27,11 +27,17 @@ PAGES = ["/reports/", "/reports/export.csv?group=team", "/reports/ledger.csv",
          "/reports/budgets/", "/reports/budgets.csv"]
 
 
-def ledger_write(*, at: datetime, key=None, provider: str = "prov-a", model: str = "model-x",
+def ledger_write(**fields) -> LedgerEntry:
+    """One ledger row (`ledger_entry`'s fields) through the real write service."""
+    entry = ledger_entry(**fields)
+    usage_record_write(entry=entry)
+    return entry
+
+
+def ledger_entry(*, at: datetime, key=None, provider: str = "prov-a", model: str = "model-x",
                  cost: str | Decimal = "0.0100000000", status: str = "ok", input_tokens: int = 10,
                  output_tokens: int = 5, price_id: int | None = None) -> LedgerEntry:
-    """One ledger row through the real write service."""
-    entry = LedgerEntry(
+    return LedgerEntry(
         request_id=f"rep-{next(_ids)}", client_request_id="", created_at=at,
         api_key_id=key.id if key else None, key_prefix=key.prefix if key else "",
         key_name=key.name if key else "", team_id=key.team_id if key else None,
@@ -42,8 +48,6 @@ def ledger_write(*, at: datetime, key=None, provider: str = "prov-a", model: str
         input_tokens=input_tokens, output_tokens=output_tokens, cached_tokens=0,
         reasoning_tokens=0, usage_source="reported", cost_usd=Decimal(cost), price_id=price_id,
         latency_ms=5, ttft_ms=None)
-    usage_record_write(entry=entry)
-    return entry
 
 
 def make_user(username: str, *, staff: bool = True, finance: bool = False,
