@@ -16,8 +16,7 @@ def _day(text: str) -> date:
 class Command(BaseCommand):
     help = ("Recompute every ledger row's cost from its price version and tokens, and compare "
             "each day's sums with the rollup, each month's rollup with its days' and each "
-            "budget counter with the ledger. Lists "
-            "the differences; exits 1 when there is any.")
+            "budget counter with the ledger. Lists the differences; exits 1 when there is any.")
 
     def add_arguments(self, parser):
         parser.add_argument("--from", dest="start", help="first UTC day, ISO (default: 30 days ago)")
@@ -54,8 +53,7 @@ class Command(BaseCommand):
                               f"usage_rollup --day {day})")
         summary = (f"{start}..{end}: {result.rows_checked} rows, {result.days_checked} days, "
                    f"{result.months_checked} months, {result.counters_checked} budget counters "
-                   f"checked; "
-                   f"{result.differences} difference(s)")
+                   f"checked; {result.differences} difference(s)")
         if result.differences:
             raise CommandError(summary)
         self.stdout.write(summary)
