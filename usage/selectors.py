@@ -353,6 +353,9 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
                              + _ledger_days_without_rollup(older))
     facts = [fact for day in ledger_days
              for fact in _ledger_facts(day, flt, attribution=attribution)]
+    # Days without a rollup have no rollup rows, so each run of older days can be read whole
+    # (runs: an unsealed day between two is read from the ledger).
+    runs = _consecutive(older)
 
     sums: dict[tuple[str, ...], dict[tuple, UsageTotals]] = {}
     # Finer groupings first, so the coarser ones can be summed from them.
@@ -362,9 +365,7 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
             sums[dims] = _summed_from(sums[finer], finer, dims)
             continue
         groups: dict[tuple, UsageTotals] = {}
-        # Days without a rollup have no rollup rows, so each run of older days can be read
-        # whole (runs: an unsealed day between them is read from the ledger).
-        for run in _consecutive(older):
+        for run in runs:
             for key, totals in _rollup_groups(flt, run, dims):
                 groups.setdefault(key, UsageTotals()).add(totals)
         for fact in facts:
