@@ -298,6 +298,36 @@ class LedgerDay(models.Model):
     sealed_writes = models.BigIntegerField(null=True)
 
 
+class HourlyUsage(RolledUsage):
+    """Ledger rolled up by UTC hour (`hour`: its start), key, team, provider and model, for the
+    days reports still read from the ledger (today, and a past day until it is sealed): a page
+    reads a sealed hour (LedgerHour) from here and only the others from the ledger. Written by
+    the day's rollup in the transaction that writes its DailyUsage, for the last
+    rollups.HOURS_KEPT_DAYS days only (older rows are deleted with their LedgerHour rows)."""
+
+    hour = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(
+            fields=["hour", "api_key", "key_prefix", "key_name", "team", "team_name",
+                    "provider_name", "public_model"],
+            name="uniq_hourly_usage")]
+        indexes = [models.Index(fields=["hour"])]
+
+
+class LedgerHour(models.Model):
+    """Whether an ended UTC hour's HourlyUsage rows still hold every ledger row of that hour:
+    LedgerDay's rule at an hour's scale (usage.rollups). The rollup creates the row while the
+    hour is current; `late_writes` counts the ledger transactions that wrote rows of the hour
+    more than rollups.HOUR_LATE_AFTER after it ended; `sealed_writes` is `late_writes` as a
+    rollup read it, when that rollup started at least rollups.HOUR_SEAL_AFTER past the hour's
+    end (None: no such rollup yet). The hour is sealed while the two are equal."""
+
+    hour = models.DateTimeField(primary_key=True)
+    late_writes = models.BigIntegerField(default=0)
+    sealed_writes = models.BigIntegerField(null=True)
+
+
 class HourlyOperations(models.Model):
     """Ledger rolled up by UTC hour, provider and model for the operations page (usage.rollups
     operations_rollup, run by the same task as DailyUsage). Latency and time to first token are

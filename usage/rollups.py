@@ -1,4 +1,4 @@
-"""Daily and monthly aggregates of the ledger (what reports read), hourly operations aggregates
+"""Hourly, daily and monthly aggregates of the ledger (what reports read), hourly operations aggregates
 (latency, time to first token and errors per provider and model, what the operations page
 reads) and counter reconciliation."""
 from __future__ import annotations
@@ -20,8 +20,8 @@ from usage.archive import archived_months, day_archived, month_bounds
 from usage.budgets import UNITS_PER_USD, period_bounds, units_to_usd, usd_to_units
 from usage.budgets_redis import shared_spend_forget
 from usage.models import (
-    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, LedgerDay, MonthlyUsage,
-    UsageRecord, UsageStatus,
+    BudgetCounter, BudgetScope, DailyUsage, HourlyOperations, HourlyUsage, LedgerDay, LedgerHour,
+    MonthlyUsage, UsageRecord, UsageStatus,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,16 @@ TOKEN_SUMS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_5m_
               "audio_output_tokens", "image_input_tokens", "image_output_tokens")
 # A day's rollup seals it (LedgerDay) only when it starts this long after the day ended.
 SEAL_AFTER = timedelta(minutes=10)
+# Hours (LedgerHour): a write of an hour's rows is late only this long after the hour ended (a
+# request running across the hour's end is not), and a rollup seals an hour only when it starts
+# HOUR_SEAL_AFTER past its end: SEAL_AFTER's margin for clocks beyond the writers' one.
+HOUR = timedelta(hours=1)
+HOUR_LATE_AFTER = timedelta(minutes=5)
+HOUR_SEAL_AFTER = HOUR_LATE_AFTER + SEAL_AFTER
+# The days rolled up by hour (HourlyUsage), and read by hour by reports: today and yesterday.
+# A rollup of today deletes the hours of the days before the day before (one day to spare, for
+# clocks that disagree about which day it is).
+HOURLY_DAYS = 2
 # Upper edges (ms, exclusive) of the latency and time-to-first-token buckets of HourlyOperations:
 # bucket i counts values in [edge i-1, edge i), bucket 0 starts at 0 and the last one (past the
 # last edge) is open. Fixed, so buckets of any hours and models add up; roughly 1.5-2x apart, so
@@ -66,19 +76,31 @@ def usage_rollup(*, day: date, now: datetime | None = None) -> int:
     Decimal in Python (SQLite would sum them as floats). Returns the number of groups.
 
     Run at least SEAL_AFTER past the day's end (`now`), it also seals the day (LedgerDay):
-    reports then read the day from its rollups until a late write opens it again."""
+    reports then read the day from its rollups until a late write opens it again. A day of the
+    last HOURLY_DAYS is also rolled up by hour (HourlyUsage), and each of its hours that ended
+    HOUR_SEAL_AFTER before `now` sealed (LedgerHour), so that reports read from the ledger only
+    the hours that are not."""
     if day_archived(day):
         # Its month's rows left the ledger (manage.py ledger_archive): its rollups are final,
         # and stand for the day even if a late row landed in it since.
         LedgerDay.objects.filter(day=day).update(sealed_writes=F("late_writes"))
         return DailyUsage.objects.filter(day=day).count()
-    seal = _seal_point(day, now or timezone.now())
+    now = now or timezone.now()
+    today = timezone.localtime(now, dt_timezone.utc).date()
+    seal = _seal_point(day, now)
+    hours = _hour_seal_points(day, now) if day > today - timedelta(days=HOURLY_DAYS) else None
     with transaction.atomic():
-        groups = _daily_rollup(day)
+        groups = _daily_rollup(day, hours=None if hours is None else hours[0])
         monthly_rollup(month=day.replace(day=1))
         operations_rollup(day=day)
         if seal is not None:
             LedgerDay.objects.filter(day=day).update(sealed_writes=seal)
+        for hour, late in (hours[1].items() if hours else ()):
+            LedgerHour.objects.filter(hour=hour).update(sealed_writes=late)
+    if day == today:
+        kept = day_bounds(today - timedelta(days=HOURLY_DAYS))[0]
+        HourlyUsage.objects.filter(hour__lt=kept).delete()
+        LedgerHour.objects.filter(hour__lt=kept).delete()
     return groups
 
 
@@ -106,6 +128,34 @@ def _seal_point(day: date, now: datetime) -> int | None:
         return None if row is None else row.late_writes
 
 
+def _hour_seal_points(day: date, now: datetime) -> tuple[set[datetime], dict[datetime, int]]:
+    """`_seal_point` for the hours of `day`: creates the LedgerHour row of the current hour
+    (only while it is current, as a day's), then, in a transaction of its own, reads with a
+    lock the rows of the hours that ended HOUR_SEAL_AFTER before `now`. Returns the hours the
+    rollup must write (every hour of the day but those sealed already: their HourlyUsage rows
+    hold the hour's rows, as no late write landed since) and the `late_writes` to seal each
+    hour at that it writes and may seal."""
+    start, end = day_bounds(day)
+    current = _hour(now)
+    if start <= current < end:
+        LedgerHour.objects.bulk_create([LedgerHour(hour=current)], ignore_conflicts=True)
+    with transaction.atomic():
+        rows = list(LedgerHour.objects.select_for_update()
+                    .filter(hour__gte=start, hour__lt=end, hour__lte=now - HOUR - HOUR_SEAL_AFTER)
+                    .order_by("hour").values_list("hour", "late_writes", "sealed_writes"))
+    sealed = {hour for hour, late, sealed_at in rows if sealed_at == late}
+    every = {start + HOUR * i for i in range(24)}
+    return every - sealed, {hour: late for hour, late, sealed_at in rows if sealed_at != late}
+
+
+def ledger_hours_sealed(*, start: datetime, end: datetime) -> set[datetime]:
+    """The hours in [start, end) whose HourlyUsage rows hold all their ledger rows (sealed: no
+    late write since the rollup that sealed them), in one query over LedgerHour."""
+    return {hour for hour, late, sealed in LedgerHour.objects.filter(
+        hour__gte=start, hour__lt=end, sealed_writes__isnull=False).values_list(
+        "hour", "late_writes", "sealed_writes") if late == sealed}
+
+
 def ledger_days_unsealed(*, first: date | None, last: date) -> set[date]:
     """Days in [first, last] (`first` None: from the first) that a rollup must not stand for,
     in one query over LedgerDay: those a late write opened since their last sealing rollup,
@@ -129,31 +179,62 @@ def rollup_days_due(*, today: date) -> list[date]:
     return sorted(ledger_days_unsealed(first=None, last=today - timedelta(days=1)) | {today})
 
 
-def ledger_days_late_count(*, days: set[date]) -> None:
-    """Count one late write for each of `days` (ended UTC days) in the caller's ledger
-    transaction: one UPDATE per day, in day order (two writers never wait on each other in a
-    cycle). A day without a LedgerDay row is never sealed, so it needs no count."""
+def ledger_late_count(*, days: set[date], hours: set[datetime]) -> None:
+    """Count one late write for each of `days` (ended UTC days) and `hours` (hours that ended
+    HOUR_LATE_AFTER ago or more) in the caller's ledger transaction: one UPDATE per day then
+    per hour, each in order (two writers never wait on each other in a cycle). A day or hour
+    without its row is never sealed, so it needs no count."""
     for day in sorted(days):
         LedgerDay.objects.filter(day=day).update(late_writes=F("late_writes") + 1)
+    for hour in sorted(hours):
+        LedgerHour.objects.filter(hour=hour).update(late_writes=F("late_writes") + 1)
 
 
-def _daily_rollup(day: date) -> int:
+def late_days_and_hours(created: list[datetime], now: datetime) -> tuple[set[date], set[datetime]]:
+    """The UTC days and hours that rows created at `created`, written at `now`, count as late
+    writes of (ledger_late_count): days before today, and hours before the one
+    HOUR_LATE_AFTER ago (usually none of either)."""
+    today = datetime.combine(now.astimezone(dt_timezone.utc).date(), time.min, tzinfo=dt_timezone.utc)
+    hour = _hour(now - HOUR_LATE_AFTER)
+    return ({at.astimezone(dt_timezone.utc).date() for at in created if at < today},
+            {_hour(at) for at in created if at < hour})
+
+
+def _daily_rollup(day: date, *, hours: set[datetime] | None = None) -> int:
+    """The day's DailyUsage rows from the ledger, and the HourlyUsage rows of `hours` (hours of
+    the day) with them. Returns the number of day groups."""
     start, end = day_bounds(day)
     width = len(GROUP_FIELDS)
-    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, *[0] * len(TOKEN_SUMS), Decimal(0)])
+
+    def zeros() -> list:
+        return [0, 0, *[0] * len(TOKEN_SUMS), Decimal(0)]
+
+    totals: dict[tuple, list] = defaultdict(zeros)
+    hourly: dict[tuple, list] = defaultdict(zeros)
     rows = (UsageRecord.objects.between(start, end)
-            .values_list(*GROUP_FIELDS, "status", *TOKEN_SUMS, "cost_usd").order_by())
+            .values_list(*GROUP_FIELDS, "status", *TOKEN_SUMS, "cost_usd", "created_at").order_by())
     for row in rows.iterator(chunk_size=5000):
-        t = totals[row[:width]]
-        t[0] += 1
-        t[1] += row[width] != UsageStatus.OK
-        for i, value in enumerate(row[width + 1:], start=2):
-            t[i] += value
+        sums = [totals[row[:width]]]
+        if hours:
+            hour = _hour(row[-1])
+            if hour in hours:
+                sums.append(hourly[(hour, row[:width])])
+        for t in sums:
+            t[0] += 1
+            t[1] += row[width] != UsageStatus.OK
+            for i, value in enumerate(row[width + 1:-1], start=2):
+                t[i] += value
     DailyUsage.objects.filter(day=day).delete()
     DailyUsage.objects.bulk_create([
         DailyUsage(day=day, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
                    **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
-        for k, t in totals.items()])
+        for k, t in totals.items()], batch_size=2000)
+    if hours:
+        HourlyUsage.objects.filter(hour__in=sorted(hours)).delete()
+        HourlyUsage.objects.bulk_create([
+            HourlyUsage(hour=hour, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
+                        **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
+            for (hour, k), t in hourly.items()], batch_size=2000)
     return len(totals)
 
 

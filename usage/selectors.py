@@ -3,11 +3,13 @@
 Past days come from the rollups, summed by the database for each grouping asked (or in Python
 from a finer grouping of the same report): the whole months of the range from the monthly one
 (`MonthlyUsage`) unless the grouping is by day, the other days from the daily one
-(`DailyUsage`); recent days from the ledger (`UsageRecord`), grouped by the database into
-*facts* (one per day, key, team, provider and model) and summed in Python: today always, any
-past day that is not sealed (usage.models.LedgerDay: yesterday until its first rollup ten
-minutes after it ended, and a day a late row landed in until its next rollup), and any older
-day that has ledger rows but no rollup yet (Celery beat not running).
+(`DailyUsage`); recent days, grouped by the database into *facts* (one per day, key, team,
+provider and model) and summed in Python: today always, any past day that is not sealed
+(usage.models.LedgerDay: yesterday until its first rollup ten minutes after it ended, and a day
+a late row landed in until its next rollup), and any older day that has ledger rows but no
+rollup yet (Celery beat not running). Of those days, today's and yesterday's sealed hours
+(LedgerHour: a quarter of an hour after they ended) come from the hourly rollup
+(`HourlyUsage`), every other hour from the ledger (`UsageRecord`).
 Costs are summed as integer units of 1e-10 USD, so sums are exact on SQLite (whose decimals are
 floats) as on MySQL, and every grouping adds up to the same total.
 """
@@ -26,10 +28,13 @@ from django.utils import timezone
 from providers.models import PRICE_OPTIONAL_FIELDS, ApiKey, ModelRoute, Provider, Team
 from usage.budgets import period_bounds, units_to_usd
 from usage.models import (
-    BudgetCounter, BudgetScope, DailyUsage, MonthlyUsage, UsageRecord, UsageStatus,
+    BudgetCounter, BudgetScope, DailyUsage, HourlyUsage, MonthlyUsage, UsageRecord, UsageStatus,
 )
 from usage.pricing import TOKEN_FIELDS
-from usage.rollups import cost_units_sum, day_bounds, ledger_days_unsealed, month_last_day
+from usage.rollups import (
+    HOUR, HOURLY_DAYS, cost_units_sum, day_bounds, ledger_days_unsealed, ledger_hours_sealed,
+    month_last_day,
+)
 
 DIMENSIONS = ("day", "month", "team", "key", "provider", "model", "tag", "end_user")
 # Dimensions only the ledger has (not the rollup): a report that groups or filters by one reads
@@ -134,7 +139,10 @@ class UsageReport:
 
     groupings: dict[tuple[str, ...], list[UsageRow]]
     total: UsageTotals
+    # The days not read from the daily rollup, and the [start, end) ranges of them read from
+    # the ledger (the others' hours came from the hourly rollup).
     ledger_days: tuple[date, ...]
+    ledger_ranges: tuple[tuple[datetime, datetime], ...] = ()
 
     def group(self, dimensions: Sequence[str]) -> list[UsageRow]:
         return self.groupings[dimensions_normalized(dimensions)]
@@ -235,10 +243,12 @@ def _consecutive(days: list[date]) -> list[list[date]]:
     return runs
 
 
-def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False) -> Iterator[UsageFact]:
-    """One day of the ledger grouped by key, team (with their stored names), provider and
-    model in the database; also by tags and end user with `attribution`."""
-    start, end = day_bounds(day)
+def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False,
+                  between: tuple[datetime, datetime] | None = None) -> Iterator[UsageFact]:
+    """One day of the ledger (`between`: the part of it in that range) grouped by key, team
+    (with their stored names), provider and model in the database; also by tags and end user
+    with `attribution`."""
+    start, end = between or day_bounds(day)
     columns = (*_FACT_COLUMNS, "tags", "end_user") if attribution else _FACT_COLUMNS
     rows = (_filtered(UsageRecord.objects.between(start, end), flt)
             .values_list(*columns)
@@ -247,6 +257,47 @@ def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False) -> 
     width = len(columns)
     for row in rows:
         yield UsageFact(day, dict(zip(columns, row[:width])), _totals(*row[width:]))
+
+
+def _hourly_facts(day: date, hours: list[datetime], flt: UsageFilter) -> Iterator[UsageFact]:
+    """The hourly rollup of `hours` (sealed hours of `day`) grouped like `_ledger_facts`."""
+    rows = (_filtered(HourlyUsage.objects.filter(hour__in=hours), flt)
+            .values_list(*_FACT_COLUMNS).annotate(**_sums(rollup=True)).order_by())
+    width = len(_FACT_COLUMNS)
+    for row in rows:
+        yield UsageFact(day, dict(zip(_FACT_COLUMNS, row[:width])), _totals(*row[width:]))
+
+
+def _day_facts(days: list[date], flt: UsageFilter, *, today: date, attribution: bool
+               ) -> tuple[list[UsageFact], list[tuple[datetime, datetime]]]:
+    """The facts of `days` (ascending; days not read from the daily rollup): the sealed hours
+    of today and yesterday from the hourly rollup (not with `attribution`: it has no tags or
+    end users), every other hour from the ledger, one range per run of such hours. Returns
+    the facts and the ledger ranges read."""
+    hourly_from = today - timedelta(days=HOURLY_DAYS - 1)
+    sealed = set()
+    if not attribution and days and days[-1] >= hourly_from:
+        sealed = ledger_hours_sealed(start=day_bounds(max(days[0], hourly_from))[0],
+                                     end=day_bounds(days[-1])[1])
+    facts: list[UsageFact] = []
+    ranges: list[tuple[datetime, datetime]] = []
+    for day in days:
+        start = day_bounds(day)[0]
+        hours = [start + HOUR * i for i in range(24)]
+        if sealed.intersection(hours):
+            facts.extend(_hourly_facts(day, [h for h in hours if h in sealed], flt))
+        runs: list[tuple[datetime, datetime]] = []
+        for hour in hours:
+            if hour in sealed:
+                continue
+            if runs and runs[-1][1] == hour:
+                runs[-1] = (runs[-1][0], hour + HOUR)
+            else:
+                runs.append((hour, hour + HOUR))
+        for run in runs:
+            facts.extend(_ledger_facts(day, flt, attribution=attribution, between=run))
+        ranges.extend(runs)
+    return facts, ranges
 
 
 def _rollup_groups(flt: UsageFilter, older: list[date],
@@ -351,8 +402,7 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
         older = [d for d in past if d not in unsealed]
         ledger_days = sorted([d for d in days if d == today or d in unsealed]
                              + _ledger_days_without_rollup(older))
-    facts = [fact for day in ledger_days
-             for fact in _ledger_facts(day, flt, attribution=attribution)]
+    facts, ledger_ranges = _day_facts(ledger_days, flt, today=today, attribution=attribution)
     # Days without a rollup have no rollup rows, so each run of older days can be read whole
     # (runs: an unsealed day between two is read from the ledger).
     runs = _consecutive(older)
@@ -389,7 +439,8 @@ def usage_report(*, flt: UsageFilter, groupings: Sequence[Sequence[str]],
              r.values[d].isoformat() if d in ("day", "month") else r.labels[d].lower())
             for d in dims))
     total = grouped[()][0].totals if grouped[()] else UsageTotals()
-    return UsageReport(groupings=grouped, total=total, ledger_days=tuple(ledger_days))
+    return UsageReport(groupings=grouped, total=total, ledger_days=tuple(ledger_days),
+                       ledger_ranges=tuple(ledger_ranges))
 
 
 def _labeller(sums: dict[tuple[str, ...], dict[tuple, UsageTotals]]) -> _Labeller:

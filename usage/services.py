@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import IntegrityError, connections, router, transaction
@@ -11,7 +11,7 @@ from django.db import IntegrityError, connections, router, transaction
 from usage.budgets import BudgetLimit, budgets_charge, budgets_settle, usd_to_units
 from usage.idempotency import idempotency_complete, idempotency_release
 from usage.models import LedgerRequest, RequestIntent, UsageRecord
-from usage.rollups import ledger_days_late_count
+from usage.rollups import late_days_and_hours, ledger_late_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +149,9 @@ def _writes_apply(writes: list[LedgerWrite]) -> None:
                                  headers=w.response.headers, body=w.response.body)
         if w.release_claim is not None:
             idempotency_release(claim_id=w.release_claim)
-    late = _ended_days([w.entry for w in writes])
-    if late:
-        ledger_days_late_count(days=late)  # last: its locks are held the shortest
-
-
-def _ended_days(entries: list[LedgerEntry]) -> set[date]:
-    """The UTC days before today that rows of `entries` belong to (usually none)."""
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return {entry.created_at.astimezone(UTC).date() for entry in entries
-            if entry.created_at < today}
+    days, hours = late_days_and_hours([w.entry.created_at for w in writes], datetime.now(UTC))
+    if days or hours:
+        ledger_late_count(days=days, hours=hours)  # last: its locks are held the shortest
 
 
 def usage_record_write(*, entry: LedgerEntry, settle_budget: bool = False,
