@@ -319,13 +319,15 @@ class Target:
 
 
 def wrk(target: Target, *, body: bytes, concurrency: int, duration_s: float, threads: int = 1,
-        limit: int = 0, workdir: Path) -> dict:
+        limit: int = 0, delay_ms: int = 0, workdir: Path) -> dict:
     """One wrk run; requests started ("sent"), completed, req/s and latency percentiles (ms).
-    With `limit`, stop after that many responses (the run still ends after `duration_s`)."""
+    With `limit`, stop after that many responses (the run still ends after `duration_s`);
+    with `delay_ms`, each connection waits that long before each request (a paced load)."""
     limit_file = workdir / f"wrk-limit-{time.monotonic_ns()}"
     env = {**os.environ, "BENCH_PATH": target.path, "BENCH_BODY": body.decode(),
            "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in target.headers.items()),
-           "BENCH_LIMIT": str(limit), "BENCH_LIMIT_FILE": str(limit_file)}
+           "BENCH_LIMIT": str(limit), "BENCH_LIMIT_FILE": str(limit_file),
+           "BENCH_DELAY_MS": str(delay_ms)}
     cmd = ["wrk", f"-t{max(1, min(threads, concurrency))}", f"-c{concurrency}",
            f"-d{max(1, round(duration_s))}s", "--timeout", "30s", "-s", str(LUA), target.base]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,

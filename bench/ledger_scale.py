@@ -30,12 +30,17 @@ the shared 3306), in a child process with production settings (DEBUG off):
    its other hours from the ledger, so the page costs O(rows of the last hour or two), not
    O(table) nor O(rows of today); whole months from the monthly rollup, and a range over 92
    days is shown by month (usage.views), so not O(days of the range) either.
-5. The ledger writer again, on the BIG table: same rows, same concurrency (target: the same
-   rows/s as on the empty table).
+5. The ledger writer again, on the BIG table: same rows, same concurrency.
+6. BENCH_LEDGER_PAIRS (3) pairs of single writer rounds, each in a process of its own, one on
+   a second, empty database of the same server (emptied again after each round) and one on
+   the big one, in the order empty, big, big, empty, ...: both tables measured on the same
+   warmed server, and a drift of the machine's load weighs on both (target: the big table's
+   median rows/s at least 90 % of the empty one's; without pairs, steps 2 and 5 are compared).
 
 Results: a Markdown table on stdout and bench/results/ledger-<UTC timestamp>.json
 (+ ledger-latest.json). Knobs: BENCH_LEDGER_ROWS, BENCH_LEDGER_MONTHS (24),
 BENCH_LEDGER_WRITES (20000), BENCH_LEDGER_CONCURRENCY (64), BENCH_LEDGER_ROUNDS (3),
+BENCH_LEDGER_PAIRS (3),
 BENCH_LEDGER_PAGE_REPEAT (20), BENCH_LEDGER_SETTLE_S (900), BENCH_LEDGER_BUFFER_POOL (2G:
 innodb_buffer_pool_size), BENCH_LEDGER_PROFILE (set: one more render of each case under
 cProfile, printed with its SQL statements by time), BENCH_RESULTS_DIR.
@@ -107,6 +112,20 @@ def _setup_config() -> dict:
     keys = [api_key_create(name=f"app-{n}", team=f"team-{n % TEAMS}")[0] for n in range(KEYS)]
     prices = [Price.objects.create(upstream_model=f"up-model-{m}", input_per_mtok=Decimal("0.15"),
                                    output_per_mtok=Decimal("0.60")) for m in range(MODELS)]
+    return {"keys": keys, "prices": prices}
+
+
+def _config_loaded() -> dict:
+    """`_setup_config`'s keys and prices, read back (a writer child of `run`), or made now in a
+    database that has none."""
+    from providers.models import ApiKey, Price
+
+    keys = list(ApiKey.objects.filter(name__startswith="app-").select_related("team")
+                .order_by("pk"))
+    if not keys:
+        return _setup_config()
+    prices = list(Price.objects.filter(upstream_model__startswith="up-model-")
+                  .order_by("upstream_model"))
     return {"keys": keys, "prices": prices}
 
 
@@ -428,6 +447,29 @@ def _today_rollup() -> int:
     return len(ledger_hours_sealed(start=day_bounds(today)[0], end=day_bounds(today)[1]))
 
 
+def _writer_child(tag: str) -> int:
+    """One writer round (`--writer empty|big`) in its own process, against the database of
+    DATABASE_URL: `run` alternates them between an empty database and the big one once the
+    main child is done. After an `empty` round its rows and claims are deleted, so the table
+    is empty for the next one."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "gateway.settings")
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0)
+    result = _writer(_config_loaded(), writes=_knob("BENCH_LEDGER_WRITES", 20000),
+                     concurrency=_knob("BENCH_LEDGER_CONCURRENCY", 64), rounds=1, tag=tag)
+    if tag == "empty":
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM usage_ledgerrequest")
+            cursor.execute("DELETE FROM usage_usagerecord")
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
 def _child() -> int:
     import django
 
@@ -498,6 +540,11 @@ def markdown(result: dict) -> str:
              f"| ledger writer rows/s (median of {len(e['rounds'])}, {e['concurrency']} writers) "
              f"| {e['rows_per_s_median']:,} | {b['rows_per_s_median']:,} |",
              f"| write p99 ms (median) | {e['write_p99_ms_median']} | {b['write_p99_ms_median']} |",
+             *([f"| interleaved rounds, rows/s (median of "
+                f"{len(result['writer_interleaved']['rounds']['big'])} each) | "
+                f"{result['writer_interleaved']['rows_per_s_median']['empty']:,} | "
+                f"{result['writer_interleaved']['rows_per_s_median']['big']:,} |"]
+               if "writer_interleaved" in result else []),
              "", "| /reports/ | p50 ms | p95 ms | max ms |", "|---|---|---|---|"]
     for name, r in result["reports"].items():
         lines.append(f"| {name} | {r['p50_ms']} | {r['p95_ms']} | {r['max_ms']} |")
@@ -534,22 +581,58 @@ def run() -> dict:
         print(f"ledger: private mariadbd on 127.0.0.1:{server.port}", flush=True)
         child = subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--child"], cwd=ROOT,
                                env=_child_env(url), stdout=subprocess.PIPE, text=True)
+        lines = child.stdout.splitlines()
+        for line in lines:
+            if not line.startswith("RESULT "):
+                print(line, flush=True)
+        found = [json.loads(line[len("RESULT "):]) for line in lines
+                 if line.startswith("RESULT ")]
+        if child.returncode or not found:
+            raise RuntimeError(f"the ledger scenario's child exited {child.returncode}")
+        result = found[0]
+        pairs = _knob("BENCH_LEDGER_PAIRS", 3)
+        if pairs:
+            result["writer_interleaved"] = _interleaved(server, url, pairs)
+            result["targets"]["insert throughput the same (big >= 90 % of empty)"] = (
+                result["writer_interleaved"]["ratio"] >= SAME_THROUGHPUT)
     finally:
         server.destroy()
-    lines = child.stdout.splitlines()
-    for line in lines:
-        if not line.startswith("RESULT "):
-            print(line, flush=True)
-    found = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
-    if child.returncode or not found:
-        raise RuntimeError(f"the ledger scenario's child exited {child.returncode}")
     return {"timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-            "loadavg_end": list(os.getloadavg()), "cpus": os.cpu_count(), **found[0]}
+            "loadavg_end": list(os.getloadavg()), "cpus": os.cpu_count(), **result}
+
+
+def _interleaved(server, url: str, pairs: int) -> dict:
+    """`pairs` pairs of writer rounds, one on an empty database of the same server and one on
+    the big one, each in a process of its own, in the order empty, big, big, empty, ... (so a
+    drift of the machine's load over the run weighs on both alike). The empty database is
+    migrated by its first round and emptied after each."""
+    server.query(f"CREATE DATABASE {DATABASE}_empty CHARACTER SET utf8mb4 "
+                 "COLLATE utf8mb4_unicode_ci", database=None)
+    urls = {"big": url, "empty": f"{url}_empty"}
+    runs: dict[str, list[dict]] = {"empty": [], "big": []}
+    for n in range(pairs):
+        for tag in (("empty", "big") if n % 2 == 0 else ("big", "empty")):
+            child = subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--writer", tag],
+                                   cwd=ROOT, env=_child_env(urls[tag]), stdout=subprocess.PIPE,
+                                   text=True)
+            found = [json.loads(line[len("RESULT "):]) for line in child.stdout.splitlines()
+                     if line.startswith("RESULT ")]
+            if child.returncode or not found:
+                raise RuntimeError(f"the ledger writer child ({tag}) exited {child.returncode}")
+            runs[tag].append(found[0]["rounds"][0])
+            print(f"  interleaved writer, {tag} table: {runs[tag][-1]['rows_per_s']:,} rows/s",
+                  flush=True)
+    medians = {tag: statistics.median(r["rows_per_s"] for r in rounds)
+               for tag, rounds in runs.items()}
+    return {"order": "empty, big, big, empty, ...", "rounds": runs,
+            "rows_per_s_median": medians, "ratio": round(medians["big"] / medians["empty"], 3)}
 
 
 def main() -> int:
     if "--child" in sys.argv:
         return _child()
+    if "--writer" in sys.argv:
+        return _writer_child(sys.argv[sys.argv.index("--writer") + 1])
     reason = available()
     if reason:
         print(f"skipping ledger: {reason}")

@@ -3,13 +3,16 @@
 --
 -- Environment: BENCH_PATH, BENCH_BODY, BENCH_HEADERS ("name: value" lines),
 -- BENCH_LIMIT (optional: stop after this many responses, touching BENCH_LIMIT_FILE so the
--- caller can end wrk, whose main thread otherwise sleeps for the whole -d).
+-- caller can end wrk, whose main thread otherwise sleeps for the whole -d), BENCH_DELAY_MS
+-- (optional: each connection waits this long before each request, so the load is paced
+-- rather than as fast as the server answers; latency is still timed from the sending).
 
 local path = os.getenv("BENCH_PATH") or "/"
 local body = os.getenv("BENCH_BODY") or "{}"
 local header_text = os.getenv("BENCH_HEADERS") or ""
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0") or 0
 local limit_file = os.getenv("BENCH_LIMIT_FILE")
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "0") or 0
 
 local threads = {}
 
@@ -33,6 +36,12 @@ end
 function request()
    sent = sent + 1
    return req
+end
+
+if delay_ms > 0 then
+   function delay()
+      return delay_ms
+   end
 end
 
 if limit > 0 then

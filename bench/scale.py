@@ -11,13 +11,19 @@ second and sends each new key's first request to every replica, and once a secon
 of them that both replicas hold and sends it to both, one request at a time, until each refuses
 it (the time is that of the first refused request's sending; its answer's is recorded too).
 
+Then the same two phases again with a paced load (BENCH_SCALE_PACE_MS, 100: each connection
+waits that long before each request, about a third of the load that saturates two cores; 0
+skips them): on two shared cores the first pair measures the churn process's and its requests'
+share of the CPU as much as the replicas' own cost of a key change; the paced pair leaves CPU
+to spare, so what it measures is the change's cost to the requests.
+
 Figures: p99 per replica with and without churn (target: within 10 %), RSS per worker at the
 end of each phase (target: <= 150 MB), new keys served on their first request by every replica
 (target: all), revocation to first refused request (target: < 1 s). Run alone:
 `BENCH_CASES=scale make bench` or `.venv/bin/python -m bench.scale`.
 
 Knobs: BENCH_SCALE_KEYS (1000000), BENCH_SCALE_S (20), BENCH_SCALE_CHURN_RATE (20),
-BENCH_SCALE_CONNECTIONS (16).
+BENCH_SCALE_CONNECTIONS (16), BENCH_SCALE_PACE_MS (100).
 """
 from __future__ import annotations
 
@@ -190,15 +196,17 @@ def _child(args: list[str], env: dict[str, str], timeout: float) -> dict:
 
 
 def _load(urls: list[str], keys: list[str], body: bytes, connections: int, duration_s: float,
-          tmp: Path) -> list[dict]:
-    """One wrk per replica, `connections` split between them, all at once."""
+          tmp: Path, delay_ms: int = 0) -> list[dict]:
+    """One wrk per replica, `connections` split between them, all at once (`delay_ms`: each
+    connection waits that long before each request)."""
     import concurrent.futures
 
     per = max(1, connections // len(urls))
     with concurrent.futures.ThreadPoolExecutor(len(urls)) as pool:
         runs = [pool.submit(harness.wrk, harness.Target(url, "/v1/chat/completions",
                                                         {"authorization": f"Bearer {key}"}),
-                            body=body, concurrency=per, duration_s=duration_s, workdir=tmp)
+                            body=body, concurrency=per, duration_s=duration_s,
+                            delay_ms=delay_ms, workdir=tmp)
                 for url, key in zip(urls, keys)]
         return [r.result() for r in runs]
 
@@ -231,8 +239,9 @@ def run(*, base_env: dict[str, str], upstream_port: int, routing_yaml: str, body
     duration_s = float(os.environ.get("BENCH_SCALE_S") or 20)
     rate = float(os.environ.get("BENCH_SCALE_CHURN_RATE") or 20)
     connections = _env_int("BENCH_SCALE_CONNECTIONS", 16)
+    pace_ms = _env_int("BENCH_SCALE_PACE_MS", 100)
     result: dict = {"keys": keys, "duration_s": duration_s, "churn_rate": rate,
-                    "connections": connections, "replicas": 2}
+                    "connections": connections, "replicas": 2, "pace_ms": pace_ms}
     print(f"\n== scale: {keys:,} keys, 2 replicas, {connections} connections, "
           f"{rate:g} key creations/s", flush=True)
     database, redis_server, replicas = MariaDB(), RedisServer(), []
@@ -265,30 +274,37 @@ def run(*, base_env: dict[str, str], upstream_port: int, routing_yaml: str, body
             harness.client(harness.Target(url, "/v1/chat/completions",
                                           {"authorization": f"Bearer {raw}"}),
                            body=body, concurrency=4, mode="openai-sse", count=200)
-        for pid in pids:
-            harness.reset_peak(pid)
-        meter = harness.CpuMeter({f"replica{n}": pid for n, pid in enumerate(pids)}).start()
-        quiet = _load(urls, raws, body, connections, duration_s, tmp)
-        result["without_churn"] = _phase("without churn", quiet, pids, meter.stop())
-        print(f"  without churn: p99 {result['without_churn']['p99_ms']} ms, "
-              f"RSS {result['without_churn']['rss_mb']} MB", flush=True)
-        for pid in pids:
-            harness.reset_peak(pid)
-        meter = harness.CpuMeter({f"replica{n}": pid for n, pid in enumerate(pids)}).start()
-        churn = subprocess.Popen(
-            [sys.executable, "-m", "bench.scale", "churn", json.dumps(urls), str(rate),
-             str(duration_s)], cwd=harness.ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-        busy = _load(urls, raws, body, connections, duration_s, tmp)
-        cpu = meter.stop()
-        out, err = churn.communicate(timeout=duration_s + 120)
-        if churn.returncode != 0:
-            raise RuntimeError(f"bench.scale churn failed: {err[-3000:]}")
-        result["churn"] = json.loads(out.strip().splitlines()[-1])
-        result["with_churn"] = _phase("with churn", busy, pids, cpu,
-                                      result["churn"]["requests_per_replica"])
-        print(f"  with churn:    p99 {result['with_churn']['p99_ms']} ms, "
-              f"RSS {result['with_churn']['rss_mb']} MB; churn {result['churn']}", flush=True)
+        for suffix, delay_ms in (("", 0), ("_paced", pace_ms)):
+            if suffix and not pace_ms:
+                continue
+            label = f", paced ({delay_ms} ms between requests)" if delay_ms else ""
+            for pid in pids:
+                harness.reset_peak(pid)
+            meter = harness.CpuMeter({f"replica{n}": pid for n, pid in enumerate(pids)}).start()
+            quiet = _load(urls, raws, body, connections, duration_s, tmp, delay_ms)
+            result[f"without_churn{suffix}"] = _phase(f"without churn{label}", quiet, pids,
+                                                      meter.stop())
+            print(f"  without churn{label}: p99 {result[f'without_churn{suffix}']['p99_ms']} ms, "
+                  f"RSS {result[f'without_churn{suffix}']['rss_mb']} MB", flush=True)
+            for pid in pids:
+                harness.reset_peak(pid)
+            meter = harness.CpuMeter({f"replica{n}": pid for n, pid in enumerate(pids)}).start()
+            churn = subprocess.Popen(
+                [sys.executable, "-m", "bench.scale", "churn", json.dumps(urls), str(rate),
+                 str(duration_s)], cwd=harness.ROOT, env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            busy = _load(urls, raws, body, connections, duration_s, tmp, delay_ms)
+            cpu = meter.stop()
+            out, err = churn.communicate(timeout=duration_s + 120)
+            if churn.returncode != 0:
+                raise RuntimeError(f"bench.scale churn failed: {err[-3000:]}")
+            result[f"churn{suffix}"] = json.loads(out.strip().splitlines()[-1])
+            result[f"with_churn{suffix}"] = _phase(
+                f"with churn{label}", busy, pids, cpu,
+                result[f"churn{suffix}"]["requests_per_replica"])
+            print(f"  with churn{label}:    p99 {result[f'with_churn{suffix}']['p99_ms']} ms, "
+                  f"RSS {result[f'with_churn{suffix}']['rss_mb']} MB; churn "
+                  f"{result[f'churn{suffix}']}", flush=True)
         result["key_changes"] = database.query("SELECT COUNT(*) FROM providers_keychange")[0][0]
     finally:
         for replica in replicas:
@@ -299,51 +315,70 @@ def run(*, base_env: dict[str, str], upstream_port: int, routing_yaml: str, body
     return result
 
 
+def _suffixes(result: dict) -> list[str]:
+    """The pairs of phases the run has: as fast as the replicas answer, then paced."""
+    return ["", *(["_paced"] if "with_churn_paced" in result else [])]
+
+
 def targets(result: dict) -> dict:
-    quiet, busy, churn = result["without_churn"], result["with_churn"], result["churn"]
-    ratios = [round(b / q, 3) if q else None for q, b in zip(quiet["p99_ms"], busy["p99_ms"])]
-    rss = max(quiet["peak_rss_mb"] + busy["peak_rss_mb"] + quiet["rss_mb"] + busy["rss_mb"])
-    revoke_max = churn["revoke_to_refused_s"]["max"]
+    """The issue's targets, for each pair of phases (`_paced`: the paced pair's)."""
+    out: dict = {}
+    rss, churns = 0.0, []
+    for suffix in _suffixes(result):
+        quiet, busy = result[f"without_churn{suffix}"], result[f"with_churn{suffix}"]
+        ratios = [round(b / q, 3) if q else None for q, b in zip(quiet["p99_ms"], busy["p99_ms"])]
+        out[f"p99_with_churn_over_without{suffix}"] = ratios
+        out[f"p99_within_10pct{suffix}"] = all(r is not None and r <= TARGET_P99_RATIO
+                                               for r in ratios)
+        rss = max(rss, *quiet["peak_rss_mb"], *busy["peak_rss_mb"], *quiet["rss_mb"],
+                  *busy["rss_mb"])
+        churns.append(result[f"churn{suffix}"])
+    revoke_max = max((c["revoke_to_refused_s"]["max"] for c in churns
+                      if c["revoke_to_refused_s"]["max"] is not None), default=None)
     return {
-        "p99_with_churn_over_without": ratios,
-        "p99_within_10pct": all(r is not None and r <= TARGET_P99_RATIO for r in ratios),
-        "max_rss_mb": rss, "rss_within_150mb": rss <= TARGET_RSS_MB,
-        "new_keys_served_first_request_everywhere": (
-            churn["first_request_served_by_every_replica"] == churn["created"] > 0),
+        **out, "max_rss_mb": rss, "rss_within_150mb": rss <= TARGET_RSS_MB,
+        "new_keys_served_first_request_everywhere": all(
+            c["first_request_served_by_every_replica"] == c["created"] > 0 for c in churns),
         "revoked_refused_within_1s": (revoke_max is not None and revoke_max < TARGET_REVOKE_S
-                                      and not churn["revocations_never_refused"]),
+                                      and not any(c["revocations_never_refused"]
+                                                  for c in churns)),
     }
 
 
 def markdown(result: dict) -> str:
-    quiet, busy, churn, t = (result["without_churn"], result["with_churn"], result["churn"],
-                             result["targets"])
+    t = result["targets"]
     lines = [
         f"### scale: {result['keys']:,} keys, 2 replicas, {result['connections']} connections "
         f"(streamed, {result['duration_s']:g} s per phase)", "",
         "| phase | p50 ms (replica 1 / 2) | p99 ms | req/s | CPU ms/req | RSS MB | peak RSS MB "
         "| non-2xx | machine busy % |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    for phase in (quiet, busy):
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            phase["phase"], *(" / ".join(str(v) for v in phase[k])
-                              for k in ("p50_ms", "p99_ms", "rps", "cpu_ms_per_request",
-                                        "rss_mb", "peak_rss_mb", "non2xx")),
-            phase["machine_busy_pct"]))
-    lines += [
-        "",
-        f"- bulk insert: {result['insert']['inserted']:,} keys in {result['insert']['seconds']} s",
-        f"- churn: {churn['created']} keys created ({churn['rate_achieved']}/s), "
-        f"{churn['first_request_served_by_every_replica']} served on their first request by "
-        f"both replicas; {churn['revocations']} revoked: the first refused request was sent "
-        f"{churn['revoke_to_refused_s']['p50']} s (median), "
-        f"{churn['revoke_to_refused_s']['max']} s (max) after the revocation, its 401 "
-        f"answered by {churn['revoke_to_401_answered_s']['max']} s (max)",
-        f"- targets: p99 ratio {t['p99_with_churn_over_without']} (<= 1.10: "
-        f"{t['p99_within_10pct']}), RSS {t['max_rss_mb']} MB (<= 150: {t['rss_within_150mb']}), "
-        f"first requests {t['new_keys_served_first_request_everywhere']}, revocation < 1 s "
-        f"{t['revoked_refused_within_1s']}",
-    ]
+    for suffix in _suffixes(result):
+        for phase in (result[f"without_churn{suffix}"], result[f"with_churn{suffix}"]):
+            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                phase["phase"], *(" / ".join(str(v) for v in phase[k])
+                                  for k in ("p50_ms", "p99_ms", "rps", "cpu_ms_per_request",
+                                            "rss_mb", "peak_rss_mb", "non2xx")),
+                phase["machine_busy_pct"]))
+    lines += ["", f"- bulk insert: {result['insert']['inserted']:,} keys in "
+                  f"{result['insert']['seconds']} s"]
+    for suffix in _suffixes(result):
+        churn = result[f"churn{suffix}"]
+        lines.append(
+            f"- churn{' (paced phases)' if suffix else ''}: {churn['created']} keys created "
+            f"({churn['rate_achieved']}/s), {churn['first_request_served_by_every_replica']} "
+            f"served on their first request by both replicas; {churn['revocations']} revoked: "
+            f"the first refused request was sent {churn['revoke_to_refused_s']['p50']} s "
+            f"(median), {churn['revoke_to_refused_s']['max']} s (max) after the revocation, "
+            f"its 401 answered by {churn['revoke_to_401_answered_s']['max']} s (max)")
+    ratios = "; ".join(f"{'paced ' if suffix else ''}{t[f'p99_with_churn_over_without{suffix}']} "
+                       f"(<= 1.10: {t[f'p99_within_10pct{suffix}']})"
+                       for suffix in _suffixes(result))
+    lines.append(
+        f"- targets: p99 ratio {ratios}, RSS {t['max_rss_mb']} MB (<= 150: "
+        f"{t['rss_within_150mb']}), first requests "
+        f"{t['new_keys_served_first_request_everywhere']}, revocation < 1 s "
+        f"{t['revoked_refused_within_1s']}")
     return "\n".join(lines)
 
 

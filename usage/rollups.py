@@ -1,6 +1,6 @@
-"""Hourly, daily and monthly aggregates of the ledger (what reports read), hourly operations aggregates
-(latency, time to first token and errors per provider and model, what the operations page
-reads) and counter reconciliation."""
+"""Hourly, daily and monthly aggregates of the ledger (what reports read), hourly operations
+aggregates (latency, time to first token and errors per provider and model, what the operations
+page reads) and counter reconciliation."""
 from __future__ import annotations
 
 import bisect
@@ -194,7 +194,8 @@ def late_days_and_hours(created: list[datetime], now: datetime) -> tuple[set[dat
     """The UTC days and hours that rows created at `created`, written at `now`, count as late
     writes of (ledger_late_count): days before today, and hours before the one
     HOUR_LATE_AFTER ago (usually none of either)."""
-    today = datetime.combine(now.astimezone(dt_timezone.utc).date(), time.min, tzinfo=dt_timezone.utc)
+    today = datetime.combine(now.astimezone(dt_timezone.utc).date(), time.min,
+                             tzinfo=dt_timezone.utc)
     hour = _hour(now - HOUR_LATE_AFTER)
     return ({at.astimezone(dt_timezone.utc).date() for at in created if at < today},
             {_hour(at) for at in created if at < hour})
