@@ -119,23 +119,15 @@ def test_the_rollup_command_rolls_up_the_days_late_rows_opened():
     assert DailyUsage.objects.get(day=old).cost_usd == Decimal("0.3")
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_late_row_committing_while_its_day_is_sealed_is_in_the_rollup_or_opens_the_day():
-    """MySQL-family locking (SQLite runs one writer at a time, so it has no such race): a ledger
-    transaction that counted a late write holds the day's row until it commits, so the sealing
-    rollup waits for it and then reads its row."""
-    if connection.vendor != "mysql":
-        pytest.skip("row locks: MySQL, MariaDB and TiDB")
-    today = utc_today()
-    yesterday = today - timedelta(days=1)
-    ledger_write(at=at_day(yesterday, hour=1), cost="0.1000000000")
-    usage_rollup(day=yesterday, now=at_day(yesterday, hour=12))  # the beat, during the day
+def late_write_racing_rollup(entry, *, day, now) -> None:
+    """A ledger transaction writes `entry` (a late row: it counts a late write) and waits before
+    committing, while `usage_rollup(day=day, now=now)` runs: the rollup must wait for the
+    writer's lock (it is still running a second later) and finish once the writer commits."""
     holding, release = threading.Event(), threading.Event()
 
     def late_writer() -> None:
         try:
             with transaction.atomic():
-                entry = ledger_entry(at=at_day(yesterday, hour=23), cost="0.2000000000")
                 _writes_apply([LedgerWrite(entry=entry)])  # counts the late write, then waits
                 holding.set()
                 release.wait(60)
@@ -144,7 +136,7 @@ def test_a_late_row_committing_while_its_day_is_sealed_is_in_the_rollup_or_opens
 
     def sealer() -> None:
         try:
-            usage_rollup(day=yesterday, now=day_bounds(yesterday)[1] + SEAL_AFTER)
+            usage_rollup(day=day, now=now)
         finally:
             connections.close_all()
 
@@ -158,6 +150,22 @@ def test_a_late_row_committing_while_its_day_is_sealed_is_in_the_rollup_or_opens
     release.set()
     writer.join(30)
     rollup.join(60)
+    assert not rollup.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_row_committing_while_its_day_is_sealed_is_in_the_rollup_or_opens_the_day():
+    """MySQL-family locking (SQLite runs one writer at a time, so it has no such race): a ledger
+    transaction that counted a late write holds the day's row until it commits, so the sealing
+    rollup waits for it and then reads its row."""
+    if connection.vendor != "mysql":
+        pytest.skip("row locks: MySQL, MariaDB and TiDB")
+    today = utc_today()
+    yesterday = today - timedelta(days=1)
+    ledger_write(at=at_day(yesterday, hour=1), cost="0.1000000000")
+    usage_rollup(day=yesterday, now=at_day(yesterday, hour=12))  # the beat, during the day
+    late_write_racing_rollup(ledger_entry(at=at_day(yesterday, hour=23), cost="0.2000000000"),
+                             day=yesterday, now=day_bounds(yesterday)[1] + SEAL_AFTER)
     day = LedgerDay.objects.get(day=yesterday)
     assert day.late_writes == day.sealed_writes == 1
     assert DailyUsage.objects.get(day=yesterday).cost_usd == Decimal("0.3")

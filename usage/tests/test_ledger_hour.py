@@ -4,12 +4,11 @@ rollup, and from the ledger again as soon as a late row lands in it; the totals 
 ledger's at every step."""
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection
 from django.db.models import Sum
 
 from usage.models import HourlyUsage, LedgerDay, LedgerHour, UsageRecord
@@ -18,7 +17,7 @@ from usage.rollups import (
     usage_rollup,
 )
 from usage.selectors import UsageFilter, usage_report
-from usage.services import LedgerWrite, _writes_apply
+from usage.tests.test_ledger_day import late_write_racing_rollup
 from usage.tests.test_reports import at_day, ledger_entry, ledger_write, utc_today
 
 pytestmark = pytest.mark.django_db
@@ -156,34 +155,9 @@ def test_a_late_row_committing_while_its_hour_is_sealed_is_in_the_rollup_or_open
     start, ended = day_bounds(yesterday)
     ledger_write(at=at_day(yesterday, hour=8), cost="0.1000000000")
     usage_rollup(day=yesterday, now=at_day(yesterday, hour=8, minute=30))
-    holding, release = threading.Event(), threading.Event()
-
-    def late_writer() -> None:
-        try:
-            with transaction.atomic():
-                entry = ledger_entry(at=at_day(yesterday, hour=8, minute=40), cost="0.2000000000")
-                _writes_apply([LedgerWrite(entry=entry)])  # counts the late write, then waits
-                holding.set()
-                release.wait(60)
-        finally:
-            connections.close_all()
-
-    def sealer() -> None:
-        try:
-            usage_rollup(day=yesterday, now=ended + SEAL_AFTER - timedelta(seconds=1))
-        finally:
-            connections.close_all()
-
-    writer = threading.Thread(target=late_writer)
-    writer.start()
-    assert holding.wait(30)
-    rollup = threading.Thread(target=sealer)
-    rollup.start()
-    rollup.join(1.0)
-    assert rollup.is_alive()  # waiting for the writer's lock, not sealing without its row
-    release.set()
-    writer.join(30)
-    rollup.join(60)
+    late_write_racing_rollup(
+        ledger_entry(at=at_day(yesterday, hour=8, minute=40), cost="0.2000000000"),
+        day=yesterday, now=ended + SEAL_AFTER - timedelta(seconds=1))
     hour = LedgerHour.objects.get(hour=start + HOUR * 8)
     assert hour.late_writes == hour.sealed_writes == 1
     assert HourlyUsage.objects.get(hour=start + HOUR * 8).cost_usd == Decimal("0.3")
