@@ -216,10 +216,15 @@ class IdempotencyRecord(models.Model):
         constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="uniq_idempotency_key")]
 
 
+# What a rollup row is unique by, besides its period.
+ROLLUP_GROUP = ("api_key", "key_prefix", "key_name", "team", "team_name", "provider_name",
+                "public_model")
+
+
 class RolledUsage(models.Model):
     """What a usage rollup row holds: the ledger's totals of one key, team (each with its name
-    as the ledger stored it), provider and model over a period (DailyUsage: a UTC day;
-    MonthlyUsage: a UTC month)."""
+    as the ledger stored it), provider and model over a period (HourlyUsage: a UTC hour;
+    DailyUsage: a UTC day; MonthlyUsage: a UTC month)."""
 
     api_key = models.ForeignKey("providers.ApiKey", null=True, on_delete=models.PROTECT, related_name="+")
     key_prefix = models.CharField(max_length=16, blank=True)
@@ -252,10 +257,8 @@ class DailyUsage(RolledUsage):
     day = models.DateField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(
-            fields=["day", "api_key", "key_prefix", "key_name", "team", "team_name",
-                    "provider_name", "public_model"],
-            name="uniq_daily_usage")]
+        constraints = [models.UniqueConstraint(fields=["day", *ROLLUP_GROUP],
+                                               name="uniq_daily_usage")]
         # (provider, day) and (model, day) serve the report's provider and model filters, and
         # the filter's choice lists: MySQL and MariaDB read SELECT DISTINCT of an index's first
         # column with one seek per value (a loose index scan), not a scan of every day's rows.
@@ -273,10 +276,8 @@ class MonthlyUsage(RolledUsage):
     month = models.DateField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(
-            fields=["month", "api_key", "key_prefix", "key_name", "team", "team_name",
-                    "provider_name", "public_model"],
-            name="uniq_monthly_usage")]
+        constraints = [models.UniqueConstraint(fields=["month", *ROLLUP_GROUP],
+                                               name="uniq_monthly_usage")]
         indexes = [models.Index(fields=["month"])]
 
 
@@ -302,16 +303,15 @@ class HourlyUsage(RolledUsage):
     """Ledger rolled up by UTC hour (`hour`: its start), key, team, provider and model, for the
     days reports still read from the ledger (today, and a past day until it is sealed): a page
     reads a sealed hour (LedgerHour) from here and only the others from the ledger. Written by
-    the day's rollup in the transaction that writes its DailyUsage, for the last
-    rollups.HOURS_KEPT_DAYS days only (older rows are deleted with their LedgerHour rows)."""
+    the day's rollup in the transaction that writes its DailyUsage, for today and yesterday
+    only (rollups.HOURLY_DAYS); a rollup of today deletes the rows of the days before the day
+    before yesterday, with their LedgerHour rows."""
 
     hour = models.DateTimeField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(
-            fields=["hour", "api_key", "key_prefix", "key_name", "team", "team_name",
-                    "provider_name", "public_model"],
-            name="uniq_hourly_usage")]
+        constraints = [models.UniqueConstraint(fields=["hour", *ROLLUP_GROUP],
+                                               name="uniq_hourly_usage")]
         indexes = [models.Index(fields=["hour"])]
 
 
