@@ -526,3 +526,32 @@ def _short_frame(frame: str) -> str:
                 file = "stdlib/" + file.split("/", 1)[-1]
             break
     return f"{name} ({file})"
+
+
+def innodb_settle(cursor, max_s: float) -> float:
+    """Seconds until InnoDB has written back a bulk load's dirty pages (which would compete with
+    what is measured next), at most `max_s`, on a DB-API `cursor` of the server: flushing is
+    forced (innodb_max_dirty_pages_pct 0 and a high innodb_io_capacity, restored after) until
+    1 % of the pool or less is dirty, or the count stops falling for 10 s."""
+    started = time.monotonic()
+    names = ("innodb_max_dirty_pages_pct", "innodb_io_capacity_max", "innodb_io_capacity")
+    cursor.execute("SELECT " + ", ".join(f"@@GLOBAL.{name}" for name in names))
+    configured = dict(zip(names, cursor.fetchone()))
+    for name, value in zip(names, (0, 40000, 20000)):
+        cursor.execute(f"SET GLOBAL {name} = %s", [value])
+    lowest, since = None, time.monotonic()
+    try:
+        while time.monotonic() - started < max_s and time.monotonic() - since < 10:
+            cursor.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ("
+                           "'Innodb_buffer_pool_pages_dirty', 'Innodb_buffer_pool_pages_total')")
+            status = {name: int(value) for name, value in cursor.fetchall()}
+            dirty = status["Innodb_buffer_pool_pages_dirty"]
+            if dirty <= status["Innodb_buffer_pool_pages_total"] // 100:
+                break
+            if lowest is None or dirty < lowest:
+                lowest, since = dirty, time.monotonic()
+            time.sleep(1)
+    finally:
+        for name in reversed(names):
+            cursor.execute(f"SET GLOBAL {name} = %s", [configured[name]])
+    return round(time.monotonic() - started, 1)
