@@ -130,7 +130,11 @@ def spool_push(*lines: str) -> None:
         finally:
             client.close()
     path = _spool_dir() / f"ledger-{os.getpid()}.jsonl"
-    if path.exists() and path.stat().st_size > MAX_SPOOLED * 2048:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = 0  # none yet, or a flusher just claimed it (renamed it away): start a new one
+    if size > MAX_SPOOLED * 2048:
         logger.error("ledger spool full; %d ledger row(s) dropped", len(lines))
         return
     _append(path, lines)
