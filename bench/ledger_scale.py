@@ -555,17 +555,7 @@ def run() -> dict:
     try:
         url = f"mysql://root@127.0.0.1:{server.port}/{DATABASE}"
         print(f"ledger: private mariadbd on 127.0.0.1:{server.port}", flush=True)
-        child = subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--child"], cwd=ROOT,
-                               env=_child_env(url), stdout=subprocess.PIPE, text=True)
-        lines = child.stdout.splitlines()
-        for line in lines:
-            if not line.startswith("RESULT "):
-                print(line, flush=True)
-        found = [json.loads(line[len("RESULT "):]) for line in lines
-                 if line.startswith("RESULT ")]
-        if child.returncode or not found:
-            raise RuntimeError(f"the ledger scenario's child exited {child.returncode}")
-        result = found[0]
+        result = _child_result(["--child"], url)
         pairs = _knob("BENCH_LEDGER_PAIRS", 3)
         if pairs:
             result["writer_interleaved"] = _interleaved(server, url, pairs)
@@ -575,6 +565,21 @@ def run() -> dict:
         server.destroy()
     return {"timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
             "loadavg_end": list(os.getloadavg()), "cpus": os.cpu_count(), **result}
+
+
+def _child_result(args: list[str], url: str) -> dict:
+    """Run `bench.ledger_scale ARGS` against the database at `url`, print what it prints, and
+    return its RESULT line's figures."""
+    child = subprocess.run([sys.executable, "-m", "bench.ledger_scale", *args], cwd=ROOT,
+                           env=_child_env(url), stdout=subprocess.PIPE, text=True)
+    lines = child.stdout.splitlines()
+    for line in lines:
+        if not line.startswith("RESULT "):
+            print(line, flush=True)
+    found = [json.loads(line[len("RESULT "):]) for line in lines if line.startswith("RESULT ")]
+    if child.returncode or not found:
+        raise RuntimeError(f"bench.ledger_scale {' '.join(args)} exited {child.returncode}")
+    return found[0]
 
 
 def _interleaved(server, url: str, pairs: int) -> dict:
@@ -588,14 +593,7 @@ def _interleaved(server, url: str, pairs: int) -> dict:
     runs: dict[str, list[dict]] = {"empty": [], "big": []}
     for n in range(pairs):
         for tag in (("empty", "big") if n % 2 == 0 else ("big", "empty")):
-            child = subprocess.run([sys.executable, "-m", "bench.ledger_scale", "--writer", tag],
-                                   cwd=ROOT, env=_child_env(urls[tag]), stdout=subprocess.PIPE,
-                                   text=True)
-            found = [json.loads(line[len("RESULT "):]) for line in child.stdout.splitlines()
-                     if line.startswith("RESULT ")]
-            if child.returncode or not found:
-                raise RuntimeError(f"the ledger writer child ({tag}) exited {child.returncode}")
-            runs[tag].append(found[0]["rounds"][0])
+            runs[tag].append(_child_result(["--writer", tag], urls[tag])["rounds"][0])
             print(f"  interleaved writer, {tag} table: {runs[tag][-1]['rows_per_s']:,} rows/s",
                   flush=True)
     medians = {tag: statistics.median(r["rows_per_s"] for r in rounds)

@@ -57,6 +57,18 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def day_hours(day: date) -> list[datetime]:
+    """The starts of the 24 UTC hours of `day`."""
+    start = day_bounds(day)[0]
+    return [start + HOUR * i for i in range(24)]
+
+
+def hourly_first_day(today: date) -> date:
+    """The first of the days rolled up, and read by reports, by hour (HOURLY_DAYS up to
+    `today`)."""
+    return today - timedelta(days=HOURLY_DAYS - 1)
+
+
 def month_last_day(month: date) -> date:
     """The last day of `month`'s month."""
     following = (month.replace(day=28) + timedelta(days=4)).replace(day=1)
@@ -88,7 +100,7 @@ def usage_rollup(*, day: date, now: datetime | None = None) -> int:
     now = now or timezone.now()
     today = timezone.localtime(now, dt_timezone.utc).date()
     seal = _seal_point(day, now)
-    hours = _hour_seal_points(day, now) if day > today - timedelta(days=HOURLY_DAYS) else None
+    hours = _hour_seal_points(day, now) if day >= hourly_first_day(today) else None
     with transaction.atomic():
         groups = _daily_rollup(day, hours=None if hours is None else hours[0])
         monthly_rollup(month=day.replace(day=1))
@@ -98,7 +110,7 @@ def usage_rollup(*, day: date, now: datetime | None = None) -> int:
         for hour, late in (hours[1].items() if hours else ()):
             LedgerHour.objects.filter(hour=hour).update(sealed_writes=late)
     if day == today:
-        kept = day_bounds(today - timedelta(days=HOURLY_DAYS))[0]
+        kept = day_bounds(hourly_first_day(today) - timedelta(days=1))[0]  # one day to spare
         HourlyUsage.objects.filter(hour__lt=kept).delete()
         LedgerHour.objects.filter(hour__lt=kept).delete()
     return groups
@@ -144,8 +156,8 @@ def _hour_seal_points(day: date, now: datetime) -> tuple[set[datetime], dict[dat
                     .filter(hour__gte=start, hour__lt=end, hour__lte=now - HOUR - HOUR_SEAL_AFTER)
                     .order_by("hour").values_list("hour", "late_writes", "sealed_writes"))
     sealed = {hour for hour, late, sealed_at in rows if sealed_at == late}
-    every = {start + HOUR * i for i in range(24)}
-    return every - sealed, {hour: late for hour, late, sealed_at in rows if sealed_at != late}
+    return (set(day_hours(day)) - sealed,
+            {hour: late for hour, late, sealed_at in rows if sealed_at != late})
 
 
 def ledger_hours_sealed(*, start: datetime, end: datetime) -> set[datetime]:
@@ -194,8 +206,7 @@ def late_days_and_hours(created: list[datetime], now: datetime) -> tuple[set[dat
     """The UTC days and hours that rows created at `created`, written at `now`, count as late
     writes of (ledger_late_count): days before today, and hours before the one
     HOUR_LATE_AFTER ago (usually none of either)."""
-    today = datetime.combine(now.astimezone(dt_timezone.utc).date(), time.min,
-                             tzinfo=dt_timezone.utc)
+    today = day_bounds(now.astimezone(dt_timezone.utc).date())[0]
     hour = _hour(now - HOUR_LATE_AFTER)
     return ({at.astimezone(dt_timezone.utc).date() for at in created if at < today},
             {_hour(at) for at in created if at < hour})
@@ -226,17 +237,20 @@ def _daily_rollup(day: date, *, hours: set[datetime] | None = None) -> int:
             for i, value in enumerate(row[width + 1:-1], start=2):
                 t[i] += value
     DailyUsage.objects.filter(day=day).delete()
-    DailyUsage.objects.bulk_create([
-        DailyUsage(day=day, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
-                   **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
-        for k, t in totals.items()], batch_size=2000)
+    DailyUsage.objects.bulk_create([_rolled(DailyUsage, k, t, day=day)
+                                    for k, t in totals.items()], batch_size=2000)
     if hours:
         HourlyUsage.objects.filter(hour__in=sorted(hours)).delete()
-        HourlyUsage.objects.bulk_create([
-            HourlyUsage(hour=hour, **dict(zip(GROUP_FIELDS, k)), requests=t[0], errors=t[1],
-                        **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
-            for (hour, k), t in hourly.items()], batch_size=2000)
+        HourlyUsage.objects.bulk_create([_rolled(HourlyUsage, k, t, hour=hour)
+                                         for (hour, k), t in hourly.items()], batch_size=2000)
     return len(totals)
+
+
+def _rolled(model, group: tuple, t: list, **period):
+    """A rollup row of `model` for one GROUP_FIELDS group and its totals (requests, errors,
+    TOKEN_SUMS, cost) over `period`."""
+    return model(**period, **dict(zip(GROUP_FIELDS, group)), requests=t[0], errors=t[1],
+                 **dict(zip(TOKEN_SUMS, t[2:-1])), cost_usd=t[-1])
 
 
 @transaction.atomic

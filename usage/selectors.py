@@ -32,8 +32,8 @@ from usage.models import (
 )
 from usage.pricing import TOKEN_FIELDS
 from usage.rollups import (
-    HOUR, HOURLY_DAYS, cost_units_sum, day_bounds, ledger_days_unsealed, ledger_hours_sealed,
-    month_last_day,
+    HOUR, cost_units_sum, day_bounds, day_hours, hourly_first_day, ledger_days_unsealed,
+    ledger_hours_sealed, month_last_day,
 )
 
 DIMENSIONS = ("day", "month", "team", "key", "provider", "model", "tag", "end_user")
@@ -232,40 +232,41 @@ def _ledger_days_without_rollup(days: list[date]) -> list[date]:
     return found
 
 
-def _consecutive(days: list[date]) -> list[list[date]]:
-    """`days` (ascending) as runs of consecutive days."""
-    runs: list[list[date]] = []
-    for day in days:
-        if runs and runs[-1][-1] + timedelta(days=1) == day:
-            runs[-1].append(day)
+def _consecutive(items: list, step=timedelta(days=1)) -> list[list]:
+    """`items` (ascending days, or hours with `step` HOUR) as runs of consecutive ones."""
+    runs: list[list] = []
+    for item in items:
+        if runs and runs[-1][-1] + step == item:
+            runs[-1].append(item)
         else:
-            runs.append([day])
+            runs.append([item])
     return runs
 
 
-def _ledger_facts(day: date, flt: UsageFilter, *, attribution: bool = False,
-                  between: tuple[datetime, datetime] | None = None) -> Iterator[UsageFact]:
-    """One day of the ledger (`between`: the part of it in that range) grouped by key, team
-    (with their stored names), provider and model in the database; also by tags and end user
-    with `attribution`."""
-    start, end = between or day_bounds(day)
+def _ledger_facts(day: date, between: tuple[datetime, datetime], flt: UsageFilter, *,
+                  attribution: bool) -> Iterator[UsageFact]:
+    """The ledger rows of `day` created in `between` ([start, end)) grouped by key, team (with
+    their stored names), provider and model in the database; also by tags and end user with
+    `attribution`."""
+    start, end = between
     columns = (*_FACT_COLUMNS, "tags", "end_user") if attribution else _FACT_COLUMNS
-    rows = (_filtered(UsageRecord.objects.between(start, end), flt)
-            .values_list(*columns)
-            .annotate(**_sums(rollup=False))
-            .order_by())
-    width = len(columns)
-    for row in rows:
-        yield UsageFact(day, dict(zip(columns, row[:width])), _totals(*row[width:]))
+    yield from _facts(day, _filtered(UsageRecord.objects.between(start, end), flt), columns,
+                      rollup=False)
 
 
 def _hourly_facts(day: date, hours: list[datetime], flt: UsageFilter) -> Iterator[UsageFact]:
     """The hourly rollup of `hours` (sealed hours of `day`) grouped like `_ledger_facts`."""
-    rows = (_filtered(HourlyUsage.objects.filter(hour__in=hours), flt)
-            .values_list(*_FACT_COLUMNS).annotate(**_sums(rollup=True)).order_by())
-    width = len(_FACT_COLUMNS)
-    for row in rows:
-        yield UsageFact(day, dict(zip(_FACT_COLUMNS, row[:width])), _totals(*row[width:]))
+    yield from _facts(day, _filtered(HourlyUsage.objects.filter(hour__in=hours), flt),
+                      _FACT_COLUMNS, rollup=True)
+
+
+def _facts(day: date, rows: QuerySet, columns: Sequence[str], *, rollup: bool
+           ) -> Iterator[UsageFact]:
+    """`rows` (the ledger's, or a rollup's with `rollup`) grouped by `columns` in the
+    database, as facts of `day`."""
+    width = len(columns)
+    for row in rows.values_list(*columns).annotate(**_sums(rollup=rollup)).order_by():
+        yield UsageFact(day, dict(zip(columns, row[:width])), _totals(*row[width:]))
 
 
 def _day_facts(days: list[date], flt: UsageFilter, *, today: date, attribution: bool
@@ -274,7 +275,7 @@ def _day_facts(days: list[date], flt: UsageFilter, *, today: date, attribution: 
     of today and yesterday from the hourly rollup (not with `attribution`: it has no tags or
     end users), every other hour from the ledger, one range per run of such hours. Returns
     the facts and the ledger ranges read."""
-    hourly_from = today - timedelta(days=HOURLY_DAYS - 1)
+    hourly_from = hourly_first_day(today)
     sealed = set()
     if not attribution and days and days[-1] >= hourly_from:
         sealed = ledger_hours_sealed(start=day_bounds(max(days[0], hourly_from))[0],
@@ -282,20 +283,13 @@ def _day_facts(days: list[date], flt: UsageFilter, *, today: date, attribution: 
     facts: list[UsageFact] = []
     ranges: list[tuple[datetime, datetime]] = []
     for day in days:
-        start = day_bounds(day)[0]
-        hours = [start + HOUR * i for i in range(24)]
+        hours = day_hours(day)
         if sealed.intersection(hours):
             facts.extend(_hourly_facts(day, [h for h in hours if h in sealed], flt))
-        runs: list[tuple[datetime, datetime]] = []
-        for hour in hours:
-            if hour in sealed:
-                continue
-            if runs and runs[-1][1] == hour:
-                runs[-1] = (runs[-1][0], hour + HOUR)
-            else:
-                runs.append((hour, hour + HOUR))
+        runs = [(run[0], run[-1] + HOUR)
+                for run in _consecutive([h for h in hours if h not in sealed], HOUR)]
         for run in runs:
-            facts.extend(_ledger_facts(day, flt, attribution=attribution, between=run))
+            facts.extend(_ledger_facts(day, run, flt, attribution=attribution))
         ranges.extend(runs)
     return facts, ranges
 
